@@ -1,0 +1,13 @@
+//! Quantized tensors: schemes, parameters, NF4 and error metrics.
+
+mod layout;
+pub mod metrics;
+pub mod nf4;
+mod params;
+mod scheme;
+mod tensor;
+
+pub use layout::ParamLayout;
+pub use params::{compute_params, QParams, MIN_SCALE};
+pub use scheme::{Bits, CodeRange, Granularity, LinearScheme, Scheme};
+pub use tensor::QTensor;

@@ -1,0 +1,245 @@
+//! [`QTensor`]: integer codes with their scales and zero points.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::layout::ParamLayout;
+use super::nf4::{nearest_level, NF4_LEVELS};
+use super::params::{compute_params, QParams, MIN_SCALE};
+use super::scheme::{Bits, CodeRange, Granularity, LinearScheme, Scheme};
+use crate::error::{QuantError, Result};
+use crate::pack::{pack_unchecked, packed_len, unpack};
+
+/// A quantized tensor: codes (packed when narrower than 8 bits) plus one scale (and zero point) per parameter slot
+/// of its granularity.
+///
+/// Linear schemes decode as `x_hat = (q - zero_point) * scale`; NF4 decodes as `NF4_LEVELS[q] * scale`, with
+/// the block's absmax as scale and no zero points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QTensor {
+    shape: Vec<usize>,
+    scheme: Scheme,
+    scales: Vec<f32>,
+    zero_points: Vec<i32>,
+    packed: Vec<u8>,
+}
+
+impl QTensor {
+    /// Quantizes `x` (any float dtype) with parameters computed for `scheme`.
+    pub fn quantize(x: &Tensor, scheme: impl Into<Scheme>) -> Result<Self> {
+        Self::quantize_f32(&tensor_values(x)?, x.dims(), scheme)
+    }
+
+    /// Quantizes `x` with explicit parameters, like `torch.quantize_per_tensor` / `quantize_per_channel`.
+    pub fn quantize_with(x: &Tensor, params: &QParams) -> Result<Self> {
+        Self::quantize_f32_with(&tensor_values(x)?, x.dims(), params)
+    }
+
+    /// Quantizes row-major `values` of `shape` with parameters computed for `scheme`.
+    pub fn quantize_f32(values: &[f32], shape: &[usize], scheme: impl Into<Scheme>) -> Result<Self> {
+        let scheme = scheme.into();
+        let layout = checked_layout(values, shape, scheme.granularity())?;
+        match scheme {
+            Scheme::Linear(linear) => {
+                let params = compute_params(values, &layout, &linear)?;
+                Ok(encode_linear(values, shape, &layout, linear, params))
+            }
+            Scheme::Nf4 { .. } => Ok(encode_nf4(values, shape, &layout, scheme)),
+        }
+    }
+
+    /// Quantizes row-major `values` of `shape` with explicit parameters.
+    pub fn quantize_f32_with(values: &[f32], shape: &[usize], params: &QParams) -> Result<Self> {
+        let layout = checked_layout(values, shape, params.granularity)?;
+        params.validate(&layout)?;
+        let symmetric = params.range == CodeRange::Signed && params.zero_points.iter().all(|&z| z == 0);
+        let scheme =
+            LinearScheme { bits: params.bits, symmetric, range: params.range, granularity: params.granularity };
+        Ok(encode_linear(values, shape, &layout, scheme, params.clone()))
+    }
+
+    /// Rebuilds a quantized tensor from stored parts (for example a checkpoint), checking that they fit together.
+    pub fn from_parts(
+        shape: Vec<usize>,
+        scheme: Scheme,
+        scales: Vec<f32>,
+        zero_points: Vec<i32>,
+        packed: Vec<u8>,
+    ) -> Result<Self> {
+        let layout = ParamLayout::new(&shape, scheme.granularity())?;
+        let numel: usize = shape.iter().product();
+        let expected = packed_len(numel, scheme.bits());
+        if packed.len() != expected {
+            return Err(QuantError::ParamCount { what: "packed code bytes", expected, got: packed.len() });
+        }
+        match scheme {
+            Scheme::Linear(linear) => {
+                linear.validate()?;
+                let params = QParams {
+                    bits: linear.bits,
+                    range: linear.range,
+                    granularity: linear.granularity,
+                    scales,
+                    zero_points,
+                };
+                params.validate(&layout)?;
+                Ok(Self { shape, scheme, scales: params.scales, zero_points: params.zero_points, packed })
+            }
+            Scheme::Nf4 { .. } => {
+                if scales.len() != layout.channels {
+                    return Err(QuantError::ParamCount {
+                        what: "scales",
+                        expected: layout.channels,
+                        got: scales.len(),
+                    });
+                }
+                if let Some((index, &value)) = scales.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s > 0.0)) {
+                    return Err(QuantError::BadScale { index, value });
+                }
+                Ok(Self { shape, scheme, scales, zero_points: Vec::new(), packed })
+            }
+        }
+    }
+
+    /// Shape of the original tensor.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The scheme the codes follow.
+    pub fn scheme(&self) -> &Scheme {
+        &self.scheme
+    }
+
+    /// Bit width of the codes.
+    pub fn bits(&self) -> Bits {
+        self.scheme.bits()
+    }
+
+    /// One scale per parameter slot (one for per tensor, one per channel, one per group).
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// One zero point per parameter slot for linear schemes (all 0 when symmetric); empty for NF4.
+    pub fn zero_points(&self) -> &[i32] {
+        &self.zero_points
+    }
+
+    /// The codes as stored: one byte each at 8 bits, packed lowest bits first at 4 and 2 bits; signed codes are
+    /// two's complement in their bit width.
+    pub fn packed_codes(&self) -> &[u8] {
+        &self.packed
+    }
+
+    /// The integer codes, unpacked and sign-extended, in row-major order.
+    pub fn codes(&self) -> Vec<i32> {
+        let raw = unpack(&self.packed, self.bits(), self.numel()).expect("packed length checked at construction");
+        let signed = matches!(self.scheme, Scheme::Linear(LinearScheme { range: CodeRange::Signed, .. }));
+        let shift = 32 - self.bits().count();
+        raw.into_iter().map(|r| if signed { (i32::from(r) << shift) >> shift } else { i32::from(r) }).collect()
+    }
+
+    /// The integer codes as an `I32` tensor of the original shape.
+    pub fn codes_tensor(&self, device: &Device) -> Result<Tensor> {
+        Ok(Tensor::from_vec(self.codes(), self.shape.as_slice(), device)?)
+    }
+
+    /// Decodes to row-major f32 values.
+    pub fn dequantize_f32(&self) -> Vec<f32> {
+        let layout = ParamLayout::new(&self.shape, self.scheme.granularity()).expect("layout checked at construction");
+        let mut out: Vec<f32> = self.codes().into_iter().map(|q| q as f32).collect();
+        match self.scheme {
+            Scheme::Linear(_) => layout.for_each_run_mut(&mut out, |c, run| {
+                let (scale, zp) = (self.scales[c], self.zero_points[c] as f32);
+                run.iter_mut().for_each(|v| *v = (*v - zp) * scale);
+            }),
+            Scheme::Nf4 { .. } => layout.for_each_run_mut(&mut out, |c, run| {
+                run.iter_mut().for_each(|v| *v = NF4_LEVELS[*v as usize] * self.scales[c]);
+            }),
+        }
+        out
+    }
+
+    /// Decodes to an f32 tensor of the original shape.
+    pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
+        Ok(Tensor::from_vec(self.dequantize_f32(), self.shape.as_slice(), device)?)
+    }
+
+    /// Bytes the quantized form takes: codes, f32 scales, and one byte per zero point where they are not all 0.
+    pub fn storage_bytes(&self) -> usize {
+        let zero_point_bytes = if self.zero_points.iter().any(|&z| z != 0) { self.zero_points.len() } else { 0 };
+        self.packed.len() + 4 * self.scales.len() + zero_point_bytes
+    }
+}
+
+/// The values of a tensor as f32, row-major.
+fn tensor_values(x: &Tensor) -> Result<Vec<f32>> {
+    Ok(x.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
+}
+
+/// The layout of `shape` under `granularity`, after checking that `values` are finite and fill `shape`.
+fn checked_layout(values: &[f32], shape: &[usize], granularity: Granularity) -> Result<ParamLayout> {
+    let layout = ParamLayout::new(shape, granularity)?;
+    let numel: usize = shape.iter().product();
+    if values.len() != numel {
+        return Err(QuantError::ShapeMismatch {
+            what: "number of values vs shape",
+            left: vec![values.len()],
+            right: shape.to_vec(),
+        });
+    }
+    if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(QuantError::NonFinite { what: "input tensor", index, value });
+    }
+    Ok(layout)
+}
+
+/// `q = clamp(round_half_even(x * (1 / scale)) + zero_point, qmin, qmax)`, computed in f32 as PyTorch does.
+fn encode_linear(
+    values: &[f32],
+    shape: &[usize],
+    layout: &ParamLayout,
+    scheme: LinearScheme,
+    params: QParams,
+) -> QTensor {
+    let (qmin, qmax) = scheme.range.bounds(scheme.bits);
+    let mask = ((1u32 << scheme.bits.count()) - 1) as u8;
+    let mut raw = vec![0u8; values.len()];
+    let mut offset = 0;
+    layout.for_each_run(values, |c, run| {
+        let inv_scale = 1.0 / params.scales[c];
+        let zp = params.zero_points[c] as f32;
+        for (dst, &x) in raw[offset..offset + run.len()].iter_mut().zip(run) {
+            let q = ((x * inv_scale).round_ties_even() + zp).clamp(qmin as f32, qmax as f32) as i32;
+            *dst = (q as u8) & mask;
+        }
+        offset += run.len();
+    });
+    QTensor {
+        shape: shape.to_vec(),
+        scheme: Scheme::Linear(scheme),
+        scales: params.scales,
+        zero_points: params.zero_points,
+        packed: pack_unchecked(&raw, scheme.bits),
+    }
+}
+
+/// NF4: per block, `scale = absmax`, code = nearest level of `x / absmax`.
+fn encode_nf4(values: &[f32], shape: &[usize], layout: &ParamLayout, scheme: Scheme) -> QTensor {
+    let mut scales = vec![0f32; layout.channels];
+    layout.for_each_run(values, |c, run| {
+        scales[c] = run.iter().fold(scales[c], |m, x| m.max(x.abs()));
+    });
+    scales.iter_mut().for_each(|s| *s = s.max(MIN_SCALE));
+    let mut raw = Vec::with_capacity(values.len());
+    layout.for_each_run(values, |c, run| {
+        let inv = 1.0 / scales[c];
+        raw.extend(run.iter().map(|&x| nearest_level(x * inv)));
+    });
+    QTensor { shape: shape.to_vec(), scheme, scales, zero_points: Vec::new(), packed: pack_unchecked(&raw, Bits::B4) }
+}

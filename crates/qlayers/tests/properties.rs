@@ -1,0 +1,120 @@
+//! Property tests: error bounds of every scheme, and lossless packing.
+
+use proptest::prelude::*;
+use qlayers::nf4::NF4_LEVELS;
+use qlayers::{pack, Bits, Granularity, LinearScheme, QTensor, Scheme};
+
+/// A random 2-D tensor with a last dimension that 4, 8 and 16 divide, and values over several magnitudes.
+fn matrix() -> impl Strategy<Value = (Vec<usize>, Vec<f32>)> {
+    (1usize..6, 1usize..5, -3i32..3).prop_flat_map(|(rows, col_blocks, exp)| {
+        let shape = vec![rows, col_blocks * 16];
+        let magnitude = 10f32.powi(exp);
+        (Just(shape), prop::collection::vec(-1f32..1f32, rows * col_blocks * 16))
+            .prop_map(move |(shape, v)| (shape, v.into_iter().map(|x| x * magnitude).collect()))
+    })
+}
+
+fn bits() -> impl Strategy<Value = Bits> {
+    prop_oneof![Just(Bits::B2), Just(Bits::B4), Just(Bits::B8)]
+}
+
+fn granularity() -> impl Strategy<Value = Granularity> {
+    prop_oneof![
+        Just(Granularity::PerTensor),
+        Just(Granularity::PerChannel { dim: 0 }),
+        Just(Granularity::PerChannel { dim: 1 }),
+        Just(Granularity::PerGroup { size: 4 }),
+        Just(Granularity::PerGroup { size: 16 }),
+    ]
+}
+
+fn linear_scheme() -> impl Strategy<Value = LinearScheme> {
+    (bits(), granularity(), 0..3).prop_map(|(bits, g, kind)| match kind {
+        0 => LinearScheme::symmetric(bits, g),
+        1 => LinearScheme::asymmetric(bits, g),
+        _ => LinearScheme::asymmetric_unsigned(bits, g),
+    })
+}
+
+/// Index of the parameter slot of element `i` of a `shape` tensor.
+fn slot(i: usize, shape: &[usize], g: Granularity) -> usize {
+    match g {
+        Granularity::PerTensor => 0,
+        Granularity::PerChannel { dim: 0 } => i / shape[1],
+        Granularity::PerChannel { .. } => i % shape[1],
+        Granularity::PerGroup { size } => i / size,
+    }
+}
+
+proptest! {
+    #[test]
+    fn round_trip_error_is_at_most_half_a_step((shape, x) in matrix(), scheme in linear_scheme()) {
+        let q = QTensor::quantize_f32(&x, &shape, scheme).unwrap();
+        let (qmin, qmax) = scheme.range.bounds(scheme.bits);
+        let (codes, x_hat) = (q.codes(), q.dequantize_f32());
+        for i in 0..x.len() {
+            let c = slot(i, &shape, scheme.granularity);
+            let (scale, zp) = (q.scales()[c], q.zero_points()[c]);
+            prop_assert!((qmin..=qmax).contains(&codes[i]));
+            let unclamped = (x[i] / scale).round() as i64 + i64::from(zp);
+            if unclamped > i64::from(qmin) && unclamped < i64::from(qmax) {
+                let err = (x[i] - x_hat[i]).abs();
+                prop_assert!(err <= scale * 0.5 * (1.0 + 1e-5), "err {err} > scale/2 = {} at {i}", scale / 2.0);
+            }
+        }
+    }
+
+    #[test]
+    fn symmetric_codes_never_clamp((shape, x) in matrix(), bits in bits(), g in granularity()) {
+        // Symmetric scales put max|x| exactly on qmax, so every value is inside the clamp range.
+        let q = QTensor::quantize_f32(&x, &shape, LinearScheme::symmetric(bits, g)).unwrap();
+        let x_hat = q.dequantize_f32();
+        for i in 0..x.len() {
+            let scale = q.scales()[slot(i, &shape, g)];
+            prop_assert!((x[i] - x_hat[i]).abs() <= scale * 0.5 * (1.0 + 1e-5));
+        }
+    }
+
+    #[test]
+    fn nf4_error_is_at_most_half_the_widest_level_gap((shape, x) in matrix()) {
+        let q = QTensor::quantize_f32(&x, &shape, Scheme::Nf4 { block_size: 16 }).unwrap();
+        let widest = NF4_LEVELS.windows(2).map(|w| w[1] - w[0]).fold(0f32, f32::max);
+        let x_hat = q.dequantize_f32();
+        for i in 0..x.len() {
+            let absmax = q.scales()[i / 16];
+            prop_assert!((x[i] - x_hat[i]).abs() <= absmax * widest * 0.5 * (1.0 + 1e-5));
+        }
+    }
+
+    #[test]
+    fn pack_unpack_round_trips(bits in bits(), raw in prop::collection::vec(any::<u8>(), 0..200)) {
+        let mask = ((1u16 << bits.count()) - 1) as u8;
+        let values: Vec<u8> = raw.iter().map(|v| v & mask).collect();
+        let packed = pack::pack(&values, bits).unwrap();
+        prop_assert_eq!(packed.len(), pack::packed_len(values.len(), bits));
+        prop_assert_eq!(pack::unpack(&packed, bits, values.len()).unwrap(), values);
+    }
+
+    #[test]
+    fn packed_codes_rebuild_the_same_tensor((shape, x) in matrix(), scheme in linear_scheme()) {
+        let q = QTensor::quantize_f32(&x, &shape, scheme).unwrap();
+        let rebuilt = QTensor::from_parts(
+            q.shape().to_vec(), *q.scheme(), q.scales().to_vec(), q.zero_points().to_vec(), q.packed_codes().to_vec(),
+        ).unwrap();
+        prop_assert_eq!(rebuilt, q);
+    }
+}
+
+#[test]
+fn documented_packing_example() {
+    assert_eq!(pack::pack(&[1, 0, 3, 2], Bits::B2).unwrap(), vec![177]);
+    assert_eq!(pack::pack(&[1, 2, 3], Bits::B4).unwrap(), vec![0x21, 0x03]);
+}
+
+#[test]
+fn four_bit_signed_codes_sign_extend() {
+    let x = [-1.0f32, -0.6, 0.0, 0.6, 1.0, -0.9, 0.3, 0.1];
+    let q = QTensor::quantize_f32(&x, &[8], LinearScheme::symmetric(Bits::B4, Granularity::PerTensor)).unwrap();
+    assert_eq!(q.codes(), vec![-7, -4, 0, 4, 7, -6, 2, 1]);
+    assert_eq!(q.packed_codes().len(), 4);
+}
