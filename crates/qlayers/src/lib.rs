@@ -16,8 +16,11 @@
 //! ```
 
 pub mod error;
+pub mod kernels;
 pub mod pack;
 pub mod quant;
+pub mod threads;
 
 pub use error::{QuantError, Result};
+pub use kernels::{Isa, PackedWeights, WeightCodes};
 pub use quant::{metrics, nf4, Bits, CodeRange, Granularity, LinearScheme, QParams, QTensor, Scheme};

@@ -1,0 +1,269 @@
+//! The one GEMM driver: quantizes activations, splits the output into tasks of row chunks and panel ranges,
+//! and runs the micro-kernel of the chosen level over each.
+
+use std::ops::Range;
+
+use super::activations::{quantize_rows, QuantizedActivations};
+use super::blocks::KBlocks;
+use super::isa::Isa;
+use super::microkernel::{tile, BlockGeometry, Tile};
+use super::packed::{PackedWeights, PanelLayout};
+use super::reference::Reference;
+use super::simd::Int8Simd;
+use crate::error::{QuantError, Result};
+use crate::threads::{num_threads, parallel_for, SharedMut};
+
+/// Activation bytes a task's row chunk may take, so that it stays in L2 while the task walks its panels.
+const ROW_CHUNK_BYTES: usize = 192 * 1024;
+
+/// What every task of one matmul reads.
+pub(crate) struct Job<'a> {
+    w: &'a PackedWeights,
+    acts: &'a QuantizedActivations,
+    /// Bias padded to whole panels, or empty.
+    bias: &'a [f32],
+    out: SharedMut<f32>,
+}
+
+/// Declares a level's entry points: functions compiled with its target features, into which the generic driver,
+/// micro-kernel and quantizer are inlined, so that each level gets code vectorized for it.
+macro_rules! level {
+    ($module:ident, $simd:ty, mr = $mr:literal, nv = $nv:literal $(, features = $features:literal)?) => {
+        mod $module {
+            use super::*;
+
+            /// Rows of the micro-tile.
+            pub(super) const MR: usize = $mr;
+            /// Columns of the micro-tile.
+            pub(super) const NR: usize = $nv * <$simd as Int8Simd>::LANES;
+
+            /// Runs the tiles of `rows` x `panels`.
+            $(#[target_feature(enable = $features)])?
+            pub(super) unsafe fn run(job: &Job<'_>, rows: Range<usize>, panels: Range<usize>) {
+                run_tiles::<$simd, $mr, $nv>(job, rows, panels)
+            }
+
+            /// Quantizes activation rows.
+            $(#[target_feature(enable = $features)])?
+            pub(super) unsafe fn quantize(
+                x: &[f32],
+                blocks: &KBlocks,
+                codes: &mut [i8],
+                scales: &mut [f32],
+                sums: &mut [i32],
+            ) -> Result<()> {
+                quantize_rows(x, blocks, codes, scales, sums)
+            }
+
+            /// How this level wants weights packed.
+            pub(super) fn layout() -> PanelLayout {
+                PanelLayout {
+                    nr: NR,
+                    wide_xor: <$simd as Int8Simd>::WIDE_XOR,
+                    wide_offset: <$simd as Int8Simd>::WIDE_OFFSET,
+                }
+            }
+        }
+    };
+}
+
+level!(reference_level, Reference, mr = 4, nv = 1);
+#[cfg(target_arch = "x86_64")]
+level!(avx2_level, super::super::x86::avx2::Avx2, mr = 4, nv = 2, features = "avx2,fma");
+#[cfg(target_arch = "x86_64")]
+level!(
+    avx512_level,
+    super::super::x86::avx512::Avx512Vnni,
+    mr = 8,
+    nv = 2,
+    features = "avx512f,avx512bw,avx512vl,avx512vnni"
+);
+
+/// Calls `$f` in the entry module of `$isa`.
+macro_rules! on_level {
+    ($isa:expr, $module:ident => $call:expr) => {
+        match $isa {
+            Isa::Reference => {
+                use reference_level as $module;
+                $call
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                use avx2_level as $module;
+                $call
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                use avx512_level as $module;
+                $call
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            other => unreachable!("{other} is never supported on this target"),
+        }
+    };
+}
+
+impl Isa {
+    /// How weights are packed for this level.
+    pub(crate) fn panel_layout(self) -> PanelLayout {
+        on_level!(self, level => level::layout())
+    }
+
+    /// Rows of this level's micro-tile.
+    fn tile_rows(self) -> usize {
+        on_level!(self, level => level::MR)
+    }
+}
+
+impl PackedWeights {
+    /// `y = x W^T + bias` for `x` of `m` rows of `k` values, row-major; returns `m x n` values, row-major.
+    ///
+    /// Activations are quantized to int8 per row and K block on the fly; each row's result depends on that row
+    /// alone. Errors on NaN or infinite input, or on sizes that do not match.
+    pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Result<Vec<f32>> {
+        let (n, k) = (self.n, self.blocks.k);
+        if x.len() != m * k {
+            return Err(QuantError::ShapeMismatch {
+                what: "matmul input vs [m, k]",
+                left: vec![x.len()],
+                right: vec![m, k],
+            });
+        }
+        if let Some(b) = bias {
+            if b.len() != n {
+                return Err(QuantError::ShapeMismatch {
+                    what: "bias vs output features",
+                    left: vec![b.len()],
+                    right: vec![n],
+                });
+            }
+        }
+        let mut out = vec![0f32; m * n];
+        if m == 0 {
+            return Ok(out);
+        }
+        let acts = self.quantize_activations(x, m)?;
+        let padded_bias: Vec<f32> = match bias {
+            Some(b) => b.iter().copied().chain(std::iter::repeat(0.0)).take(self.panels() * self.nr).collect(),
+            None => Vec::new(),
+        };
+        let job = Job { w: self, acts: &acts, bias: &padded_bias, out: SharedMut(out.as_mut_ptr()) };
+        let mr = self.isa.tile_rows();
+        let rows_per_chunk =
+            (ROW_CHUNK_BYTES / self.blocks.padded_k).max(mr).next_multiple_of(mr).min(m.next_multiple_of(mr));
+        let row_chunks = m.div_ceil(rows_per_chunk);
+        let panels = self.panels();
+        let wanted_tasks = 4 * num_threads();
+        let panel_splits = wanted_tasks.div_ceil(row_chunks).clamp(1, panels);
+        let panels_per_task = panels.div_ceil(panel_splits);
+        let panel_tasks = panels.div_ceil(panels_per_task);
+        parallel_for(row_chunks * panel_tasks, |task| {
+            let (rc, pc) = (task / panel_tasks, task % panel_tasks);
+            let rows = rc * rows_per_chunk..((rc + 1) * rows_per_chunk).min(m);
+            let panel_range = pc * panels_per_task..((pc + 1) * panels_per_task).min(panels);
+            // SAFETY: the level is supported (checked when the weights were packed); tasks write disjoint tiles.
+            unsafe { on_level!(self.isa, level => level::run(&job, rows, panel_range)) }
+        });
+        Ok(out)
+    }
+
+    /// Quantizes `m` rows of activations for these weights' K blocks, in parallel chunks of rows.
+    fn quantize_activations(&self, x: &[f32], m: usize) -> Result<QuantizedActivations> {
+        let blocks = &self.blocks;
+        let mut acts = QuantizedActivations::zeroed(m, blocks);
+        let rows_per_task = (64 * 1024 / blocks.k).clamp(1, m);
+        let tasks = m.div_ceil(rows_per_task);
+        let (codes, scales, sums) = (
+            SharedMut(acts.codes.as_mut_ptr()),
+            SharedMut(acts.scales.as_mut_ptr()),
+            SharedMut(acts.sums.as_mut_ptr()),
+        );
+        let first_error = std::sync::Mutex::new(None);
+        parallel_for(tasks, |t| {
+            let rows = t * rows_per_task..((t + 1) * rows_per_task).min(m);
+            let r = rows.len();
+            // SAFETY: each task owns rows `rows` of every buffer.
+            let result = unsafe {
+                let codes =
+                    std::slice::from_raw_parts_mut(codes.get().add(rows.start * blocks.padded_k), r * blocks.padded_k);
+                let scales =
+                    std::slice::from_raw_parts_mut(scales.get().add(rows.start * blocks.count), r * blocks.count);
+                let sums = std::slice::from_raw_parts_mut(sums.get().add(rows.start * blocks.count), r * blocks.count);
+                let x = &x[rows.start * blocks.k..rows.end * blocks.k];
+                on_level!(self.isa, level => level::quantize(x, blocks, codes, scales, sums))
+            };
+            if let Err(err) = result {
+                first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(err);
+            }
+        });
+        match first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(err) => Err(err),
+            None => Ok(acts),
+        }
+    }
+}
+
+/// Runs every tile of `rows` x `panels`: panels outer, so a panel stays in cache while the row tiles pass.
+#[inline(always)]
+unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
+    job: &Job<'_>,
+    rows: Range<usize>,
+    panels: Range<usize>,
+) {
+    let w = job.w;
+    let blocks = &w.blocks;
+    let geo = BlockGeometry {
+        count: blocks.count,
+        block: blocks.block,
+        last_padded: blocks.padded_len(blocks.count - 1),
+        bits: w.bits.count() as usize,
+    };
+    let nr = NV * S::LANES;
+    let params = w.param_blocks() * nr;
+    for p in panels {
+        let col0 = p * nr;
+        for m0 in rows.clone().step_by(MR) {
+            let t = Tile {
+                a: job.acts.codes.as_ptr().add(m0 * blocks.padded_k),
+                lda: blocks.padded_k,
+                a_scales: job.acts.scales.as_ptr().add(m0 * blocks.count),
+                a_sums: job.acts.sums.as_ptr().add(m0 * blocks.count),
+                w: w.codes.as_ptr().add(p * w.panel_bytes),
+                w_scales: w.scales.as_ptr().add(p * params),
+                w_zero_offsets: w.zero_offsets.as_ptr().add(p * params),
+                per_block: w.per_block,
+                bias: if job.bias.is_empty() { std::ptr::null() } else { job.bias.as_ptr().add(col0) },
+                out: job.out.get().add(m0 * w.n + col0),
+                ldo: w.n,
+                cols: nr.min(w.n - col0),
+            };
+            dispatch_tile::<S, MR, NV>((rows.end - m0).min(MR), &t, &geo);
+        }
+    }
+}
+
+/// Picks the tile instantiation for `rows` rows (at most `MR`) and the weights' bit width.
+#[inline(always)]
+unsafe fn dispatch_tile<S: Int8Simd, const MR: usize, const NV: usize>(rows: usize, t: &Tile, geo: &BlockGeometry) {
+    macro_rules! by_bits {
+        ($rows:literal) => {
+            match geo.bits {
+                8 => tile::<S, $rows, NV, 8>(t, geo),
+                4 => tile::<S, $rows, NV, 4>(t, geo),
+                _ => tile::<S, $rows, NV, 2>(t, geo),
+            }
+        };
+    }
+    debug_assert!(rows >= 1 && rows <= MR);
+    match rows {
+        1 => by_bits!(1),
+        2 => by_bits!(2),
+        3 => by_bits!(3),
+        4 => by_bits!(4),
+        5 if MR >= 5 => by_bits!(5),
+        6 if MR >= 6 => by_bits!(6),
+        7 if MR >= 7 => by_bits!(7),
+        _ if MR >= 8 => by_bits!(8),
+        _ => unreachable!("a tile has at most {MR} rows"),
+    }
+}

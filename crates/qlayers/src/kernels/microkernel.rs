@@ -1,0 +1,152 @@
+//! The micro-kernel, written once over [`Int8Simd`]: one `ROWS x NV * LANES` tile of the output over all K blocks.
+//!
+//! Per block it accumulates exact i32 dot products, then folds them into f32 accumulators:
+//! `acc += (dot - zero_offset * sum(x)) as f32 * (x_scale * w_scale)`. The float steps are plain multiplies and
+//! adds in a fixed order, so every instruction set gives bit-identical results.
+
+use super::simd::Int8Simd;
+
+/// Everything one tile needs; pointers are valid for the tile's rows, panel and columns.
+pub(crate) struct Tile {
+    /// First activation row of the tile (codes), rows `lda` bytes apart.
+    pub a: *const i8,
+    /// Stride between activation rows.
+    pub lda: usize,
+    /// Activation scales of the first row, `[row][block]`.
+    pub a_scales: *const f32,
+    /// Activation code sums of the first row, `[row][block]`.
+    pub a_sums: *const i32,
+    /// The panel's codes.
+    pub w: *const u8,
+    /// The panel's scales, `[param block][nr]`.
+    pub w_scales: *const f32,
+    /// The panel's zero offsets, `[param block][nr]`.
+    pub w_zero_offsets: *const i16,
+    /// Whether the panel has parameters per block (else one set).
+    pub per_block: bool,
+    /// Bias of the panel's columns, padded to `nr`, or null.
+    pub bias: *const f32,
+    /// Output of the first row and column, rows `ldo` floats apart.
+    pub out: *mut f32,
+    /// Stride between output rows.
+    pub ldo: usize,
+    /// Valid columns in this panel (`nr` except in the last panel).
+    pub cols: usize,
+}
+
+/// Block geometry shared by every tile of one matmul.
+pub(crate) struct BlockGeometry {
+    /// Number of K blocks.
+    pub count: usize,
+    /// Start offset of each block in a stored row is `g * block`.
+    pub block: usize,
+    /// Stored (padded) length of the last block.
+    pub last_padded: usize,
+    /// Bits per weight code.
+    pub bits: usize,
+}
+
+/// Computes one tile. `BITS` is the weight code width (8, 4 or 2).
+#[inline(always)]
+pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const BITS: usize>(
+    t: &Tile,
+    geo: &BlockGeometry,
+) {
+    let nr = NV * S::LANES;
+    let mut accf = [[S::zero_f(); NV]; ROWS];
+    for g in 0..geo.count {
+        let padded = if g + 1 == geo.count { geo.last_padded } else { geo.block };
+        let start = g * geo.block;
+        let rows: [*const i8; ROWS] = std::array::from_fn(|m| t.a.add(m * t.lda + start));
+        let mut acc = [[S::zero_i(); NV]; ROWS];
+        dot_block::<S, ROWS, NV, BITS>(&rows, t.w.add(start * nr * BITS / 8), padded / 4, &mut acc);
+
+        let params = if t.per_block { g * nr } else { 0 };
+        let zero_offsets: [S::I; NV] =
+            std::array::from_fn(|v| S::load_i16(t.w_zero_offsets.add(params + v * S::LANES)));
+        let w_scales: [S::F; NV] = std::array::from_fn(|v| S::load_f(t.w_scales.add(params + v * S::LANES)));
+        for m in 0..ROWS {
+            let x_sum = S::splat_i(*t.a_sums.add(m * geo.count + g));
+            let x_scale = S::splat_f(*t.a_scales.add(m * geo.count + g));
+            for v in 0..NV {
+                let exact = S::sub_mul_i(acc[m][v], zero_offsets[v], x_sum);
+                accf[m][v] = S::add_f(accf[m][v], S::mul_f(S::to_f(exact), S::mul_f(x_scale, w_scales[v])));
+            }
+        }
+    }
+    store_tile::<S, ROWS, NV>(t, &accf);
+}
+
+/// Adds the bias and writes the tile, clipping to `cols` columns.
+#[inline(always)]
+unsafe fn store_tile<S: Int8Simd, const ROWS: usize, const NV: usize>(t: &Tile, accf: &[[S::F; NV]; ROWS]) {
+    let nr = NV * S::LANES;
+    for (m, row) in accf.iter().enumerate() {
+        let out = t.out.add(m * t.ldo);
+        let mut clipped = [0f32; 64];
+        for (v, &acc) in row.iter().enumerate() {
+            let value = if t.bias.is_null() { acc } else { S::add_f(acc, S::load_f(t.bias.add(v * S::LANES))) };
+            if t.cols == nr {
+                S::store_f(out.add(v * S::LANES), value);
+            } else {
+                S::store_f(clipped.as_mut_ptr().add(v * S::LANES), value);
+            }
+        }
+        if t.cols != nr {
+            std::ptr::copy_nonoverlapping(clipped.as_ptr(), out, t.cols);
+        }
+    }
+}
+
+/// Accumulates `steps` steps of 4 K values: `acc[m][v] += dot(rows[m], panel vector v)`.
+#[inline(always)]
+unsafe fn dot_block<S: Int8Simd, const ROWS: usize, const NV: usize, const BITS: usize>(
+    rows: &[*const i8; ROWS],
+    w: *const u8,
+    steps: usize,
+    acc: &mut [[S::I; NV]; ROWS],
+) {
+    let load_bytes = NV * S::LANES * 4;
+    let load =
+        |l: usize| -> [S::I; NV] { std::array::from_fn(|v| S::load_bytes(w.add(l * load_bytes + v * S::LANES * 4))) };
+    match BITS {
+        8 => {
+            for s in 0..steps {
+                step::<S, ROWS, NV, true>(rows, 4 * s, &load(s), acc);
+            }
+        }
+        4 => {
+            for l in 0..steps / 2 {
+                let raw = load(l);
+                step::<S, ROWS, NV, false>(rows, 8 * l, &raw.map(|r| S::bit_field::<0, 4>(r)), acc);
+                step::<S, ROWS, NV, false>(rows, 8 * l + 4, &raw.map(|r| S::bit_field::<4, 4>(r)), acc);
+            }
+        }
+        2 => {
+            for l in 0..steps / 4 {
+                let raw = load(l);
+                step::<S, ROWS, NV, false>(rows, 16 * l, &raw.map(|r| S::bit_field::<0, 2>(r)), acc);
+                step::<S, ROWS, NV, false>(rows, 16 * l + 4, &raw.map(|r| S::bit_field::<2, 2>(r)), acc);
+                step::<S, ROWS, NV, false>(rows, 16 * l + 8, &raw.map(|r| S::bit_field::<4, 2>(r)), acc);
+                step::<S, ROWS, NV, false>(rows, 16 * l + 12, &raw.map(|r| S::bit_field::<6, 2>(r)), acc);
+            }
+        }
+        _ => unreachable!("bit widths are 2, 4 or 8"),
+    }
+}
+
+/// One step of 4 K values at offset `k` of every row.
+#[inline(always)]
+unsafe fn step<S: Int8Simd, const ROWS: usize, const NV: usize, const WIDE: bool>(
+    rows: &[*const i8; ROWS],
+    k: usize,
+    w: &[S::I; NV],
+    acc: &mut [[S::I; NV]; ROWS],
+) {
+    for m in 0..ROWS {
+        let x = S::broadcast4(rows[m].add(k));
+        for v in 0..NV {
+            acc[m][v] = if WIDE { S::dot_wide(acc[m][v], w[v], x) } else { S::dot_narrow(acc[m][v], w[v], x) };
+        }
+    }
+}

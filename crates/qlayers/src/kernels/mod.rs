@@ -1,0 +1,24 @@
+//! Fused dequant-matmul kernels on integer codes.
+//!
+//! One generic driver ([`driver`]) and micro-kernel ([`microkernel`]) over a small trait of vector primitives
+//! ([`simd::Int8Simd`]), implemented by each level: [`reference`] (portable), AVX2 and AVX-512 VNNI. The level is
+//! chosen once at run time ([`selected_isa`]) and can be forced with `QLAYERS_ISA`.
+//!
+//! Every scheme reduces to the same integer formula. With unsigned weight codes `u`, zero points `z`, weight
+//! scales `s_w`, and activations quantized per row and K block `g` to codes `q` in `[-127, 127]` with scale `s_x`:
+//! `y[m][n] = bias[n] + sum_g s_x[m][g] * s_w[n][g] * sum_{k in g} (u[n][k] - z[n][g]) * q[m][k]`.
+
+mod activations;
+mod blocks;
+mod driver;
+mod isa;
+mod microkernel;
+mod packed;
+mod reference;
+mod simd;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use blocks::MAX_BLOCK;
+pub use isa::{selected_isa, Isa, ISA_ENV};
+pub use packed::{PackedWeights, WeightCodes};

@@ -1,0 +1,183 @@
+//! Integer weights repacked once into the micro-kernels' panel layout.
+//!
+//! Weights are `[n, k]` (PyTorch's Linear layout). Columns of the output (rows of the weight) are grouped into
+//! panels of `nr` columns. Inside a panel, each step of 4 K values stores `nr * 4` bytes: for every column, its
+//! 4 consecutive codes. At 4 bits two consecutive steps share those bytes (low nibble first), at 2 bits four do.
+//! Each panel carries, per parameter block, `nr` scales and `nr` zero offsets (`zero_point - WIDE_OFFSET` at 8 bits).
+
+use super::blocks::KBlocks;
+use super::isa::Isa;
+use crate::error::{QuantError, Result};
+use crate::quant::Bits;
+
+/// Quantized weights of an `[n, k]` matrix in a form every kernel accepts: unsigned codes and their parameters.
+///
+/// The matrix is `w[i][j] ≈ (codes[i][j] - zero_points[p]) * scales[p]` where `p` indexes the row's parameter
+/// slot: one per row (`per_block = false`) or one per row and K block (`per_block = true`).
+#[derive(Debug, Clone, Copy)]
+pub struct WeightCodes<'a> {
+    /// Output features (rows of the weight).
+    pub n: usize,
+    /// Input features (columns of the weight).
+    pub k: usize,
+    /// Bit width of the codes.
+    pub bits: Bits,
+    /// K block length shared by weights and activations (activations get one scale per row and block).
+    pub block: usize,
+    /// Whether scales and zero points are per row and block (else per row).
+    pub per_block: bool,
+    /// Unsigned codes, `n * k`, row-major, each below `2^bits`.
+    pub codes: &'a [u8],
+    /// `n` or `n * blocks` scales.
+    pub scales: &'a [f32],
+    /// `n` or `n * blocks` zero points in `[0, 2^bits)`.
+    pub zero_points: &'a [i32],
+}
+
+/// Weights in the panel layout of one kernel level.
+#[derive(Debug, Clone)]
+pub struct PackedWeights {
+    pub(crate) isa: Isa,
+    pub(crate) n: usize,
+    pub(crate) bits: Bits,
+    pub(crate) blocks: KBlocks,
+    pub(crate) per_block: bool,
+    /// Columns per panel.
+    pub(crate) nr: usize,
+    /// Code bytes of one panel.
+    pub(crate) panel_bytes: usize,
+    /// Panels, one after another.
+    pub(crate) codes: Vec<u8>,
+    /// `[panel][param block][nr]` scales (0 for padding columns).
+    pub(crate) scales: Vec<f32>,
+    /// `[panel][param block][nr]` zero offsets.
+    pub(crate) zero_offsets: Vec<i16>,
+}
+
+impl PackedWeights {
+    /// Repacks `w` for the micro-kernels of `isa` (which must be supported by this CPU).
+    pub fn new(isa: Isa, w: &WeightCodes<'_>) -> Result<Self> {
+        if !isa.is_supported() {
+            return Err(QuantError::InvalidScheme(format!("kernel level {isa} is not supported by this CPU")));
+        }
+        let blocks = KBlocks::new(w.k, w.block)?;
+        let param_blocks = if w.per_block { blocks.count } else { 1 };
+        let expect = |what, expected: usize, got: usize| {
+            if expected == got {
+                Ok(())
+            } else {
+                Err(QuantError::ParamCount { what, expected, got })
+            }
+        };
+        expect("weight codes", w.n * w.k, w.codes.len())?;
+        expect("weight scales", w.n * param_blocks, w.scales.len())?;
+        expect("weight zero points", w.n * param_blocks, w.zero_points.len())?;
+        let levels = 1i32 << w.bits.count();
+        if let Some((index, &value)) = w.codes.iter().enumerate().find(|(_, c)| i32::from(**c) >= levels) {
+            return Err(QuantError::CodeOutOfRange { index, value, bits: w.bits.count() });
+        }
+        if let Some((index, &value)) = w.zero_points.iter().enumerate().find(|(_, z)| !(0..levels).contains(*z)) {
+            return Err(QuantError::BadZeroPoint { index, value, min: 0, max: levels - 1 });
+        }
+        if let Some((index, &value)) = w.scales.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s >= 0.0)) {
+            return Err(QuantError::BadScale { index, value });
+        }
+        let layout = isa.panel_layout();
+        let (wide_xor, wide_offset) = if w.bits == Bits::B8 { (layout.wide_xor, layout.wide_offset) } else { (0, 0) };
+        let nr = layout.nr;
+        let panels = w.n.div_ceil(nr);
+        let panel_bytes = nr * blocks.padded_k * w.bits.count() as usize / 8;
+        let mut codes = vec![0u8; panels * panel_bytes];
+        let mut scales = vec![0f32; panels * param_blocks * nr];
+        let mut zero_offsets = vec![0i16; panels * param_blocks * nr];
+        let bits = w.bits.count() as usize;
+        let steps_per_load = 8 / bits;
+        for col in 0..w.n {
+            let (panel, lane) = (col / nr, col % nr);
+            let dst = &mut codes[panel * panel_bytes..(panel + 1) * panel_bytes];
+            for g in 0..blocks.count {
+                let block_start = blocks.offset(g);
+                // Bytes of the blocks before this one in the panel.
+                let block_bytes = block_start * nr * bits / 8;
+                for kk in 0..blocks.len(g) {
+                    let code = w.codes[col * w.k + block_start + kk] ^ wide_xor;
+                    let (step, j) = (kk / 4, kk % 4);
+                    let (load, sub) = (step / steps_per_load, step % steps_per_load);
+                    dst[block_bytes + load * nr * 4 + lane * 4 + j] |= code << (sub * bits);
+                }
+            }
+            for pb in 0..param_blocks {
+                let at = (panel * param_blocks + pb) * nr + lane;
+                scales[at] = w.scales[col * param_blocks + pb];
+                zero_offsets[at] = (w.zero_points[col * param_blocks + pb] - wide_offset) as i16;
+            }
+        }
+        Ok(Self {
+            isa,
+            n: w.n,
+            bits: w.bits,
+            blocks,
+            per_block: w.per_block,
+            nr,
+            panel_bytes,
+            codes,
+            scales,
+            zero_offsets,
+        })
+    }
+
+    /// Output features.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Input features.
+    pub fn k(&self) -> usize {
+        self.blocks.k
+    }
+
+    /// Bit width of the codes.
+    pub fn bits(&self) -> Bits {
+        self.bits
+    }
+
+    /// The kernel level the panels are laid out for.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The K block length shared with activations.
+    pub fn block(&self) -> usize {
+        self.blocks.block
+    }
+
+    /// Bytes held: codes, scales and zero offsets, padding included.
+    pub fn storage_bytes(&self) -> usize {
+        self.codes.len() + 4 * self.scales.len() + 2 * self.zero_offsets.len()
+    }
+
+    /// Number of panels.
+    pub(crate) fn panels(&self) -> usize {
+        self.codes.len() / self.panel_bytes
+    }
+
+    /// Parameter blocks per panel.
+    pub(crate) fn param_blocks(&self) -> usize {
+        if self.per_block {
+            self.blocks.count
+        } else {
+            1
+        }
+    }
+}
+
+/// What packing needs to know of a kernel level.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PanelLayout {
+    /// Columns per panel.
+    pub nr: usize,
+    /// XOR applied to 8-bit codes.
+    pub wide_xor: u8,
+    /// Offset the 8-bit dot product carries.
+    pub wide_offset: i32,
+}

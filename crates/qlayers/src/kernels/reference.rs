@@ -1,0 +1,94 @@
+//! The portable kernel level: plain Rust over fixed-size arrays, which the compiler vectorizes for whatever target
+//! it builds for. It is what non-x86 targets run and the baseline the SIMD levels are tested against.
+
+use super::simd::Int8Simd;
+
+/// Lanes of the portable vectors.
+const LANES: usize = 16;
+
+/// The portable level's vector primitives.
+pub(crate) struct Reference;
+
+impl Int8Simd for Reference {
+    const LANES: usize = LANES;
+    const WIDE_XOR: u8 = 0;
+    const WIDE_OFFSET: i32 = 0;
+    type I = [i32; LANES];
+    type F = [f32; LANES];
+
+    #[inline(always)]
+    unsafe fn zero_i() -> Self::I {
+        [0; LANES]
+    }
+    #[inline(always)]
+    unsafe fn zero_f() -> Self::F {
+        [0.0; LANES]
+    }
+    #[inline(always)]
+    unsafe fn load_bytes(p: *const u8) -> Self::I {
+        std::ptr::read_unaligned(p as *const [i32; LANES])
+    }
+    #[inline(always)]
+    unsafe fn broadcast4(p: *const i8) -> Self::I {
+        [std::ptr::read_unaligned(p as *const i32); LANES]
+    }
+    #[inline(always)]
+    unsafe fn bit_field<const SHIFT: i32, const WIDTH: u32>(v: Self::I) -> Self::I {
+        let mask = u32::from_ne_bytes([((1u32 << WIDTH) - 1) as u8; 4]);
+        v.map(|lane| ((lane as u32 >> SHIFT) & mask) as i32)
+    }
+    #[inline(always)]
+    unsafe fn dot_wide(acc: Self::I, w: Self::I, x: Self::I) -> Self::I {
+        dot_lanes(acc, w, x)
+    }
+    #[inline(always)]
+    unsafe fn dot_narrow(acc: Self::I, w: Self::I, x: Self::I) -> Self::I {
+        dot_lanes(acc, w, x)
+    }
+    #[inline(always)]
+    unsafe fn splat_i(v: i32) -> Self::I {
+        [v; LANES]
+    }
+    #[inline(always)]
+    unsafe fn splat_f(v: f32) -> Self::F {
+        [v; LANES]
+    }
+    #[inline(always)]
+    unsafe fn load_i16(p: *const i16) -> Self::I {
+        std::ptr::read_unaligned(p as *const [i16; LANES]).map(i32::from)
+    }
+    #[inline(always)]
+    unsafe fn load_f(p: *const f32) -> Self::F {
+        std::ptr::read_unaligned(p as *const [f32; LANES])
+    }
+    #[inline(always)]
+    unsafe fn store_f(p: *mut f32, v: Self::F) {
+        std::ptr::write_unaligned(p as *mut [f32; LANES], v)
+    }
+    #[inline(always)]
+    unsafe fn sub_mul_i(a: Self::I, b: Self::I, c: Self::I) -> Self::I {
+        std::array::from_fn(|i| a[i].wrapping_sub(b[i].wrapping_mul(c[i])))
+    }
+    #[inline(always)]
+    unsafe fn to_f(v: Self::I) -> Self::F {
+        v.map(|x| x as f32)
+    }
+    #[inline(always)]
+    unsafe fn mul_f(a: Self::F, b: Self::F) -> Self::F {
+        std::array::from_fn(|i| a[i] * b[i])
+    }
+    #[inline(always)]
+    unsafe fn add_f(a: Self::F, b: Self::F) -> Self::F {
+        std::array::from_fn(|i| a[i] + b[i])
+    }
+}
+
+/// `acc[l] += sum_j w[4l + j] (unsigned) * x[4l + j] (signed)`.
+#[inline(always)]
+fn dot_lanes(acc: [i32; LANES], w: [i32; LANES], x: [i32; LANES]) -> [i32; LANES] {
+    std::array::from_fn(|l| {
+        let (wb, xb) = (w[l].to_le_bytes(), x[l].to_le_bytes());
+        let dot: i32 = (0..4).map(|j| i32::from(wb[j]) * i32::from(xb[j] as i8)).sum();
+        acc[l].wrapping_add(dot)
+    })
+}

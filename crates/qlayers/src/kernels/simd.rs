@@ -1,0 +1,57 @@
+//! The primitives a micro-kernel needs from an instruction set. The GEMM driver and the micro-kernel loop are written
+//! once, generically over [`Int8Simd`]; each instruction set only implements these small operations.
+//!
+//! An integer vector holds `LANES` i32 lanes; as weights or activations it holds `4 * LANES` bytes, four
+//! consecutive K values per lane.
+
+/// Vector primitives of one instruction set. Every method is `#[inline(always)]` and `unsafe`: callers run inside a
+/// function compiled with the instruction set's target features, and pass pointers valid for one vector.
+pub(crate) trait Int8Simd {
+    /// i32 lanes per vector.
+    const LANES: usize;
+    /// Value XORed into 8-bit weight codes when they are packed; their dot products then carry an offset of
+    /// `WIDE_OFFSET` per weight (see [`Int8Simd::dot_wide`]).
+    const WIDE_XOR: u8;
+    /// Offset such that [`Int8Simd::dot_wide`] accumulates `sum((w - WIDE_OFFSET) * x)` for 8-bit codes `w`.
+    const WIDE_OFFSET: i32;
+
+    /// Vector of i32 lanes (or `4 * LANES` bytes).
+    type I: Copy;
+    /// Vector of f32 lanes.
+    type F: Copy;
+
+    /// All-zero integer vector.
+    unsafe fn zero_i() -> Self::I;
+    /// All-zero float vector.
+    unsafe fn zero_f() -> Self::F;
+    /// Loads `4 * LANES` weight bytes.
+    unsafe fn load_bytes(p: *const u8) -> Self::I;
+    /// Broadcasts 4 activation bytes to every lane.
+    unsafe fn broadcast4(p: *const i8) -> Self::I;
+    /// Bits `[shift, shift + width)` of every byte, as bytes (`shift` in 0..8).
+    unsafe fn bit_field<const SHIFT: i32, const WIDTH: u32>(v: Self::I) -> Self::I;
+    /// `acc + sum over each lane's 4 bytes of (w - WIDE_OFFSET) * x` for 8-bit packed codes `w` (unsigned, XORed
+    /// with `WIDE_XOR`) and signed activations `x` in `[-127, 127]`.
+    unsafe fn dot_wide(acc: Self::I, w: Self::I, x: Self::I) -> Self::I;
+    /// `acc + sum over each lane's 4 bytes of w * x` for codes `w` in `[0, 15]`.
+    unsafe fn dot_narrow(acc: Self::I, w: Self::I, x: Self::I) -> Self::I;
+
+    /// Integer vector with every lane `v`.
+    unsafe fn splat_i(v: i32) -> Self::I;
+    /// Float vector with every lane `v`.
+    unsafe fn splat_f(v: f32) -> Self::F;
+    /// Loads `LANES` i16 values widened to i32.
+    unsafe fn load_i16(p: *const i16) -> Self::I;
+    /// Loads `LANES` f32 values.
+    unsafe fn load_f(p: *const f32) -> Self::F;
+    /// Stores `LANES` f32 values.
+    unsafe fn store_f(p: *mut f32, v: Self::F);
+    /// Lane-wise `a - b * c` on i32 (wrapping).
+    unsafe fn sub_mul_i(a: Self::I, b: Self::I, c: Self::I) -> Self::I;
+    /// Lane-wise i32 to f32 conversion (round to nearest even).
+    unsafe fn to_f(v: Self::I) -> Self::F;
+    /// Lane-wise `a * b`.
+    unsafe fn mul_f(a: Self::F, b: Self::F) -> Self::F;
+    /// Lane-wise `a + b`.
+    unsafe fn add_f(a: Self::F, b: Self::F) -> Self::F;
+}

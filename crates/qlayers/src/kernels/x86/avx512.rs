@@ -1,0 +1,90 @@
+//! AVX-512 VNNI level: `vpdpbusd` multiplies unsigned by signed bytes and adds four products into each i32 lane,
+//! without saturation, so every code width goes straight in.
+
+use std::arch::x86_64::*;
+
+use crate::kernels::simd::Int8Simd;
+
+/// The AVX-512 VNNI level's vector primitives.
+pub(crate) struct Avx512Vnni;
+
+impl Int8Simd for Avx512Vnni {
+    const LANES: usize = 16;
+    const WIDE_XOR: u8 = 0;
+    const WIDE_OFFSET: i32 = 0;
+    type I = __m512i;
+    type F = __m512;
+
+    #[inline(always)]
+    unsafe fn zero_i() -> Self::I {
+        _mm512_setzero_si512()
+    }
+    #[inline(always)]
+    unsafe fn zero_f() -> Self::F {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn load_bytes(p: *const u8) -> Self::I {
+        _mm512_loadu_si512(p as *const __m512i)
+    }
+    #[inline(always)]
+    unsafe fn broadcast4(p: *const i8) -> Self::I {
+        _mm512_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+    }
+    #[inline(always)]
+    unsafe fn bit_field<const SHIFT: i32, const WIDTH: u32>(v: Self::I) -> Self::I {
+        let mask = _mm512_set1_epi8(((1u32 << WIDTH) - 1) as i8);
+        let shifted = match SHIFT {
+            0 => v,
+            2 => _mm512_srli_epi16::<2>(v),
+            4 => _mm512_srli_epi16::<4>(v),
+            6 => _mm512_srli_epi16::<6>(v),
+            _ => unreachable!("bit fields start at 0, 2, 4 or 6"),
+        };
+        _mm512_and_si512(shifted, mask)
+    }
+    #[inline(always)]
+    unsafe fn dot_wide(acc: Self::I, w: Self::I, x: Self::I) -> Self::I {
+        _mm512_dpbusd_epi32(acc, w, x)
+    }
+    #[inline(always)]
+    unsafe fn dot_narrow(acc: Self::I, w: Self::I, x: Self::I) -> Self::I {
+        _mm512_dpbusd_epi32(acc, w, x)
+    }
+    #[inline(always)]
+    unsafe fn splat_i(v: i32) -> Self::I {
+        _mm512_set1_epi32(v)
+    }
+    #[inline(always)]
+    unsafe fn splat_f(v: f32) -> Self::F {
+        _mm512_set1_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn load_i16(p: *const i16) -> Self::I {
+        _mm512_cvtepi16_epi32(_mm256_loadu_si256(p as *const __m256i))
+    }
+    #[inline(always)]
+    unsafe fn load_f(p: *const f32) -> Self::F {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn store_f(p: *mut f32, v: Self::F) {
+        _mm512_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn sub_mul_i(a: Self::I, b: Self::I, c: Self::I) -> Self::I {
+        _mm512_sub_epi32(a, _mm512_mullo_epi32(b, c))
+    }
+    #[inline(always)]
+    unsafe fn to_f(v: Self::I) -> Self::F {
+        _mm512_cvtepi32_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn mul_f(a: Self::F, b: Self::F) -> Self::F {
+        _mm512_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn add_f(a: Self::F, b: Self::F) -> Self::F {
+        _mm512_add_ps(a, b)
+    }
+}

@@ -1,0 +1,59 @@
+//! How many threads the kernels use. They run on rayon's global pool, the one candle's CPU ops use too, so the
+//! two never fight over cores; the count here caps how many of its threads one matmul occupies.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// 0 means "not set": use candle's count (`CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the cores).
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Caps the threads one kernel call uses (at least 1). Applies to calls started afterwards.
+pub fn set_num_threads(threads: usize) {
+    THREADS.store(threads.max(1), Ordering::Relaxed);
+}
+
+/// The number of threads a kernel call uses.
+pub fn num_threads() -> usize {
+    match THREADS.load(Ordering::Relaxed) {
+        0 => candle_core::utils::get_num_threads().max(1),
+        n => n,
+    }
+}
+
+/// Runs `task(i)` for every `i < tasks` on up to [`num_threads`] threads; each worker takes the next index until
+/// none is left, so uneven tasks balance themselves.
+pub(crate) fn parallel_for(tasks: usize, task: impl Fn(usize) + Sync) {
+    let workers = num_threads().min(tasks);
+    if workers <= 1 {
+        (0..tasks).for_each(task);
+        return;
+    }
+    let next = AtomicUsize::new(0);
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= tasks {
+            break;
+        }
+        task(i);
+    };
+    rayon::scope(|s| {
+        for _ in 1..workers {
+            s.spawn(|_| work());
+        }
+        work();
+    });
+}
+
+/// A raw pointer that tasks of one [`parallel_for`] share to write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut<T>(pub *mut T);
+
+// SAFETY: tasks write disjoint ranges, and `parallel_for` returns only after every task has finished.
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper, not its field).
+    pub fn get(self) -> *mut T {
+        self.0
+    }
+}

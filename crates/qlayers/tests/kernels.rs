@@ -1,0 +1,216 @@
+//! One harness for every kernel level: each is checked bit for bit against a scalar model of the integer formula,
+//! on random shapes that include M = 1, odd K and N, and sizes that are not multiples of the tiles.
+
+use qlayers::kernels::{Isa, PackedWeights, WeightCodes};
+use qlayers::Bits;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// A random integer weight matrix with its parameters.
+struct Case {
+    n: usize,
+    k: usize,
+    bits: Bits,
+    block: usize,
+    per_block: bool,
+    codes: Vec<u8>,
+    scales: Vec<f32>,
+    zero_points: Vec<i32>,
+    bias: Option<Vec<f32>>,
+}
+
+impl Case {
+    fn random(rng: &mut StdRng, n: usize, k: usize, bits: Bits, block: usize, per_block: bool) -> Self {
+        let levels = 1u32 << bits.count();
+        let blocks = k.div_ceil(block.min(k));
+        let params = if per_block { n * blocks } else { n };
+        Case {
+            n,
+            k,
+            bits,
+            block,
+            per_block,
+            codes: (0..n * k).map(|_| rng.random_range(0..levels) as u8).collect(),
+            scales: (0..params).map(|_| rng.random_range(0.001f32..0.1)).collect(),
+            zero_points: (0..params).map(|_| rng.random_range(0..levels) as i32).collect(),
+            bias: rng.random_bool(0.5).then(|| (0..n).map(|_| rng.random_range(-1f32..1.0)).collect()),
+        }
+    }
+
+    fn codes(&self) -> WeightCodes<'_> {
+        WeightCodes {
+            n: self.n,
+            k: self.k,
+            bits: self.bits,
+            block: self.block,
+            per_block: self.per_block,
+            codes: &self.codes,
+            scales: &self.scales,
+            zero_points: &self.zero_points,
+        }
+    }
+
+    /// The formula in plain scalar code: activations per row and block to `[-127, 127]`, exact integer dots,
+    /// then the float steps in the kernels' order.
+    fn expected(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let block = self.block.min(self.k);
+        let blocks = self.k.div_ceil(block);
+        let mut y = vec![0f32; m * self.n];
+        for r in 0..m {
+            let row = &x[r * self.k..(r + 1) * self.k];
+            let (mut q, mut sx) = (vec![0i32; self.k], vec![0f32; blocks]);
+            for g in 0..blocks {
+                let part = g * block..((g + 1) * block).min(self.k);
+                let absmax = row[part.clone()].iter().fold(0f32, |a, v| a.max(v.abs()));
+                let inv = if absmax > 0.0 { 127.0 / absmax } else { 0.0 };
+                for i in part {
+                    q[i] = (row[i] * inv).round_ties_even().clamp(-127.0, 127.0) as i32;
+                }
+                sx[g] = absmax / 127.0;
+            }
+            for c in 0..self.n {
+                let mut acc = 0f32;
+                for g in 0..blocks {
+                    let p = if self.per_block { c * blocks + g } else { c };
+                    let dot: i64 = (g * block..((g + 1) * block).min(self.k))
+                        .map(|i| {
+                            (i64::from(self.codes[c * self.k + i]) - i64::from(self.zero_points[p])) * i64::from(q[i])
+                        })
+                        .sum();
+                    acc += (dot as i32) as f32 * (sx[g] * self.scales[p]);
+                }
+                y[r * self.n + c] = match &self.bias {
+                    Some(b) => acc + b[c],
+                    None => acc,
+                };
+            }
+        }
+        y
+    }
+}
+
+fn random_input(rng: &mut StdRng, m: usize, k: usize) -> Vec<f32> {
+    (0..m * k).map(|_| rng.random_range(-3f32..3.0)).collect()
+}
+
+fn assert_bit_identical(ours: &[f32], expected: &[f32], what: &str) {
+    assert_eq!(ours.len(), expected.len(), "{what}: length");
+    for (i, (a, b)) in ours.iter().zip(expected).enumerate() {
+        assert!(a.to_bits() == b.to_bits(), "{what}: element {i}: {a} vs expected {b}");
+    }
+}
+
+#[test]
+fn every_level_matches_the_scalar_formula_bit_for_bit() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let shapes = [
+        (1, 1, 1),
+        (1, 17, 33),
+        (1, 384, 100),
+        (2, 31, 5),
+        (3, 64, 47),
+        (5, 129, 31),
+        (9, 100, 17),
+        (17, 48, 64),
+        (33, 3, 15),
+        (64, 256, 96),
+    ];
+    let mut checked = 0;
+    for &(m, k, n) in &shapes {
+        for bits in [Bits::B8, Bits::B4, Bits::B2] {
+            for (block, per_block) in [(16, true), (32, false), (64, true), (k, false), (k, true)] {
+                let case = Case::random(&mut rng, n, k, bits, block, per_block);
+                let x = random_input(&mut rng, m, k);
+                let expected = case.expected(&x, m);
+                for isa in Isa::supported() {
+                    let w = PackedWeights::new(isa, &case.codes()).unwrap();
+                    let y = w.matmul(&x, m, case.bias.as_deref()).unwrap();
+                    let what =
+                        format!("{isa} m={m} k={k} n={n} bits={} block={block} per_block={per_block}", bits.count());
+                    assert_bit_identical(&y, &expected, &what);
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= shapes.len() * 3 * 5, "ran {checked} comparisons");
+}
+
+#[test]
+fn extreme_codes_do_not_saturate() {
+    // 8-bit codes at 0 and 255 against activations at +-127 drive vpmaddubsw pairs to their limits.
+    let (m, k, n) = (4, 64, 16);
+    let codes: Vec<u8> = (0..n * k).map(|i| if (i / 3) % 2 == 0 { 255 } else { 0 }).collect();
+    let case = Case {
+        n,
+        k,
+        bits: Bits::B8,
+        block: k,
+        per_block: false,
+        codes,
+        scales: vec![1.0; n],
+        zero_points: vec![0; n],
+        bias: None,
+    };
+    let x: Vec<f32> =
+        (0..m * k).map(|i| if i % 2 == 0 { 1.0 } else { -1.0 } * if i % 5 == 0 { -1.0 } else { 1.0 }).collect();
+    let expected = case.expected(&x, m);
+    for isa in Isa::supported() {
+        let w = PackedWeights::new(isa, &case.codes()).unwrap();
+        assert_bit_identical(&w.matmul(&x, m, None).unwrap(), &expected, &format!("{isa} extremes"));
+    }
+}
+
+#[test]
+fn a_row_does_not_depend_on_its_batch() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let (m, k, n) = (37, 96, 70);
+    let case = Case::random(&mut rng, n, k, Bits::B8, 32, false);
+    let x = random_input(&mut rng, m, k);
+    for isa in Isa::supported() {
+        let w = PackedWeights::new(isa, &case.codes()).unwrap();
+        let batch = w.matmul(&x, m, case.bias.as_deref()).unwrap();
+        for r in [0, 7, 36] {
+            let alone = w.matmul(&x[r * k..(r + 1) * k], 1, case.bias.as_deref()).unwrap();
+            assert_bit_identical(&alone, &batch[r * n..(r + 1) * n], &format!("{isa} row {r}"));
+        }
+    }
+}
+
+#[test]
+fn zero_rows_and_bad_input() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let case = Case::random(&mut rng, 8, 32, Bits::B4, 16, true);
+    let w = PackedWeights::new(Isa::Reference, &case.codes()).unwrap();
+    // An all-zero row gives exactly the bias.
+    let y = w.matmul(&[0.0; 32], 1, Some(&[0.5; 8])).unwrap();
+    assert!(y.iter().all(|&v| v == 0.5));
+    assert!(w.matmul(&[], 0, None).unwrap().is_empty());
+    let mut x = vec![1.0; 64];
+    x[40] = f32::NAN;
+    assert!(w.matmul(&x, 2, None).unwrap_err().to_string().contains("non-finite value (NaN) at flat index 40"));
+    x[40] = f32::INFINITY;
+    assert!(w.matmul(&x, 2, None).unwrap_err().to_string().contains("non-finite"));
+    assert!(w.matmul(&x[..63], 2, None).unwrap_err().to_string().contains("shape mismatch"));
+    assert!(w.matmul(&[1.0; 32], 1, Some(&[0.0; 7])).unwrap_err().to_string().contains("bias"));
+    let mut bad = case.codes();
+    let codes = vec![16u8; 8 * 32];
+    bad.codes = &codes;
+    assert!(PackedWeights::new(Isa::Reference, &bad).unwrap_err().to_string().contains("does not fit in 4 bits"));
+    let odd_block = WeightCodes { block: 24, ..case.codes() };
+    assert!(PackedWeights::new(Isa::Reference, &odd_block).unwrap_err().to_string().contains("multiple of 16"));
+}
+
+#[test]
+fn thread_count_does_not_change_results() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let (m, k, n) = (50, 200, 130);
+    let case = Case::random(&mut rng, n, k, Bits::B8, 64, false);
+    let x = random_input(&mut rng, m, k);
+    let w = PackedWeights::new(Isa::best(), &case.codes()).unwrap();
+    qlayers::threads::set_num_threads(1);
+    let one = w.matmul(&x, m, None).unwrap();
+    qlayers::threads::set_num_threads(2);
+    let two = w.matmul(&x, m, None).unwrap();
+    assert_bit_identical(&one, &two, "1 vs 2 threads");
+}
