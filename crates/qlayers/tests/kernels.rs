@@ -51,7 +51,7 @@ impl Case {
     }
 
     /// The formula in plain scalar code: activations per row and block to `[-127, 127]`, exact integer dots,
-    /// then the float steps in the kernels' order.
+    /// then the float steps in the kernels' order (fused multiply-adds, per-column scales applied at the end).
     fn expected(&self, x: &[f32], m: usize) -> Vec<f32> {
         let block = self.block.min(self.k);
         let blocks = self.k.div_ceil(block);
@@ -77,12 +77,12 @@ impl Case {
                             (i64::from(self.codes[c * self.k + i]) - i64::from(self.zero_points[p])) * i64::from(q[i])
                         })
                         .sum();
-                    acc += (dot as i32) as f32 * (sx[g] * self.scales[p]);
+                    let scale = if self.per_block { sx[g] * self.scales[p] } else { sx[g] };
+                    acc = ((dot as i32) as f32).mul_add(scale, acc);
                 }
-                y[r * self.n + c] = match &self.bias {
-                    Some(b) => acc + b[c],
-                    None => acc,
-                };
+                let final_scale = if self.per_block { 1.0 } else { self.scales[c] };
+                let bias = self.bias.as_ref().map_or(0.0, |b| b[c]);
+                y[r * self.n + c] = acc.mul_add(final_scale, bias);
             }
         }
         y
@@ -118,8 +118,15 @@ fn every_level_matches_the_scalar_formula_bit_for_bit() {
     let mut checked = 0;
     for &(m, k, n) in &shapes {
         for bits in [Bits::B8, Bits::B4, Bits::B2] {
-            for (block, per_block) in [(16, true), (32, false), (64, true), (k, false), (k, true)] {
-                let case = Case::random(&mut rng, n, k, bits, block, per_block);
+            for (block, per_block, symmetric) in
+                [(16, true, false), (32, false, true), (64, true, true), (k, false, false), (k, true, false)]
+            {
+                let mut case = Case::random(&mut rng, n, k, bits, block, per_block);
+                if symmetric {
+                    // One zero point for every column and block, as symmetric weights have.
+                    let mid = 1 << (bits.count() - 1);
+                    case.zero_points.iter_mut().for_each(|z| *z = mid);
+                }
                 let x = random_input(&mut rng, m, k);
                 let expected = case.expected(&x, m);
                 for isa in Isa::supported() {

@@ -20,7 +20,7 @@ const ROW_CHUNK_BYTES: usize = 192 * 1024;
 pub(crate) struct Job<'a> {
     w: &'a PackedWeights,
     acts: &'a QuantizedActivations,
-    /// Bias padded to whole panels, or empty.
+    /// Bias padded to whole panels (zeros where the layer has none).
     bias: &'a [f32],
     out: SharedMut<f32>,
 }
@@ -143,10 +143,10 @@ impl PackedWeights {
             return Ok(out);
         }
         let acts = self.quantize_activations(x, m)?;
-        let padded_bias: Vec<f32> = match bias {
-            Some(b) => b.iter().copied().chain(std::iter::repeat(0.0)).take(self.panels() * self.nr).collect(),
-            None => Vec::new(),
-        };
+        let mut padded_bias = vec![0f32; self.panels() * self.nr];
+        if let Some(b) = bias {
+            padded_bias[..n].copy_from_slice(b);
+        }
         let job = Job { w: self, acts: &acts, bias: &padded_bias, out: SharedMut(out.as_mut_ptr()) };
         let mr = self.isa.tile_rows();
         let rows_per_chunk =
@@ -217,6 +217,8 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
         block: blocks.block,
         last_padded: blocks.padded_len(blocks.count - 1),
         bits: w.bits.count() as usize,
+        per_block: w.per_block,
+        uniform_zero_offset: w.uniform_zero_offset,
     };
     let nr = NV * S::LANES;
     let params = w.param_blocks() * nr;
@@ -231,8 +233,7 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
                 w: w.codes.as_ptr().add(p * w.panel_bytes),
                 w_scales: w.scales.as_ptr().add(p * params),
                 w_zero_offsets: w.zero_offsets.as_ptr().add(p * params),
-                per_block: w.per_block,
-                bias: if job.bias.is_empty() { std::ptr::null() } else { job.bias.as_ptr().add(col0) },
+                bias: job.bias.as_ptr().add(col0),
                 out: job.out.get().add(m0 * w.n + col0),
                 ldo: w.n,
                 cols: nr.min(w.n - col0),

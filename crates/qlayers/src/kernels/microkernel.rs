@@ -1,8 +1,7 @@
 //! The micro-kernel, written once over [`Int8Simd`]: one `ROWS x NV * LANES` tile of the output over all K blocks.
 //!
-//! Per block it accumulates exact i32 dot products, then folds them into f32 accumulators:
-//! `acc += (dot - zero_offset * sum(x)) as f32 * (x_scale * w_scale)`. The float steps are plain multiplies and
-//! adds in a fixed order, so every instruction set gives bit-identical results.
+//! Per block it accumulates exact i32 dot products, then folds them into f32 accumulators with fused multiply-adds
+//! in a fixed order; every instruction set rounds those the same way, so all give bit-identical results.
 
 use super::simd::Int8Simd;
 
@@ -22,9 +21,7 @@ pub(crate) struct Tile {
     pub w_scales: *const f32,
     /// The panel's zero offsets, `[param block][nr]`.
     pub w_zero_offsets: *const i16,
-    /// Whether the panel has parameters per block (else one set).
-    pub per_block: bool,
-    /// Bias of the panel's columns, padded to `nr`, or null.
+    /// Bias of the panel's columns (zeros where the layer has none), padded to `nr`.
     pub bias: *const f32,
     /// Output of the first row and column, rows `ldo` floats apart.
     pub out: *mut f32,
@@ -34,7 +31,7 @@ pub(crate) struct Tile {
     pub cols: usize,
 }
 
-/// Block geometry shared by every tile of one matmul.
+/// What every tile of one matmul shares: block geometry and the form of the weight parameters.
 pub(crate) struct BlockGeometry {
     /// Number of K blocks.
     pub count: usize,
@@ -44,9 +41,18 @@ pub(crate) struct BlockGeometry {
     pub last_padded: usize,
     /// Bits per weight code.
     pub bits: usize,
+    /// Whether weight scales and zero offsets are per block (else per column, applied once at the end).
+    pub per_block: bool,
+    /// The zero offset of every column and block, when they are all equal (symmetric weights).
+    pub uniform_zero_offset: Option<i32>,
 }
 
 /// Computes one tile. `BITS` is the weight code width (8, 4 or 2).
+///
+/// Per block `g`: `exact = dot - zero_offset * sum(x)` (i32, exact), then
+/// `acc = fma(exact as f32, x_scale, acc)` with per-column weight scales, or
+/// `acc = fma(exact as f32, x_scale * w_scale, acc)` with per-block ones. At the end
+/// `out = fma(acc, w_scale, bias)` (per column) or `fma(acc, 1, bias)` (per block).
 #[inline(always)]
 pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const BITS: usize>(
     t: &Tile,
@@ -61,31 +67,49 @@ pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const
         let mut acc = [[S::zero_i(); NV]; ROWS];
         dot_block::<S, ROWS, NV, BITS>(&rows, t.w.add(start * nr * BITS / 8), padded / 4, &mut acc);
 
-        let params = if t.per_block { g * nr } else { 0 };
-        let zero_offsets: [S::I; NV] =
-            std::array::from_fn(|v| S::load_i16(t.w_zero_offsets.add(params + v * S::LANES)));
-        let w_scales: [S::F; NV] = std::array::from_fn(|v| S::load_f(t.w_scales.add(params + v * S::LANES)));
+        let params = if geo.per_block { g * nr } else { 0 };
+        let zero_offsets: [S::I; NV] = match geo.uniform_zero_offset {
+            Some(_) => [S::zero_i(); NV],
+            None => std::array::from_fn(|v| S::load_i16(t.w_zero_offsets.add(params + v * S::LANES))),
+        };
+        let w_scales: [S::F; NV] = match geo.per_block {
+            true => std::array::from_fn(|v| S::load_f(t.w_scales.add(params + v * S::LANES))),
+            false => [S::zero_f(); NV],
+        };
         for m in 0..ROWS {
-            let x_sum = S::splat_i(*t.a_sums.add(m * geo.count + g));
+            let x_sum = *t.a_sums.add(m * geo.count + g);
             let x_scale = S::splat_f(*t.a_scales.add(m * geo.count + g));
             for v in 0..NV {
-                let exact = S::sub_mul_i(acc[m][v], zero_offsets[v], x_sum);
-                accf[m][v] = S::add_f(accf[m][v], S::mul_f(S::to_f(exact), S::mul_f(x_scale, w_scales[v])));
+                let exact = match geo.uniform_zero_offset {
+                    Some(z) => S::sub_i(acc[m][v], S::splat_i(z.wrapping_mul(x_sum))),
+                    None => S::sub_mul_i(acc[m][v], zero_offsets[v], S::splat_i(x_sum)),
+                };
+                let scale = if geo.per_block { S::mul_f(x_scale, w_scales[v]) } else { x_scale };
+                accf[m][v] = S::fma_f(S::to_f(exact), scale, accf[m][v]);
             }
         }
     }
-    store_tile::<S, ROWS, NV>(t, &accf);
+    store_tile::<S, ROWS, NV>(t, geo, &accf);
 }
 
-/// Adds the bias and writes the tile, clipping to `cols` columns.
+/// Applies the final scale and bias and writes the tile, clipping to `cols` columns.
 #[inline(always)]
-unsafe fn store_tile<S: Int8Simd, const ROWS: usize, const NV: usize>(t: &Tile, accf: &[[S::F; NV]; ROWS]) {
+unsafe fn store_tile<S: Int8Simd, const ROWS: usize, const NV: usize>(
+    t: &Tile,
+    geo: &BlockGeometry,
+    accf: &[[S::F; NV]; ROWS],
+) {
     let nr = NV * S::LANES;
+    let final_scales: [S::F; NV] = match geo.per_block {
+        true => [S::splat_f(1.0); NV],
+        false => std::array::from_fn(|v| S::load_f(t.w_scales.add(v * S::LANES))),
+    };
+    let bias: [S::F; NV] = std::array::from_fn(|v| S::load_f(t.bias.add(v * S::LANES)));
     for (m, row) in accf.iter().enumerate() {
         let out = t.out.add(m * t.ldo);
         let mut clipped = [0f32; 64];
         for (v, &acc) in row.iter().enumerate() {
-            let value = if t.bias.is_null() { acc } else { S::add_f(acc, S::load_f(t.bias.add(v * S::LANES))) };
+            let value = S::fma_f(acc, final_scales[v], bias[v]);
             if t.cols == nr {
                 S::store_f(out.add(v * S::LANES), value);
             } else {

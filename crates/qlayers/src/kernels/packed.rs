@@ -52,6 +52,8 @@ pub struct PackedWeights {
     pub(crate) scales: Vec<f32>,
     /// `[panel][param block][nr]` zero offsets.
     pub(crate) zero_offsets: Vec<i16>,
+    /// The zero offset of every column and block when they are all equal (symmetric weights).
+    pub(crate) uniform_zero_offset: Option<i32>,
 }
 
 impl PackedWeights {
@@ -112,6 +114,8 @@ impl PackedWeights {
                 zero_offsets[at] = (w.zero_points[col * param_blocks + pb] - wide_offset) as i16;
             }
         }
+        let first = w.zero_points.first().copied().unwrap_or(0);
+        let uniform_zero_offset = w.zero_points.iter().all(|&z| z == first).then_some(first - wide_offset);
         Ok(Self {
             isa,
             n: w.n,
@@ -123,6 +127,7 @@ impl PackedWeights {
             codes,
             scales,
             zero_offsets,
+            uniform_zero_offset,
         })
     }
 

@@ -78,8 +78,12 @@ impl Int8Simd for Reference {
         std::array::from_fn(|i| a[i] * b[i])
     }
     #[inline(always)]
-    unsafe fn add_f(a: Self::F, b: Self::F) -> Self::F {
-        std::array::from_fn(|i| a[i] + b[i])
+    unsafe fn fma_f(a: Self::F, b: Self::F, c: Self::F) -> Self::F {
+        std::array::from_fn(|i| a[i].mul_add(b[i], c[i]))
+    }
+    #[inline(always)]
+    unsafe fn sub_i(a: Self::I, b: Self::I) -> Self::I {
+        std::array::from_fn(|i| a[i].wrapping_sub(b[i]))
     }
 }
 

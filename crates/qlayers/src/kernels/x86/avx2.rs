@@ -80,7 +80,11 @@ impl Int8Simd for Avx2 {
         _mm256_mul_ps(a, b)
     }
     #[inline(always)]
-    unsafe fn add_f(a: Self::F, b: Self::F) -> Self::F {
-        _mm256_add_ps(a, b)
+    unsafe fn fma_f(a: Self::F, b: Self::F, c: Self::F) -> Self::F {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn sub_i(a: Self::I, b: Self::I) -> Self::I {
+        _mm256_sub_epi32(a, b)
     }
 }

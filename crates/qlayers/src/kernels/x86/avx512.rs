@@ -84,7 +84,11 @@ impl Int8Simd for Avx512Vnni {
         _mm512_mul_ps(a, b)
     }
     #[inline(always)]
-    unsafe fn add_f(a: Self::F, b: Self::F) -> Self::F {
-        _mm512_add_ps(a, b)
+    unsafe fn fma_f(a: Self::F, b: Self::F, c: Self::F) -> Self::F {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn sub_i(a: Self::I, b: Self::I) -> Self::I {
+        _mm512_sub_epi32(a, b)
     }
 }
