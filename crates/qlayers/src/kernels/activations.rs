@@ -1,77 +1,106 @@
-//! Dynamic int8 quantization of activations: one symmetric scale per row and K block, codes in `[-127, 127]`.
+//! Dynamic int8 quantization of activations: one symmetric scale per row and K block, codes in `[-127, 127]`,
+//! stored interleaved for the micro-kernels.
 
 use super::blocks::KBlocks;
 use crate::error::{QuantError, Result};
 
-/// Activations of an `[m, k]` matrix quantized per row and block, laid out for the micro-kernels.
+/// Activations of an `[m, k]` matrix quantized per row and block.
+///
+/// Rows are grouped in tiles of `tile_rows` (the level's micro-tile height; the last tile is padded with zero
+/// rows). Inside a tile, each step of 4 K values stores 4 bytes of every row in turn, so a micro-kernel reads a
+/// step of all its rows from one pointer.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct QuantizedActivations {
-    /// Codes, `m` rows of `padded_k` bytes; padding is 0.
+    /// Interleaved codes, `tiles * tile_rows * padded_k` bytes; padding is 0.
     pub codes: Vec<i8>,
-    /// Scale of each row and block, `[m][blocks]`; 0 for an all-zero block.
+    /// Scale of each row and block, `[padded rows][blocks]`; 0 for an all-zero block.
     pub scales: Vec<f32>,
-    /// Sum of the codes of each row and block, `[m][blocks]`.
+    /// Sum of the codes of each row and block, `[padded rows][blocks]`.
     pub sums: Vec<i32>,
 }
 
 impl QuantizedActivations {
-    /// Buffers for `m` rows, zeroed.
-    pub fn zeroed(m: usize, blocks: &KBlocks) -> Self {
+    /// Zeroed buffers for `m` rows, padded to whole tiles of `tile_rows`.
+    pub fn zeroed(m: usize, blocks: &KBlocks, tile_rows: usize) -> Self {
+        let rows = m.next_multiple_of(tile_rows);
         Self {
-            codes: vec![0; m * blocks.padded_k],
-            scales: vec![0.0; m * blocks.count],
-            sums: vec![0; m * blocks.count],
+            codes: vec![0; rows * blocks.padded_k],
+            scales: vec![0.0; rows * blocks.count],
+            sums: vec![0; rows * blocks.count],
         }
     }
 }
 
-/// Rounds to the nearest integer, ties to even, for `|v| < 2^22`: adding and removing `1.5 * 2^23` leaves the
-/// float unit to do the rounding. Vectorizes on every target, unlike `round_ties_even` without SSE4.1.
-#[inline(always)]
-fn round_half_even(v: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    (v + MAGIC) - MAGIC
-}
+/// `1.5 * 2^23`: adding it to a float below `2^22` in magnitude leaves the integer nearest to it (ties to even)
+/// in the low mantissa bits. Vectorizes everywhere, unlike `round_ties_even` without SSE4.1.
+const ROUNDER: f32 = 12_582_912.0;
 
-/// Quantizes rows `x` (each `blocks.k` long) into `codes`, `scales` and `sums` (each sized for those rows).
-/// `scale = max|x| / 127`, `q = round_half_even(x * 127 / max|x|)`. Errors on NaN or infinite input.
+/// Quantizes rows `x` (whole tiles of `tile_rows` rows, the last possibly short, each row `blocks.k` long)
+/// into `codes` (interleaved), `scales` and `sums`. `scale = max|x| / 127`, `q = round_half_even(x * 127 / max|x|)`.
+/// Errors on NaN or infinite input; `first_row` numbers the rows in the error.
 #[inline(always)]
 pub(crate) fn quantize_rows(
     x: &[f32],
     blocks: &KBlocks,
+    tile_rows: usize,
+    first_row: usize,
     codes: &mut [i8],
     scales: &mut [f32],
     sums: &mut [i32],
 ) -> Result<()> {
-    let rows = x.chunks_exact(blocks.k).zip(codes.chunks_exact_mut(blocks.padded_k));
-    let params = scales.chunks_exact_mut(blocks.count).zip(sums.chunks_exact_mut(blocks.count));
-    for (r, ((row, row_codes), (row_scales, row_sums))) in rows.zip(params).enumerate() {
+    let mut row_codes = vec![0i8; blocks.padded_k];
+    let tile_bytes = tile_rows * blocks.padded_k;
+    for (r, row) in x.chunks_exact(blocks.k).enumerate() {
         for g in 0..blocks.count {
             let (start, len) = (blocks.offset(g), blocks.len(g));
             let values = &row[start..start + len];
-            let (mut absmax, mut finite) = (0f32, true);
-            for &v in values {
-                absmax = absmax.max(v.abs());
-                finite &= v.abs() < f32::INFINITY;
-            }
-            if !finite {
+            let absmax = abs_max(values);
+            if !absmax.is_finite() {
                 let at = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
                 return Err(QuantError::NonFinite {
                     what: "layer input",
-                    index: r * blocks.k + start + at,
+                    index: (first_row + r) * blocks.k + start + at,
                     value: values[at],
                 });
             }
             let inv = if absmax > 0.0 { 127.0 / absmax } else { 0.0 };
             let mut sum = 0i32;
             for (q, &v) in row_codes[start..start + len].iter_mut().zip(values) {
-                let c = round_half_even(v * inv).clamp(-127.0, 127.0) as i32;
+                let c = ((v * inv).clamp(-127.0, 127.0) + ROUNDER).to_bits() as i32 - ROUNDER.to_bits() as i32;
                 sum += c;
                 *q = c as i8;
             }
-            row_scales[g] = absmax / 127.0;
-            row_sums[g] = sum;
+            scales[r * blocks.count + g] = absmax / 127.0;
+            sums[r * blocks.count + g] = sum;
+        }
+        let tile = &mut codes[(r / tile_rows) * tile_bytes..][..tile_bytes];
+        for (s, four) in row_codes.chunks_exact(4).enumerate() {
+            tile[(s * tile_rows + r % tile_rows) * 4..][..4].copy_from_slice(four);
         }
     }
     Ok(())
+}
+
+/// Largest `|v|`, or a non-finite value if `values` holds NaN or an infinity. Written with 16 independent lanes
+/// and integer bit tests so that it vectorizes.
+#[inline(always)]
+fn abs_max(values: &[f32]) -> f32 {
+    const EXPONENT: u32 = 0x7f80_0000;
+    let (mut lanes, mut non_finite) = ([0f32; 16], 0u32);
+    let mut chunks = values.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            let a = v.abs();
+            *lane = if a > *lane { a } else { *lane };
+            non_finite |= u32::from(v.to_bits() & EXPONENT == EXPONENT);
+        }
+    }
+    for &v in chunks.remainder() {
+        lanes[0] = lanes[0].max(v.abs());
+        non_finite |= u32::from(v.to_bits() & EXPONENT == EXPONENT);
+    }
+    if non_finite != 0 {
+        return f32::NAN;
+    }
+    lanes.into_iter().fold(0f32, f32::max)
 }

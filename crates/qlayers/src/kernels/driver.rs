@@ -48,11 +48,12 @@ macro_rules! level {
             pub(super) unsafe fn quantize(
                 x: &[f32],
                 blocks: &KBlocks,
+                first_row: usize,
                 codes: &mut [i8],
                 scales: &mut [f32],
                 sums: &mut [i32],
             ) -> Result<()> {
-                quantize_rows(x, blocks, codes, scales, sums)
+                quantize_rows(x, blocks, MR, first_row, codes, scales, sums)
             }
 
             /// How this level wants weights packed.
@@ -138,16 +139,19 @@ impl PackedWeights {
                 });
             }
         }
-        let mut out = vec![0f32; m * n];
         if m == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
         let acts = self.quantize_activations(x, m)?;
+        // Every element is written by exactly one tile, so the output starts uninitialized (no memset).
+        let mut out: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(m * n);
+        // SAFETY: MaybeUninit needs no initialization.
+        unsafe { out.set_len(m * n) };
         let mut padded_bias = vec![0f32; self.panels() * self.nr];
         if let Some(b) = bias {
             padded_bias[..n].copy_from_slice(b);
         }
-        let job = Job { w: self, acts: &acts, bias: &padded_bias, out: SharedMut(out.as_mut_ptr()) };
+        let job = Job { w: self, acts: &acts, bias: &padded_bias, out: SharedMut(out.as_mut_ptr().cast::<f32>()) };
         let mr = self.isa.tile_rows();
         let rows_per_chunk =
             (ROW_CHUNK_BYTES / self.blocks.padded_k).max(mr).next_multiple_of(mr).min(m.next_multiple_of(mr));
@@ -164,14 +168,18 @@ impl PackedWeights {
             // SAFETY: the level is supported (checked when the weights were packed); tasks write disjoint tiles.
             unsafe { on_level!(self.isa, level => level::run(&job, rows, panel_range)) }
         });
-        Ok(out)
+        let mut out = std::mem::ManuallyDrop::new(out);
+        // SAFETY: the tasks above covered every row and column, so every element is initialized; MaybeUninit<f32>
+        // has the layout of f32.
+        Ok(unsafe { Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), out.len(), out.capacity()) })
     }
 
-    /// Quantizes `m` rows of activations for these weights' K blocks, in parallel chunks of rows.
+    /// Quantizes `m` rows of activations for these weights' K blocks, in parallel chunks of whole tiles.
     fn quantize_activations(&self, x: &[f32], m: usize) -> Result<QuantizedActivations> {
         let blocks = &self.blocks;
-        let mut acts = QuantizedActivations::zeroed(m, blocks);
-        let rows_per_task = (64 * 1024 / blocks.k).clamp(1, m);
+        let mr = self.isa.tile_rows();
+        let mut acts = QuantizedActivations::zeroed(m, blocks, mr);
+        let rows_per_task = (64 * 1024 / blocks.k).next_multiple_of(mr).min(m.next_multiple_of(mr));
         let tasks = m.div_ceil(rows_per_task);
         let (codes, scales, sums) = (
             SharedMut(acts.codes.as_mut_ptr()),
@@ -181,16 +189,23 @@ impl PackedWeights {
         let first_error = std::sync::Mutex::new(None);
         parallel_for(tasks, |t| {
             let rows = t * rows_per_task..((t + 1) * rows_per_task).min(m);
-            let r = rows.len();
-            // SAFETY: each task owns rows `rows` of every buffer.
+            let padded_rows = rows.len().next_multiple_of(mr);
+            // SAFETY: each task owns whole tiles, rows `rows.start..rows.start + padded_rows`, of every buffer.
             let result = unsafe {
-                let codes =
-                    std::slice::from_raw_parts_mut(codes.get().add(rows.start * blocks.padded_k), r * blocks.padded_k);
-                let scales =
-                    std::slice::from_raw_parts_mut(scales.get().add(rows.start * blocks.count), r * blocks.count);
-                let sums = std::slice::from_raw_parts_mut(sums.get().add(rows.start * blocks.count), r * blocks.count);
+                let codes = std::slice::from_raw_parts_mut(
+                    codes.get().add(rows.start * blocks.padded_k),
+                    padded_rows * blocks.padded_k,
+                );
+                let scales = std::slice::from_raw_parts_mut(
+                    scales.get().add(rows.start * blocks.count),
+                    rows.len() * blocks.count,
+                );
+                let sums = std::slice::from_raw_parts_mut(
+                    sums.get().add(rows.start * blocks.count),
+                    rows.len() * blocks.count,
+                );
                 let x = &x[rows.start * blocks.k..rows.end * blocks.k];
-                on_level!(self.isa, level => level::quantize(x, blocks, codes, scales, sums))
+                on_level!(self.isa, level => level::quantize(x, blocks, rows.start, codes, scales, sums))
             };
             if let Err(err) = result {
                 first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(err);
@@ -227,7 +242,7 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
         for m0 in rows.clone().step_by(MR) {
             let t = Tile {
                 a: job.acts.codes.as_ptr().add(m0 * blocks.padded_k),
-                lda: blocks.padded_k,
+                tile_rows: MR,
                 a_scales: job.acts.scales.as_ptr().add(m0 * blocks.count),
                 a_sums: job.acts.sums.as_ptr().add(m0 * blocks.count),
                 w: w.codes.as_ptr().add(p * w.panel_bytes),

@@ -7,10 +7,10 @@ use super::simd::Int8Simd;
 
 /// Everything one tile needs; pointers are valid for the tile's rows, panel and columns.
 pub(crate) struct Tile {
-    /// First activation row of the tile (codes), rows `lda` bytes apart.
+    /// The tile's activation codes, interleaved: for each step of 4 K values, 4 bytes of each of `tile_rows` rows.
     pub a: *const i8,
-    /// Stride between activation rows.
-    pub lda: usize,
+    /// Rows interleaved in the activation layout (the level's tile height; at least `ROWS`).
+    pub tile_rows: usize,
     /// Activation scales of the first row, `[row][block]`.
     pub a_scales: *const f32,
     /// Activation code sums of the first row, `[row][block]`.
@@ -63,9 +63,9 @@ pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const
     for g in 0..geo.count {
         let padded = if g + 1 == geo.count { geo.last_padded } else { geo.block };
         let start = g * geo.block;
-        let rows: [*const i8; ROWS] = std::array::from_fn(|m| t.a.add(m * t.lda + start));
         let mut acc = [[S::zero_i(); NV]; ROWS];
-        dot_block::<S, ROWS, NV, BITS>(&rows, t.w.add(start * nr * BITS / 8), padded / 4, &mut acc);
+        let a = t.a.add(start * t.tile_rows);
+        dot_block::<S, ROWS, NV, BITS>(a, 4 * t.tile_rows, t.w.add(start * nr * BITS / 8), padded / 4, &mut acc);
 
         let params = if geo.per_block { g * nr } else { 0 };
         let zero_offsets: [S::I; NV] = match geo.uniform_zero_offset {
@@ -122,10 +122,12 @@ unsafe fn store_tile<S: Int8Simd, const ROWS: usize, const NV: usize>(
     }
 }
 
-/// Accumulates `steps` steps of 4 K values: `acc[m][v] += dot(rows[m], panel vector v)`.
+/// Accumulates `steps` steps of 4 K values: `acc[m][v] += dot(row m, panel vector v)`, with activation steps
+/// `a_step` bytes apart.
 #[inline(always)]
 unsafe fn dot_block<S: Int8Simd, const ROWS: usize, const NV: usize, const BITS: usize>(
-    rows: &[*const i8; ROWS],
+    a: *const i8,
+    a_step: usize,
     w: *const u8,
     steps: usize,
     acc: &mut [[S::I; NV]; ROWS],
@@ -136,39 +138,38 @@ unsafe fn dot_block<S: Int8Simd, const ROWS: usize, const NV: usize, const BITS:
     match BITS {
         8 => {
             for s in 0..steps {
-                step::<S, ROWS, NV, true>(rows, 4 * s, &load(s), acc);
+                step::<S, ROWS, NV, true>(a.add(s * a_step), &load(s), acc);
             }
         }
         4 => {
             for l in 0..steps / 2 {
                 let raw = load(l);
-                step::<S, ROWS, NV, false>(rows, 8 * l, &raw.map(|r| S::bit_field::<0, 4>(r)), acc);
-                step::<S, ROWS, NV, false>(rows, 8 * l + 4, &raw.map(|r| S::bit_field::<4, 4>(r)), acc);
+                step::<S, ROWS, NV, false>(a.add(2 * l * a_step), &raw.map(|r| S::bit_field::<0, 4>(r)), acc);
+                step::<S, ROWS, NV, false>(a.add((2 * l + 1) * a_step), &raw.map(|r| S::bit_field::<4, 4>(r)), acc);
             }
         }
         2 => {
             for l in 0..steps / 4 {
                 let raw = load(l);
-                step::<S, ROWS, NV, false>(rows, 16 * l, &raw.map(|r| S::bit_field::<0, 2>(r)), acc);
-                step::<S, ROWS, NV, false>(rows, 16 * l + 4, &raw.map(|r| S::bit_field::<2, 2>(r)), acc);
-                step::<S, ROWS, NV, false>(rows, 16 * l + 8, &raw.map(|r| S::bit_field::<4, 2>(r)), acc);
-                step::<S, ROWS, NV, false>(rows, 16 * l + 12, &raw.map(|r| S::bit_field::<6, 2>(r)), acc);
+                step::<S, ROWS, NV, false>(a.add((4 * l + 0) * a_step), &raw.map(|r| S::bit_field::<0, 2>(r)), acc);
+                step::<S, ROWS, NV, false>(a.add((4 * l + 1) * a_step), &raw.map(|r| S::bit_field::<2, 2>(r)), acc);
+                step::<S, ROWS, NV, false>(a.add((4 * l + 2) * a_step), &raw.map(|r| S::bit_field::<4, 2>(r)), acc);
+                step::<S, ROWS, NV, false>(a.add((4 * l + 3) * a_step), &raw.map(|r| S::bit_field::<6, 2>(r)), acc);
             }
         }
         _ => unreachable!("bit widths are 2, 4 or 8"),
     }
 }
 
-/// One step of 4 K values at offset `k` of every row.
+/// One step of 4 K values; row `m`'s 4 activation bytes are at `a + 4 m`.
 #[inline(always)]
 unsafe fn step<S: Int8Simd, const ROWS: usize, const NV: usize, const WIDE: bool>(
-    rows: &[*const i8; ROWS],
-    k: usize,
+    a: *const i8,
     w: &[S::I; NV],
     acc: &mut [[S::I; NV]; ROWS],
 ) {
     for m in 0..ROWS {
-        let x = S::broadcast4(rows[m].add(k));
+        let x = S::broadcast4(a.add(4 * m));
         for v in 0..NV {
             acc[m][v] = if WIDE { S::dot_wide(acc[m][v], w[v], x) } else { S::dot_narrow(acc[m][v], w[v], x) };
         }
