@@ -17,10 +17,12 @@
 
 pub mod error;
 pub mod kernels;
+pub mod layers;
 pub mod pack;
 pub mod quant;
 pub mod threads;
 
 pub use error::{QuantError, Result};
 pub use kernels::{Isa, PackedWeights, WeightCodes};
+pub use layers::{LayerScheme, QConv2d, QLinear};
 pub use quant::{metrics, nf4, Bits, CodeRange, Granularity, LinearScheme, QParams, QTensor, Scheme};

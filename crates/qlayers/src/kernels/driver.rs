@@ -247,7 +247,7 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
                 a_sums: job.acts.sums.as_ptr().add(m0 * blocks.count),
                 w: w.codes.as_ptr().add(p * w.panel_bytes),
                 w_scales: w.scales.as_ptr().add(p * params),
-                w_zero_offsets: w.zero_offsets.as_ptr().add(p * params),
+                w_zero_offsets: w.zero_offsets.as_ptr().wrapping_add(p * params),
                 bias: job.bias.as_ptr().add(col0),
                 out: job.out.get().add(m0 * w.n + col0),
                 ldo: w.n,

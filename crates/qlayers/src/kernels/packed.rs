@@ -50,7 +50,7 @@ pub struct PackedWeights {
     pub(crate) codes: Vec<u8>,
     /// `[panel][param block][nr]` scales (0 for padding columns).
     pub(crate) scales: Vec<f32>,
-    /// `[panel][param block][nr]` zero offsets.
+    /// `[panel][param block][nr]` zero offsets; empty when they are all equal (see `uniform_zero_offset`).
     pub(crate) zero_offsets: Vec<i16>,
     /// The zero offset of every column and block when they are all equal (symmetric weights).
     pub(crate) uniform_zero_offset: Option<i32>,
@@ -91,7 +91,7 @@ impl PackedWeights {
         let panel_bytes = nr * blocks.padded_k * w.bits.count() as usize / 8;
         let mut codes = vec![0u8; panels * panel_bytes];
         let mut scales = vec![0f32; panels * param_blocks * nr];
-        let mut zero_offsets = vec![0i16; panels * param_blocks * nr];
+        let mut zero_offsets: Vec<i16> = vec![0i16; panels * param_blocks * nr];
         let bits = w.bits.count() as usize;
         let steps_per_load = 8 / bits;
         for col in 0..w.n {
@@ -116,6 +116,10 @@ impl PackedWeights {
         }
         let first = w.zero_points.first().copied().unwrap_or(0);
         let uniform_zero_offset = w.zero_points.iter().all(|&z| z == first).then_some(first - wide_offset);
+        if uniform_zero_offset.is_some() {
+            // Symmetric weights: the kernel uses the one offset, so the per-column copies are not kept.
+            zero_offsets = Vec::new();
+        }
         Ok(Self {
             isa,
             n: w.n,

@@ -1,0 +1,42 @@
+//! From a quantized weight tensor to the kernels' input: unsigned codes with zero points.
+
+use crate::error::{QuantError, Result};
+use crate::kernels::{selected_isa, PackedWeights, WeightCodes};
+use crate::quant::{CodeRange, Granularity, LinearScheme, QTensor, Scheme};
+
+/// Repacks a quantized `[n, k]` weight for the kernels, with activations quantized in blocks of `block`.
+///
+/// Signed codes are shifted to unsigned (`q + 2^(b-1)`, zero point shifted alike). Per-tensor scales are
+/// repeated per row; per-group scales must use groups of `block`.
+pub(crate) fn pack_qtensor(q: &QTensor, block: usize) -> Result<PackedWeights> {
+    let &[n, k] = q.shape() else {
+        return Err(QuantError::InvalidScheme(format!("a linear weight must be 2-D [out, in], got {:?}", q.shape())));
+    };
+    let Scheme::Linear(LinearScheme { bits, range, granularity, .. }) = *q.scheme() else {
+        return Err(QuantError::InvalidScheme("NF4 weights have no integer kernel yet".into()));
+    };
+    let offset = match range {
+        CodeRange::Signed => 1i32 << (bits.count() - 1),
+        CodeRange::Unsigned => 0,
+    };
+    let repeat = |values: &[f32], zps: &[i32]| -> (Vec<f32>, Vec<i32>) {
+        (values.iter().copied().cycle().take(n).collect(), zps.iter().copied().cycle().take(n).collect())
+    };
+    let (scales, zero_points, per_block) = match granularity {
+        Granularity::PerTensor => {
+            let (s, z) = repeat(q.scales(), q.zero_points());
+            (s, z, false)
+        }
+        Granularity::PerChannel { dim: 0 } => (q.scales().to_vec(), q.zero_points().to_vec(), false),
+        Granularity::PerGroup { size } if size == block.min(k) => (q.scales().to_vec(), q.zero_points().to_vec(), true),
+        other => {
+            return Err(QuantError::InvalidScheme(format!(
+                "weights quantized {other:?} cannot run with K blocks of {block}: use per-channel (dim 0) or groups of {block}"
+            )))
+        }
+    };
+    let codes: Vec<u8> = q.codes().into_iter().map(|c| (c + offset) as u8).collect();
+    let zero_points: Vec<i32> = zero_points.into_iter().map(|z| z + offset).collect();
+    let codes = WeightCodes { n, k, bits, block, per_block, codes: &codes, scales: &scales, zero_points: &zero_points };
+    PackedWeights::new(selected_isa()?, &codes)
+}

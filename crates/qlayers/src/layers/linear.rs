@@ -1,0 +1,169 @@
+//! [`QLinear`]: a drop-in quantized replacement for `candle_nn::Linear`.
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
+
+use super::int_weights::pack_qtensor;
+use super::scheme::LayerScheme;
+use crate::error::{QuantError, Result};
+use crate::kernels::PackedWeights;
+use crate::quant::QTensor;
+
+/// A linear layer `y = x W^T + b` whose weights are quantized per a [`LayerScheme`].
+///
+/// It implements [`candle_core::Module`], so it stands wherever `candle_nn::Linear` stands: any input of shape
+/// `[..., in_features]` and any float dtype (computed in f32 and returned in the input's dtype). Integer schemes
+/// run the fused kernels of [`crate::kernels`] on the CPU; on other devices the op reports that it has no kernel
+/// there (the `CustomOp1` hooks are where CUDA and Metal kernels plug in).
+#[derive(Debug, Clone)]
+pub struct QLinear {
+    scheme: LayerScheme,
+    in_features: usize,
+    out_features: usize,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    F32(candle_nn::Linear),
+    Int(IntLinear),
+}
+
+/// The integer form: packed weights and the bias, as a candle custom op.
+#[derive(Debug, Clone)]
+pub(crate) struct IntLinear {
+    pub(crate) weights: PackedWeights,
+    pub(crate) bias: Option<Vec<f32>>,
+}
+
+impl QLinear {
+    /// Quantizes `weight` (`[out, in]`) per `scheme`; `bias` is `[out]`. No float copy of the weight is kept.
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>, scheme: LayerScheme) -> Result<Self> {
+        let &[out_features, in_features] = weight.dims() else {
+            return Err(QuantError::InvalidScheme(format!(
+                "a linear weight must be 2-D [out, in], got {:?}",
+                weight.dims()
+            )));
+        };
+        if let Some(b) = bias {
+            if b.dims() != [out_features] {
+                return Err(QuantError::ShapeMismatch {
+                    what: "linear bias vs weight rows",
+                    left: b.dims().to_vec(),
+                    right: vec![out_features],
+                });
+            }
+        }
+        let kind = match scheme.weight_scheme(in_features)? {
+            None => Kind::F32(candle_nn::Linear::new(weight.clone(), bias.cloned())),
+            Some((weight_scheme, block)) => {
+                let q = QTensor::quantize(weight, weight_scheme)?;
+                Kind::Int(IntLinear { weights: pack_qtensor(&q, block)?, bias: bias_values(bias)? })
+            }
+        };
+        Ok(Self { scheme, in_features, out_features, kind })
+    }
+
+    /// Quantizes the weights of an existing `candle_nn::Linear`.
+    pub fn from_linear(linear: &candle_nn::Linear, scheme: LayerScheme) -> Result<Self> {
+        Self::new(linear.weight(), linear.bias(), scheme)
+    }
+
+    /// Builds the layer from an already quantized weight (for example read from a checkpoint), with activations
+    /// quantized in K blocks of `act_block`. The weight's groups, if any, must be `act_block` long.
+    pub fn from_qtensor(
+        weight: &QTensor,
+        bias: Option<&Tensor>,
+        scheme: LayerScheme,
+        act_block: usize,
+    ) -> Result<Self> {
+        let weights = pack_qtensor(weight, act_block)?;
+        let (out_features, in_features) = (weights.n(), weights.k());
+        if let Some(b) = bias {
+            if b.dims() != [out_features] {
+                return Err(QuantError::ShapeMismatch {
+                    what: "linear bias vs weight rows",
+                    left: b.dims().to_vec(),
+                    right: vec![out_features],
+                });
+            }
+        }
+        Ok(Self { scheme, in_features, out_features, kind: Kind::Int(IntLinear { weights, bias: bias_values(bias)? }) })
+    }
+
+    /// The scheme the layer runs.
+    pub fn scheme(&self) -> LayerScheme {
+        self.scheme
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    /// Bytes the layer's parameters take in memory (weights in their kernel layout, scales, zero points, bias).
+    pub fn storage_bytes(&self) -> usize {
+        match &self.kind {
+            Kind::F32(l) => tensor_bytes(l.weight()) + l.bias().map_or(0, tensor_bytes),
+            Kind::Int(int) => int.weights.storage_bytes() + int.bias.as_ref().map_or(0, |b| 4 * b.len()),
+        }
+    }
+}
+
+impl Module for QLinear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.kind {
+            Kind::F32(linear) => linear.forward(x),
+            Kind::Int(int) => {
+                if x.dims().last() != Some(&self.in_features) {
+                    return Err(QuantError::ShapeMismatch {
+                        what: "QLinear input's last dimension vs in_features",
+                        left: x.dims().to_vec(),
+                        right: vec![self.in_features],
+                    }
+                    .into());
+                }
+                let dtype = x.dtype();
+                let y = x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(int)?;
+                y.to_dtype(dtype)
+            }
+        }
+    }
+}
+
+impl CustomOp1 for IntLinear {
+    fn name(&self) -> &'static str {
+        "qlinear"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout)?;
+        let dims = layout.dims();
+        let k = self.weights.k();
+        let m = x.len() / k;
+        let y = self.weights.matmul(x, m, self.bias.as_deref())?;
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("checked by forward") = self.weights.n();
+        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
+    }
+}
+
+/// The f32 values of a contiguous tensor (the layers' `forward` makes inputs contiguous f32 first).
+pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
+        _ => candle_core::bail!("quantized layers take contiguous f32 input"),
+    }
+}
+
+fn bias_values(bias: Option<&Tensor>) -> Result<Option<Vec<f32>>> {
+    bias.map(|b| Ok(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)).transpose()
+}
+
+fn tensor_bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}

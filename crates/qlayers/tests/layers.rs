@@ -1,0 +1,167 @@
+//! QLinear and QConv2d against candle_nn's Linear and Conv2d on the same weights.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, Linear};
+use qlayers::{Bits, Granularity, LayerScheme, LinearScheme, QConv2d, QLinear, QTensor};
+
+/// `||a - b|| / ||b||`.
+fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
+    let diff = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+    diff / b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt()
+}
+
+/// Normal values (Box-Muller over a seeded generator), so every run tests the same tensors.
+fn randn(shape: &[usize], std: f64, seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            let (u1, u2): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos() * std) as f32
+        })
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
+fn all_schemes() -> Vec<LayerScheme> {
+    let mut schemes = vec![LayerScheme::w8a8(), LayerScheme::W8A8 { act_block: 32, weight_per_block: true }];
+    for bits in [Bits::B8, Bits::B4, Bits::B2] {
+        for symmetric in [true, false] {
+            schemes.push(LayerScheme::Weight { bits, group: 32, symmetric });
+        }
+    }
+    schemes
+}
+
+#[test]
+fn qlinear_matches_candle_linear() {
+    let (k, n) = (160, 96);
+    let (w, b) = (randn(&[n, k], 0.05, 1), randn(&[n], 0.1, 2));
+    let x = randn(&[2, 5, k], 1.0, 3);
+    let reference = Linear::new(w.clone(), Some(b.clone())).forward(&x).unwrap();
+    for scheme in all_schemes() {
+        let layer = QLinear::new(&w, Some(&b), scheme).unwrap();
+        let y = layer.forward(&x).unwrap();
+        assert_eq!(y.dims(), reference.dims());
+        let err = relative_error(&y, &reference);
+        println!("{scheme}: relative error {err:.5}");
+        let limit = match scheme {
+            LayerScheme::Weight { bits: Bits::B4, .. } => 0.15,
+            LayerScheme::Weight { bits: Bits::B2, .. } => 0.8,
+            _ => 0.01,
+        };
+        assert!(err < limit, "{scheme}: relative error {err}");
+    }
+}
+
+#[test]
+fn f32_passthrough_is_candle_linear() {
+    let (w, b) = (randn(&[8, 12], 0.1, 4), randn(&[8], 0.1, 5));
+    let x = randn(&[3, 12], 1.0, 6);
+    let layer = QLinear::new(&w, Some(&b), LayerScheme::F32).unwrap();
+    let reference = Linear::new(w, Some(b)).forward(&x).unwrap();
+    assert_eq!(layer.forward(&x).unwrap().to_vec2::<f32>().unwrap(), reference.to_vec2::<f32>().unwrap());
+}
+
+#[test]
+fn qlinear_takes_other_dtypes_and_strided_input() {
+    let w = randn(&[16, 32], 0.1, 7);
+    let layer = QLinear::new(&w, None, LayerScheme::w8a8()).unwrap();
+    let x = randn(&[32, 4], 1.0, 8).t().unwrap(); // not contiguous
+    let y = layer.forward(&x).unwrap();
+    let reference = x.matmul(&w.t().unwrap()).unwrap();
+    assert!(relative_error(&y, &reference) < 0.01);
+    let y16 = layer.forward(&x.to_dtype(DType::F16).unwrap()).unwrap();
+    assert_eq!(y16.dtype(), DType::F16);
+}
+
+#[test]
+fn qlinear_bad_input_is_an_error() {
+    let w = randn(&[16, 32], 0.1, 9);
+    let layer = QLinear::new(&w, None, LayerScheme::w8a8()).unwrap();
+    let err = layer.forward(&randn(&[2, 31], 1.0, 10)).unwrap_err().to_string();
+    assert!(err.contains("in_features"), "{err}");
+    let nan = Tensor::from_vec(vec![f32::NAN; 32], (1, 32), &Device::Cpu).unwrap();
+    assert!(layer.forward(&nan).unwrap_err().to_string().contains("non-finite"));
+    let err = QLinear::new(&w, None, LayerScheme::Weight { bits: Bits::B4, group: 24, symmetric: true }).unwrap_err();
+    assert!(err.to_string().contains("multiple of 16"), "{err}");
+    let err = QLinear::new(&w, Some(&randn(&[15], 0.1, 11)), LayerScheme::w8a8()).unwrap_err();
+    assert!(err.to_string().contains("bias"), "{err}");
+    // An all-zero weight quantizes and multiplies to zeros.
+    let zeros =
+        QLinear::new(&Tensor::zeros((16, 32), DType::F32, &Device::Cpu).unwrap(), None, LayerScheme::w8a8()).unwrap();
+    let y = zeros.forward(&randn(&[3, 32], 1.0, 12)).unwrap();
+    assert!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn memory_is_within_ten_percent_of_the_quantized_bytes() {
+    let w = randn(&[384, 384], 0.05, 13);
+    for (scheme, weight_scheme) in [
+        (LayerScheme::w8a8(), LinearScheme::symmetric(Bits::B8, Granularity::PerChannel { dim: 0 })),
+        (LayerScheme::weight(Bits::B4), LinearScheme::symmetric(Bits::B4, Granularity::PerGroup { size: 32 })),
+        (
+            LayerScheme::Weight { bits: Bits::B4, group: 32, symmetric: false },
+            LinearScheme::asymmetric_unsigned(Bits::B4, Granularity::PerGroup { size: 32 }),
+        ),
+        (LayerScheme::weight(Bits::B2), LinearScheme::symmetric(Bits::B2, Granularity::PerGroup { size: 32 })),
+    ] {
+        let layer = QLinear::new(&w, None, scheme).unwrap();
+        let quantized = QTensor::quantize(&w, weight_scheme).unwrap().storage_bytes();
+        let ratio = layer.storage_bytes() as f64 / quantized as f64;
+        assert!(ratio <= 1.10, "{scheme}: {} bytes vs {quantized} quantized ({ratio:.3})", layer.storage_bytes());
+        assert!(layer.storage_bytes() < 384 * 384 * 4 / 3, "{scheme} keeps no f32 weights");
+    }
+}
+
+#[test]
+fn from_qtensor_equals_quantizing_in_the_layer() {
+    let w = randn(&[40, 64], 0.1, 14);
+    let x = randn(&[3, 64], 1.0, 15);
+    let q = QTensor::quantize(&w, LinearScheme::symmetric(Bits::B4, Granularity::PerGroup { size: 32 })).unwrap();
+    let a = QLinear::from_qtensor(&q, None, LayerScheme::weight(Bits::B4), 32).unwrap();
+    let b = QLinear::new(&w, None, LayerScheme::weight(Bits::B4)).unwrap();
+    assert_eq!(a.forward(&x).unwrap().to_vec2::<f32>().unwrap(), b.forward(&x).unwrap().to_vec2::<f32>().unwrap());
+}
+
+#[test]
+fn qconv2d_matches_candle_conv2d() {
+    let configs = [
+        (Conv2dConfig::default(), 3),
+        (Conv2dConfig { padding: 1, stride: 2, ..Default::default() }, 3),
+        (Conv2dConfig { padding: 2, dilation: 2, ..Default::default() }, 3),
+        (Conv2dConfig { padding: 1, groups: 2, ..Default::default() }, 3),
+        (Conv2dConfig::default(), 1),
+    ];
+    for (i, (config, ksize)) in configs.into_iter().enumerate() {
+        let (cin, cout) = (8, 12);
+        let w = randn(&[cout, cin / config.groups, ksize, ksize], 0.1, 20 + i as u64);
+        let b = randn(&[cout], 0.1, 30 + i as u64);
+        let x = randn(&[2, cin, 9, 11], 1.0, 40 + i as u64);
+        let reference = Conv2d::new(w.clone(), Some(b.clone()), config).forward(&x).unwrap();
+        for scheme in
+            [LayerScheme::w8a8(), LayerScheme::W8A8 { act_block: 16, weight_per_block: false }, LayerScheme::F32]
+        {
+            let layer = QConv2d::new(&w, Some(&b), config, scheme).unwrap();
+            let y = layer.forward(&x).unwrap();
+            assert_eq!(y.dims(), reference.dims(), "{config:?}");
+            let err = relative_error(&y, &reference);
+            assert!(err < 0.01, "{config:?} {scheme}: relative error {err}");
+        }
+    }
+}
+
+#[test]
+fn qconv2d_bad_input_is_an_error() {
+    let w = randn(&[4, 3, 3, 3], 0.1, 50);
+    let layer = QConv2d::new(&w, None, Conv2dConfig::default(), LayerScheme::w8a8()).unwrap();
+    assert!(layer.forward(&randn(&[1, 2, 8, 8], 1.0, 51)).unwrap_err().to_string().contains("in_channels"));
+    assert!(layer
+        .forward(&randn(&[1, 3, 2, 8], 1.0, 52))
+        .unwrap_err()
+        .to_string()
+        .contains("smaller than the dilated kernel"));
+    let bad = Conv2dConfig { groups: 3, ..Default::default() };
+    assert!(QConv2d::new(&w, None, bad, LayerScheme::w8a8()).is_err());
+}
