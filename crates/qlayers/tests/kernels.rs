@@ -221,3 +221,13 @@ fn thread_count_does_not_change_results() {
     let two = w.matmul(&x, m, None).unwrap();
     assert_bit_identical(&one, &two, "1 vs 2 threads");
 }
+
+#[test]
+fn the_environment_forces_the_level() {
+    let selected = qlayers::kernels::selected_isa().unwrap();
+    match std::env::var(qlayers::kernels::ISA_ENV) {
+        Ok(name) => assert_eq!(selected, Isa::from_name(&name).unwrap()),
+        Err(_) => assert_eq!(selected, Isa::best()),
+    }
+    assert!(Isa::from_name("sse9").unwrap_err().to_string().contains("expected reference, avx2 or avx512vnni"));
+}
