@@ -48,35 +48,62 @@ pub(crate) fn quantize_rows(
     scales: &mut [f32],
     sums: &mut [i32],
 ) -> Result<()> {
-    let mut row_codes = vec![0i8; blocks.padded_k];
+    // One tile's rows, row-major, then interleaved into `codes` with sequential writes.
+    let mut tile_codes = vec![0i8; tile_rows * blocks.padded_k];
     let tile_bytes = tile_rows * blocks.padded_k;
-    for (r, row) in x.chunks_exact(blocks.k).enumerate() {
-        for g in 0..blocks.count {
-            let (start, len) = (blocks.offset(g), blocks.len(g));
-            let values = &row[start..start + len];
-            let absmax = abs_max(values);
-            if !absmax.is_finite() {
-                let at = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
-                return Err(QuantError::NonFinite {
+    let row_groups = x.chunks(tile_rows * blocks.k).zip(codes.chunks_exact_mut(tile_bytes));
+    for (t, (tile_x, tile_out)) in row_groups.enumerate() {
+        let rows = tile_x.len() / blocks.k;
+        if rows < tile_rows {
+            tile_codes.fill(0);
+        }
+        for (r, (row, row_codes)) in
+            tile_x.chunks_exact(blocks.k).zip(tile_codes.chunks_exact_mut(blocks.padded_k)).enumerate()
+        {
+            let row_index = t * tile_rows + r;
+            let params = row_index * blocks.count..(row_index + 1) * blocks.count;
+            quantize_row(row, blocks, row_codes, &mut scales[params.clone()], &mut sums[params]).map_err(|at| {
+                QuantError::NonFinite {
                     what: "layer input",
-                    index: (first_row + r) * blocks.k + start + at,
-                    value: values[at],
-                });
-            }
-            let inv = if absmax > 0.0 { 127.0 / absmax } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, &v) in row_codes[start..start + len].iter_mut().zip(values) {
-                let c = ((v * inv).clamp(-127.0, 127.0) + ROUNDER).to_bits() as i32 - ROUNDER.to_bits() as i32;
-                sum += c;
-                *q = c as i8;
-            }
-            scales[r * blocks.count + g] = absmax / 127.0;
-            sums[r * blocks.count + g] = sum;
+                    index: (first_row + row_index) * blocks.k + at,
+                    value: row[at],
+                }
+            })?;
         }
-        let tile = &mut codes[(r / tile_rows) * tile_bytes..][..tile_bytes];
-        for (s, four) in row_codes.chunks_exact(4).enumerate() {
-            tile[(s * tile_rows + r % tile_rows) * 4..][..4].copy_from_slice(four);
+        for (s, step) in tile_out.chunks_exact_mut(4 * tile_rows).enumerate() {
+            for (r, four) in step.chunks_exact_mut(4).enumerate() {
+                four.copy_from_slice(&tile_codes[r * blocks.padded_k + 4 * s..][..4]);
+            }
         }
+    }
+    Ok(())
+}
+
+/// Quantizes one row block by block; on a non-finite value returns its index in the row.
+#[inline(always)]
+fn quantize_row(
+    row: &[f32],
+    blocks: &KBlocks,
+    codes: &mut [i8],
+    scales: &mut [f32],
+    sums: &mut [i32],
+) -> std::result::Result<(), usize> {
+    for g in 0..blocks.count {
+        let (start, len) = (blocks.offset(g), blocks.len(g));
+        let values = &row[start..start + len];
+        let absmax = abs_max(values);
+        if !absmax.is_finite() {
+            return Err(start + values.iter().position(|v| !v.is_finite()).unwrap_or(0));
+        }
+        let inv = if absmax > 0.0 { 127.0 / absmax } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in codes[start..start + len].iter_mut().zip(values) {
+            let c = ((v * inv).clamp(-127.0, 127.0) + ROUNDER).to_bits() as i32 - ROUNDER.to_bits() as i32;
+            sum += c;
+            *q = c as i8;
+        }
+        scales[g] = absmax / 127.0;
+        sums[g] = sum;
     }
     Ok(())
 }

@@ -16,6 +16,10 @@ use crate::threads::{num_threads, parallel_for, SharedMut};
 /// Activation bytes a task's row chunk may take, so that it stays in L2 while the task walks its panels.
 const ROW_CHUNK_BYTES: usize = 192 * 1024;
 
+/// K values walked at a time: a panel's share of them (at most 16 KB of codes) stays in L1 while the row tiles
+/// pass.
+const K_CHUNK: usize = 512;
+
 /// What every task of one matmul reads.
 pub(crate) struct Job<'a> {
     w: &'a PackedWeights,
@@ -237,23 +241,33 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
     };
     let nr = NV * S::LANES;
     let params = w.param_blocks() * nr;
-    for p in panels {
-        let col0 = p * nr;
-        for m0 in rows.clone().step_by(MR) {
-            let t = Tile {
-                a: job.acts.codes.as_ptr().add(m0 * blocks.padded_k),
-                tile_rows: MR,
-                a_scales: job.acts.scales.as_ptr().add(m0 * blocks.count),
-                a_sums: job.acts.sums.as_ptr().add(m0 * blocks.count),
-                w: w.codes.as_ptr().add(p * w.panel_bytes),
-                w_scales: w.scales.as_ptr().add(p * params),
-                w_zero_offsets: w.zero_offsets.as_ptr().wrapping_add(p * params),
-                bias: job.bias.as_ptr().add(col0),
-                out: job.out.get().add(m0 * w.n + col0),
-                ldo: w.n,
-                cols: nr.min(w.n - col0),
-            };
-            dispatch_tile::<S, MR, NV>((rows.end - m0).min(MR), &t, &geo);
+    let blocks_per_chunk = (K_CHUNK / blocks.block).max(1);
+    let chunks = blocks.count.div_ceil(blocks_per_chunk);
+    // Partial sums of every tile of the task between K chunks.
+    let row_tiles = rows.len().div_ceil(MR);
+    let mut partial = if chunks > 1 { vec![0f32; panels.len() * row_tiles * MR * nr] } else { Vec::new() };
+    for chunk in 0..chunks {
+        let chunk_blocks = chunk * blocks_per_chunk..((chunk + 1) * blocks_per_chunk).min(blocks.count);
+        for (pi, p) in panels.clone().enumerate() {
+            let col0 = p * nr;
+            for (ti, m0) in rows.clone().step_by(MR).enumerate() {
+                let t = Tile {
+                    a: job.acts.codes.as_ptr().add(m0 * blocks.padded_k),
+                    tile_rows: MR,
+                    a_scales: job.acts.scales.as_ptr().add(m0 * blocks.count),
+                    a_sums: job.acts.sums.as_ptr().add(m0 * blocks.count),
+                    w: w.codes.as_ptr().add(p * w.panel_bytes),
+                    w_scales: w.scales.as_ptr().add(p * params),
+                    w_zero_offsets: w.zero_offsets.as_ptr().wrapping_add(p * params),
+                    bias: job.bias.as_ptr().add(col0),
+                    out: job.out.get().add(m0 * w.n + col0),
+                    ldo: w.n,
+                    cols: nr.min(w.n - col0),
+                    blocks: chunk_blocks.clone(),
+                    partial: partial.as_mut_ptr().wrapping_add((pi * row_tiles + ti) * MR * nr),
+                };
+                dispatch_tile::<S, MR, NV>((rows.end - m0).min(MR), &t, &geo);
+            }
         }
     }
 }

@@ -29,6 +29,11 @@ pub(crate) struct Tile {
     pub ldo: usize,
     /// Valid columns in this panel (`nr` except in the last panel).
     pub cols: usize,
+    /// The K blocks this call covers; K is walked in chunks so that a panel's chunk stays in L1.
+    pub blocks: std::ops::Range<usize>,
+    /// Partial sums of the tile between chunks, `[ROWS][nr]`: read unless the chunk is the first, written unless
+    /// it is the last (then the result goes to `out`).
+    pub partial: *mut f32,
 }
 
 /// What every tile of one matmul shares: block geometry and the form of the weight parameters.
@@ -60,7 +65,12 @@ pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const
 ) {
     let nr = NV * S::LANES;
     let mut accf = [[S::zero_f(); NV]; ROWS];
-    for g in 0..geo.count {
+    if t.blocks.start > 0 {
+        for (m, row) in accf.iter_mut().enumerate() {
+            *row = std::array::from_fn(|v| S::load_f(t.partial.add(m * nr + v * S::LANES)));
+        }
+    }
+    for g in t.blocks.clone() {
         let padded = if g + 1 == geo.count { geo.last_padded } else { geo.block };
         let start = g * geo.block;
         let mut acc = [[S::zero_i(); NV]; ROWS];
@@ -89,7 +99,15 @@ pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const
             }
         }
     }
-    store_tile::<S, ROWS, NV>(t, geo, &accf);
+    if t.blocks.end < geo.count {
+        for (m, row) in accf.iter().enumerate() {
+            for (v, &acc) in row.iter().enumerate() {
+                S::store_f(t.partial.add(m * nr + v * S::LANES), acc);
+            }
+        }
+    } else {
+        store_tile::<S, ROWS, NV>(t, geo, &accf);
+    }
 }
 
 /// Applies the final scale and bias and writes the tile, clipping to `cols` columns.
