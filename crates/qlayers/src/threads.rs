@@ -2,6 +2,7 @@
 //! two never fight over cores; the count here caps how many of its threads one matmul occupies.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 /// 0 means "not set": use candle's count (`CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the cores).
 static THREADS: AtomicUsize = AtomicUsize::new(0);
@@ -14,9 +15,16 @@ pub fn set_num_threads(threads: usize) {
 /// The number of threads a kernel call uses.
 pub fn num_threads() -> usize {
     match THREADS.load(Ordering::Relaxed) {
-        0 => candle_core::utils::get_num_threads().max(1),
+        0 => default_threads(),
         n => n,
     }
+}
+
+/// candle's thread count, asked once: without `RAYON_NUM_THREADS` candle counts physical cores by parsing
+/// `/proc/cpuinfo`, which costs tens of microseconds, far more than a decoding-sized matmul.
+fn default_threads() -> usize {
+    static DEFAULT: OnceLock<usize> = OnceLock::new();
+    *DEFAULT.get_or_init(|| candle_core::utils::get_num_threads().max(1))
 }
 
 /// Runs `task(i)` for every `i < tasks` on up to [`num_threads`] threads; each worker takes the next index until

@@ -165,3 +165,17 @@ fn qconv2d_bad_input_is_an_error() {
     let bad = Conv2dConfig { groups: 3, ..Default::default() };
     assert!(QConv2d::new(&w, None, bad, LayerScheme::w8a8()).is_err());
 }
+
+#[test]
+fn scheme_names_round_trip() {
+    for name in ["f32", "w8a8-b64", "w8a8-b32-pb", "int8-g32", "int4-g32", "int4-g128-asym", "int2-g64"] {
+        let scheme: LayerScheme = name.parse().unwrap();
+        assert_eq!(scheme.to_string(), name);
+    }
+    assert_eq!("int8".parse::<LayerScheme>().unwrap(), LayerScheme::w8a8());
+    assert_eq!("int4".parse::<LayerScheme>().unwrap(), LayerScheme::weight(Bits::B4));
+    assert_eq!("FP32".parse::<LayerScheme>().unwrap(), LayerScheme::F32);
+    for bad in ["int3", "int4-x", "w8a8-b", "int4-g0", "", "nf5"] {
+        assert!(bad.parse::<LayerScheme>().unwrap_err().to_string().contains("scheme"), "{bad}");
+    }
+}

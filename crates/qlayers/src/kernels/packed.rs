@@ -46,8 +46,8 @@ pub struct PackedWeights {
     pub(crate) nr: usize,
     /// Code bytes of one panel.
     pub(crate) panel_bytes: usize,
-    /// Panels, one after another.
-    pub(crate) codes: Vec<u8>,
+    /// Panels, one after another, starting on a cache line so that vector loads never split lines.
+    pub(crate) codes: CacheAligned,
     /// `[panel][param block][nr]` scales (0 for padding columns).
     pub(crate) scales: Vec<f32>,
     /// `[panel][param block][nr]` zero offsets; empty when they are all equal (see `uniform_zero_offset`).
@@ -89,14 +89,14 @@ impl PackedWeights {
         let nr = layout.nr;
         let panels = w.n.div_ceil(nr);
         let panel_bytes = nr * blocks.padded_k * w.bits.count() as usize / 8;
-        let mut codes = vec![0u8; panels * panel_bytes];
+        let mut codes = CacheAligned::zeroed(panels * panel_bytes);
         let mut scales = vec![0f32; panels * param_blocks * nr];
         let mut zero_offsets: Vec<i16> = vec![0i16; panels * param_blocks * nr];
         let bits = w.bits.count() as usize;
         let steps_per_load = 8 / bits;
         for col in 0..w.n {
             let (panel, lane) = (col / nr, col % nr);
-            let dst = &mut codes[panel * panel_bytes..(panel + 1) * panel_bytes];
+            let dst = &mut codes.as_mut_slice()[panel * panel_bytes..(panel + 1) * panel_bytes];
             for g in 0..blocks.count {
                 let block_start = blocks.offset(g);
                 // Bytes of the blocks before this one in the panel.
@@ -189,4 +189,39 @@ pub(crate) struct PanelLayout {
     pub wide_xor: u8,
     /// Offset the 8-bit dot product carries.
     pub wide_offset: i32,
+}
+
+/// One cache line.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// A zero-initialized byte buffer that starts on a 64-byte boundary.
+#[derive(Debug, Clone)]
+pub(crate) struct CacheAligned {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl CacheAligned {
+    /// `len` zero bytes.
+    fn zeroed(len: usize) -> Self {
+        Self { lines: vec![Line([0; 64]); len.div_ceil(64)], len }
+    }
+
+    /// Number of bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Pointer to the first byte.
+    pub(crate) fn as_ptr(&self) -> *const u8 {
+        self.lines.as_ptr().cast()
+    }
+
+    /// The bytes, mutably.
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `lines` holds at least `len` initialized bytes, and `Line` is plain bytes.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
+    }
 }

@@ -84,23 +84,67 @@ impl LayerScheme {
     }
 }
 
+/// The canonical name, which [`LayerScheme::from_str`](std::str::FromStr) reads back: `f32`, `w8a8-b64`
+/// (`-pb` for per-block weight scales), `int4-g32`, `int4-g32-asym`.
 impl std::fmt::Display for LayerScheme {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::F32 => write!(f, "f32"),
             Self::W8A8 { act_block, weight_per_block } => {
-                write!(
-                    f,
-                    "w8a8 (activation block {act_block}{})",
-                    if *weight_per_block { ", per-block weights" } else { "" }
-                )
+                write!(f, "w8a8-b{act_block}{}", if *weight_per_block { "-pb" } else { "" })
             }
-            Self::Weight { bits, group, symmetric } => write!(
-                f,
-                "int{} weights, group {group}, {}",
-                bits.count(),
-                if *symmetric { "symmetric" } else { "asymmetric" }
-            ),
+            Self::Weight { bits, group, symmetric } => {
+                write!(f, "int{}-g{group}{}", bits.count(), if *symmetric { "" } else { "-asym" })
+            }
+        }
+    }
+}
+
+/// Parses a scheme name: `f32` (or `fp32`); `int8` or `w8a8` (W8A8, activation blocks of 64), `w8a8-b32`,
+/// `w8a8-b64-pb`; `int8-g32`, `int4`, `int4-g64`, `int4-g32-asym`, `int2` (weight schemes; groups of 32 unless
+/// `-gN` says otherwise; symmetric unless `-asym`).
+impl std::str::FromStr for LayerScheme {
+    type Err = QuantError;
+
+    fn from_str(name: &str) -> Result<Self> {
+        let lower = name.trim().to_ascii_lowercase();
+        let bad = || {
+            QuantError::InvalidScheme(format!(
+                "unknown scheme {name:?}: expected f32, int8, w8a8[-bN][-pb], int8-gN, int4[-gN][-asym] or int2[-gN][-asym]"
+            ))
+        };
+        let number = |part: &str, prefix: char| -> Result<usize> {
+            part.strip_prefix(prefix).and_then(|n| n.parse().ok()).filter(|&n| n > 0).ok_or_else(bad)
+        };
+        let mut parts = lower.split('-');
+        let head = parts.next().ok_or_else(bad)?;
+        let rest: Vec<&str> = parts.collect();
+        match head {
+            "f32" | "fp32" if rest.is_empty() => Ok(Self::F32),
+            "int8" if rest.is_empty() => Ok(Self::w8a8()),
+            "w8a8" => {
+                let (mut act_block, mut weight_per_block) = (64, false);
+                for part in rest {
+                    match part {
+                        "pb" => weight_per_block = true,
+                        _ => act_block = number(part, 'b')?,
+                    }
+                }
+                Ok(Self::W8A8 { act_block, weight_per_block })
+            }
+            "int8" | "int4" | "int2" => {
+                let bits = Bits::new(head[3..].parse().map_err(|_| bad())?)?;
+                let (mut group, mut symmetric) = (32, true);
+                for part in rest {
+                    match part {
+                        "asym" => symmetric = false,
+                        "sym" => symmetric = true,
+                        _ => group = number(part, 'g')?,
+                    }
+                }
+                Ok(Self::Weight { bits, group, symmetric })
+            }
+            _ => Err(bad()),
         }
     }
 }
