@@ -1,0 +1,195 @@
+//! Criterion benchmarks of the int8 kernels of `qlayers` against candle's f32 matmul and its Q8_0 / Q4_0
+//! `QMatMul`, at the shapes of BERT-like (W8A8, M = 4096) and Llama-like (weight-only int8 and int4, M = 1 and
+//! M = 256) layers.
+//!
+//! `cargo bench --bench kernels` (all of it takes about 6 minutes on 2 cores); pass a filter to run a part,
+//! for example `cargo bench --bench kernels -- int4/1x`.
+//!
+//! Groups are named `scheme/MxKxN`, with functions `qlayers`, `candle_f32`, `candle_q8_0` and `candle_q4_0`
+//! (W8A8 groups have all four, `int8` groups the Q8_0 baseline, `int4` groups the Q4_0 one). Throughput is
+//! `2 M N K` operations per call, so criterion's "elem/s" reads as ops/s.
+//!
+//! For M = 1 (decoding), each call takes the next of a ring of weight matrices that together exceed 64 MB, so
+//! that the weights come from DRAM (the last-level cache here is 36 MB), as they do when a model runs; every
+//! contender gets a ring in its own format. `QLAYERS_ISA` forces the kernel level.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput};
+use qlayers::kernels::{selected_isa, Isa, PackedWeights, WeightCodes, ISA_ENV};
+use qlayers::Bits;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Weights of M = 1 cases are cycled through a ring of matrices at least this large in all.
+const RING_BYTES: usize = 64 << 20;
+/// At most this many matrices in a ring, and at most `RING_CAP_BYTES` of them.
+const RING_MAX: usize = 512;
+const RING_CAP_BYTES: usize = 512 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    /// Weights and activations int8 (BERT): one scale per output row, activations per 64-value K block.
+    W8A8,
+    /// Weight-only int8 (Llama): scales per row and 32-value block.
+    Int8,
+    /// Weight-only int4 (Llama): scales per row and 32-value block.
+    Int4,
+}
+
+impl Scheme {
+    fn name(self) -> &'static str {
+        match self {
+            Scheme::W8A8 => "w8a8",
+            Scheme::Int8 => "int8",
+            Scheme::Int4 => "int4",
+        }
+    }
+
+    /// The candle quantized formats this scheme is compared with.
+    fn ggml_baselines(self) -> &'static [(&'static str, GgmlDType)] {
+        match self {
+            Scheme::W8A8 => &[("candle_q8_0", GgmlDType::Q8_0), ("candle_q4_0", GgmlDType::Q4_0)],
+            Scheme::Int8 => &[("candle_q8_0", GgmlDType::Q8_0)],
+            Scheme::Int4 => &[("candle_q4_0", GgmlDType::Q4_0)],
+        }
+    }
+}
+
+/// The shapes of the issue: `(scheme, m, k, n)`.
+fn cases() -> Vec<(Scheme, usize, usize, usize)> {
+    let mut cases = Vec::new();
+    for (k, n) in [(384, 384), (384, 1536), (1536, 384), (768, 768), (768, 3072), (3072, 768)] {
+        cases.push((Scheme::W8A8, 4096, k, n));
+    }
+    for m in [1, 256] {
+        for (k, n) in [(576, 576), (576, 1536), (1536, 576), (576, 49152)] {
+            cases.push((Scheme::Int8, m, k, n));
+            cases.push((Scheme::Int4, m, k, n));
+        }
+    }
+    cases
+}
+
+/// How many matrices of `bytes` each a ring needs: more than [`RING_BYTES`] in all for M = 1, else one.
+fn ring_len(m: usize, bytes: usize) -> usize {
+    if m > 1 {
+        return 1;
+    }
+    let len = if bytes >= RING_BYTES { 1 } else { RING_BYTES.div_ceil(bytes) + 1 };
+    len.min(RING_MAX).min((RING_CAP_BYTES / bytes).max(1))
+}
+
+/// Builds a ring of `len(bytes of the first)` values with `make`.
+fn ring<T>(m: usize, make: impl Fn() -> T, bytes: impl Fn(&T) -> usize) -> Vec<T> {
+    let first = make();
+    let len = ring_len(m, bytes(&first));
+    let mut ring = Vec::with_capacity(len);
+    ring.push(first);
+    ring.extend((1..len).map(|_| make()));
+    ring
+}
+
+/// Random symmetric codes of an `[n, k]` weight in `scheme`, packed for `isa`, in a ring.
+fn qlayers_ring(isa: Isa, scheme: Scheme, m: usize, k: usize, n: usize) -> Vec<PackedWeights> {
+    let (bits, block, per_block, zero_point, max_code) = match scheme {
+        Scheme::W8A8 => (Bits::B8, 64, false, 128, 255u8),
+        Scheme::Int8 => (Bits::B8, 32, true, 128, 255),
+        Scheme::Int4 => (Bits::B4, 32, true, 8, 15),
+    };
+    let params = if per_block { n * k.div_ceil(block) } else { n };
+    let mut rng = StdRng::seed_from_u64((n * k) as u64);
+    let codes: Vec<u8> = (0..n * k).map(|_| rng.random_range(1..=max_code)).collect();
+    let scales: Vec<f32> = (0..params).map(|_| rng.random_range(0.001f32..0.01)).collect();
+    let zero_points = vec![zero_point; params];
+    let w = WeightCodes { n, k, bits, block, per_block, codes: &codes, scales: &scales, zero_points: &zero_points };
+    ring(m, || PackedWeights::new(isa, &w).expect("valid weights"), PackedWeights::storage_bytes)
+}
+
+fn f32_weight(k: usize, n: usize) -> Tensor {
+    Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu).expect("randn")
+}
+
+/// Runs `call(i)` on the next ring entry at every iteration, after calling every entry once (candle repacks some
+/// formats lazily, at the first call).
+fn bench_ring<T>(
+    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: &str,
+    build: impl Fn() -> Vec<T>,
+    call: impl Fn(&T),
+) {
+    let mut data: Option<Vec<T>> = None;
+    let mut next = 0usize;
+    group.bench_function(id, |b| {
+        // Built at the first run, so that benchmarks a filter leaves out build nothing.
+        let ring = data.get_or_insert_with(|| {
+            let ring = build();
+            ring.iter().for_each(&call);
+            ring
+        });
+        b.iter(|| {
+            call(&ring[next % ring.len()]);
+            next = next.wrapping_add(1);
+        })
+    });
+}
+
+fn kernels(c: &mut Criterion) {
+    let isa = if std::env::var_os(ISA_ENV).is_some() { selected_isa().expect(ISA_ENV) } else { Isa::best() };
+    eprintln!("qlayers kernel level: {isa} (supported: {:?})", Isa::supported());
+    for (scheme, m, k, n) in cases() {
+        let mut group = c.benchmark_group(format!("{}/{m}x{k}x{n}", scheme.name()));
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_millis(2500))
+            .sampling_mode(SamplingMode::Flat)
+            .throughput(Throughput::Elements((2 * m * n * k) as u64));
+        let mut rng = StdRng::seed_from_u64((m * k) as u64);
+        let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1f32..1.0)).collect();
+        let x_tensor = Tensor::from_slice(&x, (m, k), &Device::Cpu).expect("input tensor");
+
+        bench_ring(
+            &mut group,
+            "qlayers",
+            || qlayers_ring(isa, scheme, m, k, n),
+            |w| {
+                black_box(w.matmul(black_box(&x), m, None).expect("qlayers matmul"));
+            },
+        );
+        bench_ring(
+            &mut group,
+            "candle_f32",
+            || {
+                let w = f32_weight(k, n);
+                ring(m, || w.copy().expect("copy"), |w| w.elem_count() * 4)
+            },
+            |w| {
+                black_box(x_tensor.matmul(&w.t().expect("t")).expect("f32 matmul"));
+            },
+        );
+        for &(id, dtype) in scheme.ggml_baselines() {
+            bench_ring(
+                &mut group,
+                id,
+                || {
+                    let w = f32_weight(k, n);
+                    let qmm = |w: &Tensor| QMatMul::from_qtensor(QTensor::quantize(w, dtype).expect("quantize"));
+                    let bytes = QTensor::quantize(&w, dtype).expect("quantize").storage_size_in_bytes();
+                    let len = ring_len(m, bytes);
+                    (0..len).map(|_| qmm(&w).expect("QMatMul")).collect()
+                },
+                |w: &QMatMul| {
+                    black_box(w.forward(&x_tensor).expect("QMatMul forward"));
+                },
+            );
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, kernels);
+criterion_main!(benches);
