@@ -1,0 +1,180 @@
+//! A quantization plan: which layer gets which scheme.
+//!
+//! A plan is plain data, read from TOML or JSON:
+//!
+//! ```toml
+//! default = "int8"                      # every quantizable layer not matched below
+//! exclude = ["pooler.*"]                # left in f32
+//!
+//! [[rules]]                             # first matching rule wins
+//! pattern = "*.attention.self.value"
+//! scheme = "int8-g32"
+//!
+//! [[rules]]
+//! pattern = "encoder.layer.5.*"
+//! scheme = "f32"
+//! ```
+//!
+//! Patterns are globs over the layer's dotted name: `*` matches any run of characters (dots included), `?` one
+//! character. Scheme names are those of [`qlayers::LayerScheme`].
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use qlayers::LayerScheme;
+use serde::{Deserialize, Serialize};
+
+/// One per-layer rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Glob over dotted layer names.
+    pub pattern: String,
+    /// Scheme name for the layers it matches.
+    pub scheme: String,
+}
+
+/// Which scheme each layer of a model gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// Scheme of every layer that no rule or exclusion matches.
+    pub default: String,
+    /// Globs of layers kept in f32.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// Per-layer overrides; the first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+}
+
+impl Plan {
+    /// Every layer gets `scheme`.
+    pub fn uniform(scheme: LayerScheme) -> Self {
+        Self { default: scheme.to_string(), exclude: Vec::new(), rules: Vec::new() }
+    }
+
+    /// Parses a plan from TOML (or JSON, when the text starts with `{`) and checks every scheme name.
+    pub fn parse(text: &str) -> Result<Self> {
+        let plan: Plan = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).context("invalid JSON plan")?
+        } else {
+            toml::from_str(text).context("invalid TOML plan")?
+        };
+        plan.validate()?;
+        Ok(plan)
+    }
+
+    /// Reads a plan file (TOML or JSON).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read plan {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in plan {}", path.display()))
+    }
+
+    /// The plan as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a plan always serializes")
+    }
+
+    /// Checks that every scheme name parses and no pattern is empty.
+    pub fn validate(&self) -> Result<()> {
+        parse_scheme(&self.default).context("default scheme")?;
+        for rule in &self.rules {
+            if rule.pattern.is_empty() {
+                bail!("a rule has an empty pattern");
+            }
+            parse_scheme(&rule.scheme).with_context(|| format!("rule {:?}", rule.pattern))?;
+        }
+        if self.exclude.iter().any(String::is_empty) {
+            bail!("an exclusion is an empty pattern");
+        }
+        Ok(())
+    }
+
+    /// The scheme of the layer named `name` (dotted, as in the checkpoint: `encoder.layer.0.attention.self.query`).
+    pub fn scheme_for(&self, name: &str) -> Result<LayerScheme> {
+        if self.exclude.iter().any(|p| glob_match(p, name)) {
+            return Ok(LayerScheme::F32);
+        }
+        let scheme = self.rules.iter().find(|r| glob_match(&r.pattern, name)).map_or(&self.default, |r| &r.scheme);
+        parse_scheme(scheme)
+    }
+}
+
+fn parse_scheme(name: &str) -> Result<LayerScheme> {
+    name.parse::<LayerScheme>().map_err(anyhow::Error::from)
+}
+
+/// Whether `name` matches the glob `pattern` (`*`: any run of characters, `?`: one character).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    // Classic two-pointer match with backtracking to the last `*`.
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*.attention.self.value", "encoder.layer.3.attention.self.value"));
+        assert!(!glob_match("*.attention.self.value", "encoder.layer.3.attention.self.query"));
+        assert!(glob_match("pooler.*", "pooler.dense"));
+        assert!(glob_match("encoder.layer.?.output.dense", "encoder.layer.5.output.dense"));
+        assert!(!glob_match("encoder.layer.?.output.dense", "encoder.layer.11.output.dense"));
+        assert!(glob_match("*", "anything.at.all"));
+        assert!(!glob_match("pooler", "pooler.dense"));
+    }
+
+    #[test]
+    fn rules_exclusions_and_default() {
+        let plan = Plan::parse(
+            r#"
+            default = "int8"
+            exclude = ["pooler.*"]
+            [[rules]]
+            pattern = "*.attention.self.value"
+            scheme = "int8-g32"
+            [[rules]]
+            pattern = "*.value"
+            scheme = "int4"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(plan.scheme_for("encoder.layer.0.attention.self.value").unwrap().to_string(), "int8-g32");
+        assert_eq!(plan.scheme_for("x.value").unwrap().to_string(), "int4-g32");
+        assert_eq!(plan.scheme_for("pooler.dense").unwrap(), LayerScheme::F32);
+        assert_eq!(plan.scheme_for("encoder.layer.0.intermediate.dense").unwrap(), LayerScheme::w8a8());
+        // TOML and JSON forms read back to the same plan.
+        assert_eq!(Plan::parse(&plan.to_toml()).unwrap(), plan);
+        assert_eq!(Plan::parse(&serde_json::to_string(&plan).unwrap()).unwrap(), plan);
+    }
+
+    #[test]
+    fn bad_plans_are_errors() {
+        let err = Plan::parse("default = \"int3\"").unwrap_err();
+        assert!(format!("{err:#}").contains("unknown scheme \"int3\""), "{err:#}");
+        let err = Plan::parse("default = \"int8\"\n[[rules]]\npattern = \"a\"\nscheme = \"nope\"").unwrap_err();
+        assert!(format!("{err:#}").contains("rule \"a\""), "{err:#}");
+        assert!(Plan::parse("default = \"int8\"\nunknown = 1").is_err());
+        assert!(Plan::parse("{ not json").is_err());
+    }
+}
