@@ -29,7 +29,7 @@ fn default_threads() -> usize {
 
 /// Runs `task(i)` for every `i < tasks` on up to [`num_threads`] threads; each worker takes the next index until
 /// none is left, so uneven tasks balance themselves.
-pub(crate) fn parallel_for(tasks: usize, task: impl Fn(usize) + Sync) {
+pub fn parallel_for(tasks: usize, task: impl Fn(usize) + Sync) {
     let workers = num_threads().min(tasks);
     if workers <= 1 {
         (0..tasks).for_each(task);
@@ -53,7 +53,7 @@ pub(crate) fn parallel_for(tasks: usize, task: impl Fn(usize) + Sync) {
 
 /// A raw pointer that tasks of one [`parallel_for`] share to write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
-pub(crate) struct SharedMut<T>(pub *mut T);
+pub struct SharedMut<T>(pub *mut T);
 
 // SAFETY: tasks write disjoint ranges, and `parallel_for` returns only after every task has finished.
 unsafe impl<T> Send for SharedMut<T> {}

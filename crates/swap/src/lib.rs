@@ -1,6 +1,11 @@
 //! `swap`: builds BERT and Llama models whose layers are quantized while their weights are read, following a
 //! [`Plan`] of which layer gets which scheme.
 
+pub mod embedder;
+pub mod loader;
+pub mod models;
 pub mod plan;
 
+pub use embedder::{Embedder, PipelineConfig, Pooling};
+pub use loader::{LayerReport, QuantLoader};
 pub use plan::Plan;

@@ -1,0 +1,225 @@
+//! The sentence-transformers pipeline around a BERT model: tokenize, encode, pool, normalize.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::Deserialize;
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::loader::{LayerReport, QuantLoader};
+use crate::models::bert::{BertConfig, BertModel};
+use crate::plan::Plan;
+
+/// How token embeddings become one sentence embedding (`1_Pooling/config.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// Mean over the attended tokens.
+    Mean,
+    /// The first token (`[CLS]`).
+    Cls,
+    /// Element-wise maximum over the attended tokens.
+    Max,
+}
+
+/// The sentence-transformers settings of a model folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    /// Pooling mode.
+    pub pooling: Pooling,
+    /// Whether embeddings are L2-normalised (a `Normalize` module in `modules.json`).
+    pub normalize: bool,
+    /// Longest input in tokens; longer texts are truncated.
+    pub max_seq_length: usize,
+}
+
+#[derive(Deserialize)]
+struct PoolingFile {
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_max_tokens: bool,
+}
+
+#[derive(Deserialize)]
+struct SentenceBertFile {
+    max_seq_length: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct ModuleEntry {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    path: String,
+}
+
+impl PipelineConfig {
+    /// Reads `modules.json`, the pooling config and `sentence_bert_config.json` of `dir`; a folder without them is a
+    /// plain BERT model: mean pooling, no normalisation, the model's position count as length.
+    pub fn read(dir: &Path, model_positions: usize) -> Result<Self> {
+        let read = |name: &str| -> Result<Option<String>> {
+            let path = dir.join(name);
+            if !path.exists() {
+                return Ok(None);
+            }
+            std::fs::read_to_string(&path).map(Some).with_context(|| format!("cannot read {}", path.display()))
+        };
+        let modules: Vec<ModuleEntry> = match read("modules.json")? {
+            Some(text) => serde_json::from_str(&text).context("modules.json is not a module list")?,
+            None => Vec::new(),
+        };
+        let normalize = modules.iter().any(|m| m.kind.ends_with("Normalize"));
+        let pooling_dir = modules.iter().find(|m| m.kind.ends_with("Pooling")).map_or("1_Pooling", |m| m.path.as_str());
+        let pooling = match read(&format!("{pooling_dir}/config.json"))? {
+            None => Pooling::Mean,
+            Some(text) => {
+                let p: PoolingFile = serde_json::from_str(&text).context("bad pooling config.json")?;
+                match (p.pooling_mode_mean_tokens, p.pooling_mode_cls_token, p.pooling_mode_max_tokens) {
+                    (true, false, false) => Pooling::Mean,
+                    (false, true, false) => Pooling::Cls,
+                    (false, false, true) => Pooling::Max,
+                    _ => bail!("the pooling config must select exactly one of mean, cls and max"),
+                }
+            }
+        };
+        let max_seq_length = match read("sentence_bert_config.json")? {
+            Some(text) => serde_json::from_str::<SentenceBertFile>(&text)
+                .context("bad sentence_bert_config.json")?
+                .max_seq_length
+                .unwrap_or(model_positions),
+            None => model_positions,
+        }
+        .min(model_positions);
+        Ok(Self { pooling, normalize, max_seq_length })
+    }
+}
+
+/// Turns texts into sentence embeddings with a (quantized) BERT model.
+pub struct Embedder {
+    tokenizer: Tokenizer,
+    model: BertModel,
+    pipeline: PipelineConfig,
+    layers: Vec<LayerReport>,
+    dir: PathBuf,
+}
+
+impl Embedder {
+    /// Loads a model folder in Hugging Face layout (`config.json`, `model.safetensors`, `tokenizer.json`, and the
+    /// sentence-transformers files when present), quantizing its layers per `plan`.
+    pub fn load(dir: &Path, plan: Plan) -> Result<Self> {
+        let config_text = std::fs::read_to_string(dir.join("config.json"))
+            .with_context(|| format!("{} has no readable config.json", dir.display()))?;
+        let config = BertConfig::from_json(&config_text)?;
+        let weights = dir.join("model.safetensors");
+        if !weights.exists() {
+            bail!("{} has no model.safetensors", dir.display());
+        }
+        let loader = QuantLoader::from_safetensors(&[&weights], plan)?;
+        let model = BertModel::load(config.clone(), &loader).context("the weights do not match config.json")?;
+        let pipeline = PipelineConfig::read(dir, config.max_position_embeddings)?;
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", dir.join("tokenizer.json").display()))?;
+        tokenizer
+            .with_truncation(Some(TruncationParams { max_length: pipeline.max_seq_length, ..Default::default() }))
+            .map_err(|e| anyhow::anyhow!("tokenizer truncation: {e}"))?;
+        tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
+        Ok(Self { tokenizer, model, pipeline, layers: loader.report(), dir: dir.to_path_buf() })
+    }
+
+    /// The sentence-transformers settings in use.
+    pub fn pipeline(&self) -> &PipelineConfig {
+        &self.pipeline
+    }
+
+    /// Width of the embeddings.
+    pub fn dimensions(&self) -> usize {
+        self.model.config().hidden_size
+    }
+
+    /// What each quantizable layer became.
+    pub fn layers(&self) -> &[LayerReport] {
+        &self.layers
+    }
+
+    /// The folder the model came from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes of the model's parameters in memory (quantized layers in their kernel layout, embeddings in f32).
+    pub fn parameter_bytes(&self) -> usize {
+        self.layers.iter().map(|l| l.bytes).sum::<usize>() + self.model.embedding_bytes()
+    }
+
+    /// Token ids of each text after truncation (for counting tokens).
+    pub fn token_counts(&self, texts: &[&str]) -> Result<Vec<usize>> {
+        let encodings =
+            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+        Ok(encodings.iter().map(|e| e.get_attention_mask().iter().filter(|&&m| m == 1).count()).collect())
+    }
+
+    /// Embeds `texts` as one batch (padded to the longest); texts longer than `max_seq_length` tokens are
+    /// truncated. An empty (or whitespace-only) text is an error.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+            bail!("text #{i} is empty: there is nothing to embed");
+        }
+        let encodings =
+            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+        let seq = encodings[0].get_ids().len();
+        let ids: Vec<u32> = encodings.iter().flat_map(|e| e.get_ids().iter().copied()).collect();
+        let lens: Vec<usize> =
+            encodings.iter().map(|e| e.get_attention_mask().iter().filter(|&&m| m == 1).count()).collect();
+        let ids = Tensor::from_vec(ids, (texts.len(), seq), &Device::Cpu)?;
+        let hidden = self.model.forward(&ids, &lens)?.flatten_all()?.to_vec1::<f32>()?;
+        let width = self.dimensions();
+        Ok(lens
+            .iter()
+            .enumerate()
+            .map(|(b, &len)| {
+                let tokens = &hidden[b * seq * width..][..len * width];
+                let mut pooled = pool(tokens, width, self.pipeline.pooling);
+                if self.pipeline.normalize {
+                    normalize(&mut pooled);
+                }
+                pooled
+            })
+            .collect())
+    }
+}
+
+/// Pools the rows of one sequence's real tokens (`tokens` is `len x width`), summing in token order.
+fn pool(tokens: &[f32], width: usize, pooling: Pooling) -> Vec<f32> {
+    let mut rows = tokens.chunks_exact(width);
+    match pooling {
+        Pooling::Cls => rows.next().map_or_else(|| vec![0.0; width], <[f32]>::to_vec),
+        Pooling::Mean => {
+            let mut sum = vec![0f32; width];
+            let count = tokens.len() / width;
+            for row in rows {
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            }
+            sum.iter_mut().for_each(|s| *s /= count.max(1) as f32);
+            sum
+        }
+        Pooling::Max => {
+            let mut max = vec![f32::NEG_INFINITY; width];
+            for row in rows {
+                max.iter_mut().zip(row).for_each(|(m, v)| *m = m.max(*v));
+            }
+            max
+        }
+    }
+}
+
+/// Scales `v` to unit L2 norm (left as is when it is all zeros).
+fn normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
+}

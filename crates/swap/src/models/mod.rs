@@ -1,0 +1,4 @@
+//! Model code written against `qlayers` layers.
+
+pub mod attention;
+pub mod bert;

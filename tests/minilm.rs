@@ -1,0 +1,105 @@
+//! all-MiniLM-L6-v2 end to end against sentence-transformers' fp32 embeddings (`tests/fixtures`). Needs the real
+//! model in `models/cache/all-MiniLM-L6-v2` (`models/fetch minilm`); CI fetches it first, so a missing model
+//! fails here instead of skipping.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use qlayers::LayerScheme;
+use swap::{Embedder, Plan};
+
+fn model_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/cache/all-MiniLM-L6-v2");
+    assert!(dir.join("model.safetensors").exists(), "{} is missing: run models/fetch minilm", dir.display());
+    dir
+}
+
+/// The corpus and sentence-transformers' embedding of each text.
+fn reference() -> &'static (Vec<String>, Vec<Vec<f32>>) {
+    static REFERENCE: OnceLock<(Vec<String>, Vec<Vec<f32>>)> = OnceLock::new();
+    REFERENCE.get_or_init(|| {
+        let mut texts = Vec::new();
+        let mut embeddings = Vec::new();
+        for line in include_str!("fixtures/minilm_fp32_embeddings.jsonl").lines() {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            texts.push(row["text"].as_str().unwrap().to_string());
+            embeddings.push(row["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect());
+        }
+        (texts, embeddings)
+    })
+}
+
+fn embed_all(embedder: &Embedder, texts: &[String]) -> Vec<Vec<f32>> {
+    texts
+        .chunks(32)
+        .flat_map(|chunk| embedder.embed(&chunk.iter().map(String::as_str).collect::<Vec<_>>()).unwrap())
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+/// Mean over texts of |top-10 neighbours by `ours` ∩ top-10 by `reference`| / 10.
+fn top10_overlap(ours: &[Vec<f32>], reference: &[Vec<f32>]) -> f64 {
+    let neighbours = |set: &[Vec<f32>], i: usize| -> Vec<usize> {
+        let mut order: Vec<usize> = (0..set.len()).filter(|&j| j != i).collect();
+        order.sort_by(|&a, &b| cosine(&set[i], &set[b]).total_cmp(&cosine(&set[i], &set[a])));
+        order.truncate(10);
+        order
+    };
+    let total: usize = (0..ours.len())
+        .map(|i| {
+            let theirs = neighbours(reference, i);
+            neighbours(ours, i).iter().filter(|j| theirs.contains(j)).count()
+        })
+        .sum();
+    total as f64 / (10 * ours.len()) as f64
+}
+
+#[test]
+fn fp32_matches_sentence_transformers() {
+    let embedder = Embedder::load(&model_dir(), Plan::uniform(LayerScheme::F32)).unwrap();
+    let (texts, expected) = reference();
+    let ours = embed_all(&embedder, texts);
+    let worst = ours.iter().zip(expected).map(|(a, b)| cosine(a, b)).fold(1.0, f64::min);
+    println!("fp32: min cosine to sentence-transformers {worst:.7}");
+    assert!(worst >= 0.99999, "min cosine {worst}");
+}
+
+#[test]
+fn int8_default_plan_meets_the_accuracy_targets() {
+    let embedder = Embedder::load(&model_dir(), Plan::bert_int8()).unwrap();
+    let (texts, expected) = reference();
+    let ours = embed_all(&embedder, texts);
+    let cosines: Vec<f64> = ours.iter().zip(expected).map(|(a, b)| cosine(a, b)).collect();
+    let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
+    let min = cosines.iter().copied().fold(1.0, f64::min);
+    let overlap = top10_overlap(&ours, expected);
+    println!("int8: cosine mean {mean:.5}, min {min:.5}, top-10 overlap {overlap:.4}");
+    assert!(mean >= 0.9995 && min >= 0.999 && overlap >= 0.98, "mean {mean}, min {min}, overlap {overlap}");
+}
+
+#[test]
+fn a_text_embeds_the_same_alone_or_in_a_batch() {
+    let embedder = Embedder::load(&model_dir(), Plan::bert_int8()).unwrap();
+    let texts: Vec<&str> = reference().0.iter().take(32).map(String::as_str).collect();
+    let batch = embedder.embed(&texts).unwrap();
+    for i in [0, 5, 31] {
+        let alone = embedder.embed(&[texts[i]]).unwrap();
+        assert_eq!(alone[0], batch[i], "text {i}");
+    }
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let embedder = Embedder::load(&model_dir(), Plan::bert_int8()).unwrap();
+    let err = embedder.embed(&["fine", "  "]).unwrap_err().to_string();
+    assert!(err.contains("text #1 is empty"), "{err}");
+    // Longer than max_seq_length: truncated, as sentence-transformers does.
+    let long = "word ".repeat(2000);
+    assert_eq!(embedder.token_counts(&[&long]).unwrap(), vec![256]);
+    assert_eq!(embedder.embed(&[&long]).unwrap()[0].len(), 384);
+}
