@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use qlayers::LayerScheme;
+use swap::eval::{cosine, Agreement};
 use swap::{Embedder, Plan};
 
 fn model_dir() -> PathBuf {
@@ -36,29 +37,6 @@ fn embed_all(embedder: &Embedder, texts: &[String]) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
-    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b))
-}
-
-/// Mean over texts of |top-10 neighbours by `ours` ∩ top-10 by `reference`| / 10.
-fn top10_overlap(ours: &[Vec<f32>], reference: &[Vec<f32>]) -> f64 {
-    let neighbours = |set: &[Vec<f32>], i: usize| -> Vec<usize> {
-        let mut order: Vec<usize> = (0..set.len()).filter(|&j| j != i).collect();
-        order.sort_by(|&a, &b| cosine(&set[i], &set[b]).total_cmp(&cosine(&set[i], &set[a])));
-        order.truncate(10);
-        order
-    };
-    let total: usize = (0..ours.len())
-        .map(|i| {
-            let theirs = neighbours(reference, i);
-            neighbours(ours, i).iter().filter(|j| theirs.contains(j)).count()
-        })
-        .sum();
-    total as f64 / (10 * ours.len()) as f64
-}
-
 #[test]
 fn fp32_matches_sentence_transformers() {
     let embedder = Embedder::load(&model_dir(), Plan::uniform(LayerScheme::F32)).unwrap();
@@ -74,10 +52,7 @@ fn int8_default_plan_meets_the_accuracy_targets() {
     let embedder = Embedder::load(&model_dir(), Plan::bert_int8()).unwrap();
     let (texts, expected) = reference();
     let ours = embed_all(&embedder, texts);
-    let cosines: Vec<f64> = ours.iter().zip(expected).map(|(a, b)| cosine(a, b)).collect();
-    let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
-    let min = cosines.iter().copied().fold(1.0, f64::min);
-    let overlap = top10_overlap(&ours, expected);
+    let Agreement { cosine_mean: mean, cosine_min: min, top10_overlap: overlap } = Agreement::between(&ours, expected);
     println!("int8: cosine mean {mean:.5}, min {min:.5}, top-10 overlap {overlap:.4}");
     assert!(mean >= 0.9995 && min >= 0.999 && overlap >= 0.98, "mean {mean}, min {min}, overlap {overlap}");
 }

@@ -2,6 +2,7 @@
 //! [`Plan`] of which layer gets which scheme.
 
 pub mod embedder;
+pub mod eval;
 pub mod loader;
 pub mod models;
 pub mod plan;
