@@ -44,15 +44,7 @@ impl QLinear {
                 weight.dims()
             )));
         };
-        if let Some(b) = bias {
-            if b.dims() != [out_features] {
-                return Err(QuantError::ShapeMismatch {
-                    what: "linear bias vs weight rows",
-                    left: b.dims().to_vec(),
-                    right: vec![out_features],
-                });
-            }
-        }
+        check_bias(bias, out_features)?;
         let kind = match scheme.weight_scheme(in_features)? {
             None => Kind::F32(candle_nn::Linear::new(weight.clone(), bias.cloned())),
             Some((weight_scheme, block)) => {
@@ -78,15 +70,7 @@ impl QLinear {
     ) -> Result<Self> {
         let weights = pack_qtensor(weight, act_block)?;
         let (out_features, in_features) = (weights.n(), weights.k());
-        if let Some(b) = bias {
-            if b.dims() != [out_features] {
-                return Err(QuantError::ShapeMismatch {
-                    what: "linear bias vs weight rows",
-                    left: b.dims().to_vec(),
-                    right: vec![out_features],
-                });
-            }
-        }
+        check_bias(bias, out_features)?;
         Ok(Self { scheme, in_features, out_features, kind: Kind::Int(IntLinear { weights, bias: bias_values(bias)? }) })
     }
 
@@ -157,6 +141,18 @@ pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> ca
     match (storage, layout.contiguous_offsets()) {
         (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
         _ => candle_core::bail!("quantized layers take contiguous f32 input"),
+    }
+}
+
+/// Checks that a bias, if any, has one value per output feature.
+fn check_bias(bias: Option<&Tensor>, out_features: usize) -> Result<()> {
+    match bias {
+        Some(b) if b.dims() != [out_features] => Err(QuantError::ShapeMismatch {
+            what: "linear bias vs weight rows",
+            left: b.dims().to_vec(),
+            right: vec![out_features],
+        }),
+        _ => Ok(()),
     }
 }
 
