@@ -2,6 +2,8 @@
 //! model in `models/cache/all-MiniLM-L6-v2` (`models/fetch minilm`); CI fetches it first, so a missing model
 //! fails here instead of skipping.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -10,9 +12,7 @@ use swap::eval::{cosine, Agreement};
 use swap::{Embedder, Plan};
 
 fn model_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/cache/all-MiniLM-L6-v2");
-    assert!(dir.join("model.safetensors").exists(), "{} is missing: run models/fetch minilm", dir.display());
-    dir
+    common::minilm_dir()
 }
 
 /// The corpus and sentence-transformers' embedding of each text.

@@ -3,13 +3,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
 use serde::Deserialize;
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
 
+use crate::checkpoint::{QuantizationConfig, WEIGHTS_FILE};
 use crate::loader::{LayerReport, QuantLoader};
 use crate::models::bert::{BertConfig, BertModel};
 use crate::plan::Plan;
+use crate::quanto::{QuantoMap, QMAP_FILE};
 
 /// How token embeddings become one sentence embedding (`1_Pooling/config.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,17 +108,41 @@ pub struct Embedder {
 }
 
 impl Embedder {
-    /// Loads a model folder in Hugging Face layout (`config.json`, `model.safetensors`, `tokenizer.json`, and the
-    /// sentence-transformers files when present), quantizing its layers per `plan`.
+    /// Loads a float model folder in Hugging Face layout (`config.json`, `model.safetensors`, `tokenizer.json`, and
+    /// the sentence-transformers files when present), quantizing its layers per `plan`.
     pub fn load(dir: &Path, plan: Plan) -> Result<Self> {
+        Self::open(dir, Some(plan))
+    }
+
+    /// Loads a model folder: a float model is quantized per `plan` (the default BERT int8 plan when `None`); a
+    /// pre-quantized checkpoint ([`crate::checkpoint`]) or an optimum-quanto one ([`crate::quanto`]) runs as saved,
+    /// and a `plan` other than the one it was saved with is an error.
+    pub fn open(dir: &Path, plan: Option<Plan>) -> Result<Self> {
         let config_text = std::fs::read_to_string(dir.join("config.json"))
             .with_context(|| format!("{} has no readable config.json", dir.display()))?;
+        let config_json: serde_json::Value = serde_json::from_str(&config_text).context("config.json is not JSON")?;
         let config = BertConfig::from_json(&config_text)?;
-        let weights = dir.join("model.safetensors");
+        let weights = dir.join(WEIGHTS_FILE);
         if !weights.exists() {
-            bail!("{} has no model.safetensors", dir.display());
+            bail!("{} has no {WEIGHTS_FILE}", dir.display());
         }
-        let loader = QuantLoader::from_safetensors(&[&weights], plan)?;
+        let loader = if let Some(saved) = QuantizationConfig::from_config(&config_json)? {
+            if let Some(plan) = plan.filter(|p| *p != saved.plan) {
+                bail!(
+                    "{} is a checkpoint quantized with plan {}; it cannot run plan {plan} (quantize the float model)",
+                    dir.display(),
+                    saved.plan
+                );
+            }
+            QuantLoader::from_quantized(&[&weights], saved.layers()?)?
+        } else if dir.join(QMAP_FILE).exists() {
+            if plan.is_some() {
+                bail!("{} is an optimum-quanto checkpoint; it runs as saved, without a plan", dir.display());
+            }
+            QuantLoader::from_quanto(&[&weights], QuantoMap::read(dir)?)?
+        } else {
+            QuantLoader::from_safetensors(&[&weights], plan.unwrap_or_else(Plan::bert_int8))?
+        };
         let model = BertModel::load(config.clone(), &loader).context("the weights do not match config.json")?;
         let pipeline = PipelineConfig::read(dir, config.max_position_embeddings)?;
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
@@ -125,7 +150,8 @@ impl Embedder {
         tokenizer
             .with_truncation(Some(TruncationParams { max_length: pipeline.max_seq_length, ..Default::default() }))
             .map_err(|e| anyhow::anyhow!("tokenizer truncation: {e}"))?;
-        tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
+        // Sequences run unpadded (see `BertModel::forward_packed`).
+        tokenizer.with_padding(None);
         Ok(Self { tokenizer, model, pipeline, layers: loader.report(), dir: dir.to_path_buf() })
     }
 
@@ -172,18 +198,30 @@ impl Embedder {
         }
         let encodings =
             self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
-        let seq = encodings[0].get_ids().len();
-        let ids: Vec<u32> = encodings.iter().flat_map(|e| e.get_ids().iter().copied()).collect();
-        let lens: Vec<usize> =
-            encodings.iter().map(|e| e.get_attention_mask().iter().filter(|&&m| m == 1).count()).collect();
-        let ids = Tensor::from_vec(ids, (texts.len(), seq), &Device::Cpu)?;
-        let hidden = self.model.forward(&ids, &lens)?.flatten_all()?.to_vec1::<f32>()?;
+        let sequences: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
+        self.embed_sequences(&sequences)
+    }
+
+    /// Embeds sequences already tokenized (special tokens included), as one batch. Each must hold 1 to
+    /// `max_seq_length` ids below the vocabulary size.
+    pub fn embed_token_ids(&self, sequences: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let max = self.pipeline.max_seq_length;
+        if let Some(i) = sequences.iter().position(|s| s.len() > max) {
+            bail!("sequence #{i} has {} tokens; the model's max_seq_length is {max}", sequences[i].len());
+        }
+        self.embed_sequences(&sequences.iter().map(Vec::as_slice).collect::<Vec<_>>())
+    }
+
+    /// Runs the model on whole sequences (no padding), then pools each.
+    fn embed_sequences(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        let hidden = self.model.forward_packed(sequences)?;
         let width = self.dimensions();
-        Ok(lens
+        let mut rows = hidden.as_slice();
+        Ok(sequences
             .iter()
-            .enumerate()
-            .map(|(b, &len)| {
-                let tokens = &hidden[b * seq * width..][..len * width];
+            .map(|ids| {
+                let (tokens, rest) = rows.split_at(ids.len() * width);
+                rows = rest;
                 let mut pooled = pool(tokens, width, self.pipeline.pooling);
                 if self.pipeline.normalize {
                     normalize(&mut pooled);
@@ -191,6 +229,16 @@ impl Embedder {
                 pooled
             })
             .collect())
+    }
+
+    /// The tokenizer (with the pipeline's truncation and padding set).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &BertConfig {
+        self.model.config()
     }
 }
 

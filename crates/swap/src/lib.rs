@@ -1,12 +1,16 @@
 //! `swap`: builds BERT and Llama models whose layers are quantized while their weights are read, following a
 //! [`Plan`] of which layer gets which scheme.
 
+pub mod checkpoint;
 pub mod embedder;
 pub mod eval;
 pub mod loader;
 pub mod models;
 pub mod plan;
+pub mod quanto;
+pub mod source;
 
 pub use embedder::{Embedder, PipelineConfig, Pooling};
 pub use loader::{LayerReport, QuantLoader};
 pub use plan::Plan;
+pub use source::{resolve_model, ModelFiles, ModelSource, ResolveOptions, SENTENCE_BERT_FILES};

@@ -1,16 +1,21 @@
-//! Builds quantized layers while the model's weights are read: each Linear the model asks for is read in f32
-//! from the memory-mapped safetensors, quantized per the plan, and the f32 copy dropped, so peak memory is the
-//! quantized model plus one float layer.
+//! Builds quantized layers while the model's weights are read.
+//!
+//! From a float checkpoint, each Linear the model asks for is read in f32 from the memory-mapped safetensors,
+//! quantized per the plan, and the f32 copy dropped, so peak memory is the quantized model plus one float layer.
+//! From a pre-quantized checkpoint ([`crate::checkpoint`]) or an optimum-quanto one ([`crate::quanto`]), the
+//! integer codes are read as they are: no float weight is read or quantized.
 
 use std::path::Path;
 use std::sync::Mutex;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use qlayers::{LayerScheme, QLinear};
+use qlayers::{LayerScheme, QLinear, QTensor};
 
+use crate::checkpoint::{self, QuantizedLayers};
 use crate::plan::Plan;
+use crate::quanto::QuantoMap;
 
 /// What one layer became: its name, scheme and bytes in memory.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,82 +28,250 @@ pub struct LayerReport {
     pub bytes: usize,
 }
 
-/// A weight reader that turns Linear layers into [`QLinear`]s per a [`Plan`].
+/// A Linear layer's weight as read: floats to quantize, or codes already quantized.
+#[derive(Debug, Clone)]
+pub enum LinearWeight {
+    /// `[out, in]` floats (the layer is f32, or is quantized when built).
+    Float(Tensor),
+    /// Codes read from a quantized checkpoint, or just quantized.
+    Quantized(QTensor),
+}
+
+/// The parameters of one Linear layer and the scheme it runs.
+#[derive(Debug, Clone)]
+pub struct LinearParams {
+    /// The scheme the layer runs.
+    pub scheme: LayerScheme,
+    /// Its weight.
+    pub weight: LinearWeight,
+    /// Its bias, `[out]`.
+    pub bias: Option<Tensor>,
+}
+
+impl LinearParams {
+    /// Stacks layers of one scheme along their outputs (the fused Q, K and V projections).
+    pub fn concat_rows(parts: Vec<LinearParams>) -> Result<LinearParams> {
+        let scheme = parts.first().context("nothing to stack")?.scheme;
+        if parts.iter().any(|p| p.scheme != scheme) {
+            bail!("only layers of one scheme can be stacked");
+        }
+        let mut floats = Vec::new();
+        let mut codes = Vec::new();
+        let mut biases = Vec::new();
+        for part in parts {
+            match part.weight {
+                LinearWeight::Float(w) => floats.push(w),
+                LinearWeight::Quantized(q) => codes.push(q),
+            }
+            biases.push(part.bias);
+        }
+        let weight = match (floats.is_empty(), codes.is_empty()) {
+            (false, true) => LinearWeight::Float(Tensor::cat(&floats, 0)?),
+            (true, false) => LinearWeight::Quantized(QTensor::concat_rows(&codes)?),
+            _ => bail!("cannot stack float and quantized weights"),
+        };
+        let bias = match biases.iter().all(Option::is_some) {
+            true => Some(Tensor::cat(&biases.into_iter().flatten().collect::<Vec<_>>(), 0)?),
+            false if biases.iter().all(Option::is_none) => None,
+            false => bail!("cannot stack layers with and without bias"),
+        };
+        Ok(LinearParams { scheme, weight, bias })
+    }
+}
+
+/// Where the schemes and weights come from.
+enum Source {
+    /// Float weights quantized per a plan.
+    Float(Plan),
+    /// A checkpoint written by [`crate::checkpoint`]: codes and each layer's scheme.
+    Quantized(QuantizedLayers),
+    /// An optimum-quanto checkpoint: int8 codes for the layers its map names.
+    Quanto(QuantoMap),
+}
+
+/// A tensor the loader handed out, as a checkpoint stores it.
+#[derive(Debug, Clone)]
+pub enum Stored {
+    /// A float tensor (embeddings, norms, f32 layers).
+    Float(Tensor),
+    /// A quantized weight.
+    Quantized(QTensor),
+}
+
+type Progress = Box<dyn Fn(&str) + Send + Sync>;
+
+/// A weight reader that builds Linear layers as [`QLinear`]s per a [`Plan`] or per a quantized checkpoint.
 pub struct QuantLoader {
-    vb: VarBuilder<'static>,
-    plan: Plan,
+    tensors: MmapedSafetensors,
+    source: Source,
     report: Mutex<Vec<LayerReport>>,
+    recorded: Option<Mutex<Vec<(String, Stored)>>>,
+    schemes: Mutex<Vec<(String, LayerScheme)>>,
+    progress: Option<Progress>,
 }
 
 impl QuantLoader {
-    /// Memory-maps the safetensors `files` of one model.
+    /// Memory-maps the float safetensors `files` of one model, to be quantized per `plan`.
     pub fn from_safetensors(files: &[impl AsRef<Path>], plan: Plan) -> Result<Self> {
+        Self::open(files, Source::Float(plan))
+    }
+
+    /// Memory-maps a checkpoint written by [`crate::checkpoint::save`] whose layers are `layers`.
+    pub(crate) fn from_quantized(files: &[impl AsRef<Path>], layers: QuantizedLayers) -> Result<Self> {
+        Self::open(files, Source::Quantized(layers))
+    }
+
+    /// Memory-maps an optimum-quanto checkpoint described by `map`.
+    pub(crate) fn from_quanto(files: &[impl AsRef<Path>], map: QuantoMap) -> Result<Self> {
+        Self::open(files, Source::Quanto(map))
+    }
+
+    fn open(files: &[impl AsRef<Path>], source: Source) -> Result<Self> {
         for f in files {
-            let path = f.as_ref();
-            safetensors_header_ok(path)?;
+            safetensors_header_ok(f.as_ref())?;
         }
         // SAFETY: the files are not modified while mapped (they are model files in a cache or folder).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, DType::F32, &Device::Cpu) }
-            .context("cannot map the model's safetensors")?;
-        Ok(Self { vb, plan, report: Mutex::new(Vec::new()) })
+        let tensors = unsafe { MmapedSafetensors::multi(files) }.context("cannot map the model's safetensors")?;
+        Ok(Self {
+            tensors,
+            source,
+            report: Mutex::new(Vec::new()),
+            recorded: None,
+            schemes: Mutex::new(Vec::new()),
+            progress: None,
+        })
     }
 
-    /// The plan in use.
-    pub fn plan(&self) -> &Plan {
-        &self.plan
+    /// Keeps every tensor handed out (as [`Stored`]) so that the model can be saved as a checkpoint.
+    pub fn recording(mut self) -> Self {
+        self.recorded = Some(Mutex::new(Vec::new()));
+        self
     }
 
-    /// Reads the f32 tensor `name` of `shape`.
+    /// Calls `progress` with each Linear layer's name as it is read.
+    pub fn with_progress(mut self, progress: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Box::new(progress));
+        self
+    }
+
+    /// The tensors recorded so far (empty unless [`QuantLoader::recording`]), in read order.
+    pub fn take_recorded(&self) -> Vec<(String, Stored)> {
+        self.recorded.as_ref().map(|r| std::mem::take(&mut *lock(r))).unwrap_or_default()
+    }
+
+    /// Reads the float tensor `name`, checking its `shape`, as f32.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.vb.get(shape, name).with_context(|| format!("weight {name} (expected shape {shape:?})"))
+        let tensor = self.read_float(name, shape)?;
+        self.record(name, Stored::Float(tensor.clone()));
+        Ok(tensor)
     }
 
     /// Whether the checkpoint holds `name`.
     pub fn contains(&self, name: &str) -> bool {
-        self.vb.contains_tensor(name)
+        self.tensors.get(name).is_ok()
     }
 
-    /// The Linear layer `name` (`name.weight` of `[out, in]`, `name.bias` of `[out]` if present), quantized per the
-    /// plan.
-    pub fn linear(&self, name: &str, in_dim: usize, out_dim: usize) -> Result<QLinear> {
-        let weight = self.tensor(&format!("{name}.weight"), &[out_dim, in_dim])?;
+    /// The scheme layer `name` runs: the plan's for float checkpoints, the stored one for quantized checkpoints.
+    pub fn scheme_for(&self, name: &str) -> Result<LayerScheme> {
+        match &self.source {
+            Source::Float(plan) => plan.scheme_for(name),
+            Source::Quantized(layers) => layers.scheme_for(name),
+            Source::Quanto(map) => Ok(map.scheme_for(name)),
+        }
+    }
+
+    /// Reads the parameters of Linear layer `name` (`[out_dim, in_dim]` weight, optional bias), quantized per
+    /// its scheme.
+    pub fn linear_params(&self, name: &str, in_dim: usize, out_dim: usize) -> Result<LinearParams> {
+        if let Some(progress) = &self.progress {
+            progress(name);
+        }
+        let scheme = self.scheme_for(name)?;
         let bias_name = format!("{name}.bias");
-        let bias = if self.contains(&bias_name) { Some(self.tensor(&bias_name, &[out_dim])?) } else { None };
-        self.linear_from(name, &weight, bias.as_ref())
+        let bias = if self.contains(&bias_name) { Some(self.read_float(&bias_name, &[out_dim])?) } else { None };
+        let weight = match (&self.source, scheme) {
+            (_, LayerScheme::F32) => {
+                LinearWeight::Float(self.read_float(&format!("{name}.weight"), &[out_dim, in_dim])?)
+            }
+            (Source::Float(_), _) => {
+                let weight = self.read_float(&format!("{name}.weight"), &[out_dim, in_dim])?;
+                let (weight_scheme, _) = scheme.weight_scheme(in_dim)?.context("an integer scheme")?;
+                LinearWeight::Quantized(
+                    QTensor::quantize(&weight, weight_scheme)
+                        .with_context(|| format!("quantizing {name} as {scheme}"))?,
+                )
+            }
+            (Source::Quantized(_), _) => {
+                LinearWeight::Quantized(checkpoint::read_weight(&self.tensors, name, scheme, [out_dim, in_dim])?)
+            }
+            (Source::Quanto(_), _) => {
+                LinearWeight::Quantized(crate::quanto::read_weight(&self.tensors, name, [out_dim, in_dim])?)
+            }
+        };
+        if let Some(b) = &bias {
+            self.record(&bias_name, Stored::Float(b.clone()));
+        }
+        let stored = match &weight {
+            LinearWeight::Float(w) => Stored::Float(w.clone()),
+            LinearWeight::Quantized(q) => Stored::Quantized(q.clone()),
+        };
+        self.record(&format!("{name}.weight"), stored);
+        lock(&self.schemes).push((name.to_string(), scheme));
+        Ok(LinearParams { scheme, weight, bias })
     }
 
-    /// The Linear layer `name` from tensors already read, quantized per the plan.
-    pub fn linear_from(&self, name: &str, weight: &Tensor, bias: Option<&Tensor>) -> Result<QLinear> {
-        self.linear_with(name, weight, bias, self.plan.scheme_for(name)?)
-    }
-
-    /// A Linear layer from tensors already read (for example several fused into one) with an explicit scheme;
-    /// `name` is what the report calls it.
-    pub fn linear_with(
-        &self,
-        name: &str,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-        scheme: LayerScheme,
-    ) -> Result<QLinear> {
-        let layer = QLinear::new(weight, bias, scheme).with_context(|| format!("quantizing {name} as {scheme}"))?;
-        self.report.lock().unwrap_or_else(|e| e.into_inner()).push(LayerReport {
-            name: name.to_string(),
-            scheme,
-            bytes: layer.storage_bytes(),
-        });
+    /// Builds a layer from parameters read by [`QuantLoader::linear_params`]; `name` is what the report calls it.
+    pub fn build_linear(&self, name: &str, params: LinearParams) -> Result<QLinear> {
+        let LinearParams { scheme, weight, bias } = params;
+        let layer = match weight {
+            LinearWeight::Float(w) => QLinear::new(&w, bias.as_ref(), scheme),
+            LinearWeight::Quantized(q) => {
+                let k = q.shape().get(1).copied().unwrap_or(0);
+                let (_, block) = scheme.weight_scheme(k)?.context("a quantized weight needs an integer scheme")?;
+                QLinear::from_qtensor(&q, bias.as_ref(), scheme, block)
+            }
+        }
+        .with_context(|| format!("building {name} as {scheme}"))?;
+        lock(&self.report).push(LayerReport { name: name.to_string(), scheme, bytes: layer.storage_bytes() });
         Ok(layer)
     }
 
-    /// The scheme the plan gives `name`.
-    pub fn scheme_for(&self, name: &str) -> Result<LayerScheme> {
-        self.plan.scheme_for(name)
+    /// The Linear layer `name`, read and quantized per its scheme.
+    pub fn linear(&self, name: &str, in_dim: usize, out_dim: usize) -> Result<QLinear> {
+        let params = self.linear_params(name, in_dim, out_dim)?;
+        self.build_linear(name, params)
+    }
+
+    /// The name and scheme of every Linear layer read so far (fused layers by their own names), in read order.
+    pub fn layer_schemes(&self) -> Vec<(String, LayerScheme)> {
+        lock(&self.schemes).clone()
     }
 
     /// What every layer built so far became, in build order.
     pub fn report(&self) -> Vec<LayerReport> {
-        self.report.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.report).clone()
     }
+
+    fn read_float(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let tensor = self.tensors.load(name, &Device::Cpu).with_context(|| format!("weight {name} is missing"))?;
+        if tensor.dims() != shape {
+            bail!("weight {name} has shape {:?}, expected {shape:?}", tensor.dims());
+        }
+        if !tensor.dtype().is_float() {
+            bail!("weight {name} is {:?}, expected floats", tensor.dtype());
+        }
+        Ok(tensor.to_dtype(DType::F32)?)
+    }
+
+    fn record(&self, name: &str, stored: Stored) {
+        if let Some(recorded) = &self.recorded {
+            lock(recorded).push((name.to_string(), stored));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Checks that a safetensors file is complete before it is mapped: a truncated or corrupt file gets a clear error

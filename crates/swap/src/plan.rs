@@ -108,6 +108,13 @@ impl Plan {
     }
 }
 
+/// The plan as one line of JSON (`{"default":"w8a8-b32-pb","exclude":["pooler.*"]}`).
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&serde_json::to_string(self).map_err(|_| std::fmt::Error)?)
+    }
+}
+
 fn parse_scheme(name: &str) -> Result<LayerScheme> {
     name.parse::<LayerScheme>().map_err(anyhow::Error::from)
 }

@@ -89,6 +89,26 @@ impl QLinear {
         self.out_features
     }
 
+    /// `y = x W^T + b` on plain buffers: `x` holds `m` rows of `in_features` values, row-major; the result holds
+    /// `m` rows of `out_features`. The same kernels as [`Module::forward`], without building tensors around them
+    /// (for model code that keeps its activations in buffers).
+    pub fn forward_f32(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        if x.len() != m * self.in_features {
+            return Err(QuantError::ShapeMismatch {
+                what: "QLinear input length vs m x in_features",
+                left: vec![x.len()],
+                right: vec![m, self.in_features],
+            });
+        }
+        match &self.kind {
+            Kind::Int(int) => int.weights.matmul(x, m, int.bias.as_deref()),
+            Kind::F32(linear) => {
+                let x = Tensor::from_slice(x, (m, self.in_features), &candle_core::Device::Cpu)?;
+                Ok(linear.forward(&x)?.flatten_all()?.to_vec1()?)
+            }
+        }
+    }
+
     /// Bytes the layer's parameters take in memory (weights in their kernel layout, scales, zero points, bias).
     pub fn storage_bytes(&self) -> usize {
         match &self.kind {

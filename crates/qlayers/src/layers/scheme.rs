@@ -43,8 +43,8 @@ impl LayerScheme {
     }
 
     /// The weight quantization scheme and K block length this layer scheme uses for a weight with `k` inputs,
-    /// or `None` for [`LayerScheme::F32`].
-    pub(crate) fn weight_scheme(&self, k: usize) -> Result<Option<(LinearScheme, usize)>> {
+    /// or `None` for [`LayerScheme::F32`]. A checkpoint's codes are read back under this scheme.
+    pub fn weight_scheme(&self, k: usize) -> Result<Option<(LinearScheme, usize)>> {
         let check_block = |what: &str, block: usize| {
             let block = block.min(k);
             if block == 0 || block > MAX_BLOCK || (block < k && block % 16 != 0) {

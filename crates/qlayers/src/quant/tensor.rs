@@ -170,6 +170,44 @@ impl QTensor {
         Ok(Tensor::from_vec(self.dequantize_f32(), self.shape.as_slice(), device)?)
     }
 
+    /// Stacks 2-D tensors quantized with one scheme along their rows (dim 0), as if the stacked matrix had been
+    /// quantized at once: per-channel (dim 0) and per-group parameters are per row, so they stack too. Used to fuse
+    /// the Q, K and V projections of a checkpoint into one matmul.
+    pub fn concat_rows(parts: &[QTensor]) -> Result<Self> {
+        let first = parts.first().ok_or_else(|| QuantError::InvalidScheme("nothing to concatenate".into()))?;
+        let &[_, cols] = first.shape() else {
+            return Err(QuantError::InvalidScheme(format!("concat_rows takes 2-D tensors, got {:?}", first.shape())));
+        };
+        let row_local = match first.scheme.granularity() {
+            Granularity::PerChannel { dim } => dim == 0,
+            Granularity::PerGroup { .. } => true,
+            Granularity::PerTensor => false,
+        };
+        if !row_local {
+            return Err(QuantError::InvalidScheme(format!(
+                "parameters {:?} are not per row, so rows cannot be stacked",
+                first.scheme.granularity()
+            )));
+        }
+        let mut rows = 0;
+        let (mut scales, mut zero_points, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+        for part in parts {
+            if part.scheme != first.scheme || part.shape.len() != 2 || part.shape[1] != cols {
+                return Err(QuantError::ShapeMismatch {
+                    what: "tensors stacked by rows (same scheme and columns)",
+                    left: part.shape.clone(),
+                    right: first.shape.clone(),
+                });
+            }
+            rows += part.shape[0];
+            scales.extend_from_slice(&part.scales);
+            zero_points.extend_from_slice(&part.zero_points);
+            raw.extend(unpack(&part.packed, part.bits(), part.numel())?);
+        }
+        let packed = pack_unchecked(&raw, first.bits());
+        Ok(Self { shape: vec![rows, cols], scheme: first.scheme, scales, zero_points, packed })
+    }
+
     /// Bytes the quantized form takes: codes, f32 scales, and one byte per zero point where they are not all 0.
     pub fn storage_bytes(&self) -> usize {
         let zero_point_bytes = if self.zero_points.iter().any(|&z| z != 0) { self.zero_points.len() } else { 0 };

@@ -4,6 +4,11 @@
 
 use qlayers::threads::{parallel_for, SharedMut};
 
+#[cfg(target_arch = "x86_64")]
+use super::lanes::{Avx2, Avx512};
+use super::lanes::{F32Lanes, Portable};
+use super::ops::exp;
+
 /// Where the queries, keys and values of token `t` of sequence `b` start: `(b * seq + t) * row_stride + offset`.
 #[derive(Debug, Clone, Copy)]
 pub struct QkvLayout {
@@ -17,123 +22,208 @@ pub struct QkvLayout {
     pub v: usize,
 }
 
-/// `softmax(q k^T / sqrt(d)) v` for every sequence and head; returns `[batch, seq, heads * head_dim]`, with zeros
-/// in the rows of padding tokens. `lens[b]` is the number of real tokens of sequence `b`.
+/// Keys and head dims are padded to a multiple of this: two vectors of the widest level.
+const PAD: usize = 32;
+/// Queries computed together: their accumulators are independent chains, and they share each key and value load.
+const QUERY_BLOCK: usize = 4;
+
+/// `softmax(q k^T / sqrt(d)) v` for every sequence and head; sequence `b` holds rows `starts[b]..starts[b] +
+/// lens[b]` of `qkv`. Returns `[rows, heads * head_dim]` (rows of `qkv`), zero in rows no sequence covers.
 pub fn attention(
     qkv: &[f32],
     layout: QkvLayout,
-    seq: usize,
+    rows: usize,
     heads: usize,
     head_dim: usize,
+    starts: &[usize],
     lens: &[usize],
 ) -> Vec<f32> {
-    let batch = lens.len();
     let width = heads * head_dim;
-    let mut out = vec![0f32; batch * seq * width];
+    let mut out = vec![0f32; rows * width];
     let shared = SharedMut(out.as_mut_ptr());
-    parallel_for(batch * heads, |task| {
+    parallel_for(starts.len() * heads, |task| {
         let (b, h) = (task / heads, task % heads);
+        let seq = Sequence { first: starts[b], len: lens[b], col: h * head_dim, d: head_dim };
         // SAFETY: task (b, h) writes only columns h * head_dim.. of sequence b's rows.
-        unsafe { head(qkv, layout, b * seq, lens[b], h * head_dim, head_dim, width, shared.get()) };
+        unsafe { head(qkv, layout, seq, width, shared.get()) };
     });
     out
 }
 
-#[allow(clippy::too_many_arguments)]
-unsafe fn head(qkv: &[f32], l: QkvLayout, first: usize, len: usize, col: usize, d: usize, width: usize, out: *mut f32) {
+/// One sequence's rows and one head's columns.
+#[derive(Clone, Copy)]
+struct Sequence {
+    first: usize,
+    len: usize,
+    col: usize,
+    d: usize,
+}
+
+unsafe fn head(qkv: &[f32], l: QkvLayout, s: Sequence, width: usize, out: *mut f32) {
     #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        return head_avx2(qkv, l, first, len, col, d, width, out);
+    match forced_level() {
+        Level::Avx512 => return head_avx512(qkv, l, s, width, out),
+        Level::Avx2 => return head_avx2(qkv, l, s, width, out),
+        Level::Portable => {}
     }
-    head_generic(qkv, l, first, len, col, d, width, out)
+    head_generic::<Portable>(qkv, l, s, width, out)
+}
+
+/// The vector level of the attention kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+/// The best level this CPU has, lowered by `QLAYERS_ISA` (`reference`, `avx2`) like the matmul kernels.
+#[cfg(target_arch = "x86_64")]
+fn forced_level() -> Level {
+    static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let forced = std::env::var(qlayers::kernels::ISA_ENV).unwrap_or_default().to_ascii_lowercase();
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        match forced.as_str() {
+            "reference" | "portable" => Level::Portable,
+            "avx2" if avx2 => Level::Avx2,
+            _ if is_x86_feature_detected!("avx512f") && forced != "avx2" => Level::Avx512,
+            _ if avx2 => Level::Avx2,
+            _ => Level::Portable,
+        }
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
-fn avx2_fma() -> bool {
-    static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DETECTED.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+#[target_feature(enable = "avx512f")]
+unsafe fn head_avx512(qkv: &[f32], l: QkvLayout, s: Sequence, width: usize, out: *mut f32) {
+    head_generic::<Avx512>(qkv, l, s, width, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn head_avx2(
-    qkv: &[f32],
-    l: QkvLayout,
-    first: usize,
-    len: usize,
-    col: usize,
-    d: usize,
-    width: usize,
-    out: *mut f32,
-) {
-    head_generic(qkv, l, first, len, col, d, width, out)
+unsafe fn head_avx2(qkv: &[f32], l: QkvLayout, s: Sequence, width: usize, out: *mut f32) {
+    head_generic::<Avx2>(qkv, l, s, width, out)
 }
 
-/// One sequence and head. Loops are ordered so the compiler vectorizes the inner one and every sum runs in the
-/// same order whatever the batch.
+/// One sequence and head. Each query's sums run in the same order whether it is computed in a block or alone,
+/// and lanes never mix, so the result is the same at every level and whatever the batch.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn head_generic(
-    qkv: &[f32],
-    l: QkvLayout,
-    first: usize,
-    len: usize,
-    col: usize,
-    d: usize,
-    width: usize,
-    out: *mut f32,
-) {
+unsafe fn head_generic<L: F32Lanes>(qkv: &[f32], l: QkvLayout, s: Sequence, width: usize, out: *mut f32) {
+    let Sequence { first, len, col, d } = s;
     let row = |t: usize, offset: usize| &qkv[(first + t) * l.row_stride + offset + col..][..d];
-    // Keys transposed, [d][len], so that a query's scores come out as one vector over keys.
-    let mut keys_t = vec![0f32; d * len];
+    // Keys transposed to [d][padded len] so that a query's scores against a vector of keys are one vector sum;
+    // values copied to [len][padded d]. Padding is zeros.
+    let keys_len = len.next_multiple_of(PAD);
+    let dims = d.next_multiple_of(PAD);
+    let mut keys_t = vec![0f32; d * keys_len];
+    let mut values = vec![0f32; len * dims];
     for j in 0..len {
         for (i, &v) in row(j, l.k).iter().enumerate() {
-            keys_t[i * len + j] = v;
+            keys_t[i * keys_len + j] = v;
         }
+        values[j * dims..j * dims + d].copy_from_slice(row(j, l.v));
     }
     let scale = 1.0 / (d as f32).sqrt();
-    let mut scores = vec![0f32; len];
-    let mut context = vec![0f32; d];
-    for i in 0..len {
-        scores.fill(0.0);
-        for (c, &q) in row(i, l.q).iter().enumerate() {
-            let q = q * scale;
-            for (s, &k) in scores.iter_mut().zip(&keys_t[c * len..(c + 1) * len]) {
-                *s += q * k;
-            }
+    let queries: Vec<f32> = (0..len).flat_map(|t| row(t, l.q).iter().map(move |q| q * scale)).collect();
+    let head = Head { keys_t, values, keys_len, dims, len, d };
+    let mut scores = vec![0f32; QUERY_BLOCK * keys_len];
+    let mut context = vec![0f32; QUERY_BLOCK * dims];
+    let mut i = 0;
+    while i < len {
+        let block = if i + QUERY_BLOCK <= len { QUERY_BLOCK } else { 1 };
+        let q = queries[i * d..].as_ptr();
+        if block == QUERY_BLOCK {
+            head.block::<L, QUERY_BLOCK>(q, &mut scores, &mut context);
+        } else {
+            head.block::<L, 1>(q, &mut scores, &mut context);
         }
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| if s > m { s } else { m });
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = exp(*s - max);
-            sum += *s;
+        for b in 0..block {
+            std::ptr::copy_nonoverlapping(context[b * dims..].as_ptr(), out.add((first + i + b) * width + col), d);
         }
-        let inv = 1.0 / sum;
-        context.fill(0.0);
-        for (j, &p) in scores.iter().enumerate() {
-            let p = p * inv;
-            for (c, &v) in context.iter_mut().zip(row(j, l.v)) {
-                *c += p * v;
-            }
-        }
-        std::ptr::copy_nonoverlapping(context.as_ptr(), out.add((first + i) * width + col), d);
+        i += block;
     }
 }
 
-/// `e^x` for `x <= 0` (softmax arguments), to about 2 ulp: `x = n ln 2 + r`, a degree-6 polynomial for `e^r`,
-/// and `2^n` put in the exponent bits. Branch-free, so it vectorizes.
+/// One head of one sequence, keys and values laid out for the blocks.
+struct Head {
+    keys_t: Vec<f32>,
+    values: Vec<f32>,
+    keys_len: usize,
+    dims: usize,
+    len: usize,
+    d: usize,
+}
+
+impl Head {
+    /// The context rows of the `B` scaled queries at `queries` (`B x d`) into `context` (`B x dims`), using
+    /// `scores` (`B x keys_len`) as scratch. Two vectors of keys (or dims) per pass: `2B` independent sums.
+    #[inline(always)]
+    unsafe fn block<L: F32Lanes, const B: usize>(&self, queries: *const f32, scores: &mut [f32], context: &mut [f32]) {
+        let (keys_len, dims, len, d) = (self.keys_len, self.dims, self.len, self.d);
+        let (keys_t, values, sc) = (self.keys_t.as_ptr(), self.values.as_ptr(), scores.as_mut_ptr());
+        for k0 in (0..keys_len).step_by(2 * L::N) {
+            let mut acc = [[L::zero(); 2]; B];
+            for c in 0..d {
+                let k = [L::load(keys_t.add(c * keys_len + k0)), L::load(keys_t.add(c * keys_len + k0 + L::N))];
+                for (b, acc) in acc.iter_mut().enumerate() {
+                    let q = L::splat(*queries.add(b * d + c));
+                    acc[0] = acc[0].add_mul(q, k[0]);
+                    acc[1] = acc[1].add_mul(q, k[1]);
+                }
+            }
+            for (b, acc) in acc.iter().enumerate() {
+                acc[0].store(sc.add(b * keys_len + k0));
+                acc[1].store(sc.add(b * keys_len + k0 + L::N));
+            }
+        }
+        let mut inv = [0f32; B];
+        for (b, inv) in inv.iter_mut().enumerate() {
+            let scores = &mut scores[b * keys_len..][..len];
+            let max = lanes(scores, f32::NEG_INFINITY, f32::max);
+            scores.iter_mut().for_each(|s| *s = exp(*s - max));
+            *inv = 1.0 / lanes(scores, 0.0, |a, b| a + b);
+        }
+        let sc = scores.as_ptr();
+        for c0 in (0..dims).step_by(2 * L::N) {
+            let mut acc = [[L::zero(); 2]; B];
+            for j in 0..len {
+                let v = [L::load(values.add(j * dims + c0)), L::load(values.add(j * dims + c0 + L::N))];
+                for (b, acc) in acc.iter_mut().enumerate() {
+                    let p = L::splat(*sc.add(b * keys_len + j));
+                    acc[0] = acc[0].add_mul(p, v[0]);
+                    acc[1] = acc[1].add_mul(p, v[1]);
+                }
+            }
+            for (b, acc) in acc.iter().enumerate() {
+                let dst = context.as_mut_ptr().add(b * dims + c0);
+                acc[0].store(dst);
+                acc[1].store(dst.add(L::N));
+                for c in 0..2 * L::N {
+                    *dst.add(c) *= inv[b];
+                }
+            }
+        }
+    }
+}
+
+/// Folds `values` with `f` in 16 interleaved lanes, then the lanes in order: vectorizes, and always gives the same
+/// result for the same values.
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const ROUNDER: f32 = 12_582_912.0;
-    let x = x.max(-87.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUNDER) - ROUNDER;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    p * scale
+fn lanes(values: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 16];
+    let mut chunks = values.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = f(*a, v);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a = f(*a, v);
+    }
+    acc.into_iter().fold(init, f)
 }
 
 #[cfg(test)]
@@ -141,26 +231,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exp_is_accurate_on_softmax_arguments() {
-        for i in 0..10_000 {
-            let x = -(i as f32) * 0.0087;
-            let (ours, exact) = (exp(x), x.exp());
-            assert!(
-                (ours - exact).abs() <= 4.0 * f32::EPSILON * exact.max(f32::MIN_POSITIVE),
-                "{x}: {ours} vs {exact}"
-            );
-        }
-        assert_eq!(exp(0.0), 1.0);
-        assert!(exp(-200.0) < 1e-37);
-    }
-
-    #[test]
     fn matches_plain_attention_and_ignores_padding() {
         let (seq, heads, d) = (5, 2, 4);
         let width = heads * d;
         let qkv: Vec<f32> = (0..2 * seq * 3 * width).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
         let layout = QkvLayout { row_stride: 3 * width, q: 0, k: width, v: 2 * width };
-        let out = attention(&qkv, layout, seq, heads, d, &[3, 5]);
+        let out = attention(&qkv, layout, 2 * seq, heads, d, &[0, seq], &[3, 5]);
         // Sequence 0 has 3 tokens: compare with a direct computation over those.
         for h in 0..heads {
             for i in 0..3 {
@@ -184,7 +260,35 @@ mod tests {
         }
         // Padding rows are zero, and a sequence alone gives the same bits as in the batch.
         assert!(out[3 * width..5 * width].iter().all(|&v| v == 0.0));
-        let alone = attention(&qkv[seq * 3 * width..], layout, seq, heads, d, &[5]);
+        let alone = attention(&qkv[seq * 3 * width..], layout, seq, heads, d, &[0], &[5]);
         assert_eq!(alone, out[seq * width..].to_vec());
+    }
+
+    /// Every vector level gives the portable level's bits, on lengths that fill no block or pad exactly.
+    #[test]
+    fn every_level_matches_the_portable_one() {
+        for (len, heads, d) in [(1, 1, 8), (3, 2, 24), (7, 3, 32), (33, 2, 40), (70, 1, 64)] {
+            let width = heads * d;
+            let qkv: Vec<f32> = (0..len * 3 * width).map(|i| ((i * 7919 % 1009) as f32 / 500.0) - 1.0).collect();
+            let layout = QkvLayout { row_stride: 3 * width, q: 0, k: width, v: 2 * width };
+            let run = |f: unsafe fn(&[f32], QkvLayout, Sequence, usize, *mut f32)| {
+                let mut out = vec![0f32; len * width];
+                for h in 0..heads {
+                    let seq = Sequence { first: 0, len, col: h * d, d };
+                    unsafe { f(&qkv, layout, seq, width, out.as_mut_ptr()) };
+                }
+                out
+            };
+            let portable = run(head_generic::<Portable>);
+            #[cfg(target_arch = "x86_64")]
+            {
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    assert_eq!(run(head_avx2), portable, "avx2, len {len}, d {d}");
+                }
+                if is_x86_feature_detected!("avx512f") {
+                    assert_eq!(run(head_avx512), portable, "avx512, len {len}, d {d}");
+                }
+            }
+        }
     }
 }

@@ -1,13 +1,13 @@
 //! BERT (`BertModel`) on quantized layers: embeddings, encoder with a fused QKV projection, attention mask.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Module, Tensor, D};
-use candle_nn::{Embedding, LayerNorm};
+use candle_core::{DType, Tensor};
 use qlayers::QLinear;
 use serde::Deserialize;
 
 use super::attention::{attention, QkvLayout};
-use crate::loader::QuantLoader;
+use super::ops::{Activation, LayerNormParams};
+use crate::loader::{LinearParams, QuantLoader};
 
 /// The fields of a Hugging Face `config.json` that BERT needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -49,6 +49,11 @@ fn default_eps() -> f64 {
 }
 
 impl BertConfig {
+    /// Linear layers the encoder reads (query, key, value, attention output, intermediate, output per layer).
+    pub fn linear_layers(&self) -> usize {
+        6 * self.num_hidden_layers
+    }
+
     /// Parses and checks a `config.json`.
     pub fn from_json(text: &str) -> Result<Self> {
         let config: BertConfig = serde_json::from_str(text).context("config.json is not a BERT config")?;
@@ -67,7 +72,7 @@ impl BertConfig {
                 config.num_attention_heads
             );
         }
-        if !["gelu", "gelu_new", "gelu_pytorch_tanh", "relu"].contains(&config.hidden_act.as_str()) {
+        if Activation::from_name(&config.hidden_act).is_none() {
             bail!("unsupported hidden_act {:?}", config.hidden_act);
         }
         Ok(config)
@@ -80,22 +85,47 @@ enum Qkv {
     Separate([QLinear; 3]),
 }
 
+impl Qkv {
+    /// `[rows, 3h]`: each row's queries, keys and values side by side.
+    fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        match self {
+            Self::Fused(qkv) => Ok(qkv.forward_f32(x, rows)?),
+            Self::Separate(parts) => {
+                let outs = parts.iter().map(|p| p.forward_f32(x, rows)).collect::<qlayers::Result<Vec<_>>>()?;
+                let h = outs[0].len() / rows.max(1);
+                let mut qkv = Vec::with_capacity(3 * rows * h);
+                for r in 0..rows {
+                    for out in &outs {
+                        qkv.extend_from_slice(&out[r * h..(r + 1) * h]);
+                    }
+                }
+                Ok(qkv)
+            }
+        }
+    }
+}
+
 struct Layer {
     qkv: Qkv,
     attention_out: QLinear,
-    attention_norm: LayerNorm,
+    attention_norm: LayerNormParams,
     intermediate: QLinear,
     output: QLinear,
-    output_norm: LayerNorm,
+    output_norm: LayerNormParams,
 }
 
-/// A BERT encoder whose Linear layers are quantized per the loader's plan.
+/// A BERT encoder whose Linear layers are quantized per the loader's plan. Activations live in plain row-major
+/// buffers holding only real tokens (no padding rows), sequence after sequence.
 pub struct BertModel {
     config: BertConfig,
-    word_embeddings: Embedding,
-    position_embeddings: Embedding,
-    token_type_embeddings: Embedding,
-    embeddings_norm: LayerNorm,
+    activation: Activation,
+    /// `[vocab, hidden]`.
+    word_embeddings: Vec<f32>,
+    /// `[positions, hidden]`.
+    position_embeddings: Vec<f32>,
+    /// `[type_vocab, hidden]`; every token is type 0.
+    token_type_embeddings: Vec<f32>,
+    embeddings_norm: LayerNormParams,
     layers: Vec<Layer>,
 }
 
@@ -104,8 +134,9 @@ impl BertModel {
     pub fn load(config: BertConfig, loader: &QuantLoader) -> Result<Self> {
         let prefix = if loader.contains("embeddings.word_embeddings.weight") { "" } else { "bert." };
         let h = config.hidden_size;
-        let embedding = |name: &str, rows: usize| -> Result<Embedding> {
-            Ok(Embedding::new(loader.tensor(&format!("{prefix}embeddings.{name}.weight"), &[rows, h])?, h))
+        let activation = Activation::from_name(&config.hidden_act).context("checked by BertConfig::from_json")?;
+        let embedding = |name: &str, rows: usize| -> Result<Vec<f32>> {
+            Ok(loader.tensor(&format!("{prefix}embeddings.{name}.weight"), &[rows, h])?.flatten_all()?.to_vec1()?)
         };
         let norm = |name: &str| layer_norm(loader, &format!("{prefix}{name}"), h, config.layer_norm_eps);
         let word_embeddings = embedding("word_embeddings", config.vocab_size)?;
@@ -125,7 +156,15 @@ impl BertModel {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { config, word_embeddings, position_embeddings, token_type_embeddings, embeddings_norm, layers })
+        Ok(Self {
+            config,
+            activation,
+            word_embeddings,
+            position_embeddings,
+            token_type_embeddings,
+            embeddings_norm,
+            layers,
+        })
     }
 
     /// The model's configuration.
@@ -135,84 +174,104 @@ impl BertModel {
 
     /// Bytes of the f32 embedding tables and layer norms (the parts no plan quantizes).
     pub fn embedding_bytes(&self) -> usize {
-        let tables = [&self.word_embeddings, &self.position_embeddings, &self.token_type_embeddings];
+        let tables = self.word_embeddings.len() + self.position_embeddings.len() + self.token_type_embeddings.len();
         let norms = 2 * self.config.hidden_size * (1 + 2 * self.layers.len());
-        4 * (tables.iter().map(|e| e.embeddings().elem_count()).sum::<usize>() + norms)
+        4 * (tables + norms)
+    }
+
+    /// Hidden states of every token of every sequence: `[sum of lengths, hidden]`, sequence after sequence.
+    /// Each sequence's rows are the same whatever it is batched with.
+    pub fn forward_packed(&self, sequences: &[&[u32]]) -> Result<Vec<f32>> {
+        let (vocab, positions) = (self.config.vocab_size, self.config.max_position_embeddings);
+        for (i, ids) in sequences.iter().enumerate() {
+            if ids.is_empty() || ids.len() > positions {
+                bail!("sequence #{i} has {} tokens; the model takes 1 to {positions}", ids.len());
+            }
+            if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+                bail!("sequence #{i} holds token id {id}, outside the vocabulary of {vocab}");
+            }
+        }
+        let lens: Vec<usize> = sequences.iter().map(|s| s.len()).collect();
+        let starts: Vec<usize> = lens.iter().scan(0, |at, &len| Some(std::mem::replace(at, *at + len))).collect();
+        let rows: usize = lens.iter().sum();
+        let h = self.config.hidden_size;
+        let mut hidden = Vec::with_capacity(rows * h);
+        for ids in sequences {
+            for (pos, &id) in ids.iter().enumerate() {
+                let word = &self.word_embeddings[id as usize * h..][..h];
+                let position = &self.position_embeddings[pos * h..][..h];
+                let token_type = &self.token_type_embeddings[..h];
+                hidden.extend(word.iter().zip(position).zip(token_type).map(|((w, p), t)| w + p + t));
+            }
+        }
+        self.embeddings_norm.apply(&mut hidden, None);
+        for layer in &self.layers {
+            hidden = self.layer_forward(layer, hidden, rows, &starts, &lens)?;
+        }
+        Ok(hidden)
     }
 
     /// Hidden states `[batch, seq, hidden]` for token ids `[batch, seq]` (u32), where sequence `b` holds
-    /// `lens[b]` real tokens followed by padding. Padding never influences real tokens, and each sequence's
-    /// result is the same whatever it is batched with.
+    /// `lens[b]` real tokens followed by padding (whose rows come out as zeros). Padding never influences real
+    /// tokens, and each sequence's result is the same whatever it is batched with.
     pub fn forward(&self, input_ids: &Tensor, lens: &[usize]) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
         if lens.len() != batch || lens.iter().any(|&l| l == 0 || l > seq) {
             bail!("sequence lengths {lens:?} do not fit a batch of {batch} x {seq}");
         }
-        if seq > self.config.max_position_embeddings {
-            bail!("{seq} tokens exceed the model's {} positions", self.config.max_position_embeddings);
+        let ids = input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let sequences: Vec<&[u32]> = ids.iter().zip(lens).map(|(row, &len)| &row[..len]).collect();
+        let packed = self.forward_packed(&sequences)?;
+        let h = self.config.hidden_size;
+        let mut padded = vec![0f32; batch * seq * h];
+        let mut rows = packed.chunks_exact(h);
+        for (b, &len) in lens.iter().enumerate() {
+            for (t, row) in rows.by_ref().take(len).enumerate() {
+                padded[(b * seq + t) * h..][..h].copy_from_slice(row);
+            }
         }
-        let device = input_ids.device();
-        let positions = Tensor::arange(0u32, seq as u32, device)?;
-        let token_types = Tensor::zeros((batch, seq), DType::U32, device)?;
-        let embedded = self
-            .word_embeddings
-            .forward(input_ids)?
-            .broadcast_add(&self.position_embeddings.forward(&positions)?)?
-            .add(&self.token_type_embeddings.forward(&token_types)?)?;
-        let mut hidden = self.embeddings_norm.forward(&embedded)?;
-        for layer in &self.layers {
-            hidden = self.layer_forward(layer, &hidden, lens)?;
-        }
-        Ok(hidden)
+        Ok(Tensor::from_vec(padded, (batch, seq, h), input_ids.device())?)
     }
 
-    fn layer_forward(&self, layer: &Layer, hidden: &Tensor, lens: &[usize]) -> Result<Tensor> {
-        let (batch, seq, h) = hidden.dims3()?;
-        let heads = self.config.num_attention_heads;
-        let qkv = match &layer.qkv {
-            Qkv::Fused(qkv) => qkv.forward(hidden)?,
-            Qkv::Separate([q, k, v]) => {
-                Tensor::cat(&[q.forward(hidden)?, k.forward(hidden)?, v.forward(hidden)?], D::Minus1)?
-            }
-        };
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        hidden: Vec<f32>,
+        rows: usize,
+        starts: &[usize],
+        lens: &[usize],
+    ) -> Result<Vec<f32>> {
+        let (h, heads) = (self.config.hidden_size, self.config.num_attention_heads);
+        let qkv = layer.qkv.forward(&hidden, rows)?;
         let layout = QkvLayout { row_stride: 3 * h, q: 0, k: h, v: 2 * h };
-        let context = attention(&qkv.flatten_all()?.to_vec1::<f32>()?, layout, seq, heads, h / heads, lens);
-        let context = Tensor::from_vec(context, (batch, seq, h), hidden.device())?;
-        let attended = layer.attention_norm.forward(&(layer.attention_out.forward(&context)? + hidden)?)?;
-        let inner = layer.intermediate.forward(&attended)?;
-        let inner = match self.config.hidden_act.as_str() {
-            "gelu" => inner.gelu_erf()?,
-            "relu" => inner.relu()?,
-            _ => inner.gelu()?,
-        };
-        Ok(layer.output_norm.forward(&(layer.output.forward(&inner)? + attended)?)?)
+        let context = attention(&qkv, layout, rows, heads, h / heads, starts, lens);
+        let mut attended = layer.attention_out.forward_f32(&context, rows)?;
+        layer.attention_norm.apply(&mut attended, Some(&hidden));
+        let mut inner = layer.intermediate.forward_f32(&attended, rows)?;
+        self.activation.apply(&mut inner, self.config.intermediate_size);
+        let mut out = layer.output.forward_f32(&inner, rows)?;
+        layer.output_norm.apply(&mut out, Some(&attended));
+        Ok(out)
     }
 }
 
 fn load_qkv(loader: &QuantLoader, prefix: &str, h: usize) -> Result<Qkv> {
     let names = ["query", "key", "value"].map(|n| format!("{prefix}.{n}"));
-    let schemes = names.iter().map(|n| loader.scheme_for(n)).collect::<Result<Vec<_>>>()?;
-    if schemes.iter().all(|s| *s == schemes[0]) {
-        let weights =
-            names.iter().map(|n| loader.tensor(&format!("{n}.weight"), &[h, h])).collect::<Result<Vec<_>>>()?;
-        let biases = names.iter().map(|n| loader.tensor(&format!("{n}.bias"), &[h])).collect::<Result<Vec<_>>>()?;
-        let weight = Tensor::cat(&weights, 0)?;
-        let bias = Tensor::cat(&biases, 0)?;
+    let [q, k, v] = names.each_ref().map(|n| loader.linear_params(n, h, h));
+    let parts = [q?, k?, v?];
+    if parts.iter().all(|p| p.scheme == parts[0].scheme) {
         // The plan gives the three one scheme, so they run as one matmul of [3h, h].
-        Ok(Qkv::Fused(loader.linear_with(
-            &format!("{prefix}.{{query,key,value}}"),
-            &weight,
-            Some(&bias),
-            schemes[0],
-        )?))
+        let fused = LinearParams::concat_rows(parts.into())?;
+        Ok(Qkv::Fused(loader.build_linear(&format!("{prefix}.{{query,key,value}}"), fused)?))
     } else {
-        let [q, k, v] = &names;
-        Ok(Qkv::Separate([loader.linear(q, h, h)?, loader.linear(k, h, h)?, loader.linear(v, h, h)?]))
+        let [q, k, v] = parts;
+        let [qn, kn, vn] = &names;
+        Ok(Qkv::Separate([loader.build_linear(qn, q)?, loader.build_linear(kn, k)?, loader.build_linear(vn, v)?]))
     }
 }
 
-fn layer_norm(loader: &QuantLoader, name: &str, h: usize, eps: f64) -> Result<LayerNorm> {
-    let weight = loader.tensor(&format!("{name}.weight"), &[h])?;
-    let bias = loader.tensor(&format!("{name}.bias"), &[h])?;
-    Ok(LayerNorm::new(weight, bias, eps))
+fn layer_norm(loader: &QuantLoader, name: &str, h: usize, eps: f64) -> Result<LayerNormParams> {
+    let weight = loader.tensor(&format!("{name}.weight"), &[h])?.to_vec1()?;
+    let bias = loader.tensor(&format!("{name}.bias"), &[h])?.to_vec1()?;
+    Ok(LayerNormParams { weight, bias, eps: eps as f32 })
 }

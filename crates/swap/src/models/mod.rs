@@ -2,3 +2,5 @@
 
 pub mod attention;
 pub mod bert;
+mod lanes;
+pub mod ops;

@@ -1,0 +1,42 @@
+//! The baseline `runner bench` compares against: candle-transformers' fp32 `BertModel` with the same pooling.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+
+/// candle-transformers' BERT in f32, pooled by mean and L2-normalised like the sentence-transformers pipeline.
+pub struct CandleBert {
+    model: BertModel,
+    bytes: u64,
+}
+
+impl CandleBert {
+    /// Loads the float model in `dir`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config_text = std::fs::read_to_string(dir.join("config.json")).context("config.json")?;
+        let config: Config = serde_json::from_str(&config_text).context("config.json for candle-transformers")?;
+        let weights = dir.join(swap::checkpoint::WEIGHTS_FILE);
+        // SAFETY: the model file is not modified while mapped.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &Device::Cpu)? };
+        let model = BertModel::load(vb, &config).context("candle-transformers cannot load this model")?;
+        Ok(Self { model, bytes: std::fs::metadata(&weights)?.len() })
+    }
+
+    /// Bytes of the f32 weights.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Embeds `batch x seq` token ids (all real tokens), returning the `[batch, hidden]` pooled embeddings.
+    pub fn embed(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Tensor> {
+        let ids = Tensor::from_slice(ids, (batch, seq), &Device::Cpu)?;
+        let token_types = ids.zeros_like()?;
+        let mask = ids.ones_like()?;
+        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
+        let pooled = hidden.mean(1)?;
+        Ok(pooled.broadcast_div(&pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?)
+    }
+}

@@ -1,0 +1,244 @@
+//! `runner bench`: fp32 against quantized schemes and candle-transformers' fp32 BERT, timed in one run.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use swap::{Embedder, ResolveOptions, SENTENCE_BERT_FILES};
+
+use crate::baseline::CandleBert;
+use crate::model_args::{apply_threads, plan_for, DEFAULT_MODEL};
+
+/// Options of `runner bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// A model folder in Hugging Face layout or a Hub id.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: String,
+    /// Comma-separated schemes to time (`fp32`, `int8`, any scheme name).
+    #[arg(long, default_value = "fp32,int8", value_delimiter = ',')]
+    quant: Vec<String>,
+    /// Texts per batch.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Tokens per text.
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    /// Tokens of the single text timed for latency.
+    #[arg(long, default_value_t = 16)]
+    short_seq: usize,
+    /// Timed runs per workload (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Leave out candle-transformers' fp32 BERT.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A model under test.
+enum Contender {
+    Ours(Embedder),
+    Candle(CandleBert),
+}
+
+impl Contender {
+    fn run(&self, ids: &[u32], batch: usize, seq: usize) -> Result<()> {
+        match self {
+            Self::Ours(e) => {
+                let sequences: Vec<Vec<u32>> = ids.chunks(seq).map(<[u32]>::to_vec).collect();
+                e.embed_token_ids(&sequences).map(drop)
+            }
+            Self::Candle(c) => c.embed(ids, batch, seq).map(drop),
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        match self {
+            Self::Ours(e) => e.parameter_bytes() as u64,
+            Self::Candle(c) => c.bytes(),
+        }
+    }
+}
+
+/// One row of the results.
+#[derive(serde::Serialize)]
+struct Row {
+    name: String,
+    load_ms: f64,
+    memory_bytes: u64,
+    batch_ms: f64,
+    tokens_per_s: f64,
+    short_ms: f64,
+    speedup_vs_fp32: Option<f64>,
+    speedup_vs_candle: Option<f64>,
+}
+
+/// Loads every contender, then times them in interleaved rounds so that machine noise falls on all alike.
+pub fn run(args: BenchArgs) -> Result<()> {
+    apply_threads(args.threads)?;
+    if args.batch == 0 || args.seq < 2 || args.short_seq < 2 || args.iters == 0 {
+        bail!("--batch and --iters must be at least 1, --seq and --short-seq at least 2");
+    }
+    let dir: PathBuf = swap::resolve_model(&args.model, &SENTENCE_BERT_FILES, &ResolveOptions::default())?;
+    let mut contenders: Vec<(String, f64, Contender)> = Vec::new();
+    if !args.no_baseline {
+        let start = Instant::now();
+        let model = CandleBert::load(&dir)?;
+        contenders.push(("candle-transformers fp32".into(), ms(start), Contender::Candle(model)));
+    }
+    for name in &args.quant {
+        let start = Instant::now();
+        let embedder = Embedder::open(&dir, Some(plan_for(name)?)).with_context(|| format!("loading {name}"))?;
+        contenders.push((name.clone(), ms(start), Contender::Ours(embedder)));
+    }
+    let max_len = match &contenders.iter().find_map(|(_, _, c)| if let Contender::Ours(e) = c { Some(e) } else { None })
+    {
+        Some(e) => e.pipeline().max_seq_length,
+        None => args.seq,
+    };
+    if args.seq > max_len || args.short_seq > max_len {
+        bail!("--seq {} / --short-seq {} exceed the model's {max_len} tokens", args.seq, args.short_seq);
+    }
+    let vocab = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(dir.join("config.json"))?)?
+        ["vocab_size"]
+        .as_u64()
+        .context("config.json has no vocab_size")? as u32;
+    let batch_ids = token_ids(args.batch * args.seq, vocab);
+    let short_ids = token_ids(args.short_seq, vocab);
+    let short_iters = args.iters * 5;
+    let mut batch_times = vec![Vec::new(); contenders.len()];
+    let mut short_times = vec![Vec::new(); contenders.len()];
+    // One untimed warm-up round, then interleaved timed rounds.
+    for round in 0..=short_iters {
+        for (i, (_, _, c)) in contenders.iter().enumerate() {
+            if round <= args.iters {
+                let start = Instant::now();
+                c.run(&batch_ids, args.batch, args.seq)?;
+                if round > 0 {
+                    batch_times[i].push(ms(start));
+                }
+            }
+            let start = Instant::now();
+            c.run(&short_ids, 1, args.short_seq)?;
+            if round > 0 {
+                short_times[i].push(ms(start));
+            }
+        }
+    }
+    let medians: Vec<f64> = batch_times.iter_mut().map(|t| median(t)).collect();
+    let reference = |name: &str| contenders.iter().position(|(n, _, _)| n == name).map(|i| medians[i]);
+    let (fp32, candle) = (reference("fp32"), reference("candle-transformers fp32"));
+    let rows: Vec<Row> = contenders
+        .iter()
+        .enumerate()
+        .map(|(i, (name, load_ms, c))| Row {
+            name: name.clone(),
+            load_ms: *load_ms,
+            memory_bytes: c.bytes(),
+            batch_ms: medians[i],
+            tokens_per_s: (args.batch * args.seq) as f64 / (medians[i] / 1e3),
+            short_ms: median(&mut short_times[i]),
+            speedup_vs_fp32: fp32.map(|f| f / medians[i]),
+            speedup_vs_candle: candle.map(|f| f / medians[i]),
+        })
+        .collect();
+    let machine = serde_json::json!({
+        "model": dir.display().to_string(),
+        "cpu": cpu_name(),
+        "isa": qlayers::kernels::selected_isa()?.to_string(),
+        "threads": qlayers::threads::num_threads(),
+        "batch": args.batch, "seq": args.seq, "short_seq": args.short_seq, "iters": args.iters,
+    });
+    if args.json {
+        println!("{}", serde_json::json!({ "machine": machine, "results": rows }));
+    } else {
+        print_table(&machine, &rows, &args);
+    }
+    Ok(())
+}
+
+fn print_table(machine: &serde_json::Value, rows: &[Row], args: &BenchArgs) {
+    println!(
+        "{} | {} | kernels {} | {} threads",
+        machine["model"].as_str().unwrap_or_default(),
+        machine["cpu"].as_str().unwrap_or_default(),
+        machine["isa"].as_str().unwrap_or_default(),
+        machine["threads"]
+    );
+    println!(
+        "median of {} runs of {} x {} tokens, {} runs of 1 x {}",
+        args.iters,
+        args.batch,
+        args.seq,
+        args.iters * 5,
+        args.short_seq
+    );
+    println!(
+        "{:<26} {:>9} {:>10} {:>11} {:>10} {:>8} {:>9} {:>11}",
+        "scheme",
+        "load ms",
+        "memory MB",
+        "ms / batch",
+        "tokens/s",
+        "vs fp32",
+        "vs candle",
+        format!("ms 1x{}", args.short_seq)
+    );
+    let ratio = |r: Option<f64>| r.map_or_else(|| "-".to_string(), |r| format!("{r:.2}x"));
+    for r in rows {
+        println!(
+            "{:<26} {:>9.0} {:>10.1} {:>11.1} {:>10.0} {:>8} {:>9} {:>11.2}",
+            r.name,
+            r.load_ms,
+            r.memory_bytes as f64 / 1e6,
+            r.batch_ms,
+            r.tokens_per_s,
+            ratio(r.speedup_vs_fp32),
+            ratio(r.speedup_vs_candle),
+            r.short_ms
+        );
+    }
+}
+
+/// Deterministic pseudo-random token ids in `[1000, vocab)` (past BERT's special and unused tokens).
+fn token_ids(count: usize, vocab: u32) -> Vec<u32> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let low = 1000.min(vocab.saturating_sub(1));
+    (0..count)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            low + (state % u64::from(vocab - low)) as u32
+        })
+        .collect()
+}
+
+fn ms(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
+}
+
+fn median(times: &mut [f64]) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// The CPU's model name from `/proc/cpuinfo` (or the architecture elsewhere).
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}

@@ -1,0 +1,49 @@
+//! `runner quantize`: writes a pre-quantized checkpoint folder.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::model_args::ModelArgs;
+
+/// Options of `runner quantize`.
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Folder to write (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Quantizes the float model per the plan and saves it, printing sizes before and after.
+pub fn run(args: QuantizeArgs) -> Result<()> {
+    args.model.apply_threads()?;
+    let plan = args.model.plan()?.unwrap_or_else(swap::Plan::bert_int8);
+    let src = args.model.dir()?;
+    if src.canonicalize().ok() == args.out.canonicalize().ok() {
+        bail!("--out must differ from the model folder");
+    }
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} layers  {msg}").expect("a valid progress template"),
+    );
+    let progress = bar.clone();
+    let report = swap::checkpoint::quantize_bert(&src, plan.clone(), &args.out, move |done, total, name| {
+        progress.set_length(total as u64);
+        progress.set_position(done as u64);
+        progress.set_message(name.to_string());
+    })?;
+    bar.finish_and_clear();
+    println!("plan      {plan}");
+    println!("layers    {}", report.layers.len());
+    println!("before    {:.1} MB ({})", report.source_bytes as f64 / 1e6, src.display());
+    println!(
+        "after     {:.1} MB ({}), {:.2}x smaller",
+        report.saved_bytes as f64 / 1e6,
+        args.out.display(),
+        report.source_bytes as f64 / report.saved_bytes as f64
+    );
+    Ok(())
+}

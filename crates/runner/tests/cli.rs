@@ -1,0 +1,158 @@
+//! The `runner` binary end to end on the real all-MiniLM-L6-v2 (`models/fetch minilm`; CI fetches it first).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn minilm() -> String {
+    let dir = workspace().join("models/cache/all-MiniLM-L6-v2");
+    assert!(dir.join("model.safetensors").exists(), "{} is missing: run models/fetch minilm", dir.display());
+    dir.display().to_string()
+}
+
+fn runner(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runner")).args(args).current_dir(workspace()).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = runner(args);
+    assert!(out.status.success(), "runner {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = runner(args);
+    assert_eq!(out.status.code(), Some(1), "runner {args:?} should fail cleanly");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.starts_with("error: ") && !stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+fn embeddings(jsonl: &str) -> Vec<Vec<f32>> {
+    jsonl
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["index"], i);
+            v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+        })
+        .collect()
+}
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("runner-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+    fn join(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn embed_writes_one_normalised_line_per_text() {
+    let model = minilm();
+    let out = ok(&["embed", "--model", &model, "--quant", "int8", "A cat sits on the mat.", "Quantized BERT is fast."]);
+    let rows = embeddings(&out);
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert_eq!(row.len(), 384);
+        let norm: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+    }
+    // A file input, written to a file, gives the same embeddings for the same texts.
+    let dir = Scratch::new("embed");
+    std::fs::write(dir.join("in.txt"), "A cat sits on the mat.\nQuantized BERT is fast.\n").unwrap();
+    ok(&["embed", "--model", &model, "--input", &dir.join("in.txt"), "--output", &dir.join("out.jsonl")]);
+    assert_eq!(embeddings(&std::fs::read_to_string(dir.join("out.jsonl")).unwrap()), rows);
+}
+
+#[test]
+fn quantize_then_embed_from_the_checkpoint_matches() {
+    let model = minilm();
+    let dir = Scratch::new("quantize");
+    let ckpt = dir.join("minilm-int8");
+    let report = ok(&["quantize", "--model", &model, "--quant", "int8", "--out", &ckpt]);
+    assert!(report.contains("before") && report.contains("after") && report.contains("smaller"), "{report}");
+    let text = "Pre-quantized checkpoints load without fp32 weights.";
+    let direct = ok(&["embed", "--model", &model, "--quant", "int8", text]);
+    let saved = ok(&["embed", "--model", &ckpt, text]);
+    assert_eq!(embeddings(&direct), embeddings(&saved));
+}
+
+#[test]
+fn eval_reports_agreement_with_the_reference() {
+    let reference = workspace().join("tests/fixtures/minilm_fp32_embeddings.jsonl").display().to_string();
+    let out = ok(&["eval", "--model", &minilm(), "--quant", "fp32", "--reference", &reference, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["cosine_min"].as_f64().unwrap() > 0.99999, "{v}");
+    assert_eq!(v["top10_overlap"].as_f64().unwrap(), 1.0, "{v}");
+}
+
+#[test]
+fn bench_times_every_scheme_in_one_run() {
+    let out = ok(&[
+        "bench",
+        "--model",
+        &minilm(),
+        "--quant",
+        "fp32,int8",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--iters",
+        "1",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = v["results"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["candle-transformers fp32", "fp32", "int8"]);
+    for r in v["results"].as_array().unwrap() {
+        assert!(r["batch_ms"].as_f64().unwrap() > 0.0 && r["memory_bytes"].as_u64().unwrap() > 0, "{r}");
+    }
+    assert!(v["results"][2]["memory_bytes"].as_u64() < v["results"][1]["memory_bytes"].as_u64());
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let model = minilm();
+    assert!(fails(&["embed", "--model", &model, "fine", "  "]).contains("text #1 (line 2) is empty"));
+    assert!(fails(&["embed", "--model", "/no/such/folder", "x"]).contains("not a folder and not a Hub id"));
+    assert!(fails(&["embed", "--model", &model, "--quant", "int3", "x"]).contains("unknown scheme"));
+    assert!(fails(&["bench", "--model", &model, "--seq", "1000", "--iters", "1"]).contains("exceed"));
+    let dir = Scratch::new("bad");
+    let copy = dir.join("model");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(PathBuf::from(&model).join(f), PathBuf::from(&copy).join(f)).unwrap();
+    }
+    // A corrupt weights file.
+    std::fs::write(PathBuf::from(&copy).join("model.safetensors"), b"not a safetensors file").unwrap();
+    assert!(fails(&["embed", "--model", &copy, "x"]).contains("not a valid safetensors file"));
+    // A config that does not match the weights.
+    std::fs::copy(PathBuf::from(&model).join("model.safetensors"), PathBuf::from(&copy).join("model.safetensors"))
+        .unwrap();
+    let config = std::fs::read_to_string(PathBuf::from(&model).join("config.json")).unwrap();
+    std::fs::write(
+        PathBuf::from(&copy).join("config.json"),
+        config.replace("\"hidden_size\": 384", "\"hidden_size\": 768"),
+    )
+    .unwrap();
+    let err = fails(&["embed", "--model", &copy, "x"]);
+    assert!(err.contains("do not match config.json") && err.contains("shape"), "{err}");
+}

@@ -1,0 +1,273 @@
+//! Pre-quantized checkpoints: a model folder whose `model.safetensors` holds integer codes instead of float
+//! weights, loadable without the fp32 model.
+//!
+//! For every quantized Linear layer `L` (a `[out, in]` weight quantized under scheme `S`):
+//!
+//! | tensor | dtype | shape | holds |
+//! |---|---|---|---|
+//! | `L.weight.codes` | I8 (8-bit symmetric), U8 otherwise | `[out, in * bits / 8]` | codes, row-major; 4- and 2-bit codes packed low bits first |
+//! | `L.weight.scales` | F32 | `[out, groups]` | one scale per row (per-channel) or per row and group of K |
+//! | `L.weight.zero_points` | U8 | `[out, groups]` | only for asymmetric schemes |
+//! | `L.bias` | F32 | `[out]` | as in the float model |
+//!
+//! Layers left in f32, embeddings and norms keep their float tensors and names. `config.json` gets a
+//! `quantization_config` object: `quant_method` (`"qinfer"`), `format_version`, the `plan`, and `layers`, the
+//! scheme name of every Linear layer, from which the codes' scheme follows. The tokenizer and sentence-transformers
+//! files are copied beside it, so the folder can be uploaded to the Hub as is.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::Tensor;
+use qlayers::{Bits, CodeRange, Granularity, LayerScheme, LinearScheme, QTensor, Scheme};
+use safetensors::Dtype;
+use serde::{Deserialize, Serialize};
+
+use crate::loader::{LayerReport, QuantLoader, Stored};
+use crate::models::bert::{BertConfig, BertModel};
+use crate::plan::Plan;
+
+/// `quant_method` of the checkpoints this module writes.
+pub const QUANT_METHOD: &str = "qinfer";
+/// Version of the tensor layout above.
+pub const FORMAT_VERSION: u32 = 1;
+/// Weights file of a model folder.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// The `quantization_config` object of a pre-quantized checkpoint's `config.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuantizationConfig {
+    /// Always [`QUANT_METHOD`].
+    pub quant_method: String,
+    /// Always [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The plan the checkpoint was quantized with.
+    pub plan: Plan,
+    /// The scheme of every Linear layer, by dotted name.
+    pub layers: BTreeMap<String, String>,
+}
+
+impl QuantizationConfig {
+    /// The `quantization_config` of a parsed `config.json`, if it has one written by this crate; another
+    /// library's quantization config is an error.
+    pub fn from_config(config: &serde_json::Value) -> Result<Option<Self>> {
+        let Some(value) = config.get("quantization_config") else { return Ok(None) };
+        let method = value.get("quant_method").and_then(|m| m.as_str()).unwrap_or("unknown");
+        if method != QUANT_METHOD {
+            bail!("config.json has a quantization_config of quant_method {method:?}; only {QUANT_METHOD:?} is read");
+        }
+        let qc: Self = serde_json::from_value(value.clone()).context("bad quantization_config in config.json")?;
+        if qc.format_version != FORMAT_VERSION {
+            bail!("checkpoint format version {} (this build reads {FORMAT_VERSION})", qc.format_version);
+        }
+        qc.plan.validate()?;
+        Ok(Some(qc))
+    }
+
+    /// The stored scheme of each layer.
+    pub(crate) fn layers(&self) -> Result<QuantizedLayers> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|(name, scheme)| Ok((name.clone(), scheme.parse().with_context(|| format!("layer {name}"))?)))
+            .collect::<Result<_>>()?;
+        Ok(QuantizedLayers { layers })
+    }
+}
+
+/// Each layer's scheme in a pre-quantized checkpoint.
+#[derive(Debug, Clone)]
+pub(crate) struct QuantizedLayers {
+    layers: BTreeMap<String, LayerScheme>,
+}
+
+impl QuantizedLayers {
+    /// The stored scheme of `name`.
+    pub(crate) fn scheme_for(&self, name: &str) -> Result<LayerScheme> {
+        self.layers
+            .get(name)
+            .copied()
+            .with_context(|| format!("the checkpoint's quantization_config has no layer {name}"))
+    }
+}
+
+/// Reads layer `name`'s quantized weight of `shape` under `scheme` from a checkpoint.
+pub(crate) fn read_weight(
+    tensors: &MmapedSafetensors,
+    name: &str,
+    scheme: LayerScheme,
+    shape: [usize; 2],
+) -> Result<QTensor> {
+    let [rows, cols] = shape;
+    let (linear, _) = scheme.weight_scheme(cols)?.context("an integer scheme")?;
+    let groups = match linear.granularity {
+        Granularity::PerGroup { size } => cols.div_ceil(size),
+        _ => 1,
+    };
+    let raw = |suffix: &str| tensors.get(&format!("{name}.weight.{suffix}"));
+    let codes = raw("codes").with_context(|| format!("{name}.weight.codes is missing"))?;
+    if !matches!(codes.dtype(), Dtype::U8 | Dtype::I8) {
+        bail!("{name}.weight.codes is {:?}, expected U8 or I8", codes.dtype());
+    }
+    let scales = tensors
+        .load(&format!("{name}.weight.scales"), &candle_core::Device::Cpu)
+        .with_context(|| format!("{name}.weight.scales is missing"))?;
+    if scales.dims() != [rows, groups] {
+        bail!("{name}.weight.scales has shape {:?}, expected {:?}", scales.dims(), [rows, groups]);
+    }
+    let scales: Vec<f32> = scales.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+    let zero_points = match raw("zero_points") {
+        Ok(z) if z.dtype() == Dtype::U8 && z.shape() == [rows, groups] => {
+            z.data().iter().map(|&v| i32::from(v)).collect()
+        }
+        Ok(z) => {
+            bail!("{name}.weight.zero_points is {:?} {:?}, expected U8 {:?}", z.dtype(), z.shape(), [rows, groups])
+        }
+        Err(_) if linear.range == CodeRange::Signed => vec![0; scales.len()],
+        Err(_) => bail!("{name}.weight.zero_points is missing (scheme {scheme} is asymmetric)"),
+    };
+    QTensor::from_parts(shape.to_vec(), Scheme::Linear(linear), scales, zero_points, codes.data().to_vec())
+        .with_context(|| format!("{name}'s codes do not fit {shape:?} under {scheme}"))
+}
+
+/// Sizes of a checkpoint written by [`quantize_bert`].
+#[derive(Debug, Clone)]
+pub struct SaveReport {
+    /// What each Linear layer became.
+    pub layers: Vec<LayerReport>,
+    /// Bytes of the source weights file.
+    pub source_bytes: u64,
+    /// Bytes of the written weights file.
+    pub saved_bytes: u64,
+}
+
+/// Quantizes the float BERT model in `src` per `plan` and writes a pre-quantized checkpoint to `out`, calling
+/// `progress(done, total, layer)` as each Linear layer is read.
+pub fn quantize_bert(
+    src: &Path,
+    plan: Plan,
+    out: &Path,
+    progress: impl Fn(usize, usize, &str) + Send + Sync + 'static,
+) -> Result<SaveReport> {
+    let config_path = src.join("config.json");
+    let config_text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("{} has no readable config.json", src.display()))?;
+    let mut config_json: serde_json::Value = serde_json::from_str(&config_text).context("config.json is not JSON")?;
+    if config_json.get("quantization_config").is_some() || src.join("quanto_qmap.json").exists() {
+        bail!("{} is already quantized; quantize the float model instead", src.display());
+    }
+    let config = BertConfig::from_json(&config_text)?;
+    let weights = src.join(WEIGHTS_FILE);
+    let total = config.linear_layers();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let loader = QuantLoader::from_safetensors(&[&weights], plan.clone())?.recording().with_progress(move |name| {
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        progress(n, total, name);
+    });
+    BertModel::load(config, &loader).context("the weights do not match config.json")?;
+    let recorded = loader.take_recorded();
+    let layers = loader.layer_schemes().into_iter().map(|(name, scheme)| (name, scheme.to_string())).collect();
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    copy_side_files(src, out)?;
+    write_tensors(&recorded, &out.join(WEIGHTS_FILE))?;
+    let qc = QuantizationConfig { quant_method: QUANT_METHOD.into(), format_version: FORMAT_VERSION, plan, layers };
+    config_json["quantization_config"] = serde_json::to_value(&qc)?;
+    std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&config_json)? + "\n")
+        .with_context(|| format!("cannot write {}", out.join("config.json").display()))?;
+    Ok(SaveReport {
+        layers: loader.report(),
+        source_bytes: std::fs::metadata(&weights)?.len(),
+        saved_bytes: std::fs::metadata(out.join(WEIGHTS_FILE))?.len(),
+    })
+}
+
+/// One tensor to write: dtype, shape and little-endian bytes.
+type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// Writes the recorded tensors in the layout of the module docs.
+fn write_tensors(recorded: &[(String, Stored)], path: &Path) -> Result<()> {
+    let mut entries: Vec<Entry> = Vec::new();
+    for (name, stored) in recorded {
+        match stored {
+            Stored::Float(t) => entries.push(float_entry(name, t)?),
+            Stored::Quantized(q) => entries.extend(quantized_entries(name, q)?),
+        }
+    }
+    let views = entries
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            Ok((name.clone(), safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = [("quant_method".to_string(), QUANT_METHOD.to_string()), ("format".to_string(), "pt".to_string())];
+    safetensors::serialize_to_file(views, Some(metadata.into_iter().collect()), path)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn float_entry(name: &str, t: &Tensor) -> Result<Entry> {
+    let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
+    Ok((name.to_string(), Dtype::F32, t.dims().to_vec(), values.iter().flat_map(|v| v.to_le_bytes()).collect()))
+}
+
+/// `name` is `L.weight`: writes `L.weight.codes`, `.scales` and (if asymmetric) `.zero_points`.
+fn quantized_entries(name: &str, q: &QTensor) -> Result<Vec<Entry>> {
+    let &[rows, cols] = q.shape() else { bail!("{name} is not 2-D") };
+    let Scheme::Linear(LinearScheme { bits, range, .. }) = *q.scheme() else { bail!("{name}: NF4 is not saved yet") };
+    let groups = q.scales().len() / rows;
+    let row_bytes = cols * bits.count() as usize / 8;
+    let codes_shape =
+        if (cols * bits.count() as usize) % 8 == 0 { vec![rows, row_bytes] } else { vec![q.packed_codes().len()] };
+    let codes_dtype = if bits == Bits::B8 && range == CodeRange::Signed { Dtype::I8 } else { Dtype::U8 };
+    let mut entries = vec![
+        (format!("{name}.codes"), codes_dtype, codes_shape, q.packed_codes().to_vec()),
+        (
+            format!("{name}.scales"),
+            Dtype::F32,
+            vec![rows, groups],
+            q.scales().iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+    ];
+    if q.zero_points().iter().any(|&z| z != 0) {
+        let zps =
+            q.zero_points().iter().map(|&z| u8::try_from(z).context("zero point beyond U8")).collect::<Result<_>>()?;
+        entries.push((format!("{name}.zero_points"), Dtype::U8, vec![rows, groups], zps));
+    }
+    Ok(entries)
+}
+
+/// Copies what sits beside the weights (tokenizer, sentence-transformers files and module folders), leaving out
+/// weight files and `config.json` (written separately).
+fn copy_side_files(src: &Path, out: &Path) -> Result<()> {
+    const WEIGHT_EXTENSIONS: [&str; 8] = ["safetensors", "bin", "h5", "msgpack", "onnx", "ot", "pt", "pth"];
+    for entry in std::fs::read_dir(src).with_context(|| format!("cannot list {}", src.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let is_weights = path.extension().and_then(|e| e.to_str()).is_some_and(|e| WEIGHT_EXTENSIONS.contains(&e))
+            || name.ends_with(".index.json");
+        if path.is_file() && !is_weights && name != "config.json" {
+            std::fs::copy(&path, out.join(&name)).with_context(|| format!("cannot copy {}", path.display()))?;
+        } else if path.is_dir() && is_module_dir(&name) {
+            copy_dir(&path, &out.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+/// sentence-transformers module folders are named `<index>_<Module>` (`1_Pooling`, `2_Normalize`).
+fn is_module_dir(name: &str) -> bool {
+    name.split_once('_')
+        .is_some_and(|(i, rest)| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty())
+}
+
+fn copy_dir(src: &Path, dst: &PathBuf) -> Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for entry in std::fs::read_dir(src)? {
+        let path = entry?.path();
+        if path.is_file() {
+            std::fs::copy(&path, dst.join(path.file_name().context("a file name")?))?;
+        }
+    }
+    Ok(())
+}

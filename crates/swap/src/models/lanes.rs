@@ -1,0 +1,107 @@
+//! A few f32 vector operations, one implementation per instruction set, so that the attention kernel is written
+//! once. Multiply and add are never fused: every level computes the same bits as the portable one.
+
+/// A vector of `N` f32 lanes.
+pub trait F32Lanes: Copy {
+    /// Lanes per vector.
+    const N: usize;
+    /// All zeros.
+    unsafe fn zero() -> Self;
+    /// `N` values from `src` (unaligned).
+    unsafe fn load(src: *const f32) -> Self;
+    /// `v` in every lane.
+    unsafe fn splat(v: f32) -> Self;
+    /// `self + a * b`, rounded after the multiply and after the add.
+    unsafe fn add_mul(self, a: Self, b: Self) -> Self;
+    /// Writes the lanes to `dst` (unaligned).
+    unsafe fn store(self, dst: *mut f32);
+}
+
+/// Eight lanes in plain Rust: the level every target has.
+#[derive(Clone, Copy)]
+pub struct Portable([f32; 8]);
+
+impl F32Lanes for Portable {
+    const N: usize = 8;
+    unsafe fn zero() -> Self {
+        Self([0.0; 8])
+    }
+    unsafe fn load(src: *const f32) -> Self {
+        Self(std::ptr::read_unaligned(src.cast()))
+    }
+    unsafe fn splat(v: f32) -> Self {
+        Self([v; 8])
+    }
+    unsafe fn add_mul(self, a: Self, b: Self) -> Self {
+        Self(std::array::from_fn(|i| self.0[i] + a.0[i] * b.0[i]))
+    }
+    unsafe fn store(self, dst: *mut f32) {
+        std::ptr::write_unaligned(dst.cast(), self.0)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub use x86::{Avx2, Avx512};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::F32Lanes;
+
+    /// Eight lanes of AVX2 (callers run inside `#[target_feature(enable = "avx2")]`).
+    #[derive(Clone, Copy)]
+    pub struct Avx2(__m256);
+
+    impl F32Lanes for Avx2 {
+        const N: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Self(_mm256_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn load(src: *const f32) -> Self {
+            Self(_mm256_loadu_ps(src))
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            Self(_mm256_set1_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn add_mul(self, a: Self, b: Self) -> Self {
+            Self(_mm256_add_ps(self.0, _mm256_mul_ps(a.0, b.0)))
+        }
+        #[inline(always)]
+        unsafe fn store(self, dst: *mut f32) {
+            _mm256_storeu_ps(dst, self.0)
+        }
+    }
+
+    /// Sixteen lanes of AVX-512F (callers run inside `#[target_feature(enable = "avx512f")]`).
+    #[derive(Clone, Copy)]
+    pub struct Avx512(__m512);
+
+    impl F32Lanes for Avx512 {
+        const N: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Self(_mm512_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn load(src: *const f32) -> Self {
+            Self(_mm512_loadu_ps(src))
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            Self(_mm512_set1_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn add_mul(self, a: Self, b: Self) -> Self {
+            Self(_mm512_add_ps(self.0, _mm512_mul_ps(a.0, b.0)))
+        }
+        #[inline(always)]
+        unsafe fn store(self, dst: *mut f32) {
+            _mm512_storeu_ps(dst, self.0)
+        }
+    }
+}
