@@ -4,9 +4,9 @@
 
 use qlayers::threads::{parallel_for, SharedMut};
 
+use super::lanes::{level, F32Lanes, Level, Portable};
 #[cfg(target_arch = "x86_64")]
 use super::lanes::{Avx2, Avx512};
-use super::lanes::{F32Lanes, Portable};
 use super::ops::exp;
 
 /// Where the queries, keys and values of token `t` of sequence `b` start: `(b * seq + t) * row_stride + offset`.
@@ -60,40 +60,13 @@ struct Sequence {
 }
 
 unsafe fn head(qkv: &[f32], l: QkvLayout, s: Sequence, width: usize, out: *mut f32) {
-    #[cfg(target_arch = "x86_64")]
-    match forced_level() {
-        Level::Avx512 => return head_avx512(qkv, l, s, width, out),
-        Level::Avx2 => return head_avx2(qkv, l, s, width, out),
-        Level::Portable => {}
+    match level() {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => head_avx512(qkv, l, s, width, out),
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => head_avx2(qkv, l, s, width, out),
+        Level::Portable => head_generic::<Portable>(qkv, l, s, width, out),
     }
-    head_generic::<Portable>(qkv, l, s, width, out)
-}
-
-/// The vector level of the attention kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Level {
-    Portable,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
-/// The best level this CPU has, lowered by `QLAYERS_ISA` (`reference`, `avx2`) like the matmul kernels.
-#[cfg(target_arch = "x86_64")]
-fn forced_level() -> Level {
-    static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        let forced = std::env::var(qlayers::kernels::ISA_ENV).unwrap_or_default().to_ascii_lowercase();
-        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-        match forced.as_str() {
-            "reference" | "portable" => Level::Portable,
-            "avx2" if avx2 => Level::Avx2,
-            _ if is_x86_feature_detected!("avx512f") && forced != "avx2" => Level::Avx512,
-            _ if avx2 => Level::Avx2,
-            _ => Level::Portable,
-        }
-    })
 }
 
 #[cfg(target_arch = "x86_64")]

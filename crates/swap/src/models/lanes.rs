@@ -17,6 +17,44 @@ pub trait F32Lanes: Copy {
     unsafe fn store(self, dst: *mut f32);
 }
 
+/// The vector level of the float kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Plain Rust for the target's baseline.
+    Portable,
+    /// AVX2 + FMA.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+/// The best level this CPU has, lowered by `QLAYERS_ISA` (`reference`, `avx2`) like the matmul kernels; decided
+/// once.
+pub fn level() -> Level {
+    static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let forced = std::env::var(qlayers::kernels::ISA_ENV).unwrap_or_default().to_ascii_lowercase();
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            match forced.as_str() {
+                "reference" | "portable" => Level::Portable,
+                "avx2" if avx2 => Level::Avx2,
+                _ if is_x86_feature_detected!("avx512f") && forced != "avx2" => Level::Avx512,
+                _ if avx2 => Level::Avx2,
+                _ => Level::Portable,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = forced;
+            Level::Portable
+        }
+    })
+}
+
 /// Eight lanes in plain Rust: the level every target has.
 #[derive(Clone, Copy)]
 pub struct Portable([f32; 8]);

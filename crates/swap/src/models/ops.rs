@@ -4,21 +4,47 @@
 
 use qlayers::threads::{parallel_for, SharedMut};
 
+use super::lanes::{level, Level};
+
 /// Rows per parallel task: enough work to outweigh the hand-off.
 const ROWS_PER_TASK: usize = 16;
 
-/// Runs `f(row_index, row)` over every `width`-long row of `data`, in parallel.
-fn for_each_row(data: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+/// Work on whole rows, inlined into a function compiled for each vector level.
+trait RowOp: Sync {
+    /// Processes rows `first..` held in `rows` (a whole number of rows).
+    fn rows(&self, first: usize, rows: &mut [f32]);
+}
+
+/// Runs `op` over every `width`-long row of `data`, in parallel, at the best vector level.
+fn for_each_row<O: RowOp>(data: &mut [f32], width: usize, op: &O) {
     let rows = data.len() / width;
     let shared = SharedMut(data.as_mut_ptr());
     parallel_for(rows.div_ceil(ROWS_PER_TASK), |task| {
         let first = task * ROWS_PER_TASK;
-        for r in first..(first + ROWS_PER_TASK).min(rows) {
-            // SAFETY: each task owns rows first..first + ROWS_PER_TASK, inside `data`.
-            let row = unsafe { std::slice::from_raw_parts_mut(shared.get().add(r * width), width) };
-            f(r, row);
+        let count = ROWS_PER_TASK.min(rows - first);
+        // SAFETY: each task owns rows first..first + count, inside `data`.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(shared.get().add(first * width), count * width) };
+        match level() {
+            // SAFETY: `level` picks a vector level only where the CPU has it.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => unsafe { rows_avx512(op, first, chunk) },
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => unsafe { rows_avx2(op, first, chunk) },
+            Level::Portable => op.rows(first, chunk),
         }
     });
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn rows_avx512<O: RowOp>(op: &O, first: usize, rows: &mut [f32]) {
+    op.rows(first, rows)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_avx2<O: RowOp>(op: &O, first: usize, rows: &mut [f32]) {
+    op.rows(first, rows)
 }
 
 /// Layer norm parameters of one width.
@@ -36,16 +62,10 @@ impl LayerNormParams {
     /// Normalizes every row of `x` in place, after adding `residual` (same shape) when given:
     /// `y = (x + r - mean) / sqrt(var + eps) * weight + bias`.
     pub fn apply(&self, x: &mut [f32], residual: Option<&[f32]>) {
-        let width = self.weight.len();
-        for_each_row(x, width, |r, row| {
-            if let Some(res) = residual {
-                add_assign(row, &res[r * width..(r + 1) * width]);
-            }
-            self.normalize(row);
-        });
+        for_each_row(x, self.weight.len(), &ResidualNorm { norm: self, residual });
     }
 
-    #[inline]
+    #[inline(always)]
     fn normalize(&self, row: &mut [f32]) {
         let n = row.len() as f32;
         let mean = lane_sum(row, |v| v) / n;
@@ -57,12 +77,32 @@ impl LayerNormParams {
     }
 }
 
+/// Residual add and layer norm as a row operation.
+struct ResidualNorm<'a> {
+    norm: &'a LayerNormParams,
+    residual: Option<&'a [f32]>,
+}
+
+impl RowOp for ResidualNorm<'_> {
+    #[inline(always)]
+    fn rows(&self, first: usize, rows: &mut [f32]) {
+        let width = self.norm.weight.len();
+        for (i, row) in rows.chunks_exact_mut(width).enumerate() {
+            if let Some(res) = self.residual {
+                add_assign(row, &res[(first + i) * width..][..width]);
+            }
+            self.norm.normalize(row);
+        }
+    }
+}
+
+#[inline(always)]
 fn add_assign(row: &mut [f32], other: &[f32]) {
     row.iter_mut().zip(other).for_each(|(a, b)| *a += b);
 }
 
 /// `sum f(v)` over `row`, in 16 interleaved partial sums combined in a fixed order (vectorizes, deterministic).
-#[inline]
+#[inline(always)]
 fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     const LANES: usize = 16;
     let mut partial = [0f32; LANES];
@@ -100,13 +140,20 @@ impl Activation {
         }
     }
 
-    /// Applies the activation to every value of `x` in place.
+    /// Applies the activation to every value of `x` (rows of `width`) in place.
     pub fn apply(self, x: &mut [f32], width: usize) {
-        for_each_row(x, width, |_, row| match self {
-            Self::GeluErf => row.iter_mut().for_each(|v| *v = gelu_erf(*v)),
-            Self::GeluTanh => row.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
-            Self::Relu => row.iter_mut().for_each(|v| *v = v.max(0.0)),
-        });
+        for_each_row(x, width, &self);
+    }
+}
+
+impl RowOp for Activation {
+    #[inline(always)]
+    fn rows(&self, _first: usize, rows: &mut [f32]) {
+        match self {
+            Self::GeluErf => rows.iter_mut().for_each(|v| *v = gelu_erf(*v)),
+            Self::GeluTanh => rows.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
+            Self::Relu => rows.iter_mut().for_each(|v| *v = v.max(0.0)),
+        }
     }
 }
 
