@@ -79,7 +79,7 @@ level!(avx2_level, super::super::x86::avx2::Avx2, mr = 4, nv = 2, features = "av
 level!(
     avx512_level,
     super::super::x86::avx512::Avx512Vnni,
-    mr = 8,
+    mr = 6,
     nv = 2,
     features = "avx512f,avx512bw,avx512vl,avx512vnni"
 );

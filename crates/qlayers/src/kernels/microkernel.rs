@@ -54,7 +54,7 @@ pub(crate) struct BlockGeometry {
 
 /// Computes one tile. `BITS` is the weight code width (8, 4 or 2).
 ///
-/// Per block `g`: `exact = dot - zero_offset * sum(x)` (i32, exact), then
+/// Per block `g`: `exact = -zero_offset * sum(x) + dot` (i32, exact), then
 /// `acc = fma(exact as f32, x_scale, acc)` with per-column weight scales, or
 /// `acc = fma(exact as f32, x_scale * w_scale, acc)` with per-block ones. At the end
 /// `out = fma(acc, w_scale, bias)` (per column) or `fma(acc, 1, bias)` (per block).
@@ -73,29 +73,35 @@ pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const
     for g in t.blocks.clone() {
         let padded = if g + 1 == geo.count { geo.last_padded } else { geo.block };
         let start = g * geo.block;
-        let mut acc = [[S::zero_i(); NV]; ROWS];
+        let params = if geo.per_block { g * nr } else { 0 };
+        // The integer sums start at the zero-point correction `-zero_offset * sum(x)`, so that after the dot
+        // products they hold the exact `sum (u - z) * q` with no subtraction per accumulator.
+        let mut acc: [[S::I; NV]; ROWS] = match geo.uniform_zero_offset {
+            Some(z) => std::array::from_fn(|m| {
+                let x_sum = *t.a_sums.add(m * geo.count + g);
+                [S::splat_i(z.wrapping_mul(x_sum).wrapping_neg()); NV]
+            }),
+            None => {
+                let zero_offsets: [S::I; NV] =
+                    std::array::from_fn(|v| S::load_i16(t.w_zero_offsets.add(params + v * S::LANES)));
+                std::array::from_fn(|m| {
+                    let x_sum = S::splat_i(*t.a_sums.add(m * geo.count + g));
+                    std::array::from_fn(|v| S::sub_mul_i(S::zero_i(), zero_offsets[v], x_sum))
+                })
+            }
+        };
         let a = t.a.add(start * t.tile_rows);
         dot_block::<S, ROWS, NV, BITS>(a, 4 * t.tile_rows, t.w.add(start * nr * BITS / 8), padded / 4, &mut acc);
 
-        let params = if geo.per_block { g * nr } else { 0 };
-        let zero_offsets: [S::I; NV] = match geo.uniform_zero_offset {
-            Some(_) => [S::zero_i(); NV],
-            None => std::array::from_fn(|v| S::load_i16(t.w_zero_offsets.add(params + v * S::LANES))),
-        };
         let w_scales: [S::F; NV] = match geo.per_block {
             true => std::array::from_fn(|v| S::load_f(t.w_scales.add(params + v * S::LANES))),
             false => [S::zero_f(); NV],
         };
         for m in 0..ROWS {
-            let x_sum = *t.a_sums.add(m * geo.count + g);
             let x_scale = S::splat_f(*t.a_scales.add(m * geo.count + g));
             for v in 0..NV {
-                let exact = match geo.uniform_zero_offset {
-                    Some(z) => S::sub_i(acc[m][v], S::splat_i(z.wrapping_mul(x_sum))),
-                    None => S::sub_mul_i(acc[m][v], zero_offsets[v], S::splat_i(x_sum)),
-                };
                 let scale = if geo.per_block { S::mul_f(x_scale, w_scales[v]) } else { x_scale };
-                accf[m][v] = S::fma_f(S::to_f(exact), scale, accf[m][v]);
+                accf[m][v] = S::fma_f(S::to_f(acc[m][v]), scale, accf[m][v]);
             }
         }
     }

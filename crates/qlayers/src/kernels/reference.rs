@@ -81,10 +81,6 @@ impl Int8Simd for Reference {
     unsafe fn fma_f(a: Self::F, b: Self::F, c: Self::F) -> Self::F {
         std::array::from_fn(|i| a[i].mul_add(b[i], c[i]))
     }
-    #[inline(always)]
-    unsafe fn sub_i(a: Self::I, b: Self::I) -> Self::I {
-        std::array::from_fn(|i| a[i].wrapping_sub(b[i]))
-    }
 }
 
 /// `acc[l] += sum_j w[4l + j] (unsigned) * x[4l + j] (signed)`.

@@ -54,6 +54,4 @@ pub(crate) trait Int8Simd {
     unsafe fn mul_f(a: Self::F, b: Self::F) -> Self::F;
     /// Lane-wise `a * b + c`, rounded once.
     unsafe fn fma_f(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
-    /// Lane-wise `a - b` on i32 (wrapping).
-    unsafe fn sub_i(a: Self::I, b: Self::I) -> Self::I;
 }

@@ -83,8 +83,4 @@ impl Int8Simd for Avx2 {
     unsafe fn fma_f(a: Self::F, b: Self::F, c: Self::F) -> Self::F {
         _mm256_fmadd_ps(a, b, c)
     }
-    #[inline(always)]
-    unsafe fn sub_i(a: Self::I, b: Self::I) -> Self::I {
-        _mm256_sub_epi32(a, b)
-    }
 }

@@ -87,8 +87,4 @@ impl Int8Simd for Avx512Vnni {
     unsafe fn fma_f(a: Self::F, b: Self::F, c: Self::F) -> Self::F {
         _mm512_fmadd_ps(a, b, c)
     }
-    #[inline(always)]
-    unsafe fn sub_i(a: Self::I, b: Self::I) -> Self::I {
-        _mm512_sub_epi32(a, b)
-    }
 }
