@@ -100,7 +100,10 @@ unsafe fn head_generic<L: F32Lanes>(qkv: &[f32], l: QkvLayout, s: Sequence, widt
         values[j * dims..j * dims + d].copy_from_slice(row(j, l.v));
     }
     let scale = 1.0 / (d as f32).sqrt();
-    let queries: Vec<f32> = (0..len).flat_map(|t| row(t, l.q).iter().map(move |q| q * scale)).collect();
+    let mut queries = vec![0f32; len * d];
+    for (t, dst) in queries.chunks_exact_mut(d).enumerate() {
+        dst.iter_mut().zip(row(t, l.q)).for_each(|(q, &v)| *q = v * scale);
+    }
     let head = Head { keys_t, values, keys_len, dims, len, d };
     let mut scores = vec![0f32; QUERY_BLOCK * keys_len];
     let mut context = vec![0f32; QUERY_BLOCK * dims];
