@@ -51,6 +51,19 @@ pub fn parallel_for(tasks: usize, task: impl Fn(usize) + Sync) {
     });
 }
 
+/// Work (in multiply-adds or comparable steps) below which waking other threads costs more than it saves.
+pub const PARALLEL_MIN_WORK: usize = 1 << 18;
+
+/// [`parallel_for`] for `tasks` that together do about `work` steps: run on the calling thread alone when the
+/// work is too small to be worth handing out.
+pub fn parallel_for_work(tasks: usize, work: usize, task: impl Fn(usize) + Sync) {
+    if work < PARALLEL_MIN_WORK {
+        (0..tasks).for_each(task);
+    } else {
+        parallel_for(tasks, task);
+    }
+}
+
 /// A raw pointer that tasks of one [`parallel_for`] share to write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
 pub struct SharedMut<T>(pub *mut T);

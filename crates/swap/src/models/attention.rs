@@ -2,7 +2,7 @@
 //! sequence's own tokens only, in a fixed order: a sequence's result never depends on what it was batched with
 //! (padding is skipped, not masked), which keeps quantized embeddings bit-identical alone or in a batch.
 
-use qlayers::threads::{parallel_for, SharedMut};
+use qlayers::threads::{parallel_for_work, SharedMut};
 
 use super::lanes::{level, F32Lanes, Level, Portable};
 #[cfg(target_arch = "x86_64")]
@@ -41,7 +41,8 @@ pub fn attention(
     let width = heads * head_dim;
     let mut out = vec![0f32; rows * width];
     let shared = SharedMut(out.as_mut_ptr());
-    parallel_for(starts.len() * heads, |task| {
+    let work: usize = lens.iter().map(|&len| 2 * len * len * width).sum();
+    parallel_for_work(starts.len() * heads, work, |task| {
         let (b, h) = (task / heads, task % heads);
         let seq = Sequence { first: starts[b], len: lens[b], col: h * head_dim, d: head_dim };
         // SAFETY: task (b, h) writes only columns h * head_dim.. of sequence b's rows.

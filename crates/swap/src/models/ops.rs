@@ -2,7 +2,7 @@
 //! layer norm, and the feed-forward activations. Each row is computed alone, in a fixed order, so a token's result
 //! never depends on the other rows (batch independence), and rows are spread over the kernels' threads.
 
-use qlayers::threads::{parallel_for, SharedMut};
+use qlayers::threads::{parallel_for_work, SharedMut};
 
 use super::lanes::{level, Level};
 
@@ -19,7 +19,8 @@ trait RowOp: Sync {
 fn for_each_row<O: RowOp>(data: &mut [f32], width: usize, op: &O) {
     let rows = data.len() / width;
     let shared = SharedMut(data.as_mut_ptr());
-    parallel_for(rows.div_ceil(ROWS_PER_TASK), |task| {
+    // About 20 steps a value (GELU's polynomials; layer norm's passes).
+    parallel_for_work(rows.div_ceil(ROWS_PER_TASK), 20 * data.len(), |task| {
         let first = task * ROWS_PER_TASK;
         let count = ROWS_PER_TASK.min(rows - first);
         // SAFETY: each task owns rows first..first + count, inside `data`.
