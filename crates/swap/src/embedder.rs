@@ -187,7 +187,7 @@ impl Embedder {
         Ok(encodings.iter().map(|e| e.get_attention_mask().iter().filter(|&&m| m == 1).count()).collect())
     }
 
-    /// Embeds `texts` as one batch (padded to the longest); texts longer than `max_seq_length` tokens are
+    /// Embeds `texts` as one batch (sequences packed without padding); texts longer than `max_seq_length` tokens are
     /// truncated. An empty (or whitespace-only) text is an error.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
@@ -231,7 +231,7 @@ impl Embedder {
             .collect())
     }
 
-    /// The tokenizer (with the pipeline's truncation and padding set).
+    /// The tokenizer (with the pipeline's truncation set; no padding).
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }

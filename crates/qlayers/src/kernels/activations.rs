@@ -108,40 +108,18 @@ fn quantize_row(
     Ok(())
 }
 
-/// Largest `|v|`, or a non-finite value if `values` holds NaN or an infinity. Written with 16 independent lanes
-/// and integer bit tests so that it vectorizes.
+/// Largest `|v|`, or NaN if `values` holds NaN or an infinity. Works on the bits: for non-negative floats the
+/// integer order of the bit patterns is the numeric order, and NaN and the infinities sort above every finite value,
+/// so one integer max (which vectorizes everywhere) finds both.
 #[inline(always)]
 fn abs_max(values: &[f32]) -> f32 {
-    const EXPONENT: u32 = 0x7f80_0000;
-    let (mut lanes, mut non_finite) = ([0f32; 16], 0u32);
-    let mut chunks = values.chunks_exact(16);
-    for chunk in &mut chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            let a = v.abs();
-            *lane = max(a, *lane);
-            non_finite |= u32::from(v.to_bits() & EXPONENT == EXPONENT);
-        }
-    }
-    for &v in chunks.remainder() {
-        lanes[0] = max(lanes[0], v.abs());
-        non_finite |= u32::from(v.to_bits() & EXPONENT == EXPONENT);
-    }
-    if non_finite != 0 {
-        return f32::NAN;
-    }
-    // A tree of lane-wise maxima (max is exact, so the order does not change the result): vector shuffles
-    // instead of sixteen dependent scalar steps.
-    let half: [f32; 8] = std::array::from_fn(|i| max(lanes[i], lanes[i + 8]));
-    let quarter: [f32; 4] = std::array::from_fn(|i| max(half[i], half[i + 4]));
-    max(max(quarter[0], quarter[2]), max(quarter[1], quarter[3]))
-}
-
-/// `max(a, b)` for values that are not NaN, as one compare and select.
-#[inline(always)]
-fn max(a: f32, b: f32) -> f32 {
-    if a > b {
-        a
+    const ABS: u32 = 0x7fff_ffff;
+    const INFINITY: u32 = 0x7f80_0000;
+    // An integer max reduction: associative, so the compiler vectorizes it at full width.
+    let max = values.iter().fold(0u32, |m, v| m.max(v.to_bits() & ABS));
+    if max >= INFINITY {
+        f32::NAN
     } else {
-        b
+        f32::from_bits(max)
     }
 }
