@@ -1,5 +1,8 @@
-//! How many threads the kernels use. They run on rayon's global pool, the one candle's CPU ops use too, so the
-//! two never fight over cores; the count here caps how many of its threads one matmul occupies.
+//! How many threads the kernels use, and [`parallel_for`], which runs a kernel's tasks on the calling thread and
+//! the helpers of a small spinning pool ([`pool`]). The default count is candle's, so that our kernels and
+//! candle's own CPU ops (which run at other times) use the same cores.
+
+mod pool;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -27,32 +30,20 @@ fn default_threads() -> usize {
     *DEFAULT.get_or_init(|| candle_core::utils::get_num_threads().max(1))
 }
 
-/// Runs `task(i)` for every `i < tasks` on up to [`num_threads`] threads; each worker takes the next index until
-/// none is left, so uneven tasks balance themselves.
+/// Runs `task(i)` for every `i < tasks` on up to [`num_threads`] threads (the caller and pool helpers); each takes
+/// the next index until none is left, so uneven tasks balance themselves. A panic in a task is rethrown here after
+/// the other tasks have finished.
 pub fn parallel_for(tasks: usize, task: impl Fn(usize) + Sync) {
     let workers = num_threads().min(tasks);
     if workers <= 1 {
         (0..tasks).for_each(task);
         return;
     }
-    let next = AtomicUsize::new(0);
-    let work = || loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= tasks {
-            break;
-        }
-        task(i);
-    };
-    rayon::scope(|s| {
-        for _ in 1..workers {
-            s.spawn(|_| work());
-        }
-        work();
-    });
+    pool::run(tasks, workers - 1, &task);
 }
 
-/// Work (in multiply-adds or comparable steps) below which waking other threads costs more than it saves.
-pub const PARALLEL_MIN_WORK: usize = 1 << 18;
+/// Work (in multiply-adds or comparable steps) below which handing tasks to other threads costs more than it saves.
+pub const PARALLEL_MIN_WORK: usize = 1 << 15;
 
 /// [`parallel_for`] for `tasks` that together do about `work` steps: run on the calling thread alone when the
 /// work is too small to be worth handing out.

@@ -183,7 +183,9 @@ impl PackedWeights {
         let blocks = &self.blocks;
         let mr = self.isa.tile_rows();
         let mut acts = QuantizedActivations::zeroed(m, blocks, mr);
-        let rows_per_task = (64 * 1024 / blocks.k).next_multiple_of(mr).min(m.next_multiple_of(mr));
+        // About 64 K values per task, and at least one task per thread when there are enough tiles.
+        let rows_per_task =
+            (64 * 1024 / blocks.k).min(m.div_ceil(num_threads())).next_multiple_of(mr).min(m.next_multiple_of(mr));
         let tasks = m.div_ceil(rows_per_task);
         let (codes, scales, sums) = (
             SharedMut(acts.codes.as_mut_ptr()),

@@ -2,12 +2,12 @@
 //! layer norm, and the feed-forward activations. Each row is computed alone, in a fixed order, so a token's result
 //! never depends on the other rows (batch independence), and rows are spread over the kernels' threads.
 
-use qlayers::threads::{parallel_for_work, SharedMut};
+use qlayers::threads::{num_threads, parallel_for_work, SharedMut};
 
 use super::lanes::{level, Level};
 
-/// Rows per parallel task: enough work to outweigh the hand-off.
-const ROWS_PER_TASK: usize = 16;
+/// Most rows per parallel task.
+const MAX_ROWS_PER_TASK: usize = 64;
 
 /// Work on whole rows, inlined into a function compiled for each vector level.
 trait RowOp: Sync {
@@ -18,11 +18,13 @@ trait RowOp: Sync {
 /// Runs `op` over every `width`-long row of `data`, in parallel, at the best vector level.
 fn for_each_row<O: RowOp>(data: &mut [f32], width: usize, op: &O) {
     let rows = data.len() / width;
+    // A few tasks per thread so that they balance, even for the few rows of one short text.
+    let rows_per_task = rows.div_ceil(4 * num_threads()).clamp(1, MAX_ROWS_PER_TASK);
     let shared = SharedMut(data.as_mut_ptr());
     // About 20 steps a value (GELU's polynomials; layer norm's passes).
-    parallel_for_work(rows.div_ceil(ROWS_PER_TASK), 20 * data.len(), |task| {
-        let first = task * ROWS_PER_TASK;
-        let count = ROWS_PER_TASK.min(rows - first);
+    parallel_for_work(rows.div_ceil(rows_per_task), 20 * data.len(), |task| {
+        let first = task * rows_per_task;
+        let count = rows_per_task.min(rows - first);
         // SAFETY: each task owns rows first..first + count, inside `data`.
         let chunk = unsafe { std::slice::from_raw_parts_mut(shared.get().add(first * width), count * width) };
         match level() {
