@@ -157,8 +157,10 @@ unsafe fn dot_block<S: Int8Simd, const ROWS: usize, const NV: usize, const BITS:
     acc: &mut [[S::I; NV]; ROWS],
 ) {
     let load_bytes = NV * S::LANES * 4;
-    let load =
-        |l: usize| -> [S::I; NV] { std::array::from_fn(|v| S::load_bytes(w.add(l * load_bytes + v * S::LANES * 4))) };
+    let load = |l: usize| -> [S::I; NV] {
+        prefetch(w.wrapping_add((l + PREFETCH_LOADS) * load_bytes), load_bytes);
+        std::array::from_fn(|v| S::load_bytes(w.add(l * load_bytes + v * S::LANES * 4)))
+    };
     match BITS {
         8 => {
             for s in 0..steps {
@@ -183,6 +185,22 @@ unsafe fn dot_block<S: Int8Simd, const ROWS: usize, const NV: usize, const BITS:
         }
         _ => unreachable!("bit widths are 2, 4 or 8"),
     }
+}
+
+/// Weight loads fetched ahead: far enough to hide a trip to memory at a few rows per tile (short inputs), where
+/// the kernel otherwise waits on every new line of the panel.
+const PREFETCH_LOADS: usize = 16;
+
+/// Asks for the `bytes` at `p` (which may lie past the panel: a prefetch never faults) to be brought into L1.
+#[inline(always)]
+fn prefetch(p: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..bytes).step_by(64) {
+        // SAFETY: a prefetch is a hint; it reads nothing architecturally and never faults.
+        unsafe { std::arch::x86_64::_mm_prefetch(p.wrapping_add(line).cast::<i8>(), std::arch::x86_64::_MM_HINT_T0) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, bytes);
 }
 
 /// One step of 4 K values; row `m`'s 4 activation bytes are at `a + 4 m`.
