@@ -271,18 +271,6 @@ fn read_bandwidth(buf: &[u64], threads: usize) -> f64 {
     std::mem::size_of_val(buf) as f64 / best
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// The shapes of the issue: `(scheme, m, k, n)`.
 fn cases() -> Vec<(Scheme, usize, usize, usize)> {
     let mut cases = Vec::new();
@@ -305,7 +293,7 @@ fn main() -> Result<()> {
     let all_threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let started = Instant::now();
 
-    println!("- CPU: {} ({all_threads} threads)", cpu_model());
+    println!("- CPU: {} ({all_threads} threads)", qlayers::kernels::cpu_name());
     println!(
         "- qlayers kernel level: `{isa}` (supported: {}); kernel threads: {}",
         Isa::supported().iter().map(|i| i.name()).collect::<Vec<_>>().join(", "),

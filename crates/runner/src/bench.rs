@@ -151,7 +151,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .collect();
     let machine = serde_json::json!({
         "model": dir.display().to_string(),
-        "cpu": cpu_name(),
+        "cpu": qlayers::kernels::cpu_name(),
         "isa": qlayers::kernels::selected_isa()?.to_string(),
         "threads": qlayers::threads::num_threads(),
         "batch": args.batch, "seq": args.seq, "short_seq": args.short_seq, "iters": args.iters,
@@ -228,17 +228,4 @@ fn ms(start: Instant) -> f64 {
 fn median(times: &mut [f64]) -> f64 {
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
-}
-
-/// The CPU's model name from `/proc/cpuinfo` (or the architecture elsewhere).
-fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }

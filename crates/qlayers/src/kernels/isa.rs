@@ -91,3 +91,17 @@ pub fn selected_isa() -> Result<Isa> {
         .clone()
         .map_err(QuantError::InvalidScheme)
 }
+
+/// The CPU's model name (`model name` in `/proc/cpuinfo`), or the architecture where there is none; benchmark
+/// reports print it beside the kernel level.
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}

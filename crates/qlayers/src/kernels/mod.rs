@@ -20,5 +20,5 @@ mod simd;
 mod x86;
 
 pub use blocks::MAX_BLOCK;
-pub use isa::{selected_isa, Isa, ISA_ENV};
+pub use isa::{cpu_name, selected_isa, Isa, ISA_ENV};
 pub use packed::{PackedWeights, WeightCodes};
