@@ -52,6 +52,7 @@ impl Case {
 
     /// The formula in plain scalar code: activations per row and block to `[-127, 127]`, exact integer dots,
     /// then the float steps in the kernels' order (fused multiply-adds, per-column scales applied at the end).
+    #[allow(clippy::needless_range_loop)] // the scalar model indexes like the formula it checks
     fn expected(&self, x: &[f32], m: usize) -> Vec<f32> {
         let block = self.block.min(self.k);
         let blocks = self.k.div_ceil(block);

@@ -44,8 +44,8 @@ pub struct BenchArgs {
 
 /// A model under test.
 enum Contender {
-    Ours(Embedder),
-    Candle(CandleBert),
+    Ours(Box<Embedder>),
+    Candle(Box<CandleBert>),
 }
 
 impl Contender {
@@ -91,12 +91,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if !args.no_baseline {
         let start = Instant::now();
         let model = CandleBert::load(&dir)?;
-        contenders.push(("candle-transformers fp32".into(), ms(start), Contender::Candle(model)));
+        contenders.push(("candle-transformers fp32".into(), ms(start), Contender::Candle(Box::new(model))));
     }
     for name in &args.quant {
         let start = Instant::now();
         let embedder = Embedder::open(&dir, Some(plan_for(name)?)).with_context(|| format!("loading {name}"))?;
-        contenders.push((name.clone(), ms(start), Contender::Ours(embedder)));
+        contenders.push((name.clone(), ms(start), Contender::Ours(Box::new(embedder))));
     }
     let max_len = match &contenders.iter().find_map(|(_, _, c)| if let Contender::Ours(e) = c { Some(e) } else { None })
     {

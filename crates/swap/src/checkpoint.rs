@@ -217,8 +217,11 @@ fn quantized_entries(name: &str, q: &QTensor) -> Result<Vec<Entry>> {
     let Scheme::Linear(LinearScheme { bits, range, .. }) = *q.scheme() else { bail!("{name}: NF4 is not saved yet") };
     let groups = q.scales().len() / rows;
     let row_bytes = cols * bits.count() as usize / 8;
-    let codes_shape =
-        if (cols * bits.count() as usize) % 8 == 0 { vec![rows, row_bytes] } else { vec![q.packed_codes().len()] };
+    let codes_shape = if (cols * bits.count() as usize).is_multiple_of(8) {
+        vec![rows, row_bytes]
+    } else {
+        vec![q.packed_codes().len()]
+    };
     let codes_dtype = if bits == Bits::B8 && range == CodeRange::Signed { Dtype::I8 } else { Dtype::U8 };
     let mut entries = vec![
         (format!("{name}.codes"), codes_dtype, codes_shape, q.packed_codes().to_vec()),

@@ -35,7 +35,7 @@ impl KBlocks {
             )));
         }
         let count = k.div_ceil(block);
-        if count > 1 && block % K_ALIGN != 0 {
+        if count > 1 && !block.is_multiple_of(K_ALIGN) {
             return Err(QuantError::InvalidScheme(format!(
                 "K block of {block} values must be a multiple of {K_ALIGN} (or at least K = {k})"
             )));

@@ -177,7 +177,7 @@ unsafe fn dot_block<S: Int8Simd, const ROWS: usize, const NV: usize, const BITS:
         2 => {
             for l in 0..steps / 4 {
                 let raw = load(l);
-                step::<S, ROWS, NV, false>(a.add((4 * l + 0) * a_step), &raw.map(|r| S::bit_field::<0, 2>(r)), acc);
+                step::<S, ROWS, NV, false>(a.add(4 * l * a_step), &raw.map(|r| S::bit_field::<0, 2>(r)), acc);
                 step::<S, ROWS, NV, false>(a.add((4 * l + 1) * a_step), &raw.map(|r| S::bit_field::<2, 2>(r)), acc);
                 step::<S, ROWS, NV, false>(a.add((4 * l + 2) * a_step), &raw.map(|r| S::bit_field::<4, 2>(r)), acc);
                 step::<S, ROWS, NV, false>(a.add((4 * l + 3) * a_step), &raw.map(|r| S::bit_field::<6, 2>(r)), acc);
@@ -210,10 +210,10 @@ unsafe fn step<S: Int8Simd, const ROWS: usize, const NV: usize, const WIDE: bool
     w: &[S::I; NV],
     acc: &mut [[S::I; NV]; ROWS],
 ) {
-    for m in 0..ROWS {
+    for (m, row) in acc.iter_mut().enumerate() {
         let x = S::broadcast4(a.add(4 * m));
-        for v in 0..NV {
-            acc[m][v] = if WIDE { S::dot_wide(acc[m][v], w[v], x) } else { S::dot_narrow(acc[m][v], w[v], x) };
+        for (acc, &w) in row.iter_mut().zip(w) {
+            *acc = if WIDE { S::dot_wide(*acc, w, x) } else { S::dot_narrow(*acc, w, x) };
         }
     }
 }

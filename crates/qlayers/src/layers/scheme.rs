@@ -47,7 +47,7 @@ impl LayerScheme {
     pub fn weight_scheme(&self, k: usize) -> Result<Option<(LinearScheme, usize)>> {
         let check_block = |what: &str, block: usize| {
             let block = block.min(k);
-            if block == 0 || block > MAX_BLOCK || (block < k && block % 16 != 0) {
+            if block == 0 || block > MAX_BLOCK || (block < k && !block.is_multiple_of(16)) {
                 return Err(QuantError::InvalidScheme(format!(
                     "{what} of {block} for K = {k}: must be a multiple of 16 (or at least K) and at most {MAX_BLOCK}"
                 )));
@@ -59,7 +59,7 @@ impl LayerScheme {
             Self::W8A8 { act_block, weight_per_block } => {
                 let block = check_block("activation block", act_block)?;
                 let granularity = if weight_per_block && block < k {
-                    if k % block != 0 {
+                    if !k.is_multiple_of(block) {
                         return Err(QuantError::InvalidScheme(format!(
                             "per-block weight scales need K = {k} to be a multiple of the block ({block})"
                         )));

@@ -64,7 +64,7 @@ impl BertConfig {
         }
         if config.hidden_size == 0
             || config.num_attention_heads == 0
-            || config.hidden_size % config.num_attention_heads != 0
+            || !config.hidden_size.is_multiple_of(config.num_attention_heads)
         {
             bail!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
@@ -82,7 +82,7 @@ impl BertConfig {
 /// The Q, K and V projections: one fused matmul when the plan gives them one scheme, else three.
 enum Qkv {
     Fused(QLinear),
-    Separate([QLinear; 3]),
+    Separate(Box<[QLinear; 3]>),
 }
 
 impl Qkv {
@@ -266,7 +266,11 @@ fn load_qkv(loader: &QuantLoader, prefix: &str, h: usize) -> Result<Qkv> {
     } else {
         let [q, k, v] = parts;
         let [qn, kn, vn] = &names;
-        Ok(Qkv::Separate([loader.build_linear(qn, q)?, loader.build_linear(kn, k)?, loader.build_linear(vn, v)?]))
+        Ok(Qkv::Separate(Box::new([
+            loader.build_linear(qn, q)?,
+            loader.build_linear(kn, k)?,
+            loader.build_linear(vn, v)?,
+        ])))
     }
 }
 
