@@ -39,3 +39,11 @@ impl Drop for Scratch {
 pub fn corpus() -> Vec<String> {
     include_str!("../fixtures/minilm_corpus.txt").lines().filter(|l| !l.trim().is_empty()).map(String::from).collect()
 }
+
+/// SmolLM2-135M-Instruct (Q4_1 GGUF) as `models/fetch smollm2` leaves it; a missing model fails the test.
+pub fn smollm2_gguf() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("models/cache/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.exists(), "{} is missing: run models/fetch smollm2", path.display());
+    path
+}

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod embedder;
 pub mod eval;
+pub mod gguf_tokenizer;
 pub mod loader;
 pub mod models;
 pub mod plan;
