@@ -3,4 +3,5 @@
 pub mod attention;
 pub mod bert;
 mod lanes;
+pub mod llama;
 pub mod ops;
