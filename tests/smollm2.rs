@@ -49,6 +49,7 @@ fn bad_files_and_prompts_are_clear_errors() {
     // Prompts the model cannot take.
     let model = LlamaModel::from_gguf(&common::smollm2_gguf(), &plan).unwrap();
     assert!(model.next_token_logits(&[]).unwrap_err().to_string().contains("1 to 8192"));
+    assert!(model.greedy(&[504], 0).unwrap().is_empty());
     assert!(model.next_token_logits(&[60_000]).unwrap_err().to_string().contains("outside the vocabulary"));
 }
 
@@ -64,4 +65,18 @@ fn the_config_comes_from_the_metadata_and_other_architectures_are_refused() {
     metadata.insert("general.architecture".into(), Value::String("gpt2".into()));
     let err = LlamaConfig::from_gguf(&metadata).unwrap_err().to_string();
     assert!(err.contains("\"gpt2\" model"), "{err}");
+}
+
+#[test]
+fn fp32_greedy_decoding_with_the_kv_cache_matches_the_reference() {
+    let model = LlamaModel::from_gguf(&common::smollm2_gguf(), &Plan::uniform(LayerScheme::F32)).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/smollm2_fp32_reference.json")).unwrap();
+    for case in reference["prompts"].as_array().unwrap() {
+        let ids: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let expected: Vec<u32> =
+            case["greedy_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        // The reference stops at the end-of-sequence token (the chat prompt) or after 24 tokens.
+        assert_eq!(model.greedy(&ids, 24).unwrap(), expected, "{:?}", case["prompt"]);
+    }
 }

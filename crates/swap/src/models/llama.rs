@@ -1,8 +1,7 @@
 //! A Llama-architecture decoder (RMSNorm, rotary positions, grouped-query attention, SwiGLU) on quantized layers,
 //! read from a GGUF file: each Linear is dequantized from the file's type and re-quantized per the plan.
 //!
-//! This first version runs a whole prompt at once (prefill) and returns the next-token logits; the KV cache and
-//! token-by-token decoding come next.
+//! A prompt runs at once (prefill); generation then runs one token at a time against a [`KvCache`].
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -95,6 +94,7 @@ struct Block {
 /// `model.layers.0.self_attn.q_proj`, `lm_head`, ...).
 pub struct LlamaModel {
     config: LlamaConfig,
+    eos_token_id: Option<u32>,
     embeddings: Vec<f32>,
     blocks: Vec<Block>,
     norm: Vec<f32>,
@@ -145,7 +145,8 @@ impl LlamaModel {
         let lm_head = QLinear::new(&head_weight, None, plan.scheme_for("lm_head")?).context("quantizing lm_head")?;
         let norm = vector(tensor_of(&content, &mut file, "output_norm.weight")?)?;
         let embeddings = embeddings_tensor.flatten_all()?.to_vec1()?;
-        Ok(Self { config, embeddings, blocks, norm, lm_head })
+        let eos_token_id = content.metadata.get("tokenizer.ggml.eos_token_id").map(|v| v.to_u32()).transpose()?;
+        Ok(Self { config, eos_token_id, embeddings, blocks, norm, lm_head })
     }
 
     /// The model's configuration.
@@ -153,11 +154,36 @@ impl LlamaModel {
         &self.config
     }
 
+    /// The end-of-sequence token of the file's tokenizer, if it names one.
+    pub fn eos_token_id(&self) -> Option<u32> {
+        self.eos_token_id
+    }
+
+    /// An empty cache for one sequence.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache {
+            keys: vec![Vec::new(); self.config.num_layers],
+            values: vec![Vec::new(); self.config.num_layers],
+            len: 0,
+        }
+    }
+
     /// The logits of the token that follows `ids` (the whole prompt, run at once with causal attention).
     pub fn next_token_logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.forward(ids, &mut self.new_cache())
+    }
+
+    /// Runs `ids` after the tokens already in `cache` (appending theirs), returning the logits of the token that
+    /// follows the last one.
+    pub fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
         let c = &self.config;
-        if ids.is_empty() || ids.len() > c.context_length {
-            bail!("a prompt of {} tokens; the model takes 1 to {}", ids.len(), c.context_length);
+        if ids.is_empty() || cache.len + ids.len() > c.context_length {
+            bail!(
+                "{} new tokens after {} cached; the model takes 1 to {} in all",
+                ids.len(),
+                cache.len,
+                c.context_length
+            );
         }
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= c.vocab_size) {
             bail!("token id {id} is outside the vocabulary of {}", c.vocab_size);
@@ -165,14 +191,16 @@ impl LlamaModel {
         let (n, h) = (ids.len(), c.hidden_size);
         let mut x: Vec<f32> =
             ids.iter().flat_map(|&id| self.embeddings[id as usize * h..][..h].iter().copied()).collect();
-        for block in &self.blocks {
+        for (b, block) in self.blocks.iter().enumerate() {
             let normed = rms_norm(&x, &block.attn_norm, c.rms_eps);
             let mut q = block.q.forward_f32(&normed, n)?;
             let mut k = block.k.forward_f32(&normed, n)?;
             let v = block.v.forward_f32(&normed, n)?;
-            rope(&mut q, c.num_heads, c.head_dim(), c.rope_theta);
-            rope(&mut k, c.num_kv_heads, c.head_dim(), c.rope_theta);
-            let context = causal_attention(&q, &k, &v, n, c);
+            rope(&mut q, c.num_heads, c.head_dim(), c.rope_theta, cache.len);
+            rope(&mut k, c.num_kv_heads, c.head_dim(), c.rope_theta, cache.len);
+            cache.keys[b].extend_from_slice(&k);
+            cache.values[b].extend_from_slice(&v);
+            let context = causal_attention(&q, &cache.keys[b], &cache.values[b], cache.len, c);
             let attended = block.o.forward_f32(&context, n)?;
             x.iter_mut().zip(&attended).for_each(|(x, a)| *x += a);
             let normed = rms_norm(&x, &block.ffn_norm, c.rms_eps);
@@ -182,9 +210,59 @@ impl LlamaModel {
             let out = block.down.forward_f32(&inner, n)?;
             x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
         }
+        cache.len += n;
         let last = rms_norm(&x[(n - 1) * h..], &self.norm, c.rms_eps);
         Ok(self.lm_head.forward_f32(&last, 1)?)
     }
+
+    /// Greedy decoding: up to `max_tokens` tokens after `prompt`, stopping after the end-of-sequence token.
+    pub fn greedy(&self, prompt: &[u32], max_tokens: usize) -> Result<Vec<u32>> {
+        let mut cache = self.new_cache();
+        let mut out = Vec::with_capacity(max_tokens);
+        if max_tokens == 0 {
+            return Ok(out);
+        }
+        let mut logits = self.forward(prompt, &mut cache)?;
+        loop {
+            let next = argmax(&logits);
+            out.push(next);
+            if out.len() == max_tokens || Some(next) == self.eos_token_id {
+                return Ok(out);
+            }
+            logits = self.forward(&[next], &mut cache)?;
+        }
+    }
+}
+
+/// Keys and values (after rotary) of the tokens one sequence has seen, per block: `[tokens, kv_heads * head_dim]`.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no token is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The index of the largest logit (the first one on ties).
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 fn tensor_of(content: &Content, file: &mut std::fs::File, name: &str) -> Result<Tensor> {
@@ -208,10 +286,11 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
 }
 
 /// Rotary positions on adjacent pairs of each head (the layout GGUF files store Q and K weights in):
-/// row `p`, pair `i` rotates by `p * theta^(-2i / head_dim)`.
-fn rope(x: &mut [f32], heads: usize, head_dim: usize, theta: f32) {
+/// row `r` sits at position `p = offset + r`, and its pair `i` rotates by `p * theta^(-2i / head_dim)`.
+fn rope(x: &mut [f32], heads: usize, head_dim: usize, theta: f32, offset: usize) {
     let width = heads * head_dim;
-    for (p, row) in x.chunks_exact_mut(width).enumerate() {
+    for (r, row) in x.chunks_exact_mut(width).enumerate() {
+        let p = offset + r;
         for head in row.chunks_exact_mut(head_dim) {
             for (i, pair) in head.chunks_exact_mut(2).enumerate() {
                 let angle = p as f32 * theta.powf(-2.0 * i as f32 / head_dim as f32);
@@ -224,11 +303,12 @@ fn rope(x: &mut [f32], heads: usize, head_dim: usize, theta: f32) {
     }
 }
 
-/// Softmax attention of each query over the keys at or before its position; query head `h` reads key/value head
-/// `h / (heads / kv_heads)`.
-fn causal_attention(q: &[f32], k: &[f32], v: &[f32], n: usize, c: &LlamaConfig) -> Vec<f32> {
+/// Softmax attention of each new query (the one of row `i` sits at position `past + i`) over the keys at or before
+/// its position; query head `h` reads key/value head `h / (heads / kv_heads)`.
+fn causal_attention(q: &[f32], k: &[f32], v: &[f32], past: usize, c: &LlamaConfig) -> Vec<f32> {
     let d = c.head_dim();
     let (qw, kw) = (c.num_heads * d, c.num_kv_heads * d);
+    let n = q.len() / qw;
     let group = c.num_heads / c.num_kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
     let mut out = vec![0f32; n * qw];
@@ -236,7 +316,7 @@ fn causal_attention(q: &[f32], k: &[f32], v: &[f32], n: usize, c: &LlamaConfig) 
         let kv = h / group;
         for i in 0..n {
             let query = &q[i * qw + h * d..][..d];
-            let scores: Vec<f32> = (0..=i)
+            let scores: Vec<f32> = (0..=past + i)
                 .map(|j| query.iter().zip(&k[j * kw + kv * d..][..d]).map(|(a, b)| a * b).sum::<f32>() * scale)
                 .collect();
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
