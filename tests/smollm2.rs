@@ -80,3 +80,20 @@ fn fp32_greedy_decoding_with_the_kv_cache_matches_the_reference() {
         assert_eq!(model.greedy(&ids, 24).unwrap(), expected, "{:?}", case["prompt"]);
     }
 }
+
+#[test]
+fn fp32_perplexity_is_within_half_a_percent_of_the_reference() {
+    use candle_core::quantized::gguf_file::Content;
+    let path = common::smollm2_gguf();
+    let metadata = Content::read(&mut std::fs::File::open(&path).unwrap()).unwrap().metadata;
+    let tokenizer = swap::gguf_tokenizer::tokenizer_from_gguf(&metadata).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/smollm2_fp32_reference.json")).unwrap();
+    let (tokens, window) = (reference["perplexity"]["tokens"].as_u64().unwrap() as usize, 512);
+    let expected = reference["perplexity"]["ppl"].as_f64().unwrap();
+    let ids = tokenizer.encode(include_str!("fixtures/perplexity_text.txt"), false).unwrap().get_ids().to_vec();
+    let model = LlamaModel::from_gguf(&path, &Plan::uniform(LayerScheme::F32)).unwrap();
+    let ppl = model.perplexity(&ids[..tokens], window).unwrap();
+    println!("fp32 perplexity {ppl:.4} over {tokens} tokens (reference {expected:.4})");
+    assert!((ppl / expected - 1.0).abs() < 0.005, "perplexity {ppl}, reference {expected}");
+}

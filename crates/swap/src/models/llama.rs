@@ -176,6 +176,19 @@ impl LlamaModel {
     /// Runs `ids` after the tokens already in `cache` (appending theirs), returning the logits of the token that
     /// follows the last one.
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        let hidden = self.hidden(ids, cache)?;
+        let h = self.config.hidden_size;
+        Ok(self.lm_head.forward_f32(&hidden[hidden.len() - h..], 1)?)
+    }
+
+    /// Like [`LlamaModel::forward`], but the logits after every token of `ids`: `[ids.len(), vocab]`, row-major.
+    pub fn forward_all(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        let hidden = self.hidden(ids, cache)?;
+        Ok(self.lm_head.forward_f32(&hidden, ids.len())?)
+    }
+
+    /// The final normed hidden states of `ids` run after `cache`.
+    fn hidden(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
         let c = &self.config;
         if ids.is_empty() || cache.len + ids.len() > c.context_length {
             bail!(
@@ -211,8 +224,27 @@ impl LlamaModel {
             x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
         }
         cache.len += n;
-        let last = rms_norm(&x[(n - 1) * h..], &self.norm, c.rms_eps);
-        Ok(self.lm_head.forward_f32(&last, 1)?)
+        Ok(rms_norm(&x, &self.norm, c.rms_eps))
+    }
+
+    /// Perplexity of `ids` in non-overlapping windows of `window` tokens, each run from an empty cache: the
+    /// exponential of the mean negative log-likelihood of every token after the first of its window.
+    pub fn perplexity(&self, ids: &[u32], window: usize) -> Result<f64> {
+        if window < 2 || ids.len() < 2 {
+            bail!("perplexity needs a window of at least 2 tokens and at least 2 tokens of text");
+        }
+        let vocab = self.config.vocab_size;
+        let (mut nll, mut count) = (0f64, 0usize);
+        for chunk in ids.chunks(window).filter(|c| c.len() > 1) {
+            let logits = self.forward_all(chunk, &mut self.new_cache())?;
+            for (row, &next) in logits.chunks_exact(vocab).zip(&chunk[1..]) {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let log_sum = max + row.iter().map(|&l| (f64::from(l) - max).exp()).sum::<f64>().ln();
+                nll += log_sum - f64::from(row[next as usize]);
+                count += 1;
+            }
+        }
+        Ok((nll / count as f64).exp())
     }
 
     /// Greedy decoding: up to `max_tokens` tokens after `prompt`, stopping after the end-of-sequence token.
