@@ -2,17 +2,33 @@
 
 mod common;
 
+use std::sync::OnceLock;
+
 use qlayers::LayerScheme;
 use swap::models::llama::LlamaModel;
 use swap::Plan;
 
+/// The model in fp32, loaded once for every test of this file.
+fn fp32_model() -> &'static LlamaModel {
+    static MODEL: OnceLock<LlamaModel> = OnceLock::new();
+    MODEL.get_or_init(|| LlamaModel::from_gguf(&common::smollm2_gguf(), &Plan::uniform(LayerScheme::F32)).unwrap())
+}
+
+fn reference() -> serde_json::Value {
+    serde_json::from_str(include_str!("fixtures/smollm2_fp32_reference.json")).unwrap()
+}
+
+/// The ids of a JSON array of token ids.
+fn token_ids(value: &serde_json::Value) -> Vec<u32> {
+    value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
 #[test]
 fn fp32_next_token_logits_match_the_reference() {
-    let model = LlamaModel::from_gguf(&common::smollm2_gguf(), &Plan::uniform(LayerScheme::F32)).unwrap();
-    let reference: serde_json::Value =
-        serde_json::from_str(include_str!("fixtures/smollm2_fp32_reference.json")).unwrap();
+    let model = fp32_model();
+    let reference = reference();
     for case in reference["prompts"].as_array().unwrap() {
-        let ids: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ids = token_ids(&case["input_ids"]);
         let logits = model.next_token_logits(&ids).unwrap();
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
@@ -47,7 +63,7 @@ fn bad_files_and_prompts_are_clear_errors() {
     let err = format!("{:#}", LlamaModel::from_gguf(&text, &plan).err().unwrap());
     assert!(err.contains("not a valid GGUF file"), "{err}");
     // Prompts the model cannot take.
-    let model = LlamaModel::from_gguf(&common::smollm2_gguf(), &plan).unwrap();
+    let model = fp32_model();
     assert!(model.next_token_logits(&[]).unwrap_err().to_string().contains("1 to 8192"));
     assert!(model.greedy(&[504], 0).unwrap().is_empty());
     assert!(model.next_token_logits(&[60_000]).unwrap_err().to_string().contains("outside the vocabulary"));
@@ -69,13 +85,11 @@ fn the_config_comes_from_the_metadata_and_other_architectures_are_refused() {
 
 #[test]
 fn fp32_greedy_decoding_with_the_kv_cache_matches_the_reference() {
-    let model = LlamaModel::from_gguf(&common::smollm2_gguf(), &Plan::uniform(LayerScheme::F32)).unwrap();
-    let reference: serde_json::Value =
-        serde_json::from_str(include_str!("fixtures/smollm2_fp32_reference.json")).unwrap();
+    let model = fp32_model();
+    let reference = reference();
     for case in reference["prompts"].as_array().unwrap() {
-        let ids: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        let expected: Vec<u32> =
-            case["greedy_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let ids = token_ids(&case["input_ids"]);
+        let expected = token_ids(&case["greedy_ids"]);
         // The reference stops at the end-of-sequence token (the chat prompt) or after 24 tokens.
         assert_eq!(model.greedy(&ids, 24).unwrap(), expected, "{:?}", case["prompt"]);
     }
@@ -87,12 +101,11 @@ fn fp32_perplexity_is_within_half_a_percent_of_the_reference() {
     let path = common::smollm2_gguf();
     let metadata = Content::read(&mut std::fs::File::open(&path).unwrap()).unwrap().metadata;
     let tokenizer = swap::gguf_tokenizer::tokenizer_from_gguf(&metadata).unwrap();
-    let reference: serde_json::Value =
-        serde_json::from_str(include_str!("fixtures/smollm2_fp32_reference.json")).unwrap();
+    let reference = reference();
     let (tokens, window) = (reference["perplexity"]["tokens"].as_u64().unwrap() as usize, 512);
     let expected = reference["perplexity"]["ppl"].as_f64().unwrap();
     let ids = tokenizer.encode(include_str!("fixtures/perplexity_text.txt"), false).unwrap().get_ids().to_vec();
-    let model = LlamaModel::from_gguf(&path, &Plan::uniform(LayerScheme::F32)).unwrap();
+    let model = fp32_model();
     let ppl = model.perplexity(&ids[..tokens], window).unwrap();
     println!("fp32 perplexity {ppl:.4} over {tokens} tokens (reference {expected:.4})");
     assert!((ppl / expected - 1.0).abs() < 0.005, "perplexity {ppl}, reference {expected}");

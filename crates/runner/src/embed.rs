@@ -49,8 +49,10 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let mut index = 0;
     for chunk in texts.chunks(args.batch) {
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        let tokens = embedder.token_counts(&refs)?;
-        for (embedding, tokens) in embedder.embed(&refs)?.into_iter().zip(tokens) {
+        // Tokenized once: the counts and the embeddings come from the same ids.
+        let ids = embedder.encode(&refs)?;
+        for (embedding, ids) in embedder.embed_token_ids(&ids)?.into_iter().zip(&ids) {
+            let tokens = ids.len();
             writeln!(out, "{}", serde_json::to_string(&Line { index, tokens, embedding })?)?;
             index += 1;
         }

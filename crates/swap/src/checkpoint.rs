@@ -16,7 +16,7 @@
 //! files are copied beside it, so the folder can be uploaded to the Hub as is.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
@@ -264,7 +264,7 @@ fn is_module_dir(name: &str) -> bool {
         .is_some_and(|(i, rest)| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty())
 }
 
-fn copy_dir(src: &Path, dst: &PathBuf) -> Result<()> {
+fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
     std::fs::create_dir_all(dst)?;
     for entry in std::fs::read_dir(src)? {
         let path = entry?.path();

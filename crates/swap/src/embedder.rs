@@ -180,26 +180,25 @@ impl Embedder {
         self.layers.iter().map(|l| l.bytes).sum::<usize>() + self.model.embedding_bytes()
     }
 
-    /// Token ids of each text after truncation (for counting tokens).
+    /// The number of tokens of each text after truncation.
     pub fn token_counts(&self, texts: &[&str]) -> Result<Vec<usize>> {
-        let encodings =
-            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
-        Ok(encodings.iter().map(|e| e.get_attention_mask().iter().filter(|&&m| m == 1).count()).collect())
+        Ok(self.tokenize(texts)?.iter().map(Vec::len).collect())
+    }
+
+    /// The token ids of each text, special tokens included, truncated to `max_seq_length`, ready for
+    /// [`Embedder::embed_token_ids`]. An empty (or whitespace-only) text is an error.
+    pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+            bail!("text #{i} is empty: there is nothing to embed");
+        }
+        self.tokenize(texts)
     }
 
     /// Embeds `texts` as one batch (sequences packed without padding); texts longer than `max_seq_length` tokens are
     /// truncated. An empty (or whitespace-only) text is an error.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        if texts.is_empty() {
-            return Ok(Vec::new());
-        }
-        if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
-            bail!("text #{i} is empty: there is nothing to embed");
-        }
-        let encodings =
-            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
-        let sequences: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
-        self.embed_sequences(&sequences)
+        let sequences = self.encode(texts)?;
+        self.embed_sequences(&sequences.iter().map(Vec::as_slice).collect::<Vec<_>>())
     }
 
     /// Embeds sequences already tokenized (special tokens included), as one batch. Each must hold 1 to
@@ -212,8 +211,18 @@ impl Embedder {
         self.embed_sequences(&sequences.iter().map(Vec::as_slice).collect::<Vec<_>>())
     }
 
+    /// Tokenizes with the pipeline's truncation.
+    fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let encodings =
+            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+        Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
     /// Runs the model on whole sequences (no padding), then pools each.
     fn embed_sequences(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        if sequences.is_empty() {
+            return Ok(Vec::new());
+        }
         let hidden = self.model.forward_packed(sequences)?;
         let width = self.dimensions();
         let mut rows = hidden.as_slice();

@@ -4,7 +4,7 @@
 
 use qlayers::threads::{parallel_for_work, SharedMut};
 
-use super::lanes::{level, F32Lanes, Level, Portable};
+use super::lanes::{fold_lanes, level, F32Lanes, Level, Portable};
 #[cfg(target_arch = "x86_64")]
 use super::lanes::{Avx2, Avx512};
 use super::ops::exp;
@@ -159,9 +159,9 @@ impl Head {
         let mut inv = [0f32; B];
         for (b, inv) in inv.iter_mut().enumerate() {
             let scores = &mut scores[b * keys_len..][..len];
-            let max = lanes(scores, f32::NEG_INFINITY, f32::max);
+            let max = fold_lanes(scores, f32::NEG_INFINITY, f32::max, f32::max);
             scores.iter_mut().for_each(|s| *s = exp(*s - max));
-            *inv = 1.0 / lanes(scores, 0.0, |a, b| a + b);
+            *inv = 1.0 / fold_lanes(scores, 0.0, |a, b| a + b, |a, b| a + b);
         }
         let sc = scores.as_ptr();
         for c0 in (0..dims).step_by(2 * L::N) {
@@ -184,23 +184,6 @@ impl Head {
             }
         }
     }
-}
-
-/// Folds `values` with `f` in 16 interleaved lanes, then the lanes in order: vectorizes, and always gives the same
-/// result for the same values.
-#[inline(always)]
-fn lanes(values: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut acc = [init; 16];
-    let mut chunks = values.chunks_exact(16);
-    for chunk in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a = f(*a, v);
-        }
-    }
-    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
-        *a = f(*a, v);
-    }
-    acc.into_iter().fold(init, f)
 }
 
 #[cfg(test)]

@@ -30,29 +30,36 @@ pub enum Level {
     Avx512,
 }
 
-/// The best level this CPU has, lowered by `QLAYERS_ISA` (`reference`, `avx2`) like the matmul kernels; decided
-/// once.
+/// The float level that goes with the integer kernels' level ([`qlayers::kernels::selected_isa`], which reads
+/// `QLAYERS_ISA`), so that one variable forces both; decided once.
 pub fn level() -> Level {
+    use qlayers::kernels::{selected_isa, Isa};
     static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        let forced = std::env::var(qlayers::kernels::ISA_ENV).unwrap_or_default().to_ascii_lowercase();
+    *LEVEL.get_or_init(|| match selected_isa() {
+        // VNNI implies AVX-512F, and the AVX2 level implies FMA.
         #[cfg(target_arch = "x86_64")]
-        {
-            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-            match forced.as_str() {
-                "reference" | "portable" => Level::Portable,
-                "avx2" if avx2 => Level::Avx2,
-                _ if is_x86_feature_detected!("avx512f") && forced != "avx2" => Level::Avx512,
-                _ if avx2 => Level::Avx2,
-                _ => Level::Portable,
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = forced;
-            Level::Portable
-        }
+        Ok(Isa::Avx512Vnni) => Level::Avx512,
+        #[cfg(target_arch = "x86_64")]
+        Ok(Isa::Avx2) => Level::Avx2,
+        _ => Level::Portable,
     })
+}
+
+/// Folds `values` with `step` in 16 interleaved lanes, then merges the lanes in order with `merge`: the compiler
+/// vectorizes it, and the same values always give the same result, at every level and whatever surrounds them.
+#[inline(always)]
+pub fn fold_lanes(values: &[f32], init: f32, step: impl Fn(f32, f32) -> f32, merge: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 16];
+    let mut chunks = values.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = step(*a, v);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a = step(*a, v);
+    }
+    acc.into_iter().fold(init, merge)
 }
 
 /// Eight lanes in plain Rust: the level every target has.

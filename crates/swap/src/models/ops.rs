@@ -4,7 +4,7 @@
 
 use qlayers::threads::{num_threads, parallel_for_work, SharedMut};
 
-use super::lanes::{level, Level};
+use super::lanes::{fold_lanes, level, Level};
 
 /// Most rows per parallel task.
 const MAX_ROWS_PER_TASK: usize = 64;
@@ -104,21 +104,10 @@ fn add_assign(row: &mut [f32], other: &[f32]) {
     row.iter_mut().zip(other).for_each(|(a, b)| *a += b);
 }
 
-/// `sum f(v)` over `row`, in 16 interleaved partial sums combined in a fixed order (vectorizes, deterministic).
+/// `sum f(v)` over `row`, in the fixed lane order of [`fold_lanes`].
 #[inline(always)]
 fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    const LANES: usize = 16;
-    let mut partial = [0f32; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (p, &v) in partial.iter_mut().zip(chunk) {
-            *p += f(v);
-        }
-    }
-    for (p, &v) in partial.iter_mut().zip(chunks.remainder()) {
-        *p += f(v);
-    }
-    partial.iter().sum()
+    fold_lanes(row, 0.0, |acc, v| acc + f(v), |a, b| a + b)
 }
 
 /// The feed-forward activation of a BERT config's `hidden_act`.
