@@ -84,7 +84,7 @@ fn loading_a_checkpoint_is_faster_than_quantizing_on_load() {
 
 #[test]
 fn packed_int4_and_mixed_plans_round_trip() {
-    // 4-bit asymmetric codes (packed, with zero points), a layer left in f32, and Q/K/V on different schemes.
+    // 4-bit asymmetric codes (packed, with minimums), a layer left in f32, and Q/K/V on different schemes.
     let plan = Plan::parse(
         r#"
         default = "int4-g32-asym"
@@ -100,8 +100,8 @@ fn packed_int4_and_mixed_plans_round_trip() {
     .unwrap();
     let out = round_trip(plan, "mixed");
     let tensors = unsafe { MmapedSafetensors::new(out.path().join("model.safetensors")) }.unwrap();
-    let zp = tensors.get("encoder.layer.0.attention.self.query.weight.zero_points").unwrap();
-    assert_eq!((zp.dtype(), zp.shape()), (Dtype::U8, &[384usize, 12][..]));
+    let mins = tensors.get("encoder.layer.0.attention.self.query.weight.mins").unwrap();
+    assert_eq!((mins.dtype(), mins.shape()), (Dtype::F32, &[384usize, 12][..]));
     let codes = tensors.get("encoder.layer.0.attention.self.query.weight.codes").unwrap();
     assert_eq!(codes.shape(), [384, 192]);
     assert_eq!(tensors.get("encoder.layer.0.output.dense.weight").unwrap().dtype(), Dtype::F32);

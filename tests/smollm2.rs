@@ -110,3 +110,33 @@ fn fp32_perplexity_is_within_half_a_percent_of_the_reference() {
     println!("fp32 perplexity {ppl:.4} over {tokens} tokens (reference {expected:.4})");
     assert!((ppl / expected - 1.0).abs() < 0.005, "perplexity {ppl}, reference {expected}");
 }
+
+#[test]
+#[ignore]
+fn scratch_quantized_perplexity() {
+    use candle_core::quantized::gguf_file::Content;
+    let path = common::smollm2_gguf();
+    let metadata = Content::read(&mut std::fs::File::open(&path).unwrap()).unwrap().metadata;
+    let tokenizer = swap::gguf_tokenizer::tokenizer_from_gguf(&metadata).unwrap();
+    let ids = tokenizer.encode(include_str!("fixtures/perplexity_text.txt"), false).unwrap().get_ids().to_vec();
+    for scheme in std::env::var("SCHEMES").unwrap().split(',') {
+        let plan = Plan::parse(&format!(
+            "default = \"{scheme}\"\n[[rules]]\npattern = \"lm_head\"\nscheme = \"{}\"",
+            std::env::var("HEAD").unwrap()
+        ))
+        .unwrap();
+        let t = std::time::Instant::now();
+        let model = LlamaModel::from_gguf(&path, &plan).unwrap();
+        let load = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let mut cache = model.new_cache();
+        model.forward(&ids[..256], &mut cache).unwrap();
+        let prefill = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        for i in 0..64 {
+            model.forward(&ids[256 + i..257 + i], &mut cache).unwrap();
+        }
+        let decode = t.elapsed().as_secs_f64();
+        println!("{scheme}: load {load:.2}s prefill {:.1} tok/s decode {:.1} tok/s", 256.0 / prefill, 64.0 / decode);
+    }
+}

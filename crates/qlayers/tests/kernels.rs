@@ -16,6 +16,8 @@ struct Case {
     codes: Vec<u8>,
     scales: Vec<f32>,
     zero_points: Vec<i32>,
+    /// Per-block float minimums, or empty.
+    mins: Vec<f32>,
     bias: Option<Vec<f32>>,
 }
 
@@ -33,6 +35,7 @@ impl Case {
             codes: (0..n * k).map(|_| rng.random_range(0..levels) as u8).collect(),
             scales: (0..params).map(|_| rng.random_range(0.001f32..0.1)).collect(),
             zero_points: (0..params).map(|_| rng.random_range(0..levels) as i32).collect(),
+            mins: Vec::new(),
             bias: rng.random_bool(0.5).then(|| (0..n).map(|_| rng.random_range(-1f32..1.0)).collect()),
         }
     }
@@ -47,11 +50,20 @@ impl Case {
             codes: &self.codes,
             scales: &self.scales,
             zero_points: &self.zero_points,
+            mins: &self.mins,
         }
     }
 
+    /// Min-max weights (`code * scale + min`, as int4 asymmetric layers hold): zero points 0, random minimums.
+    fn with_mins(mut self, rng: &mut StdRng) -> Self {
+        self.zero_points.iter_mut().for_each(|z| *z = 0);
+        self.mins = (0..self.scales.len()).map(|_| rng.random_range(-0.5f32..0.1)).collect();
+        self
+    }
+
     /// The formula in plain scalar code: activations per row and block to `[-127, 127]`, exact integer dots,
-    /// then the float steps in the kernels' order (fused multiply-adds, per-column scales applied at the end).
+    /// then the float steps in the kernels' order (fused multiply-adds, minimums after each block's dot product,
+    /// per-column scales applied at the end).
     #[allow(clippy::needless_range_loop)] // the scalar model indexes like the formula it checks
     fn expected(&self, x: &[f32], m: usize) -> Vec<f32> {
         let block = self.block.min(self.k);
@@ -59,13 +71,14 @@ impl Case {
         let mut y = vec![0f32; m * self.n];
         for r in 0..m {
             let row = &x[r * self.k..(r + 1) * self.k];
-            let (mut q, mut sx) = (vec![0i32; self.k], vec![0f32; blocks]);
+            let (mut q, mut sx, mut sums) = (vec![0i32; self.k], vec![0f32; blocks], vec![0i32; blocks]);
             for g in 0..blocks {
                 let part = g * block..((g + 1) * block).min(self.k);
                 let absmax = row[part.clone()].iter().fold(0f32, |a, v| a.max(v.abs()));
                 let inv = if absmax > 0.0 { 127.0 / absmax } else { 0.0 };
                 for i in part {
                     q[i] = (row[i] * inv).round_ties_even().clamp(-127.0, 127.0) as i32;
+                    sums[g] += q[i];
                 }
                 sx[g] = absmax / 127.0;
             }
@@ -80,6 +93,9 @@ impl Case {
                         .sum();
                     let scale = if self.per_block { sx[g] * self.scales[p] } else { sx[g] };
                     acc = ((dot as i32) as f32).mul_add(scale, acc);
+                    if !self.mins.is_empty() {
+                        acc = (sx[g] * sums[g] as f32).mul_add(self.mins[p], acc);
+                    }
                 }
                 let final_scale = if self.per_block { 1.0 } else { self.scales[c] };
                 let bias = self.bias.as_ref().map_or(0.0, |b| b[c]);
@@ -119,10 +135,19 @@ fn every_level_matches_the_scalar_formula_bit_for_bit() {
     let mut checked = 0;
     for &(m, k, n) in &shapes {
         for bits in [Bits::B8, Bits::B4, Bits::B2] {
-            for (block, per_block, symmetric) in
-                [(16, true, false), (32, false, true), (64, true, true), (k, false, false), (k, true, false)]
-            {
+            for (block, per_block, symmetric, mins) in [
+                (16, true, false, false),
+                (32, false, true, false),
+                (64, true, true, false),
+                (k, false, false, false),
+                (k, true, false, false),
+                (32, true, false, true),
+                (k, true, false, true),
+            ] {
                 let mut case = Case::random(&mut rng, n, k, bits, block, per_block);
+                if mins {
+                    case = case.with_mins(&mut rng);
+                }
                 if symmetric {
                     // One zero point for every column and block, as symmetric weights have.
                     let mid = 1 << (bits.count() - 1);
@@ -133,15 +158,17 @@ fn every_level_matches_the_scalar_formula_bit_for_bit() {
                 for isa in Isa::supported() {
                     let w = PackedWeights::new(isa, &case.codes()).unwrap();
                     let y = w.matmul(&x, m, case.bias.as_deref()).unwrap();
-                    let what =
-                        format!("{isa} m={m} k={k} n={n} bits={} block={block} per_block={per_block}", bits.count());
+                    let what = format!(
+                        "{isa} m={m} k={k} n={n} bits={} block={block} per_block={per_block} mins={mins}",
+                        bits.count()
+                    );
                     assert_bit_identical(&y, &expected, &what);
                     checked += 1;
                 }
             }
         }
     }
-    assert!(checked >= shapes.len() * 3 * 5, "ran {checked} comparisons");
+    assert!(checked >= shapes.len() * 3 * 7, "ran {checked} comparisons");
 }
 
 #[test]
@@ -158,6 +185,7 @@ fn extreme_codes_do_not_saturate() {
         codes,
         scales: vec![1.0; n],
         zero_points: vec![0; n],
+        mins: Vec::new(),
         bias: None,
     };
     let x: Vec<f32> =
@@ -207,6 +235,13 @@ fn zero_rows_and_bad_input() {
     assert!(PackedWeights::new(Isa::Reference, &bad).unwrap_err().to_string().contains("does not fit in 4 bits"));
     let odd_block = WeightCodes { block: 24, ..case.codes() };
     assert!(PackedWeights::new(Isa::Reference, &odd_block).unwrap_err().to_string().contains("multiple of 16"));
+    let mins = vec![f32::NAN; 16];
+    let nan_mins = WeightCodes { mins: &mins, ..case.codes() };
+    assert!(PackedWeights::new(Isa::Reference, &nan_mins).unwrap_err().to_string().contains("minimums"));
+    let per_column = Case::random(&mut rng, 8, 32, Bits::B4, 16, false);
+    let mins = vec![0.0; 8];
+    let per_column_mins = WeightCodes { mins: &mins, ..per_column.codes() };
+    assert!(PackedWeights::new(Isa::Reference, &per_column_mins).unwrap_err().to_string().contains("per-block"));
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear};
-use qlayers::{Bits, Granularity, LayerScheme, LinearScheme, QConv2d, QLinear, QTensor};
+use qlayers::{Bits, Granularity, LayerScheme, LinearScheme, QConv2d, QLinear, QTensor, Scheme};
 
 /// `||a - b|| / ||b||`.
 fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
@@ -99,13 +99,13 @@ fn qlinear_bad_input_is_an_error() {
 fn memory_is_within_ten_percent_of_the_quantized_bytes() {
     let w = randn(&[384, 384], 0.05, 13);
     for (scheme, weight_scheme) in [
-        (LayerScheme::w8a8(), LinearScheme::symmetric(Bits::B8, Granularity::PerChannel { dim: 0 })),
-        (LayerScheme::weight(Bits::B4), LinearScheme::symmetric(Bits::B4, Granularity::PerGroup { size: 32 })),
+        (LayerScheme::w8a8(), LinearScheme::symmetric(Bits::B8, Granularity::PerChannel { dim: 0 }).into()),
+        (LayerScheme::weight(Bits::B4), LinearScheme::symmetric(Bits::B4, Granularity::PerGroup { size: 32 }).into()),
         (
             LayerScheme::Weight { bits: Bits::B4, group: 32, symmetric: false },
-            LinearScheme::asymmetric_unsigned(Bits::B4, Granularity::PerGroup { size: 32 }),
+            Scheme::MinMax { bits: Bits::B4, group_size: 32 },
         ),
-        (LayerScheme::weight(Bits::B2), LinearScheme::symmetric(Bits::B2, Granularity::PerGroup { size: 32 })),
+        (LayerScheme::weight(Bits::B2), LinearScheme::symmetric(Bits::B2, Granularity::PerGroup { size: 32 }).into()),
     ] {
         let layer = QLinear::new(&w, None, scheme).unwrap();
         let quantized = QTensor::quantize(&w, weight_scheme).unwrap().storage_bytes();

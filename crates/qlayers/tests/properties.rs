@@ -93,6 +93,39 @@ proptest! {
     }
 
     #[test]
+    fn min_max_error_is_at_most_half_a_step((shape, x) in matrix(), bits in bits(), size in prop_oneof![Just(4usize), Just(16)]) {
+        let q = QTensor::quantize_f32(&x, &shape, Scheme::MinMax { bits, group_size: size }).unwrap();
+        let x_hat = q.dequantize_f32();
+        for i in 0..x.len() {
+            let (scale, min) = (q.scales()[i / size], q.mins()[i / size]);
+            prop_assert!(x_hat[i] >= min && q.codes()[i] < 1 << bits.count());
+            prop_assert!((x[i] - x_hat[i]).abs() <= half_step(scale, x[i] - min, x_hat[i] - min) + f32::EPSILON * min.abs());
+        }
+        let rebuilt = QTensor::from_min_max_parts(
+            q.shape().to_vec(), bits, size, q.scales().to_vec(), q.mins().to_vec(), q.packed_codes().to_vec(),
+        ).unwrap();
+        prop_assert_eq!(rebuilt, q);
+    }
+
+    #[test]
+    fn values_on_a_min_max_grid_requantize_without_loss(
+        (shape, x) in matrix(), bits in bits(), size in prop_oneof![Just(4usize), Just(16)],
+    ) {
+        // What a Q4_1 GGUF weight is: codes times a scale plus a minimum, per group.
+        let once = QTensor::quantize_f32(&x, &shape, Scheme::MinMax { bits, group_size: size }).unwrap();
+        let grid = once.dequantize_f32();
+        let twice = QTensor::quantize_f32(&grid, &shape, Scheme::MinMax { bits, group_size: size }).unwrap();
+        prop_assert_eq!(twice.codes(), once.codes());
+        prop_assert_eq!(twice.mins(), once.mins());
+        // Equal up to the f32 rounding of the scale, relative to the group's range.
+        for (i, (a, b)) in twice.dequantize_f32().iter().zip(&grid).enumerate() {
+            let (min, scale) = (once.mins()[i / size], once.scales()[i / size]);
+            let range = min.abs() + scale * ((1 << bits.count()) - 1) as f32;
+            prop_assert!((a - b).abs() <= 4.0 * f32::EPSILON * range + f32::MIN_POSITIVE, "{a} vs {b}");
+        }
+    }
+
+    #[test]
     fn pack_unpack_round_trips(bits in bits(), raw in prop::collection::vec(any::<u8>(), 0..200)) {
         let mask = ((1u16 << bits.count()) - 1) as u8;
         let values: Vec<u8> = raw.iter().map(|v| v & mask).collect();

@@ -7,7 +7,8 @@
 //! |---|---|---|---|
 //! | `L.weight.codes` | I8 (8-bit symmetric), U8 otherwise | `[out, in * bits / 8]` | codes, row-major; 4- and 2-bit codes packed low bits first |
 //! | `L.weight.scales` | F32 | `[out, groups]` | one scale per row (per-channel) or per row and group of K |
-//! | `L.weight.zero_points` | U8 | `[out, groups]` | only for asymmetric schemes |
+//! | `L.weight.zero_points` | U8 | `[out, groups]` | only for asymmetric integer-zero-point codes |
+//! | `L.weight.mins` | F32 | `[out, groups]` | only for asymmetric weight schemes (`x = code * scale + min`) |
 //! | `L.bias` | F32 | `[out]` | as in the float model |
 //!
 //! Layers left in f32, embeddings and norms keep their float tensors and names. `config.json` gets a
@@ -32,7 +33,7 @@ use crate::plan::Plan;
 /// `quant_method` of the checkpoints this module writes.
 pub const QUANT_METHOD: &str = "qinfer";
 /// Version of the tensor layout above.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Weights file of a model folder.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
@@ -101,8 +102,8 @@ pub(crate) fn read_weight(
     shape: [usize; 2],
 ) -> Result<QTensor> {
     let [rows, cols] = shape;
-    let (linear, _) = scheme.weight_scheme(cols)?.context("an integer scheme")?;
-    let groups = match linear.granularity {
+    let (weight_scheme, _) = scheme.weight_scheme(cols)?.context("an integer scheme")?;
+    let groups = match weight_scheme.granularity() {
         Granularity::PerGroup { size } => cols.div_ceil(size),
         _ => 1,
     };
@@ -111,25 +112,44 @@ pub(crate) fn read_weight(
     if !matches!(codes.dtype(), Dtype::U8 | Dtype::I8) {
         bail!("{name}.weight.codes is {:?}, expected U8 or I8", codes.dtype());
     }
-    let scales = tensors
-        .load(&format!("{name}.weight.scales"), &candle_core::Device::Cpu)
-        .with_context(|| format!("{name}.weight.scales is missing"))?;
-    if scales.dims() != [rows, groups] {
-        bail!("{name}.weight.scales has shape {:?}, expected {:?}", scales.dims(), [rows, groups]);
-    }
-    let scales: Vec<f32> = scales.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
-    let zero_points = match raw("zero_points") {
-        Ok(z) if z.dtype() == Dtype::U8 && z.shape() == [rows, groups] => {
-            z.data().iter().map(|&v| i32::from(v)).collect()
+    let params = |suffix: &str| -> Result<Vec<f32>> {
+        let t = tensors
+            .load(&format!("{name}.weight.{suffix}"), &candle_core::Device::Cpu)
+            .with_context(|| format!("{name}.weight.{suffix} is missing (scheme {scheme})"))?;
+        if t.dims() != [rows, groups] {
+            bail!("{name}.weight.{suffix} has shape {:?}, expected {:?}", t.dims(), [rows, groups]);
         }
-        Ok(z) => {
-            bail!("{name}.weight.zero_points is {:?} {:?}, expected U8 {:?}", z.dtype(), z.shape(), [rows, groups])
-        }
-        Err(_) if linear.range == CodeRange::Signed => vec![0; scales.len()],
-        Err(_) => bail!("{name}.weight.zero_points is missing (scheme {scheme} is asymmetric)"),
+        Ok(t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
     };
-    QTensor::from_parts(shape.to_vec(), Scheme::Linear(linear), scales, zero_points, codes.data().to_vec())
-        .with_context(|| format!("{name}'s codes do not fit {shape:?} under {scheme}"))
+    let scales = params("scales")?;
+    let q = match weight_scheme {
+        Scheme::MinMax { bits, group_size } => QTensor::from_min_max_parts(
+            shape.to_vec(),
+            bits,
+            group_size,
+            scales,
+            params("mins")?,
+            codes.data().to_vec(),
+        ),
+        _ => {
+            let signed = matches!(weight_scheme, Scheme::Linear(LinearScheme { range: CodeRange::Signed, .. }));
+            let zero_points = match raw("zero_points") {
+                Ok(z) if z.dtype() == Dtype::U8 && z.shape() == [rows, groups] => {
+                    z.data().iter().map(|&v| i32::from(v)).collect()
+                }
+                Ok(z) => bail!(
+                    "{name}.weight.zero_points is {:?} {:?}, expected U8 {:?}",
+                    z.dtype(),
+                    z.shape(),
+                    [rows, groups]
+                ),
+                Err(_) if signed => vec![0; scales.len()],
+                Err(_) => bail!("{name}.weight.zero_points is missing (scheme {scheme} is asymmetric)"),
+            };
+            QTensor::from_parts(shape.to_vec(), weight_scheme, scales, zero_points, codes.data().to_vec())
+        }
+    };
+    q.with_context(|| format!("{name}'s codes do not fit {shape:?} under {scheme}"))
 }
 
 /// Sizes of a checkpoint written by [`quantize_bert`].
@@ -211,10 +231,14 @@ fn float_entry(name: &str, t: &Tensor) -> Result<Entry> {
     Ok((name.to_string(), Dtype::F32, t.dims().to_vec(), values.iter().flat_map(|v| v.to_le_bytes()).collect()))
 }
 
-/// `name` is `L.weight`: writes `L.weight.codes`, `.scales` and (if asymmetric) `.zero_points`.
+/// `name` is `L.weight`: writes `L.weight.codes`, `.scales` and (if asymmetric) `.zero_points` or `.mins`.
 fn quantized_entries(name: &str, q: &QTensor) -> Result<Vec<Entry>> {
     let &[rows, cols] = q.shape() else { bail!("{name} is not 2-D") };
-    let Scheme::Linear(LinearScheme { bits, range, .. }) = *q.scheme() else { bail!("{name}: NF4 is not saved yet") };
+    let (bits, range) = match *q.scheme() {
+        Scheme::Linear(LinearScheme { bits, range, .. }) => (bits, range),
+        Scheme::MinMax { bits, .. } => (bits, CodeRange::Unsigned),
+        Scheme::Nf4 { .. } => bail!("{name}: NF4 is not saved yet"),
+    };
     let groups = q.scales().len() / rows;
     let row_bytes = cols * bits.count() as usize / 8;
     let codes_shape = if (cols * bits.count() as usize).is_multiple_of(8) {
@@ -236,6 +260,10 @@ fn quantized_entries(name: &str, q: &QTensor) -> Result<Vec<Entry>> {
         let zps =
             q.zero_points().iter().map(|&z| u8::try_from(z).context("zero point beyond U8")).collect::<Result<_>>()?;
         entries.push((format!("{name}.zero_points"), Dtype::U8, vec![rows, groups], zps));
+    }
+    if !q.mins().is_empty() {
+        let mins = q.mins().iter().flat_map(|v| v.to_le_bytes()).collect();
+        entries.push((format!("{name}.mins"), Dtype::F32, vec![rows, groups], mins));
     }
     Ok(entries)
 }

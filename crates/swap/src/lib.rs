@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod embedder;
 pub mod eval;
 pub mod gguf_tokenizer;
+pub mod gguf_weights;
 pub mod loader;
 pub mod models;
 pub mod plan;

@@ -1,7 +1,8 @@
 //! Builds quantized layers while the model's weights are read.
 //!
-//! From a float checkpoint, each Linear the model asks for is read in f32 from the memory-mapped safetensors,
-//! quantized per the plan, and the f32 copy dropped, so peak memory is the quantized model plus one float layer.
+//! From a float checkpoint, each Linear the model asks for is read in f32 from the memory-mapped safetensors (or
+//! dequantized from a GGUF file), quantized per the plan, and the f32 copy dropped, so peak memory is the quantized
+//! model plus one float layer.
 //! From a pre-quantized checkpoint ([`crate::checkpoint`]) or an optimum-quanto one ([`crate::quanto`]), the
 //! integer codes are read as they are: no float weight is read or quantized.
 
@@ -14,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use qlayers::{LayerScheme, QLinear, QTensor};
 
 use crate::checkpoint::{self, QuantizedLayers};
+use crate::gguf_weights::GgufWeights;
 use crate::plan::Plan;
 use crate::quanto::QuantoMap;
 
@@ -100,20 +102,65 @@ pub enum Stored {
 
 type Progress = Box<dyn Fn(&str) + Send + Sync>;
 
+/// Where the tensors are read from.
+enum Store {
+    Safetensors(MmapedSafetensors),
+    Gguf(GgufWeights),
+}
+
+impl Store {
+    fn contains(&self, name: &str) -> bool {
+        match self {
+            Self::Safetensors(t) => t.get(name).is_ok(),
+            Self::Gguf(g) => g.contains(name),
+        }
+    }
+
+    fn load(&self, name: &str) -> Result<Tensor> {
+        match self {
+            Self::Safetensors(t) => t.load(name, &Device::Cpu).with_context(|| format!("weight {name} is missing")),
+            Self::Gguf(g) => g.tensor(name),
+        }
+    }
+
+    /// The safetensors of a quantized checkpoint (which is never GGUF).
+    fn safetensors(&self) -> Result<&MmapedSafetensors> {
+        match self {
+            Self::Safetensors(t) => Ok(t),
+            Self::Gguf(_) => bail!("quantized codes are read from safetensors checkpoints only"),
+        }
+    }
+}
+
 /// A weight reader that builds Linear layers as [`QLinear`]s per a [`Plan`] or per a quantized checkpoint.
 pub struct QuantLoader {
-    tensors: MmapedSafetensors,
+    tensors: Store,
     source: Source,
     report: Mutex<Vec<LayerReport>>,
     recorded: Option<Mutex<Vec<(String, Stored)>>>,
     schemes: Mutex<Vec<(String, LayerScheme)>>,
     progress: Option<Progress>,
+    /// Names read from other tensors (`lm_head.weight` from the embeddings when a model ties them).
+    aliases: Vec<(String, String)>,
 }
 
 impl QuantLoader {
     /// Memory-maps the float safetensors `files` of one model, to be quantized per `plan`.
     pub fn from_safetensors(files: &[impl AsRef<Path>], plan: Plan) -> Result<Self> {
         Self::open(files, Source::Float(plan))
+    }
+
+    /// Reads the tensors of a Llama GGUF file (by their HF names), to be quantized per `plan`.
+    pub fn from_gguf(weights: GgufWeights, plan: Plan) -> Self {
+        Self::with_store(Store::Gguf(weights), Source::Float(plan))
+    }
+
+    /// The GGUF file the loader reads, if it reads one.
+    pub fn gguf(&self) -> Option<&GgufWeights> {
+        match &self.tensors {
+            Store::Gguf(g) => Some(g),
+            Store::Safetensors(_) => None,
+        }
     }
 
     /// Memory-maps a checkpoint written by [`crate::checkpoint::save`] whose layers are `layers`.
@@ -132,14 +179,29 @@ impl QuantLoader {
         }
         // SAFETY: the files are not modified while mapped (they are model files in a cache or folder).
         let tensors = unsafe { MmapedSafetensors::multi(files) }.context("cannot map the model's safetensors")?;
-        Ok(Self {
+        Ok(Self::with_store(Store::Safetensors(tensors), source))
+    }
+
+    fn with_store(tensors: Store, source: Source) -> Self {
+        Self {
             tensors,
             source,
             report: Mutex::new(Vec::new()),
             recorded: None,
             schemes: Mutex::new(Vec::new()),
             progress: None,
-        })
+            aliases: Vec::new(),
+        }
+    }
+
+    /// Reads tensor `name` from tensor `target` when the checkpoint has no `name` of its own (tied embeddings:
+    /// `lm_head.weight` from `model.embed_tokens.weight`). Layers read through an alias are quantized and saved
+    /// under their own name.
+    pub fn with_alias(mut self, name: &str, target: &str) -> Self {
+        if !self.tensors.contains(name) {
+            self.aliases.push((name.to_string(), target.to_string()));
+        }
+        self
     }
 
     /// Keeps every tensor handed out (as [`Stored`]) so that the model can be saved as a checkpoint.
@@ -166,9 +228,14 @@ impl QuantLoader {
         Ok(tensor)
     }
 
-    /// Whether the checkpoint holds `name`.
+    /// Whether the checkpoint holds `name` (or an alias of it).
     pub fn contains(&self, name: &str) -> bool {
-        self.tensors.get(name).is_ok()
+        self.tensors.contains(self.resolve(name))
+    }
+
+    /// The tensor `name` is read from.
+    fn resolve<'a>(&'a self, name: &'a str) -> &'a str {
+        self.aliases.iter().find(|(from, _)| from == name).map_or(name, |(_, to)| to)
     }
 
     /// The scheme layer `name` runs: the plan's for float checkpoints, the stored one for quantized checkpoints.
@@ -201,12 +268,17 @@ impl QuantLoader {
                         .with_context(|| format!("quantizing {name} as {scheme}"))?,
                 )
             }
-            (Source::Quantized(_), _) => {
-                LinearWeight::Quantized(checkpoint::read_weight(&self.tensors, name, scheme, [out_dim, in_dim])?)
-            }
-            (Source::Quanto(_), _) => {
-                LinearWeight::Quantized(crate::quanto::read_weight(&self.tensors, name, [out_dim, in_dim])?)
-            }
+            (Source::Quantized(_), _) => LinearWeight::Quantized(checkpoint::read_weight(
+                self.tensors.safetensors()?,
+                name,
+                scheme,
+                [out_dim, in_dim],
+            )?),
+            (Source::Quanto(_), _) => LinearWeight::Quantized(crate::quanto::read_weight(
+                self.tensors.safetensors()?,
+                name,
+                [out_dim, in_dim],
+            )?),
         };
         if let Some(b) = &bias {
             self.record(&bias_name, Stored::Float(b.clone()));
@@ -253,7 +325,7 @@ impl QuantLoader {
     }
 
     fn read_float(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let tensor = self.tensors.load(name, &Device::Cpu).with_context(|| format!("weight {name} is missing"))?;
+        let tensor = self.tensors.load(self.resolve(name))?;
         if tensor.dims() != shape {
             bail!("weight {name} has shape {:?}, expected {shape:?}", tensor.dims());
         }

@@ -240,6 +240,7 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
         bits: w.bits.count() as usize,
         per_block: w.per_block,
         uniform_zero_offset: w.uniform_zero_offset,
+        has_mins: !w.mins.is_empty(),
     };
     let nr = NV * S::LANES;
     let params = w.param_blocks() * nr;
@@ -261,6 +262,7 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
                     w: w.codes.as_ptr().add(p * w.panel_bytes),
                     w_scales: w.scales.as_ptr().add(p * params),
                     w_zero_offsets: w.zero_offsets.as_ptr().wrapping_add(p * params),
+                    w_mins: w.mins.as_ptr().wrapping_add(p * params),
                     bias: job.bias.as_ptr().add(col0),
                     out: job.out.get().add(m0 * w.n + col0),
                     ldo: w.n,

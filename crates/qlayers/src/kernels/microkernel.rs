@@ -21,6 +21,8 @@ pub(crate) struct Tile {
     pub w_scales: *const f32,
     /// The panel's zero offsets, `[param block][nr]`.
     pub w_zero_offsets: *const i16,
+    /// The panel's minimums, `[param block][nr]` (read only when the geometry says the weights have them).
+    pub w_mins: *const f32,
     /// Bias of the panel's columns (zeros where the layer has none), padded to `nr`.
     pub bias: *const f32,
     /// Output of the first row and column, rows `ldo` floats apart.
@@ -50,13 +52,16 @@ pub(crate) struct BlockGeometry {
     pub per_block: bool,
     /// The zero offset of every column and block, when they are all equal (symmetric weights).
     pub uniform_zero_offset: Option<i32>,
+    /// Whether the weights have per-block minimums (`w = (u - z) * scale + min`).
+    pub has_mins: bool,
 }
 
 /// Computes one tile. `BITS` is the weight code width (8, 4 or 2).
 ///
 /// Per block `g`: `exact = -zero_offset * sum(x) + dot` (i32, exact), then
 /// `acc = fma(exact as f32, x_scale, acc)` with per-column weight scales, or
-/// `acc = fma(exact as f32, x_scale * w_scale, acc)` with per-block ones. At the end
+/// `acc = fma(exact as f32, x_scale * w_scale, acc)` with per-block ones, then with minimums
+/// `acc = fma(x_scale * sum(x) as f32, min, acc)`. At the end
 /// `out = fma(acc, w_scale, bias)` (per column) or `fma(acc, 1, bias)` (per block).
 #[inline(always)]
 pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const BITS: usize>(
@@ -102,6 +107,15 @@ pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const
             for v in 0..NV {
                 let scale = if geo.per_block { S::mul_f(x_scale, w_scales[v]) } else { x_scale };
                 accf[m][v] = S::fma_f(S::to_f(acc[m][v]), scale, accf[m][v]);
+            }
+        }
+        if geo.has_mins {
+            let mins: [S::F; NV] = std::array::from_fn(|v| S::load_f(t.w_mins.add(params + v * S::LANES)));
+            for m in 0..ROWS {
+                let x_total = *t.a_scales.add(m * geo.count + g) * *t.a_sums.add(m * geo.count + g) as f32;
+                for v in 0..NV {
+                    accf[m][v] = S::fma_f(S::splat_f(x_total), mins[v], accf[m][v]);
+                }
             }
         }
     }

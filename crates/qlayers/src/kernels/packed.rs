@@ -3,7 +3,8 @@
 //! Weights are `[n, k]` (PyTorch's Linear layout). Columns of the output (rows of the weight) are grouped into
 //! panels of `nr` columns. Inside a panel, each step of 4 K values stores `nr * 4` bytes: for every column, its
 //! 4 consecutive codes. At 4 bits two consecutive steps share those bytes (low nibble first), at 2 bits four do.
-//! Each panel carries, per parameter block, `nr` scales and `nr` zero offsets (`zero_point - WIDE_OFFSET` at 8 bits).
+//! Each panel carries, per parameter block, `nr` scales and `nr` zero offsets (`zero_point - WIDE_OFFSET` at 8 bits),
+//! and `nr` minimums when the weights have them.
 
 use super::blocks::KBlocks;
 use super::isa::Isa;
@@ -12,8 +13,8 @@ use crate::quant::Bits;
 
 /// Quantized weights of an `[n, k]` matrix in a form every kernel accepts: unsigned codes and their parameters.
 ///
-/// The matrix is `w[i][j] ≈ (codes[i][j] - zero_points[p]) * scales[p]` where `p` indexes the row's parameter
-/// slot: one per row (`per_block = false`) or one per row and K block (`per_block = true`).
+/// The matrix is `w[i][j] ≈ (codes[i][j] - zero_points[p]) * scales[p] + mins[p]` where `p` indexes the row's
+/// parameter slot: one per row (`per_block = false`) or one per row and K block (`per_block = true`).
 #[derive(Debug, Clone, Copy)]
 pub struct WeightCodes<'a> {
     /// Output features (rows of the weight).
@@ -32,6 +33,8 @@ pub struct WeightCodes<'a> {
     pub scales: &'a [f32],
     /// `n` or `n * blocks` zero points in `[0, 2^bits)`.
     pub zero_points: &'a [i32],
+    /// `n * blocks` float minimums (per-block parameters only), or empty when the weights have none.
+    pub mins: &'a [f32],
 }
 
 /// Weights in the panel layout of one kernel level.
@@ -54,6 +57,8 @@ pub struct PackedWeights {
     pub(crate) zero_offsets: Vec<i16>,
     /// The zero offset of every column and block when they are all equal (symmetric weights).
     pub(crate) uniform_zero_offset: Option<i32>,
+    /// `[panel][param block][nr]` minimums (0 for padding columns); empty when the weights have none.
+    pub(crate) mins: Vec<f32>,
 }
 
 impl PackedWeights {
@@ -74,6 +79,15 @@ impl PackedWeights {
         expect("weight codes", w.n * w.k, w.codes.len())?;
         expect("weight scales", w.n * param_blocks, w.scales.len())?;
         expect("weight zero points", w.n * param_blocks, w.zero_points.len())?;
+        if !w.mins.is_empty() {
+            if !w.per_block {
+                return Err(QuantError::InvalidScheme("weight minimums need per-block parameters".into()));
+            }
+            expect("weight minimums", w.n * param_blocks, w.mins.len())?;
+            if let Some((index, &value)) = w.mins.iter().enumerate().find(|(_, m)| !m.is_finite()) {
+                return Err(QuantError::NonFinite { what: "weight minimums", index, value });
+            }
+        }
         let levels = 1i32 << w.bits.count();
         if let Some((index, &value)) = w.codes.iter().enumerate().find(|(_, c)| i32::from(**c) >= levels) {
             return Err(QuantError::CodeOutOfRange { index, value, bits: w.bits.count() });
@@ -92,6 +106,7 @@ impl PackedWeights {
         let mut codes = CacheAligned::zeroed(panels * panel_bytes);
         let mut scales = vec![0f32; panels * param_blocks * nr];
         let mut zero_offsets: Vec<i16> = vec![0i16; panels * param_blocks * nr];
+        let mut mins = vec![0f32; if w.mins.is_empty() { 0 } else { panels * param_blocks * nr }];
         let bits = w.bits.count() as usize;
         let steps_per_load = 8 / bits;
         for col in 0..w.n {
@@ -112,6 +127,9 @@ impl PackedWeights {
                 let at = (panel * param_blocks + pb) * nr + lane;
                 scales[at] = w.scales[col * param_blocks + pb];
                 zero_offsets[at] = (w.zero_points[col * param_blocks + pb] - wide_offset) as i16;
+                if !mins.is_empty() {
+                    mins[at] = w.mins[col * param_blocks + pb];
+                }
             }
         }
         let first = w.zero_points.first().copied().unwrap_or(0);
@@ -132,6 +150,7 @@ impl PackedWeights {
             scales,
             zero_offsets,
             uniform_zero_offset,
+            mins,
         })
     }
 
@@ -160,9 +179,9 @@ impl PackedWeights {
         self.blocks.block
     }
 
-    /// Bytes held: codes, scales and zero offsets, padding included.
+    /// Bytes held: codes, scales, zero offsets and minimums, padding included.
     pub fn storage_bytes(&self) -> usize {
-        self.codes.len() + 4 * self.scales.len() + 2 * self.zero_offsets.len()
+        self.codes.len() + 4 * self.scales.len() + 2 * self.zero_offsets.len() + 4 * self.mins.len()
     }
 
     /// Number of panels.

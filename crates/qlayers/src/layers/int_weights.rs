@@ -1,4 +1,4 @@
-//! From a quantized weight tensor to the kernels' input: unsigned codes with zero points.
+//! From a quantized weight tensor to the kernels' input: unsigned codes with zero points (and minimums).
 
 use crate::error::{QuantError, Result};
 use crate::kernels::{selected_isa, PackedWeights, WeightCodes};
@@ -12,8 +12,10 @@ pub(crate) fn pack_qtensor(q: &QTensor, block: usize) -> Result<PackedWeights> {
     let &[n, k] = q.shape() else {
         return Err(QuantError::InvalidScheme(format!("a linear weight must be 2-D [out, in], got {:?}", q.shape())));
     };
-    let Scheme::Linear(LinearScheme { bits, range, granularity, .. }) = *q.scheme() else {
-        return Err(QuantError::InvalidScheme("NF4 weights have no integer kernel yet".into()));
+    let (bits, range, granularity) = match *q.scheme() {
+        Scheme::Linear(LinearScheme { bits, range, granularity, .. }) => (bits, range, granularity),
+        Scheme::MinMax { bits, group_size } => (bits, CodeRange::Unsigned, Granularity::PerGroup { size: group_size }),
+        Scheme::Nf4 { .. } => return Err(QuantError::InvalidScheme("NF4 weights have no integer kernel yet".into())),
     };
     let offset = match range {
         CodeRange::Signed => 1i32 << (bits.count() - 1),
@@ -36,7 +38,21 @@ pub(crate) fn pack_qtensor(q: &QTensor, block: usize) -> Result<PackedWeights> {
         }
     };
     let codes: Vec<u8> = q.codes().into_iter().map(|c| (c + offset) as u8).collect();
-    let zero_points: Vec<i32> = zero_points.into_iter().map(|z| z + offset).collect();
-    let codes = WeightCodes { n, k, bits, block, per_block, codes: &codes, scales: &scales, zero_points: &zero_points };
+    // Min-max tensors have no zero points: their codes are the unsigned `q` of `q * scale + min`.
+    let zero_points: Vec<i32> = match zero_points.is_empty() {
+        true => vec![0; scales.len()],
+        false => zero_points.into_iter().map(|z| z + offset).collect(),
+    };
+    let codes = WeightCodes {
+        n,
+        k,
+        bits,
+        block,
+        per_block,
+        codes: &codes,
+        scales: &scales,
+        zero_points: &zero_points,
+        mins: q.mins(),
+    };
     PackedWeights::new(selected_isa()?, &codes)
 }

@@ -2,7 +2,7 @@
 
 use crate::error::{QuantError, Result};
 use crate::kernels::MAX_BLOCK;
-use crate::quant::{Bits, Granularity, LinearScheme};
+use crate::quant::{Bits, Granularity, LinearScheme, Scheme};
 
 /// How a [`crate::QLinear`] or [`crate::QConv2d`] stores and multiplies its weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,7 +26,8 @@ pub enum LayerScheme {
         bits: Bits,
         /// Group size along K (a multiple of 16, or K itself).
         group: usize,
-        /// Symmetric (zero point at mid-range) or asymmetric (a zero point per group).
+        /// Symmetric (codes centred on 0, `x ≈ q * scale`) or asymmetric (each group's own range,
+        /// `x ≈ q * scale + min`, as [`Scheme::MinMax`]).
         symmetric: bool,
     },
 }
@@ -44,7 +45,7 @@ impl LayerScheme {
 
     /// The weight quantization scheme and K block length this layer scheme uses for a weight with `k` inputs,
     /// or `None` for [`LayerScheme::F32`]. A checkpoint's codes are read back under this scheme.
-    pub fn weight_scheme(&self, k: usize) -> Result<Option<(LinearScheme, usize)>> {
+    pub fn weight_scheme(&self, k: usize) -> Result<Option<(Scheme, usize)>> {
         let check_block = |what: &str, block: usize| {
             let block = block.min(k);
             if block == 0 || block > MAX_BLOCK || (block < k && !block.is_multiple_of(16)) {
@@ -68,15 +69,13 @@ impl LayerScheme {
                 } else {
                     Granularity::PerChannel { dim: 0 }
                 };
-                Ok(Some((LinearScheme::symmetric(Bits::B8, granularity), block)))
+                Ok(Some((LinearScheme::symmetric(Bits::B8, granularity).into(), block)))
             }
             Self::Weight { bits, group, symmetric } => {
                 let group = check_block("group size", group)?;
-                let granularity = Granularity::PerGroup { size: group };
-                let scheme = if symmetric {
-                    LinearScheme::symmetric(bits, granularity)
-                } else {
-                    LinearScheme::asymmetric_unsigned(bits, granularity)
+                let scheme = match symmetric {
+                    true => LinearScheme::symmetric(bits, Granularity::PerGroup { size: group }).into(),
+                    false => Scheme::MinMax { bits, group_size: group },
                 };
                 Ok(Some((scheme, group)))
             }

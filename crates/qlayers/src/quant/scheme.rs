@@ -126,6 +126,16 @@ pub enum Scheme {
         /// Elements per absmax block (64 in QLoRA).
         block_size: usize,
     },
+    /// Unsigned codes `q` in `[0, 2^b - 1]` with a float minimum per group of `group_size` values along the last
+    /// dimension: `x ≈ q * scale + min`, `scale = (max - min) / (2^b - 1)` (llama.cpp's Q4_1 form). Unlike an integer
+    /// zero point, the grid need not contain 0, so it spans exactly each group's range, and weights already on such a
+    /// grid (a Q4_1 GGUF file) re-quantize without loss.
+    MinMax {
+        /// Bit width of the codes.
+        bits: Bits,
+        /// Elements per group.
+        group_size: usize,
+    },
 }
 
 impl Scheme {
@@ -139,6 +149,7 @@ impl Scheme {
         match self {
             Self::Linear(s) => s.bits,
             Self::Nf4 { .. } => Bits::B4,
+            Self::MinMax { bits, .. } => *bits,
         }
     }
 
@@ -147,6 +158,7 @@ impl Scheme {
         match self {
             Self::Linear(s) => s.granularity,
             Self::Nf4 { block_size } => Granularity::PerGroup { size: *block_size },
+            Self::MinMax { group_size, .. } => Granularity::PerGroup { size: *group_size },
         }
     }
 }

@@ -13,13 +13,15 @@ use crate::pack::{pack_unchecked, packed_len, unpack};
 /// of its granularity.
 ///
 /// Linear schemes decode as `x_hat = (q - zero_point) * scale`; NF4 decodes as `NF4_LEVELS[q] * scale`, with
-/// the block's absmax as scale and no zero points.
+/// the block's absmax as scale and no zero points; min-max decodes as `q * scale + min`, with no zero points.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QTensor {
     shape: Vec<usize>,
     scheme: Scheme,
     scales: Vec<f32>,
     zero_points: Vec<i32>,
+    /// Per-group minimums of [`Scheme::MinMax`]; empty for the other schemes.
+    mins: Vec<f32>,
     packed: Vec<u8>,
 }
 
@@ -44,6 +46,7 @@ impl QTensor {
                 Ok(encode_linear(values, shape, &layout, linear, params))
             }
             Scheme::Nf4 { .. } => Ok(encode_nf4(values, shape, &layout, scheme)),
+            Scheme::MinMax { bits, .. } => Ok(encode_min_max(values, shape, &layout, scheme, bits)),
         }
     }
 
@@ -58,6 +61,7 @@ impl QTensor {
     }
 
     /// Rebuilds a quantized tensor from stored parts (for example a checkpoint), checking that they fit together.
+    /// [`Scheme::MinMax`] tensors have minimums instead of zero points: see [`QTensor::from_min_max_parts`].
     pub fn from_parts(
         shape: Vec<usize>,
         scheme: Scheme,
@@ -82,22 +86,49 @@ impl QTensor {
                     zero_points,
                 };
                 params.validate(&layout)?;
-                Ok(Self { shape, scheme, scales: params.scales, zero_points: params.zero_points, packed })
+                Ok(Self {
+                    shape,
+                    scheme,
+                    scales: params.scales,
+                    zero_points: params.zero_points,
+                    mins: Vec::new(),
+                    packed,
+                })
             }
             Scheme::Nf4 { .. } => {
-                if scales.len() != layout.channels {
-                    return Err(QuantError::ParamCount {
-                        what: "scales",
-                        expected: layout.channels,
-                        got: scales.len(),
-                    });
-                }
-                if let Some((index, &value)) = scales.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s > 0.0)) {
-                    return Err(QuantError::BadScale { index, value });
-                }
-                Ok(Self { shape, scheme, scales, zero_points: Vec::new(), packed })
+                check_scales(&scales, &layout)?;
+                Ok(Self { shape, scheme, scales, zero_points: Vec::new(), mins: Vec::new(), packed })
             }
+            Scheme::MinMax { .. } => Err(QuantError::InvalidScheme(
+                "min-max tensors have minimums, not zero points: rebuild them with from_min_max_parts".into(),
+            )),
         }
+    }
+
+    /// Rebuilds a [`Scheme::MinMax`] tensor from stored parts: codes packed at `bits`, one scale and one minimum per
+    /// group of `group_size` along the last dimension.
+    pub fn from_min_max_parts(
+        shape: Vec<usize>,
+        bits: Bits,
+        group_size: usize,
+        scales: Vec<f32>,
+        mins: Vec<f32>,
+        packed: Vec<u8>,
+    ) -> Result<Self> {
+        let scheme = Scheme::MinMax { bits, group_size };
+        let layout = ParamLayout::new(&shape, scheme.granularity())?;
+        let expected = packed_len(shape.iter().product(), bits);
+        if packed.len() != expected {
+            return Err(QuantError::ParamCount { what: "packed code bytes", expected, got: packed.len() });
+        }
+        check_scales(&scales, &layout)?;
+        if mins.len() != layout.channels {
+            return Err(QuantError::ParamCount { what: "minimums", expected: layout.channels, got: mins.len() });
+        }
+        if let Some((index, &value)) = mins.iter().enumerate().find(|(_, m)| !m.is_finite()) {
+            return Err(QuantError::NonFinite { what: "minimums", index, value });
+        }
+        Ok(Self { shape, scheme, scales, zero_points: Vec::new(), mins, packed })
     }
 
     /// Shape of the original tensor.
@@ -125,9 +156,14 @@ impl QTensor {
         &self.scales
     }
 
-    /// One zero point per parameter slot for linear schemes (all 0 when symmetric); empty for NF4.
+    /// One zero point per parameter slot for linear schemes (all 0 when symmetric); empty for NF4 and min-max.
     pub fn zero_points(&self) -> &[i32] {
         &self.zero_points
+    }
+
+    /// One minimum per group for [`Scheme::MinMax`]; empty for the other schemes.
+    pub fn mins(&self) -> &[f32] {
+        &self.mins
     }
 
     /// The codes as stored: one byte each at 8 bits, packed lowest bits first at 4 and 2 bits; signed codes are
@@ -161,6 +197,9 @@ impl QTensor {
             Scheme::Nf4 { .. } => layout.for_each_run_mut(&mut out, |c, run| {
                 run.iter_mut().for_each(|v| *v = NF4_LEVELS[*v as usize] * self.scales[c]);
             }),
+            Scheme::MinMax { .. } => layout.for_each_run_mut(&mut out, |c, run| {
+                run.iter_mut().for_each(|v| *v = v.mul_add(self.scales[c], self.mins[c]));
+            }),
         }
         out
     }
@@ -190,7 +229,7 @@ impl QTensor {
             )));
         }
         let mut rows = 0;
-        let (mut scales, mut zero_points, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut scales, mut zero_points, mut mins, mut raw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for part in parts {
             if part.scheme != first.scheme || part.shape.len() != 2 || part.shape[1] != cols {
                 return Err(QuantError::ShapeMismatch {
@@ -202,17 +241,30 @@ impl QTensor {
             rows += part.shape[0];
             scales.extend_from_slice(&part.scales);
             zero_points.extend_from_slice(&part.zero_points);
+            mins.extend_from_slice(&part.mins);
             raw.extend(unpack(&part.packed, part.bits(), part.numel())?);
         }
         let packed = pack_unchecked(&raw, first.bits());
-        Ok(Self { shape: vec![rows, cols], scheme: first.scheme, scales, zero_points, packed })
+        Ok(Self { shape: vec![rows, cols], scheme: first.scheme, scales, zero_points, mins, packed })
     }
 
-    /// Bytes the quantized form takes: codes, f32 scales, and one byte per zero point where they are not all 0.
+    /// Bytes the quantized form takes: codes, f32 scales and minimums, and one byte per zero point where they are
+    /// not all 0.
     pub fn storage_bytes(&self) -> usize {
         let zero_point_bytes = if self.zero_points.iter().any(|&z| z != 0) { self.zero_points.len() } else { 0 };
-        self.packed.len() + 4 * self.scales.len() + zero_point_bytes
+        self.packed.len() + 4 * (self.scales.len() + self.mins.len()) + zero_point_bytes
     }
+}
+
+/// Checks that there is one positive finite scale per parameter slot.
+fn check_scales(scales: &[f32], layout: &ParamLayout) -> Result<()> {
+    if scales.len() != layout.channels {
+        return Err(QuantError::ParamCount { what: "scales", expected: layout.channels, got: scales.len() });
+    }
+    if let Some((index, &value)) = scales.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s > 0.0)) {
+        return Err(QuantError::BadScale { index, value });
+    }
+    Ok(())
 }
 
 /// The values of a tensor as f32, row-major.
@@ -263,6 +315,7 @@ fn encode_linear(
         scheme: Scheme::Linear(scheme),
         scales: params.scales,
         zero_points: params.zero_points,
+        mins: Vec::new(),
         packed: pack_unchecked(&raw, scheme.bits),
     }
 }
@@ -279,5 +332,39 @@ fn encode_nf4(values: &[f32], shape: &[usize], layout: &ParamLayout, scheme: Sch
         let inv = 1.0 / scales[c];
         raw.extend(run.iter().map(|&x| nearest_level(x * inv)));
     });
-    QTensor { shape: shape.to_vec(), scheme, scales, zero_points: Vec::new(), packed: pack_unchecked(&raw, Bits::B4) }
+    QTensor {
+        shape: shape.to_vec(),
+        scheme,
+        scales,
+        zero_points: Vec::new(),
+        mins: Vec::new(),
+        packed: pack_unchecked(&raw, Bits::B4),
+    }
+}
+
+/// Min-max: per group, `min` and `scale = (max - min) / qmax`, code `round_half_even((x - min) / scale)`.
+fn encode_min_max(values: &[f32], shape: &[usize], layout: &ParamLayout, scheme: Scheme, bits: Bits) -> QTensor {
+    let qmax = (1u32 << bits.count()) - 1;
+    let mut lo = vec![f32::INFINITY; layout.channels];
+    let mut hi = vec![f32::NEG_INFINITY; layout.channels];
+    layout.for_each_run(values, |c, run| {
+        for &x in run {
+            lo[c] = lo[c].min(x);
+            hi[c] = hi[c].max(x);
+        }
+    });
+    let scales: Vec<f32> = lo.iter().zip(&hi).map(|(l, h)| ((h - l) / qmax as f32).max(MIN_SCALE)).collect();
+    let mut raw = Vec::with_capacity(values.len());
+    layout.for_each_run(values, |c, run| {
+        let (inv, min) = (1.0 / scales[c], lo[c]);
+        raw.extend(run.iter().map(|&x| ((x - min) * inv).round_ties_even().clamp(0.0, qmax as f32) as u8));
+    });
+    QTensor {
+        shape: shape.to_vec(),
+        scheme,
+        scales,
+        zero_points: Vec::new(),
+        mins: lo,
+        packed: pack_unchecked(&raw, bits),
+    }
 }

@@ -1,6 +1,10 @@
-//! Self-attention over a batch of sequences of different lengths, computed per sequence and head over that
-//! sequence's own tokens only, in a fixed order: a sequence's result never depends on what it was batched with
-//! (padding is skipped, not masked), which keeps quantized embeddings bit-identical alone or in a batch.
+//! Softmax attention, one blocked kernel for two callers:
+//! - [`attention`]: bidirectional self-attention over a batch of sequences of different lengths (BERT), computed per
+//!   sequence and head over that sequence's own tokens only, in a fixed order: a sequence's result never depends on
+//!   what it was batched with (padding is skipped, not masked), which keeps embeddings bit-identical alone or in a
+//!   batch.
+//! - [`KvHeads`]: a decoder's key/value cache kept in the kernel's layout, with causal attention of new queries over
+//!   it (grouped-query heads read their shared key/value head).
 
 use qlayers::threads::{parallel_for_work, SharedMut};
 
@@ -105,43 +109,71 @@ unsafe fn head_generic<L: F32Lanes>(qkv: &[f32], l: QkvLayout, s: Sequence, widt
     for (t, dst) in queries.chunks_exact_mut(d).enumerate() {
         dst.iter_mut().zip(row(t, l.q)).for_each(|(q, &v)| *q = v * scale);
     }
-    let head = Head { keys_t, values, keys_len, dims, len, d };
-    let mut scores = vec![0f32; QUERY_BLOCK * keys_len];
-    let mut context = vec![0f32; QUERY_BLOCK * dims];
-    let mut i = 0;
-    while i < len {
-        let block = if i + QUERY_BLOCK <= len { QUERY_BLOCK } else { 1 };
-        let q = queries[i * d..].as_ptr();
-        if block == QUERY_BLOCK {
-            head.block::<L, QUERY_BLOCK>(q, &mut scores, &mut context);
-        } else {
-            head.block::<L, 1>(q, &mut scores, &mut context);
-        }
-        for b in 0..block {
-            std::ptr::copy_nonoverlapping(context[b * dims..].as_ptr(), out.add((first + i + b) * width + col), d);
-        }
-        i += block;
-    }
+    let head = Head { keys_t: &keys_t, values: &values, keys_len, dims, d };
+    head.attend::<L>(
+        &queries,
+        |_| len,
+        |i, context| std::ptr::copy_nonoverlapping(context.as_ptr(), out.add((first + i) * width + col), d),
+    );
 }
 
-/// One head of one sequence, keys and values laid out for the blocks.
-struct Head {
-    keys_t: Vec<f32>,
-    values: Vec<f32>,
+/// One head's keys and values laid out for the blocks: keys transposed to `[d][keys_len]`, values `[keys][dims]`.
+struct Head<'a> {
+    keys_t: &'a [f32],
+    values: &'a [f32],
+    /// Stride of the transposed keys (a multiple of [`PAD`]).
     keys_len: usize,
+    /// Stride of the values: `d` padded to [`PAD`].
     dims: usize,
-    len: usize,
     d: usize,
 }
 
-impl Head {
-    /// The context rows of the `B` scaled queries at `queries` (`B x d`) into `context` (`B x dims`), using
-    /// `scores` (`B x keys_len`) as scratch. Two vectors of keys (or dims) per pass: `2B` independent sums.
+impl Head<'_> {
+    /// Attends every scaled query of `queries` (`[n][d]`): query `i` sees the first `visible(i)` keys (a count
+    /// that never decreases with `i`), and its context row (`dims` long, `d` of them meaningful) goes to
+    /// `emit(i, row)`. Queries run in blocks of [`QUERY_BLOCK`]; each one's sums run in the same order whatever its
+    /// block, so the result is the same computed in a block or alone.
     #[inline(always)]
-    unsafe fn block<L: F32Lanes, const B: usize>(&self, queries: *const f32, scores: &mut [f32], context: &mut [f32]) {
-        let (keys_len, dims, len, d) = (self.keys_len, self.dims, self.len, self.d);
+    unsafe fn attend<L: F32Lanes>(
+        &self,
+        queries: &[f32],
+        visible: impl Fn(usize) -> usize,
+        mut emit: impl FnMut(usize, &[f32]),
+    ) {
+        let n = queries.len() / self.d;
+        let mut scores = vec![0f32; QUERY_BLOCK * self.keys_len];
+        let mut context = vec![0f32; QUERY_BLOCK * self.dims];
+        let mut i = 0;
+        while i < n {
+            let q = queries[i * self.d..].as_ptr();
+            let block = if i + QUERY_BLOCK <= n { QUERY_BLOCK } else { 1 };
+            if block == QUERY_BLOCK {
+                self.block::<L, QUERY_BLOCK>(q, std::array::from_fn(|b| visible(i + b)), &mut scores, &mut context);
+            } else {
+                self.block::<L, 1>(q, [visible(i)], &mut scores, &mut context);
+            }
+            for b in 0..block {
+                emit(i + b, &context[b * self.dims..][..self.dims]);
+            }
+            i += block;
+        }
+    }
+
+    /// The context rows of the `B` scaled queries at `queries` (`B x d`) into `context` (`B x dims`), using
+    /// `scores` (`B x keys_len`) as scratch; query `b` sees the first `visible[b]` keys (the last sees the most).
+    /// Two vectors of keys (or dims) per pass: `2B` independent sums.
+    #[inline(always)]
+    unsafe fn block<L: F32Lanes, const B: usize>(
+        &self,
+        queries: *const f32,
+        visible: [usize; B],
+        scores: &mut [f32],
+        context: &mut [f32],
+    ) {
+        let (keys_len, dims, d) = (self.keys_len, self.dims, self.d);
+        let len = visible[B - 1];
         let (keys_t, values, sc) = (self.keys_t.as_ptr(), self.values.as_ptr(), scores.as_mut_ptr());
-        for k0 in (0..keys_len).step_by(2 * L::N) {
+        for k0 in (0..len.next_multiple_of(2 * L::N)).step_by(2 * L::N) {
             let mut acc = [[L::zero(); 2]; B];
             for c in 0..d {
                 let k = [L::load(keys_t.add(c * keys_len + k0)), L::load(keys_t.add(c * keys_len + k0 + L::N))];
@@ -158,10 +190,12 @@ impl Head {
         }
         let mut inv = [0f32; B];
         for (b, inv) in inv.iter_mut().enumerate() {
-            let scores = &mut scores[b * keys_len..][..len];
-            let max = fold_lanes(scores, f32::NEG_INFINITY, f32::max, f32::max);
-            scores.iter_mut().for_each(|s| *s = exp(*s - max));
-            *inv = 1.0 / fold_lanes(scores, 0.0, |a, b| a + b, |a, b| a + b);
+            let (seen, unseen) = scores[b * keys_len..][..len].split_at_mut(visible[b]);
+            let max = fold_lanes(seen, f32::NEG_INFINITY, f32::max, f32::max);
+            seen.iter_mut().for_each(|s| *s = exp(*s - max));
+            *inv = 1.0 / fold_lanes(seen, 0.0, |a, b| a + b, |a, b| a + b);
+            // Keys a query does not see weigh exactly 0, adding nothing to its sums.
+            unseen.fill(0.0);
         }
         let sc = scores.as_ptr();
         for c0 in (0..dims).step_by(2 * L::N) {
@@ -184,6 +218,149 @@ impl Head {
             }
         }
     }
+}
+
+/// One layer's keys and values of a decoder, kept in the attention kernel's layout so that a new token costs no
+/// re-layout: per key/value head, keys transposed to `[d][capacity]` and values as `[capacity][dims]`. The capacity
+/// grows by doubling.
+#[derive(Debug, Clone)]
+pub struct KvHeads {
+    heads: usize,
+    d: usize,
+    dims: usize,
+    capacity: usize,
+    len: usize,
+    keys_t: Vec<f32>,
+    values: Vec<f32>,
+}
+
+impl KvHeads {
+    /// An empty cache for `heads` key/value heads of width `d`.
+    pub fn new(heads: usize, d: usize) -> Self {
+        let dims = d.next_multiple_of(PAD);
+        Self { heads, d, dims, capacity: 0, len: 0, keys_t: Vec::new(), values: Vec::new() }
+    }
+
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no token is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends the keys and values of new tokens, `[tokens, heads * d]` each.
+    pub fn append(&mut self, k: &[f32], v: &[f32]) {
+        let width = self.heads * self.d;
+        assert_eq!(k.len(), v.len(), "keys and values of the same tokens");
+        let rows = k.len() / width;
+        self.reserve(self.len + rows);
+        let (d, dims, cap) = (self.d, self.dims, self.capacity);
+        for r in 0..rows {
+            let t = self.len + r;
+            for h in 0..self.heads {
+                let (key, value) = (&k[r * width + h * d..][..d], &v[r * width + h * d..][..d]);
+                for (c, &x) in key.iter().enumerate() {
+                    self.keys_t[(h * d + c) * cap + t] = x;
+                }
+                self.values[(h * cap + t) * dims..][..d].copy_from_slice(value);
+            }
+        }
+        self.len += rows;
+    }
+
+    /// Room for `needed` tokens, moving what is held into the larger layout.
+    fn reserve(&mut self, needed: usize) {
+        if needed <= self.capacity {
+            return;
+        }
+        let capacity = needed.max(2 * self.capacity).max(64).next_multiple_of(PAD);
+        let (d, dims, old) = (self.d, self.dims, self.capacity);
+        let mut keys_t = vec![0f32; self.heads * d * capacity];
+        let mut values = vec![0f32; self.heads * capacity * dims];
+        for h in 0..self.heads {
+            for c in 0..d {
+                let row = h * d + c;
+                keys_t[row * capacity..][..self.len].copy_from_slice(&self.keys_t[row * old..][..self.len]);
+            }
+            values[h * capacity * dims..][..self.len * dims]
+                .copy_from_slice(&self.values[h * old * dims..][..self.len * dims]);
+        }
+        (self.keys_t, self.values, self.capacity) = (keys_t, values, capacity);
+    }
+
+    /// Causal attention of the newest `n` tokens (the last `n` appended), `q` being their queries
+    /// (`[n, query_heads * d]`, unscaled): query head `h` reads key/value head `h / (query_heads / heads)`, over the
+    /// keys up to its own position. Returns `[n, query_heads * d]`. A token's result is the same whether it came
+    /// with the prompt or alone.
+    pub fn causal_attention(&self, q: &[f32], query_heads: usize) -> Vec<f32> {
+        let (d, width) = (self.d, query_heads * self.d);
+        let n = q.len() / width;
+        assert!(n <= self.len && query_heads.is_multiple_of(self.heads), "queries of cached tokens");
+        let past = self.len - n;
+        let group = query_heads / self.heads;
+        let mut out = vec![0f32; n * width];
+        let shared = SharedMut(out.as_mut_ptr());
+        let work = 4 * n * (past + n) * width;
+        parallel_for_work(query_heads, work, |h| {
+            let kv = h / group;
+            let head = Head {
+                keys_t: &self.keys_t[kv * d * self.capacity..][..d * self.capacity],
+                values: &self.values[kv * self.capacity * self.dims..][..self.capacity * self.dims],
+                keys_len: self.capacity,
+                dims: self.dims,
+                d,
+            };
+            // SAFETY: task h writes only columns h * d.. of every row.
+            unsafe { causal_head(&head, q, h * d, width, past, shared.get()) };
+        });
+        out
+    }
+}
+
+unsafe fn causal_head(head: &Head, q: &[f32], col: usize, width: usize, past: usize, out: *mut f32) {
+    match level() {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => causal_head_avx512(head, q, col, width, past, out),
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => causal_head_avx2(head, q, col, width, past, out),
+        Level::Portable => causal_head_generic::<Portable>(head, q, col, width, past, out),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn causal_head_avx512(head: &Head, q: &[f32], col: usize, width: usize, past: usize, out: *mut f32) {
+    causal_head_generic::<Avx512>(head, q, col, width, past, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn causal_head_avx2(head: &Head, q: &[f32], col: usize, width: usize, past: usize, out: *mut f32) {
+    causal_head_generic::<Avx2>(head, q, col, width, past, out)
+}
+
+/// One query head: its columns `col..col + d` of every row of `q`, the query of row `i` at position `past + i`.
+#[inline(always)]
+unsafe fn causal_head_generic<L: F32Lanes>(
+    head: &Head,
+    q: &[f32],
+    col: usize,
+    width: usize,
+    past: usize,
+    out: *mut f32,
+) {
+    let d = head.d;
+    let scale = 1.0 / (d as f32).sqrt();
+    let queries: Vec<f32> =
+        q.chunks_exact(width).flat_map(|row| row[col..col + d].iter().map(|&v| v * scale)).collect();
+    head.attend::<L>(
+        &queries,
+        |i| past + i + 1,
+        |i, context| std::ptr::copy_nonoverlapping(context.as_ptr(), out.add(i * width + col), d),
+    );
 }
 
 #[cfg(test)]
@@ -224,6 +401,50 @@ mod tests {
         assert_eq!(alone, out[seq * width..].to_vec());
     }
 
+    /// Causal attention over the cache against a direct computation, with grouped-query heads, and the same bits
+    /// for a token whether it comes with the prompt or alone.
+    #[test]
+    fn causal_attention_over_the_cache() {
+        let (heads, kv_heads, d, n) = (6, 2, 24, 70);
+        let value = |i: usize| ((i * 7919 % 1009) as f32 / 500.0) - 1.0;
+        let q: Vec<f32> = (0..n * heads * d).map(value).collect();
+        let k: Vec<f32> = (0..n * kv_heads * d).map(|i| value(i + 13)).collect();
+        let v: Vec<f32> = (0..n * kv_heads * d).map(|i| value(i + 101)).collect();
+        let mut all = KvHeads::new(kv_heads, d);
+        all.append(&k, &v);
+        let at_once = all.causal_attention(&q, heads);
+        let (qw, kw) = (heads * d, kv_heads * d);
+        for i in [0, 1, 5, 69] {
+            for h in 0..heads {
+                let kv = h / (heads / kv_heads);
+                let query = &q[i * qw + h * d..][..d];
+                let scores: Vec<f64> = (0..=i)
+                    .map(|j| {
+                        let key = &k[j * kw + kv * d..][..d];
+                        query.iter().zip(key).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = e.iter().sum();
+                for c in 0..d {
+                    let want: f64 = (0..=i).map(|j| e[j] / total * f64::from(v[j * kw + kv * d + c])).sum();
+                    let got = f64::from(at_once[i * qw + h * d + c]);
+                    assert!((got - want).abs() < 1e-5, "token {i} head {h} dim {c}: {got} vs {want}");
+                }
+            }
+        }
+        // Token by token (the cache growing past its first capacity) gives the same bits.
+        let mut cache = KvHeads::new(kv_heads, d);
+        for i in 0..n {
+            cache.append(&k[i * kw..(i + 1) * kw], &v[i * kw..(i + 1) * kw]);
+            let one = cache.causal_attention(&q[i * qw..(i + 1) * qw], heads);
+            assert_eq!(one, at_once[i * qw..(i + 1) * qw].to_vec(), "token {i}");
+        }
+        assert_eq!(cache.len(), n);
+    }
+
     /// Every vector level gives the portable level's bits, on lengths that fill no block or pad exactly.
     #[test]
     fn every_level_matches_the_portable_one() {
@@ -240,13 +461,37 @@ mod tests {
                 out
             };
             let portable = run(head_generic::<Portable>);
+            // The causal kernel over a cache of the same keys and values, the last 3 tokens as new queries.
+            let mut cache = KvHeads::new(heads, d);
+            let rows = |offset: usize| -> Vec<f32> {
+                qkv.chunks_exact(3 * width).flat_map(|r| r[offset..offset + width].to_vec()).collect()
+            };
+            cache.append(&rows(width), &rows(2 * width));
+            let queries = rows(0)[(len - len.min(3)) * width..].to_vec();
+            let causal = |f: unsafe fn(&Head, &[f32], usize, usize, usize, *mut f32)| {
+                let mut out = vec![0f32; queries.len()];
+                for h in 0..heads {
+                    let head = Head {
+                        keys_t: &cache.keys_t[h * d * cache.capacity..],
+                        values: &cache.values[h * cache.capacity * cache.dims..],
+                        keys_len: cache.capacity,
+                        dims: cache.dims,
+                        d,
+                    };
+                    unsafe { f(&head, &queries, h * d, width, len - len.min(3), out.as_mut_ptr()) };
+                }
+                out
+            };
+            let causal_portable = causal(causal_head_generic::<Portable>);
             #[cfg(target_arch = "x86_64")]
             {
                 if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                     assert_eq!(run(head_avx2), portable, "avx2, len {len}, d {d}");
+                    assert_eq!(causal(causal_head_avx2), causal_portable, "causal avx2, len {len}, d {d}");
                 }
                 if is_x86_feature_detected!("avx512f") {
                     assert_eq!(run(head_avx512), portable, "avx512, len {len}, d {d}");
+                    assert_eq!(causal(causal_head_avx512), causal_portable, "causal avx512, len {len}, d {d}");
                 }
             }
         }

@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 use super::attention::{attention, QkvLayout};
 use super::ops::{Activation, LayerNormParams};
-use crate::loader::{LinearParams, QuantLoader};
+use super::projection::Projection;
+use crate::loader::QuantLoader;
 
 /// The fields of a Hugging Face `config.json` that BERT needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -79,34 +80,9 @@ impl BertConfig {
     }
 }
 
-/// The Q, K and V projections: one fused matmul when the plan gives them one scheme, else three.
-enum Qkv {
-    Fused(QLinear),
-    Separate(Box<[QLinear; 3]>),
-}
-
-impl Qkv {
-    /// `[rows, 3h]`: each row's queries, keys and values side by side.
-    fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-        match self {
-            Self::Fused(qkv) => Ok(qkv.forward_f32(x, rows)?),
-            Self::Separate(parts) => {
-                let outs = parts.iter().map(|p| p.forward_f32(x, rows)).collect::<qlayers::Result<Vec<_>>>()?;
-                let h = outs[0].len() / rows.max(1);
-                let mut qkv = Vec::with_capacity(3 * rows * h);
-                for r in 0..rows {
-                    for out in &outs {
-                        qkv.extend_from_slice(&out[r * h..(r + 1) * h]);
-                    }
-                }
-                Ok(qkv)
-            }
-        }
-    }
-}
-
 struct Layer {
-    qkv: Qkv,
+    /// Q, K and V: `[rows, 3h]`, each row's queries, keys and values side by side.
+    qkv: Projection,
     attention_out: QLinear,
     attention_norm: LayerNormParams,
     intermediate: QLinear,
@@ -255,23 +231,9 @@ impl BertModel {
     }
 }
 
-fn load_qkv(loader: &QuantLoader, prefix: &str, h: usize) -> Result<Qkv> {
+fn load_qkv(loader: &QuantLoader, prefix: &str, h: usize) -> Result<Projection> {
     let names = ["query", "key", "value"].map(|n| format!("{prefix}.{n}"));
-    let [q, k, v] = names.each_ref().map(|n| loader.linear_params(n, h, h));
-    let parts = [q?, k?, v?];
-    if parts.iter().all(|p| p.scheme == parts[0].scheme) {
-        // The plan gives the three one scheme, so they run as one matmul of [3h, h].
-        let fused = LinearParams::concat_rows(parts.into())?;
-        Ok(Qkv::Fused(loader.build_linear(&format!("{prefix}.{{query,key,value}}"), fused)?))
-    } else {
-        let [q, k, v] = parts;
-        let [qn, kn, vn] = &names;
-        Ok(Qkv::Separate(Box::new([
-            loader.build_linear(qn, q)?,
-            loader.build_linear(kn, k)?,
-            loader.build_linear(vn, v)?,
-        ])))
-    }
+    Projection::load(loader, &names, h, &[h; 3], &format!("{prefix}.{{query,key,value}}"))
 }
 
 fn layer_norm(loader: &QuantLoader, name: &str, h: usize, eps: f64) -> Result<LayerNormParams> {

@@ -1,5 +1,6 @@
 //! A Llama-architecture decoder (RMSNorm, rotary positions, grouped-query attention, SwiGLU) on quantized layers,
-//! read from a GGUF file: each Linear is dequantized from the file's type and re-quantized per the plan.
+//! read through a [`QuantLoader`] by Hugging Face names: from a safetensors folder (float or pre-quantized) or from
+//! a GGUF file ([`crate::gguf_weights`]), each Linear quantized per the plan.
 //!
 //! A prompt runs at once (prefill); generation then runs one token at a time against a [`KvCache`].
 
@@ -7,13 +8,41 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::{Device, Tensor};
+use candle_core::quantized::gguf_file::Value;
 use qlayers::QLinear;
+use serde::Deserialize;
 
+use super::attention::KvHeads;
+use super::ops::{swiglu, RmsNormParams};
+use super::projection::Projection;
+use crate::gguf_weights::GgufWeights;
+use crate::loader::QuantLoader;
 use crate::plan::Plan;
 
-/// The hyper-parameters of a Llama model, from GGUF metadata (`llama.*`).
+/// How rotary frequencies are stretched for contexts longer than the model was trained on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    /// Frequencies as trained.
+    None,
+    /// Every frequency divided by `factor` (positions interpolated).
+    Linear {
+        /// The stretch.
+        factor: f32,
+    },
+    /// Llama 3's: low frequencies divided by `factor`, high ones kept, a smooth blend between.
+    Llama3 {
+        /// The stretch of the low frequencies.
+        factor: f32,
+        /// Wavelengths above `original_context / low_freq_factor` are stretched fully.
+        low_freq_factor: f32,
+        /// Wavelengths below `original_context / high_freq_factor` are kept.
+        high_freq_factor: f32,
+        /// The context the model was trained on.
+        original_context: f32,
+    },
+}
+
+/// The hyper-parameters of a Llama model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
     /// Vocabulary size.
@@ -30,14 +59,47 @@ pub struct LlamaConfig {
     pub num_kv_heads: usize,
     /// Rotary base frequency.
     pub rope_theta: f32,
+    /// Rotary frequency scaling.
+    pub rope_scaling: RopeScaling,
     /// RMSNorm epsilon.
     pub rms_eps: f32,
-    /// Longest context the model was trained for.
+    /// Longest context the model takes.
     pub context_length: usize,
+    /// Whether `lm_head` shares the embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// The beginning-of-sequence token, if the model names one.
+    pub bos_token_id: Option<u32>,
+    /// The end-of-sequence token, if the model names one.
+    pub eos_token_id: Option<u32>,
+}
+
+/// The fields of an HF `config.json` this module reads.
+#[derive(Deserialize)]
+struct HfConfig {
+    model_type: Option<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    #[serde(default = "default_theta")]
+    rope_theta: f32,
+    rope_scaling: Option<serde_json::Value>,
+    rms_norm_eps: f32,
+    max_position_embeddings: usize,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    bos_token_id: Option<serde_json::Value>,
+    eos_token_id: Option<serde_json::Value>,
+}
+
+fn default_theta() -> f32 {
+    10_000.0
 }
 
 impl LlamaConfig {
-    /// Reads the `llama.*` keys; a GGUF file of another architecture is an error.
+    /// Reads the `llama.*` keys of a GGUF file; a file of another architecture is an error.
     pub fn from_gguf(metadata: &HashMap<String, Value>) -> Result<Self> {
         let get = |key: &str| metadata.get(key).with_context(|| format!("the GGUF file has no {key}"));
         let arch = get("general.architecture")?.to_string()?;
@@ -45,48 +107,232 @@ impl LlamaConfig {
             bail!("the GGUF file holds a {arch:?} model; this loader reads Llama-architecture models");
         }
         let int = |key: &str| -> Result<usize> { Ok(get(&format!("llama.{key}"))?.to_u32()? as usize) };
+        let float = |key: &str| metadata.get(key).map(|v| v.to_f32()).transpose();
         let num_heads = int("attention.head_count")?;
-        let hidden_size = int("embedding_length")?;
         let vocab_size = match metadata.get("llama.vocab_size") {
             Some(v) => v.to_u32()? as usize,
             None => get("tokenizer.ggml.tokens")?.to_vec()?.len(),
         };
+        let rope_scaling = match metadata.get("llama.rope.scaling.type").map(|v| v.to_string()).transpose()? {
+            None => RopeScaling::None,
+            Some(kind) if kind == "none" => RopeScaling::None,
+            Some(kind) if kind == "linear" => RopeScaling::Linear {
+                factor: float("llama.rope.scaling.factor")?.context("linear rope scaling without a factor")?,
+            },
+            Some(kind) => bail!("rope scaling {kind:?} is not supported (none and linear are)"),
+        };
+        let token = |key: &str| metadata.get(key).map(|v| v.to_u32()).transpose();
         let config = Self {
             vocab_size,
-            hidden_size,
+            hidden_size: int("embedding_length")?,
             intermediate_size: int("feed_forward_length")?,
             num_layers: int("block_count")?,
             num_heads,
             num_kv_heads: int("attention.head_count_kv").unwrap_or(num_heads),
-            rope_theta: metadata.get("llama.rope.freq_base").map(|v| v.to_f32()).transpose()?.unwrap_or(10_000.0),
+            rope_theta: float("llama.rope.freq_base")?.unwrap_or(10_000.0),
+            rope_scaling,
             rms_eps: get("llama.attention.layer_norm_rms_epsilon")?.to_f32()?,
             context_length: int("context_length")?,
+            // Known only from the tensors: see `GgufWeights::ties_embeddings`.
+            tie_word_embeddings: false,
+            bos_token_id: token("tokenizer.ggml.bos_token_id")?,
+            eos_token_id: token("tokenizer.ggml.eos_token_id")?,
         };
-        if num_heads == 0
-            || !hidden_size.is_multiple_of(num_heads)
-            || config.num_kv_heads == 0
-            || !num_heads.is_multiple_of(config.num_kv_heads)
-        {
-            bail!("{num_heads} heads and {} key/value heads do not fit width {hidden_size}", config.num_kv_heads);
-        }
+        config.validate()?;
         Ok(config)
+    }
+
+    /// Reads an HF `config.json` of a Llama model (`model_type` "llama").
+    pub fn from_hf_json(text: &str) -> Result<Self> {
+        let hf: HfConfig = serde_json::from_str(text).context("config.json is not a Llama config")?;
+        if let Some(kind) = hf.model_type.as_deref().filter(|&t| t != "llama") {
+            bail!("config.json describes a {kind:?} model, not a Llama");
+        }
+        let first_id = |v: &Option<serde_json::Value>| -> Option<u32> {
+            match v.as_ref()? {
+                serde_json::Value::Array(ids) => ids.first()?.as_u64().map(|id| id as u32),
+                id => id.as_u64().map(|id| id as u32),
+            }
+        };
+        let config = Self {
+            vocab_size: hf.vocab_size,
+            hidden_size: hf.hidden_size,
+            intermediate_size: hf.intermediate_size,
+            num_layers: hf.num_hidden_layers,
+            num_heads: hf.num_attention_heads,
+            num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
+            rope_theta: hf.rope_theta,
+            rope_scaling: hf_rope_scaling(hf.rope_scaling.as_ref(), hf.max_position_embeddings)?,
+            rms_eps: hf.rms_norm_eps,
+            context_length: hf.max_position_embeddings,
+            tie_word_embeddings: hf.tie_word_embeddings,
+            bos_token_id: first_id(&hf.bos_token_id),
+            eos_token_id: first_id(&hf.eos_token_id),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The config as an HF `config.json` (for checkpoints written from a GGUF file).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let rope_scaling = match self.rope_scaling {
+            RopeScaling::None => serde_json::Value::Null,
+            RopeScaling::Linear { factor } => serde_json::json!({"rope_type": "linear", "factor": factor}),
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context } => serde_json::json!({
+                "rope_type": "llama3",
+                "factor": factor,
+                "low_freq_factor": low_freq_factor,
+                "high_freq_factor": high_freq_factor,
+                "original_max_position_embeddings": original_context,
+            }),
+        };
+        serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": rope_scaling,
+            "rms_norm_eps": self.rms_eps,
+            "max_position_embeddings": self.context_length,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "hidden_act": "silu",
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
+        let (heads, kv) = (self.num_heads, self.num_kv_heads);
+        if heads == 0 || !self.hidden_size.is_multiple_of(heads) || kv == 0 || !heads.is_multiple_of(kv) {
+            bail!("{heads} heads and {kv} key/value heads do not fit width {}", self.hidden_size);
+        }
+        if !self.head_dim().is_multiple_of(2) {
+            bail!("rotary positions need an even head width, got {}", self.head_dim());
+        }
+        if self.vocab_size == 0 || self.num_layers == 0 || self.context_length == 0 {
+            bail!("a model needs a vocabulary, layers and a context");
+        }
+        Ok(())
     }
 
     /// Width of one head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads
     }
+
+    /// The HF name of every Linear layer, in the order they are read.
+    pub fn linear_layers(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for i in 0..self.num_layers {
+            for part in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"] {
+                names.push(format!("model.layers.{i}.{part}"));
+            }
+            for part in ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"] {
+                names.push(format!("model.layers.{i}.{part}"));
+            }
+        }
+        names.push("lm_head".into());
+        names
+    }
+}
+
+/// The `rope_scaling` object of an HF config.
+fn hf_rope_scaling(value: Option<&serde_json::Value>, context: usize) -> Result<RopeScaling> {
+    let Some(value) = value.filter(|v| !v.is_null()) else { return Ok(RopeScaling::None) };
+    let kind = value.get("rope_type").or_else(|| value.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
+    let number = |key: &str| -> Result<f32> {
+        value.get(key).and_then(|v| v.as_f64()).map(|v| v as f32).with_context(|| format!("rope_scaling needs {key}"))
+    };
+    Ok(match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear { factor: number("factor")? },
+        "llama3" => RopeScaling::Llama3 {
+            factor: number("factor")?,
+            low_freq_factor: number("low_freq_factor")?,
+            high_freq_factor: number("high_freq_factor")?,
+            original_context: number("original_max_position_embeddings").unwrap_or(context as f32),
+        },
+        other => bail!("rope scaling {other:?} is not supported (default, linear and llama3 are)"),
+    })
+}
+
+/// Rotary frequencies of one head width, in HF's half-split layout: pair `i` is `(x[i], x[i + d/2])`.
+#[derive(Debug, Clone)]
+struct Rotary {
+    inv_freq: Vec<f32>,
+}
+
+impl Rotary {
+    fn new(config: &LlamaConfig) -> Self {
+        let d = config.head_dim();
+        let inv_freq = (0..d / 2)
+            .map(|i| {
+                let f = config.rope_theta.powf(-2.0 * i as f32 / d as f32);
+                match config.rope_scaling {
+                    RopeScaling::None => f,
+                    RopeScaling::Linear { factor } => f / factor,
+                    RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context } => {
+                        let wavelen = 2.0 * std::f32::consts::PI / f;
+                        if wavelen > original_context / low_freq_factor {
+                            f / factor
+                        } else if wavelen < original_context / high_freq_factor {
+                            f
+                        } else {
+                            let smooth =
+                                (original_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    }
+                }
+            })
+            .collect();
+        Self { inv_freq }
+    }
+
+    /// `(cos, sin)` of every pair at positions `first..first + n`: `[n][d/2]` each.
+    fn table(&self, first: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let (mut cos, mut sin) = (Vec::with_capacity(n * self.inv_freq.len()), Vec::new());
+        sin.reserve(cos.capacity());
+        for p in first..first + n {
+            for &f in &self.inv_freq {
+                let (s, c) = (p as f32 * f).sin_cos();
+                cos.push(c);
+                sin.push(s);
+            }
+        }
+        (cos, sin)
+    }
+
+    /// Rotates every head of every row of `x` (`[n, heads * d]`, row `r` at the table's position `r`).
+    fn apply(&self, x: &mut [f32], heads: usize, (cos, sin): &(Vec<f32>, Vec<f32>)) {
+        let half = self.inv_freq.len();
+        for (r, row) in x.chunks_exact_mut(heads * 2 * half).enumerate() {
+            let (cos, sin) = (&cos[r * half..][..half], &sin[r * half..][..half]);
+            for head in row.chunks_exact_mut(2 * half) {
+                let (a, b) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (x0, x1) = (a[i], b[i]);
+                    a[i] = x0 * cos[i] - x1 * sin[i];
+                    b[i] = x1 * cos[i] + x0 * sin[i];
+                }
+            }
+        }
+    }
 }
 
 struct Block {
-    attn_norm: Vec<f32>,
-    q: QLinear,
-    k: QLinear,
-    v: QLinear,
+    attn_norm: RmsNormParams,
+    /// Queries, keys and values side by side.
+    qkv: Projection,
     o: QLinear,
-    ffn_norm: Vec<f32>,
-    gate: QLinear,
-    up: QLinear,
+    ffn_norm: RmsNormParams,
+    /// Gate and up projections side by side.
+    gate_up: Projection,
     down: QLinear,
 }
 
@@ -94,59 +340,67 @@ struct Block {
 /// `model.layers.0.self_attn.q_proj`, `lm_head`, ...).
 pub struct LlamaModel {
     config: LlamaConfig,
-    eos_token_id: Option<u32>,
     embeddings: Vec<f32>,
     blocks: Vec<Block>,
-    norm: Vec<f32>,
+    norm: RmsNormParams,
     lm_head: QLinear,
+    rotary: Rotary,
 }
 
 impl LlamaModel {
     /// Reads a GGUF file: config from its metadata, every weight dequantized and re-quantized per `plan`.
     pub fn from_gguf(path: &Path, plan: &Plan) -> Result<Self> {
-        let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let content =
-            Content::read(&mut file).with_context(|| format!("{} is not a valid GGUF file", path.display()))?;
-        let config = LlamaConfig::from_gguf(&content.metadata)?;
-        let linear = |file: &mut std::fs::File, gguf: &str, hf: &str| -> Result<QLinear> {
-            let weight = tensor_of(&content, file, gguf)?;
-            let scheme = plan.scheme_for(hf)?;
-            QLinear::new(&weight, None, scheme).with_context(|| format!("quantizing {hf} as {scheme}"))
+        let weights = GgufWeights::open(path)?;
+        let mut config = LlamaConfig::from_gguf(weights.metadata())?;
+        config.tie_word_embeddings = weights.ties_embeddings();
+        Self::load(config, &QuantLoader::from_gguf(weights, plan.clone()))
+    }
+
+    /// Builds the model from the tensors `loader` reads (HF names), quantizing per the loader's plan or reading a
+    /// checkpoint's codes.
+    pub fn load(config: LlamaConfig, loader: &QuantLoader) -> Result<Self> {
+        let (h, d) = (config.hidden_size, config.head_dim());
+        let (q_width, kv_width) = (config.num_heads * d, config.num_kv_heads * d);
+        let inner = config.intermediate_size;
+        let norm = |name: &str| -> Result<RmsNormParams> {
+            Ok(RmsNormParams { weight: loader.tensor(name, &[h])?.to_vec1()?, eps: config.rms_eps })
         };
         let mut blocks = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
-            let (g, h) = (format!("blk.{i}"), format!("model.layers.{i}"));
-            let f = &mut file;
+            let p = format!("model.layers.{i}");
+            let attn = ["q_proj", "k_proj", "v_proj"].map(|n| format!("{p}.self_attn.{n}"));
+            let mlp = ["gate_proj", "up_proj"].map(|n| format!("{p}.mlp.{n}"));
             blocks.push(Block {
-                attn_norm: vector(tensor_of(&content, f, &format!("{g}.attn_norm.weight"))?)?,
-                q: linear(f, &format!("{g}.attn_q.weight"), &format!("{h}.self_attn.q_proj"))?,
-                k: linear(f, &format!("{g}.attn_k.weight"), &format!("{h}.self_attn.k_proj"))?,
-                v: linear(f, &format!("{g}.attn_v.weight"), &format!("{h}.self_attn.v_proj"))?,
-                o: linear(f, &format!("{g}.attn_output.weight"), &format!("{h}.self_attn.o_proj"))?,
-                ffn_norm: vector(tensor_of(&content, f, &format!("{g}.ffn_norm.weight"))?)?,
-                gate: linear(f, &format!("{g}.ffn_gate.weight"), &format!("{h}.mlp.gate_proj"))?,
-                up: linear(f, &format!("{g}.ffn_up.weight"), &format!("{h}.mlp.up_proj"))?,
-                down: linear(f, &format!("{g}.ffn_down.weight"), &format!("{h}.mlp.down_proj"))?,
+                attn_norm: norm(&format!("{p}.input_layernorm.weight"))?,
+                qkv: Projection::load(
+                    loader,
+                    &attn,
+                    h,
+                    &[q_width, kv_width, kv_width],
+                    &format!("{p}.self_attn.{{q,k,v}}_proj"),
+                )?,
+                o: loader.linear(&format!("{p}.self_attn.o_proj"), q_width, h)?,
+                ffn_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+                gate_up: Projection::load(loader, &mlp, h, &[inner, inner], &format!("{p}.mlp.{{gate,up}}_proj"))?,
+                down: loader.linear(&format!("{p}.mlp.down_proj"), inner, h)?,
             });
         }
-        let embeddings_tensor = tensor_of(&content, &mut file, "token_embd.weight")?;
-        if embeddings_tensor.dims() != [config.vocab_size, config.hidden_size] {
+        let embeddings = loader.tensor("model.embed_tokens.weight", &[config.vocab_size, h])?;
+        // Tied embeddings: the head reads the embedding matrix (quantized on its own per the plan).
+        if !loader.contains("lm_head.weight") && !loader.contains("lm_head.weight.codes") {
             bail!(
-                "token_embd.weight is {:?}, expected {:?}",
-                embeddings_tensor.dims(),
-                [config.vocab_size, config.hidden_size]
+                "the checkpoint has no lm_head.weight (a model that ties its embeddings reads them through an alias)"
             );
         }
-        // Tied embeddings when the file has no separate output matrix.
-        let head_weight = match content.tensor_infos.contains_key("output.weight") {
-            true => tensor_of(&content, &mut file, "output.weight")?,
-            false => embeddings_tensor.clone(),
-        };
-        let lm_head = QLinear::new(&head_weight, None, plan.scheme_for("lm_head")?).context("quantizing lm_head")?;
-        let norm = vector(tensor_of(&content, &mut file, "output_norm.weight")?)?;
-        let embeddings = embeddings_tensor.flatten_all()?.to_vec1()?;
-        let eos_token_id = content.metadata.get("tokenizer.ggml.eos_token_id").map(|v| v.to_u32()).transpose()?;
-        Ok(Self { config, eos_token_id, embeddings, blocks, norm, lm_head })
+        let lm_head = loader.linear("lm_head", h, config.vocab_size)?;
+        Ok(Self {
+            rotary: Rotary::new(&config),
+            embeddings: embeddings.flatten_all()?.to_vec1()?,
+            norm: norm("model.norm.weight")?,
+            config,
+            blocks,
+            lm_head,
+        })
     }
 
     /// The model's configuration.
@@ -154,18 +408,23 @@ impl LlamaModel {
         &self.config
     }
 
-    /// The end-of-sequence token of the file's tokenizer, if it names one.
+    /// The end-of-sequence token, if the model names one.
     pub fn eos_token_id(&self) -> Option<u32> {
-        self.eos_token_id
+        self.config.eos_token_id
+    }
+
+    /// Bytes of the parameters the decoder reads per token (every Linear layer and norm; one embedding row).
+    pub fn linear_bytes(&self) -> usize {
+        let block_bytes = |b: &Block| {
+            b.qkv.storage_bytes() + b.o.storage_bytes() + b.gate_up.storage_bytes() + b.down.storage_bytes()
+        };
+        self.blocks.iter().map(block_bytes).sum::<usize>() + self.lm_head.storage_bytes()
     }
 
     /// An empty cache for one sequence.
     pub fn new_cache(&self) -> KvCache {
-        KvCache {
-            keys: vec![Vec::new(); self.config.num_layers],
-            values: vec![Vec::new(); self.config.num_layers],
-            len: 0,
-        }
+        let c = &self.config;
+        KvCache { layers: vec![KvHeads::new(c.num_kv_heads, c.head_dim()); c.num_layers], len: 0 }
     }
 
     /// The logits of the token that follows `ids` (the whole prompt, run at once with causal attention).
@@ -201,30 +460,31 @@ impl LlamaModel {
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= c.vocab_size) {
             bail!("token id {id} is outside the vocabulary of {}", c.vocab_size);
         }
-        let (n, h) = (ids.len(), c.hidden_size);
+        let (n, h, d) = (ids.len(), c.hidden_size, c.head_dim());
+        let (q_width, kv_width) = (c.num_heads * d, c.num_kv_heads * d);
+        let rotary = self.rotary.table(cache.len, n);
         let mut x: Vec<f32> =
             ids.iter().flat_map(|&id| self.embeddings[id as usize * h..][..h].iter().copied()).collect();
-        for (b, block) in self.blocks.iter().enumerate() {
-            let normed = rms_norm(&x, &block.attn_norm, c.rms_eps);
-            let mut q = block.q.forward_f32(&normed, n)?;
-            let mut k = block.k.forward_f32(&normed, n)?;
-            let v = block.v.forward_f32(&normed, n)?;
-            rope(&mut q, c.num_heads, c.head_dim(), c.rope_theta, cache.len);
-            rope(&mut k, c.num_kv_heads, c.head_dim(), c.rope_theta, cache.len);
-            cache.keys[b].extend_from_slice(&k);
-            cache.values[b].extend_from_slice(&v);
-            let context = causal_attention(&q, &cache.keys[b], &cache.values[b], cache.len, c);
+        for (block, kv) in self.blocks.iter().zip(&mut cache.layers) {
+            let qkv = block.qkv.forward(&block.attn_norm.apply(&x), n)?;
+            let (mut q, mut k, mut v) = (Vec::with_capacity(n * q_width), Vec::new(), Vec::new());
+            for row in qkv.chunks_exact(q_width + 2 * kv_width) {
+                q.extend_from_slice(&row[..q_width]);
+                k.extend_from_slice(&row[q_width..q_width + kv_width]);
+                v.extend_from_slice(&row[q_width + kv_width..]);
+            }
+            self.rotary.apply(&mut q, c.num_heads, &rotary);
+            self.rotary.apply(&mut k, c.num_kv_heads, &rotary);
+            kv.append(&k, &v);
+            let context = kv.causal_attention(&q, c.num_heads);
             let attended = block.o.forward_f32(&context, n)?;
             x.iter_mut().zip(&attended).for_each(|(x, a)| *x += a);
-            let normed = rms_norm(&x, &block.ffn_norm, c.rms_eps);
-            let gate = block.gate.forward_f32(&normed, n)?;
-            let up = block.up.forward_f32(&normed, n)?;
-            let inner: Vec<f32> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
-            let out = block.down.forward_f32(&inner, n)?;
+            let mut gate_up = block.gate_up.forward(&block.ffn_norm.apply(&x), n)?;
+            let out = block.down.forward_f32(&swiglu(&mut gate_up, c.intermediate_size), n)?;
             x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
         }
         cache.len += n;
-        Ok(rms_norm(&x, &self.norm, c.rms_eps))
+        Ok(self.norm.apply(&x))
     }
 
     /// Perplexity of `ids` in non-overlapping windows of `window` tokens, each run from an empty cache: the
@@ -236,11 +496,9 @@ impl LlamaModel {
         let vocab = self.config.vocab_size;
         let (mut nll, mut count) = (0f64, 0usize);
         for chunk in ids.chunks(window).filter(|c| c.len() > 1) {
-            let logits = self.forward_all(chunk, &mut self.new_cache())?;
+            let logits = self.forward_all(&chunk[..chunk.len() - 1], &mut self.new_cache())?;
             for (row, &next) in logits.chunks_exact(vocab).zip(&chunk[1..]) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-                let log_sum = max + row.iter().map(|&l| (f64::from(l) - max).exp()).sum::<f64>().ln();
-                nll += log_sum - f64::from(row[next as usize]);
+                nll += log_sum_exp(row) - f64::from(row[next as usize]);
                 count += 1;
             }
         }
@@ -258,7 +516,7 @@ impl LlamaModel {
         loop {
             let next = argmax(&logits);
             out.push(next);
-            if out.len() == max_tokens || Some(next) == self.eos_token_id {
+            if out.len() == max_tokens || Some(next) == self.config.eos_token_id {
                 return Ok(out);
             }
             logits = self.forward(&[next], &mut cache)?;
@@ -266,11 +524,10 @@ impl LlamaModel {
     }
 }
 
-/// Keys and values (after rotary) of the tokens one sequence has seen, per block: `[tokens, kv_heads * head_dim]`.
+/// Keys and values (after rotary) of the tokens one sequence has seen, per block, in the attention kernel's layout.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
+    layers: Vec<KvHeads>,
     len: usize,
 }
 
@@ -286,8 +543,14 @@ impl KvCache {
     }
 }
 
+/// `ln(sum(exp(row)))`, in f64 around the row's maximum.
+fn log_sum_exp(row: &[f32]) -> f64 {
+    let max = f64::from(row.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+    max + row.iter().map(|&l| (f64::from(l) - max).exp()).sum::<f64>().ln()
+}
+
 /// The index of the largest logit (the first one on ties).
-fn argmax(logits: &[f32]) -> u32 {
+pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &l) in logits.iter().enumerate() {
         if l > logits[best] {
@@ -295,72 +558,4 @@ fn argmax(logits: &[f32]) -> u32 {
         }
     }
     best as u32
-}
-
-fn tensor_of(content: &Content, file: &mut std::fs::File, name: &str) -> Result<Tensor> {
-    let q = content.tensor(file, name, &Device::Cpu).with_context(|| format!("GGUF tensor {name}"))?;
-    Ok(q.dequantize(&Device::Cpu)?)
-}
-
-fn vector(t: Tensor) -> Result<Vec<f32>> {
-    Ok(t.flatten_all()?.to_vec1()?)
-}
-
-/// `x / sqrt(mean(x^2) + eps) * weight` for every row of `x`.
-fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
-    let width = weight.len();
-    x.chunks_exact(width)
-        .flat_map(|row| {
-            let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / width as f32 + eps).sqrt();
-            row.iter().zip(weight).map(move |(v, w)| v * inv * w)
-        })
-        .collect()
-}
-
-/// Rotary positions on adjacent pairs of each head (the layout GGUF files store Q and K weights in):
-/// row `r` sits at position `p = offset + r`, and its pair `i` rotates by `p * theta^(-2i / head_dim)`.
-fn rope(x: &mut [f32], heads: usize, head_dim: usize, theta: f32, offset: usize) {
-    let width = heads * head_dim;
-    for (r, row) in x.chunks_exact_mut(width).enumerate() {
-        let p = offset + r;
-        for head in row.chunks_exact_mut(head_dim) {
-            for (i, pair) in head.chunks_exact_mut(2).enumerate() {
-                let angle = p as f32 * theta.powf(-2.0 * i as f32 / head_dim as f32);
-                let (sin, cos) = angle.sin_cos();
-                let (a, b) = (pair[0], pair[1]);
-                pair[0] = a * cos - b * sin;
-                pair[1] = a * sin + b * cos;
-            }
-        }
-    }
-}
-
-/// Softmax attention of each new query (the one of row `i` sits at position `past + i`) over the keys at or before
-/// its position; query head `h` reads key/value head `h / (heads / kv_heads)`.
-fn causal_attention(q: &[f32], k: &[f32], v: &[f32], past: usize, c: &LlamaConfig) -> Vec<f32> {
-    let d = c.head_dim();
-    let (qw, kw) = (c.num_heads * d, c.num_kv_heads * d);
-    let n = q.len() / qw;
-    let group = c.num_heads / c.num_kv_heads;
-    let scale = 1.0 / (d as f32).sqrt();
-    let mut out = vec![0f32; n * qw];
-    for h in 0..c.num_heads {
-        let kv = h / group;
-        for i in 0..n {
-            let query = &q[i * qw + h * d..][..d];
-            let scores: Vec<f32> = (0..=past + i)
-                .map(|j| query.iter().zip(&k[j * kw + kv * d..][..d]).map(|(a, b)| a * b).sum::<f32>() * scale)
-                .collect();
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
-            let total: f32 = weights.iter().sum();
-            let dst = &mut out[i * qw + h * d..][..d];
-            for (j, w) in weights.iter().enumerate() {
-                for (o, val) in dst.iter_mut().zip(&v[j * kw + kv * d..][..d]) {
-                    *o += w / total * val;
-                }
-            }
-        }
-    }
-    out
 }

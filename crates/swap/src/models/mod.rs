@@ -5,3 +5,4 @@ pub mod bert;
 mod lanes;
 pub mod llama;
 pub mod ops;
+mod projection;

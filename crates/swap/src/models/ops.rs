@@ -1,5 +1,5 @@
-//! The float work around the matmuls, on row-major `[rows, width]` buffers: embedding gather, residual add with
-//! layer norm, and the feed-forward activations. Each row is computed alone, in a fixed order, so a token's result
+//! The float work around the matmuls, on row-major `[rows, width]` buffers: residual add with layer norm, RMS
+//! norm, and the feed-forward activations (GELU, ReLU, SwiGLU). Each row is computed alone, in a fixed order, so a token's result
 //! never depends on the other rows (batch independence), and rows are spread over the kernels' threads.
 
 use qlayers::threads::{num_threads, parallel_for_work, SharedMut};
@@ -108,6 +108,55 @@ fn add_assign(row: &mut [f32], other: &[f32]) {
 #[inline(always)]
 fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     fold_lanes(row, 0.0, |acc, v| acc + f(v), |a, b| a + b)
+}
+
+/// RMS norm parameters (Llama): `y = x / sqrt(mean(x^2) + eps) * weight`.
+#[derive(Debug, Clone)]
+pub struct RmsNormParams {
+    /// Scale.
+    pub weight: Vec<f32>,
+    /// Added to the mean square.
+    pub eps: f32,
+}
+
+impl RmsNormParams {
+    /// The normalized rows of `x`.
+    pub fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let mut out = x.to_vec();
+        for_each_row(&mut out, self.weight.len(), self);
+        out
+    }
+}
+
+impl RowOp for RmsNormParams {
+    #[inline(always)]
+    fn rows(&self, _first: usize, rows: &mut [f32]) {
+        for row in rows.chunks_exact_mut(self.weight.len()) {
+            let inv = 1.0 / (lane_sum(row, |v| v * v) / row.len() as f32 + self.eps).sqrt();
+            row.iter_mut().zip(&self.weight).for_each(|(v, w)| *v = *v * inv * w);
+        }
+    }
+}
+
+/// SwiGLU of rows holding `[gate | up]` side by side (`2 * inner` wide): returns `silu(gate) * up`, `[rows, inner]`.
+pub fn swiglu(gate_up: &mut [f32], inner: usize) -> Vec<f32> {
+    for_each_row(gate_up, 2 * inner, &SwiGlu { inner });
+    gate_up.chunks_exact(2 * inner).flat_map(|row| row[..inner].iter().copied()).collect()
+}
+
+/// SwiGLU as a row operation: the result goes to the gate half of each row.
+struct SwiGlu {
+    inner: usize,
+}
+
+impl RowOp for SwiGlu {
+    #[inline(always)]
+    fn rows(&self, _first: usize, rows: &mut [f32]) {
+        for row in rows.chunks_exact_mut(2 * self.inner) {
+            let (gate, up) = row.split_at_mut(self.inner);
+            gate.iter_mut().zip(up.iter()).for_each(|(g, u)| *g = *g / (1.0 + exp(-*g)) * u);
+        }
+    }
 }
 
 /// The feed-forward activation of a BERT config's `hidden_act`.

@@ -1,0 +1,149 @@
+//! A Llama GGUF file read as if it were a Hugging Face checkpoint: tensors by their HF names
+//! (`model.layers.0.self_attn.q_proj.weight`), dequantized to f32, with the Q and K projections' rows put back in
+//! the HF order that GGUF converters permute away.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{Device, Tensor};
+
+/// An open GGUF file of a Llama-architecture model.
+pub struct GgufWeights {
+    path: PathBuf,
+    content: Content,
+    file: Mutex<std::fs::File>,
+    heads: usize,
+    kv_heads: usize,
+}
+
+impl GgufWeights {
+    /// Reads the header and metadata of `path`; a file that is not GGUF, or not a Llama, is an error.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let content =
+            Content::read(&mut file).with_context(|| format!("{} is not a valid GGUF file", path.display()))?;
+        let arch = metadata_str(&content.metadata, "general.architecture")?;
+        if arch != "llama" {
+            bail!("the GGUF file holds a {arch:?} model; this loader reads Llama-architecture models");
+        }
+        let count = |key: &str| -> Result<usize> {
+            let value = content.metadata.get(key).with_context(|| format!("the GGUF file has no {key}"))?;
+            Ok(value.to_u32()? as usize)
+        };
+        let heads = count("llama.attention.head_count")?;
+        let kv_heads = count("llama.attention.head_count_kv").or_else(|_| count("llama.attention.head_count"))?;
+        Ok(Self { path: path.to_path_buf(), content, file: Mutex::new(file), heads, kv_heads })
+    }
+
+    /// The file's metadata (`general.*`, `llama.*`, `tokenizer.ggml.*`).
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    /// Whether the output matrix is the embedding matrix (the file has no `output.weight`).
+    pub fn ties_embeddings(&self) -> bool {
+        !self.content.tensor_infos.contains_key("output.weight")
+    }
+
+    /// Whether the file holds the tensor of HF name `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        gguf_name(name).is_some_and(|g| self.content.tensor_infos.contains_key(&g))
+            || (name == "lm_head.weight" && self.content.tensor_infos.contains_key("token_embd.weight"))
+    }
+
+    /// The tensor of HF name `name` in f32, in HF layout. `lm_head.weight` is the embedding matrix when the file
+    /// ties them (it has no `output.weight`).
+    pub fn tensor(&self, name: &str) -> Result<Tensor> {
+        let mut gguf = gguf_name(name).with_context(|| format!("no GGUF tensor stands for {name}"))?;
+        if name == "lm_head.weight" && !self.content.tensor_infos.contains_key(&gguf) {
+            gguf = "token_embd.weight".into();
+        }
+        let tensor = {
+            let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+            let q = self
+                .content
+                .tensor(&mut *file, &gguf, &Device::Cpu)
+                .with_context(|| format!("GGUF tensor {gguf} of {}", self.path.display()))?;
+            q.dequantize(&Device::Cpu)?
+        };
+        if name.ends_with("self_attn.q_proj.weight") {
+            unpermute_rotary_rows(&tensor, self.heads)
+        } else if name.ends_with("self_attn.k_proj.weight") {
+            unpermute_rotary_rows(&tensor, self.kv_heads)
+        } else {
+            Ok(tensor)
+        }
+    }
+}
+
+/// The GGUF name of an HF tensor name of a Llama model.
+fn gguf_name(name: &str) -> Option<String> {
+    match name {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let tail = match rest {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{tail}"))
+}
+
+/// GGUF converters store each head's Q/K rows with the two rotary halves interleaved (row `2i + half` holds HF row
+/// `half * d / 2 + i`); this puts them back in HF order.
+fn unpermute_rotary_rows(weight: &Tensor, heads: usize) -> Result<Tensor> {
+    let (rows, cols) = weight.dims2()?;
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
+        bail!("a rotary projection of {rows} rows cannot hold {heads} heads");
+    }
+    let half = rows / heads / 2;
+    // [heads, half, 2, cols] -> [heads, 2, half, cols]
+    Ok(weight.reshape((heads, half, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+}
+
+/// A string value of the metadata.
+pub(crate) fn metadata_str<'a>(metadata: &'a HashMap<String, Value>, key: &str) -> Result<&'a str> {
+    match metadata.get(key) {
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => bail!("GGUF metadata {key} is {other:?}, expected a string"),
+        None => bail!("the GGUF file has no {key}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_gguf() {
+        assert_eq!(gguf_name("model.layers.3.self_attn.k_proj.weight").unwrap(), "blk.3.attn_k.weight");
+        assert_eq!(gguf_name("model.layers.0.mlp.down_proj.weight").unwrap(), "blk.0.ffn_down.weight");
+        assert_eq!(gguf_name("model.norm.weight").unwrap(), "output_norm.weight");
+        assert!(gguf_name("model.layers.x.mlp.down_proj.weight").is_none());
+        assert!(gguf_name("encoder.layer.0.attention.self.query.weight").is_none());
+    }
+
+    #[test]
+    fn rotary_rows_go_back_to_hf_order() {
+        // One head of width 4 (halves of 2), one column: GGUF rows [h0, h2, h1, h3] -> HF [h0, h1, h2, h3].
+        let w = Tensor::new(&[[0f32], [2.0], [1.0], [3.0], [4.0], [6.0], [5.0], [7.0]], &Device::Cpu).unwrap();
+        let hf = unpermute_rotary_rows(&w, 2).unwrap();
+        assert_eq!(hf.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0., 1., 2., 3., 4., 5., 6., 7.]);
+    }
+}

@@ -1,0 +1,63 @@
+//! Linear layers that read one input and whose outputs sit side by side (BERT's and Llama's Q, K and V; Llama's
+//! gate and up projections): one fused matmul when the plan gives them one scheme, else one each.
+
+use anyhow::Result;
+use qlayers::QLinear;
+
+use crate::loader::{LinearParams, QuantLoader};
+
+/// Projections of one input whose outputs are concatenated along each row.
+pub(crate) enum Projection {
+    /// One matmul over the stacked weights.
+    Fused(QLinear),
+    /// One matmul each (the plan gave them different schemes).
+    Separate(Vec<QLinear>),
+}
+
+impl Projection {
+    /// Reads the layers `names` (each `[outs[i], input]`) and fuses them when their schemes agree; the fused layer
+    /// is reported as `fused_name`.
+    pub(crate) fn load(
+        loader: &QuantLoader,
+        names: &[String],
+        input: usize,
+        outs: &[usize],
+        fused_name: &str,
+    ) -> Result<Self> {
+        let parts =
+            names.iter().zip(outs).map(|(n, &out)| loader.linear_params(n, input, out)).collect::<Result<Vec<_>>>()?;
+        if parts.iter().all(|p| p.scheme == parts[0].scheme) {
+            let fused = LinearParams::concat_rows(parts)?;
+            Ok(Self::Fused(loader.build_linear(fused_name, fused)?))
+        } else {
+            let layers = names.iter().zip(parts).map(|(n, p)| loader.build_linear(n, p)).collect::<Result<_>>()?;
+            Ok(Self::Separate(layers))
+        }
+    }
+
+    /// `[rows, sum(outs)]`: each row's outputs of every layer, side by side.
+    pub(crate) fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        match self {
+            Self::Fused(layer) => Ok(layer.forward_f32(x, rows)?),
+            Self::Separate(layers) => {
+                let outs = layers.iter().map(|l| l.forward_f32(x, rows)).collect::<qlayers::Result<Vec<_>>>()?;
+                let widths: Vec<usize> = layers.iter().map(QLinear::out_features).collect();
+                let mut joined = Vec::with_capacity(rows * widths.iter().sum::<usize>());
+                for r in 0..rows {
+                    for (out, &w) in outs.iter().zip(&widths) {
+                        joined.extend_from_slice(&out[r * w..(r + 1) * w]);
+                    }
+                }
+                Ok(joined)
+            }
+        }
+    }
+
+    /// Parameter bytes in memory.
+    pub(crate) fn storage_bytes(&self) -> usize {
+        match self {
+            Self::Fused(layer) => layer.storage_bytes(),
+            Self::Separate(layers) => layers.iter().map(QLinear::storage_bytes).sum(),
+        }
+    }
+}
