@@ -6,11 +6,9 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationParams};
 
-use crate::checkpoint::{QuantizationConfig, WEIGHTS_FILE};
 use crate::loader::{LayerReport, QuantLoader};
 use crate::models::bert::{BertConfig, BertModel};
 use crate::plan::Plan;
-use crate::quanto::{QuantoMap, QMAP_FILE};
 
 /// How token embeddings become one sentence embedding (`1_Pooling/config.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,27 +120,7 @@ impl Embedder {
             .with_context(|| format!("{} has no readable config.json", dir.display()))?;
         let config_json: serde_json::Value = serde_json::from_str(&config_text).context("config.json is not JSON")?;
         let config = BertConfig::from_json(&config_text)?;
-        let weights = dir.join(WEIGHTS_FILE);
-        if !weights.exists() {
-            bail!("{} has no {WEIGHTS_FILE}", dir.display());
-        }
-        let loader = if let Some(saved) = QuantizationConfig::from_config(&config_json)? {
-            if let Some(plan) = plan.filter(|p| *p != saved.plan) {
-                bail!(
-                    "{} is a checkpoint quantized with plan {}; it cannot run plan {plan} (quantize the float model)",
-                    dir.display(),
-                    saved.plan
-                );
-            }
-            QuantLoader::from_quantized(&[&weights], saved.layers()?)?
-        } else if dir.join(QMAP_FILE).exists() {
-            if plan.is_some() {
-                bail!("{} is an optimum-quanto checkpoint; it runs as saved, without a plan", dir.display());
-            }
-            QuantLoader::from_quanto(&[&weights], QuantoMap::read(dir)?)?
-        } else {
-            QuantLoader::from_safetensors(&[&weights], plan.unwrap_or_else(Plan::bert_int8))?
-        };
+        let loader = QuantLoader::open_folder(dir, &config_json, plan, Plan::bert_int8)?;
         let model = BertModel::load(config.clone(), &loader).context("the weights do not match config.json")?;
         let pipeline = PipelineConfig::read(dir, config.max_position_embeddings)?;
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))

@@ -14,10 +14,10 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use qlayers::{LayerScheme, QLinear, QTensor};
 
-use crate::checkpoint::{self, QuantizedLayers};
+use crate::checkpoint::{self, QuantizationConfig, QuantizedLayers, WEIGHTS_FILE};
 use crate::gguf_weights::GgufWeights;
 use crate::plan::Plan;
-use crate::quanto::QuantoMap;
+use crate::quanto::{QuantoMap, QMAP_FILE};
 
 /// What one layer became: its name, scheme and bytes in memory.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,6 +148,38 @@ impl QuantLoader {
     /// Memory-maps the float safetensors `files` of one model, to be quantized per `plan`.
     pub fn from_safetensors(files: &[impl AsRef<Path>], plan: Plan) -> Result<Self> {
         Self::open(files, Source::Float(plan))
+    }
+
+    /// The loader of a model folder whose `config.json` is `config`: a float model is quantized per `plan` (or
+    /// `default_plan()` when `None`); a pre-quantized checkpoint ([`crate::checkpoint`]) or an optimum-quanto one
+    /// ([`crate::quanto`]) is read as saved, and a `plan` other than the one it was saved with is an error.
+    pub fn open_folder(
+        dir: &Path,
+        config: &serde_json::Value,
+        plan: Option<Plan>,
+        default_plan: impl FnOnce() -> Plan,
+    ) -> Result<Self> {
+        let weights = dir.join(WEIGHTS_FILE);
+        if !weights.exists() {
+            bail!("{} has no {WEIGHTS_FILE}", dir.display());
+        }
+        if let Some(saved) = QuantizationConfig::from_config(config)? {
+            if let Some(plan) = plan.filter(|p| *p != saved.plan) {
+                bail!(
+                    "{} is a checkpoint quantized with plan {}; it cannot run plan {plan} (quantize the float model)",
+                    dir.display(),
+                    saved.plan
+                );
+            }
+            Self::from_quantized(&[&weights], saved.layers()?)
+        } else if dir.join(QMAP_FILE).exists() {
+            if plan.is_some() {
+                bail!("{} is an optimum-quanto checkpoint; it runs as saved, without a plan", dir.display());
+            }
+            Self::from_quanto(&[&weights], QuantoMap::read(dir)?)
+        } else {
+            Self::from_safetensors(&[&weights], plan.unwrap_or_else(default_plan))
+        }
     }
 
     /// Reads the tensors of a Llama GGUF file (by their HF names), to be quantized per `plan`.
