@@ -105,7 +105,17 @@ fn qlayers_ring(isa: Isa, scheme: Scheme, m: usize, k: usize, n: usize) -> Vec<P
     let codes: Vec<u8> = (0..n * k).map(|_| rng.random_range(1..=max_code)).collect();
     let scales: Vec<f32> = (0..params).map(|_| rng.random_range(0.001f32..0.01)).collect();
     let zero_points = vec![zero_point; params];
-    let w = WeightCodes { n, k, bits, block, per_block, codes: &codes, scales: &scales, zero_points: &zero_points };
+    let w = WeightCodes {
+        n,
+        k,
+        bits,
+        block,
+        per_block,
+        codes: &codes,
+        scales: &scales,
+        zero_points: &zero_points,
+        mins: &[],
+    };
     ring(m, || PackedWeights::new(isa, &w).expect("valid weights"), PackedWeights::storage_bytes)
 }
 

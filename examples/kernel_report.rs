@@ -98,6 +98,7 @@ fn pack(isa: Isa, c: &Codes, n: usize, k: usize) -> Result<PackedWeights> {
             codes: &c.codes,
             scales: &c.scales,
             zero_points: &c.zero_points,
+            mins: &[],
         },
     )?)
 }

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use qlayers::LayerScheme;
 use swap::models::llama::LlamaModel;
-use swap::Plan;
+use swap::{Generator, Plan, Sampling, StopReason, TextStream};
 
 /// The model in fp32, loaded once for every test of this file.
 fn fp32_model() -> &'static LlamaModel {
@@ -95,48 +95,106 @@ fn fp32_greedy_decoding_with_the_kv_cache_matches_the_reference() {
     }
 }
 
+/// The tokens of the reference perplexity text (as many as the reference scored).
+fn perplexity_ids() -> Vec<u32> {
+    let generator = int4_generator();
+    let tokens = reference()["perplexity"]["tokens"].as_u64().unwrap() as usize;
+    let ids = generator.encode(include_str!("fixtures/perplexity_text.txt")).unwrap();
+    ids[..tokens].to_vec()
+}
+
+/// Our fp32 perplexity of the reference text, windows of 512, computed once.
+fn fp32_perplexity() -> f64 {
+    static PPL: OnceLock<f64> = OnceLock::new();
+    *PPL.get_or_init(|| fp32_model().perplexity(&perplexity_ids(), 512).unwrap())
+}
+
+/// The `int4` preset (min-max int4 body, int8 head), loaded once.
+fn int4_generator() -> &'static Generator {
+    static GENERATOR: OnceLock<Generator> = OnceLock::new();
+    GENERATOR
+        .get_or_init(|| Generator::open(&common::smollm2_gguf(), Some(Plan::llama_preset("int4").unwrap())).unwrap())
+}
+
 #[test]
 fn fp32_perplexity_is_within_half_a_percent_of_the_reference() {
-    use candle_core::quantized::gguf_file::Content;
-    let path = common::smollm2_gguf();
-    let metadata = Content::read(&mut std::fs::File::open(&path).unwrap()).unwrap().metadata;
-    let tokenizer = swap::gguf_tokenizer::tokenizer_from_gguf(&metadata).unwrap();
-    let reference = reference();
-    let (tokens, window) = (reference["perplexity"]["tokens"].as_u64().unwrap() as usize, 512);
-    let expected = reference["perplexity"]["ppl"].as_f64().unwrap();
-    let ids = tokenizer.encode(include_str!("fixtures/perplexity_text.txt"), false).unwrap().get_ids().to_vec();
-    let model = fp32_model();
-    let ppl = model.perplexity(&ids[..tokens], window).unwrap();
-    println!("fp32 perplexity {ppl:.4} over {tokens} tokens (reference {expected:.4})");
+    let expected = reference()["perplexity"]["ppl"].as_f64().unwrap();
+    let ppl = fp32_perplexity();
+    println!("fp32 perplexity {ppl:.4} (reference {expected:.4})");
     assert!((ppl / expected - 1.0).abs() < 0.005, "perplexity {ppl}, reference {expected}");
 }
 
 #[test]
-#[ignore]
-fn scratch_quantized_perplexity() {
-    use candle_core::quantized::gguf_file::Content;
-    let path = common::smollm2_gguf();
-    let metadata = Content::read(&mut std::fs::File::open(&path).unwrap()).unwrap().metadata;
-    let tokenizer = swap::gguf_tokenizer::tokenizer_from_gguf(&metadata).unwrap();
-    let ids = tokenizer.encode(include_str!("fixtures/perplexity_text.txt"), false).unwrap().get_ids().to_vec();
-    for scheme in std::env::var("SCHEMES").unwrap().split(',') {
-        let plan = Plan::parse(&format!(
-            "default = \"{scheme}\"\n[[rules]]\npattern = \"lm_head\"\nscheme = \"{}\"",
-            std::env::var("HEAD").unwrap()
-        ))
-        .unwrap();
-        let t = std::time::Instant::now();
-        let model = LlamaModel::from_gguf(&path, &plan).unwrap();
-        let load = t.elapsed().as_secs_f64();
-        let t = std::time::Instant::now();
-        let mut cache = model.new_cache();
-        model.forward(&ids[..256], &mut cache).unwrap();
-        let prefill = t.elapsed().as_secs_f64();
-        let t = std::time::Instant::now();
-        for i in 0..64 {
-            model.forward(&ids[256 + i..257 + i], &mut cache).unwrap();
-        }
-        let decode = t.elapsed().as_secs_f64();
-        println!("{scheme}: load {load:.2}s prefill {:.1} tok/s decode {:.1} tok/s", 256.0 / prefill, 64.0 / decode);
-    }
+fn quantized_perplexity_stays_close_to_fp32() {
+    let (ids, fp32) = (perplexity_ids(), fp32_perplexity());
+    let rise = |model: &LlamaModel| model.perplexity(&ids, 512).unwrap() / fp32 - 1.0;
+    let int4 = rise(int4_generator().model());
+    let int8 = rise(&LlamaModel::from_gguf(&common::smollm2_gguf(), &Plan::llama_preset("int8").unwrap()).unwrap());
+    let int2 = rise(&LlamaModel::from_gguf(&common::smollm2_gguf(), &Plan::llama_preset("int2").unwrap()).unwrap());
+    println!(
+        "perplexity over fp32 {fp32:.4}: int8 {:+.2}%, int4 {:+.2}%, int2 {:+.0}%",
+        100.0 * int8,
+        100.0 * int4,
+        100.0 * int2
+    );
+    assert!(int8 <= 0.005, "int8 raises perplexity by {:.2}%", 100.0 * int8);
+    assert!(int4 <= 0.05, "int4 raises perplexity by {:.2}%", 100.0 * int4);
+    assert!(int2 > int4, "2 bits cost more than 4");
+}
+
+#[test]
+fn the_chat_template_gives_the_reference_chat_prompt() {
+    let generator = int4_generator();
+    let reference = reference();
+    let chat = &reference["prompts"][3];
+    // SmolLM2's template adds its default system message when the chat has none.
+    let prompt = generator.chat_prompt(None, "What is 2+2?").unwrap();
+    assert!(prompt.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"), "{prompt}");
+    assert!(prompt.ends_with(chat["prompt"].as_str().unwrap()), "{prompt}");
+    let ids = generator.encode(&prompt).unwrap();
+    assert!(ids.ends_with(&token_ids(&chat["input_ids"])));
+    let with_system = generator.chat_prompt(Some("Be brief."), "Hi").unwrap();
+    assert!(with_system.starts_with("<|im_start|>system\nBe brief.<|im_end|>"), "{with_system}");
+}
+
+#[test]
+fn generation_is_reproducible_and_bounded() {
+    let generator = int4_generator();
+    let prompt = generator.encode("Once upon a time").unwrap();
+    let sampling = Sampling::Random { temperature: 0.8, top_p: 0.9, seed: 11 };
+    let run = |sampling, max| generator.generate(&prompt, max, sampling, |_| Ok(())).unwrap();
+    let (a, b) = (run(sampling, 12), run(sampling, 12));
+    assert_eq!(a.tokens, b.tokens, "the same seed gives the same tokens");
+    assert_eq!((a.tokens.len(), a.stop), (12, StopReason::MaxTokens));
+    let other = run(Sampling::Random { temperature: 0.8, top_p: 0.9, seed: 12 }, 12);
+    assert_ne!(a.tokens, other.tokens, "another seed, other tokens");
+    // Streamed pieces add up to the decoded text.
+    let mut stream = TextStream::new(generator.tokenizer());
+    let streamed: String = a.tokens.iter().map(|&id| stream.push(id).unwrap()).collect();
+    assert_eq!(streamed, generator.decode(&a.tokens).unwrap());
+    // Greedy through the generator is the model's greedy decoding.
+    assert_eq!(run(Sampling::Greedy, 10).tokens, generator.model().greedy(&prompt, 10).unwrap());
+    // No tokens asked, no tokens; a prompt as long as the context is refused before any work.
+    assert!(run(sampling, 0).tokens.is_empty());
+    let context = generator.model().config().context_length;
+    let err = generator.generate(&vec![504; context], 4, sampling, |_| Ok(())).unwrap_err();
+    assert!(err.to_string().contains("context holds 8192"), "{err}");
+    assert!(generator.generate(&[], 4, sampling, |_| Ok(())).is_err());
+}
+
+#[test]
+fn an_int4_checkpoint_of_the_gguf_file_loads_to_the_same_model() {
+    let out = common::Scratch::new("smollm2-int4");
+    let plan = Plan::llama_preset("int4").unwrap();
+    let report = swap::checkpoint::quantize_llama(&common::smollm2_gguf(), plan, out.path(), |_, _, _| {}).unwrap();
+    println!("GGUF {:.1} MB -> checkpoint {:.1} MB", report.source_bytes as f64 / 1e6, report.saved_bytes as f64 / 1e6);
+    let saved = Generator::open(out.path(), None).unwrap();
+    let prompt = saved.encode("The capital of France is").unwrap();
+    assert_eq!(prompt, int4_generator().encode("The capital of France is").unwrap(), "tokenizer.json from the GGUF");
+    assert_eq!(
+        saved.model().next_token_logits(&prompt).unwrap(),
+        int4_generator().model().next_token_logits(&prompt).unwrap(),
+        "the same logits, bit for bit"
+    );
+    assert_eq!(saved.chat_template(), int4_generator().chat_template());
 }

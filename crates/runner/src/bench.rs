@@ -1,24 +1,26 @@
-//! `runner bench`: fp32 against quantized schemes and candle-transformers' fp32 BERT, timed in one run.
+//! `runner bench`: fp32 against quantized schemes, timed in one run. For BERT, candle-transformers' fp32 model runs
+//! beside ours; for a Llama model, see [`crate::bench_llama`].
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use swap::{Embedder, ResolveOptions, SENTENCE_BERT_FILES};
+use swap::Embedder;
 
 use crate::baseline::CandleBert;
-use crate::model_args::{apply_threads, plan_for, DEFAULT_MODEL};
+use crate::model_args::{apply_threads, plan_for, resolve, Family, DEFAULT_MODEL};
 
 /// Options of `runner bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// A model folder in Hugging Face layout or a Hub id.
+    /// A model folder in Hugging Face layout, a Hub id, or a Llama GGUF file.
     #[arg(long, default_value = DEFAULT_MODEL)]
-    model: String,
-    /// Comma-separated schemes to time (`fp32`, `int8`, any scheme name).
-    #[arg(long, default_value = "fp32,int8", value_delimiter = ',')]
-    quant: Vec<String>,
+    pub(crate) model: String,
+    /// Comma-separated schemes to time (`fp32`, presets, any scheme name); default `fp32,int8` for BERT,
+    /// `fp32,w8a8,int8,int4` for Llama.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) quant: Option<Vec<String>>,
     /// Texts per batch.
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -28,18 +30,24 @@ pub struct BenchArgs {
     /// Tokens of the single text timed for latency.
     #[arg(long, default_value_t = 16)]
     short_seq: usize,
-    /// Timed runs per workload (the median is reported).
-    #[arg(long, default_value_t = 10)]
-    iters: usize,
+    /// Timed runs per workload (the median is reported); default 10 for BERT, 3 for Llama.
+    #[arg(long)]
+    pub(crate) iters: Option<usize>,
+    /// Llama: tokens of the prompt whose prefill is timed.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) prompt_tokens: usize,
+    /// Llama: tokens decoded one at a time after the prompt.
+    #[arg(long, default_value_t = 128)]
+    pub(crate) decode_tokens: usize,
     /// Threads (default: all cores).
     #[arg(long)]
-    threads: Option<usize>,
+    pub(crate) threads: Option<usize>,
     /// Leave out candle-transformers' fp32 BERT.
     #[arg(long)]
     no_baseline: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// A model under test.
@@ -83,17 +91,26 @@ struct Row {
 /// Loads every contender, then times them in interleaved rounds so that machine noise falls on all alike.
 pub fn run(args: BenchArgs) -> Result<()> {
     apply_threads(args.threads)?;
-    if args.batch == 0 || args.seq < 2 || args.short_seq < 2 || args.iters == 0 {
+    let (path, family) = resolve(&args.model)?;
+    match family {
+        Family::Llama => crate::bench_llama::run(&args, &path),
+        Family::Bert => bench_bert(&args, path),
+    }
+}
+
+fn bench_bert(args: &BenchArgs, dir: PathBuf) -> Result<()> {
+    let iters = args.iters.unwrap_or(10);
+    if args.batch == 0 || args.seq < 2 || args.short_seq < 2 || iters == 0 {
         bail!("--batch and --iters must be at least 1, --seq and --short-seq at least 2");
     }
-    let dir: PathBuf = swap::resolve_model(&args.model, &SENTENCE_BERT_FILES, &ResolveOptions::default())?;
+    let quant = args.quant.clone().unwrap_or_else(|| vec!["fp32".into(), "int8".into()]);
     let mut contenders: Vec<(String, f64, Contender)> = Vec::new();
     if !args.no_baseline {
         let start = Instant::now();
         let model = CandleBert::load(&dir)?;
         contenders.push(("candle-transformers fp32".into(), ms(start), Contender::Candle(Box::new(model))));
     }
-    for name in &args.quant {
+    for name in &quant {
         let start = Instant::now();
         let embedder = Embedder::open(&dir, Some(plan_for(name)?)).with_context(|| format!("loading {name}"))?;
         contenders.push((name.clone(), ms(start), Contender::Ours(Box::new(embedder))));
@@ -112,13 +129,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .context("config.json has no vocab_size")? as u32;
     let batch_ids = token_ids(args.batch * args.seq, vocab);
     let short_ids = token_ids(args.short_seq, vocab);
-    let short_iters = args.iters * 5;
+    let short_iters = iters * 5;
     let mut batch_times = vec![Vec::new(); contenders.len()];
     let mut short_times = vec![Vec::new(); contenders.len()];
     // One untimed warm-up round, then interleaved timed rounds.
     for round in 0..=short_iters {
         for (i, (_, _, c)) in contenders.iter().enumerate() {
-            if round <= args.iters {
+            if round <= iters {
                 let start = Instant::now();
                 c.run(&batch_ids, args.batch, args.seq)?;
                 if round > 0 {
@@ -154,17 +171,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "cpu": qlayers::kernels::cpu_name(),
         "isa": qlayers::kernels::selected_isa()?.to_string(),
         "threads": qlayers::threads::num_threads(),
-        "batch": args.batch, "seq": args.seq, "short_seq": args.short_seq, "iters": args.iters,
+        "batch": args.batch, "seq": args.seq, "short_seq": args.short_seq, "iters": iters,
     });
     if args.json {
         println!("{}", serde_json::json!({ "machine": machine, "results": rows }));
     } else {
-        print_table(&machine, &rows, &args);
+        print_table(&machine, &rows, args, iters);
     }
     Ok(())
 }
 
-fn print_table(machine: &serde_json::Value, rows: &[Row], args: &BenchArgs) {
+fn print_table(machine: &serde_json::Value, rows: &[Row], args: &BenchArgs, iters: usize) {
     println!(
         "{} | {} | kernels {} | {} threads",
         machine["model"].as_str().unwrap_or_default(),
@@ -174,10 +191,10 @@ fn print_table(machine: &serde_json::Value, rows: &[Row], args: &BenchArgs) {
     );
     println!(
         "median of {} runs of {} x {} tokens, {} runs of 1 x {}",
-        args.iters,
+        iters,
         args.batch,
         args.seq,
-        args.iters * 5,
+        iters * 5,
         args.short_seq
     );
     println!(
@@ -208,7 +225,7 @@ fn print_table(machine: &serde_json::Value, rows: &[Row], args: &BenchArgs) {
 }
 
 /// Deterministic pseudo-random token ids in `[1000, vocab)` (past BERT's special and unused tokens).
-fn token_ids(count: usize, vocab: u32) -> Vec<u32> {
+pub(crate) fn token_ids(count: usize, vocab: u32) -> Vec<u32> {
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let low = 1000.min(vocab.saturating_sub(1));
     (0..count)
@@ -221,11 +238,11 @@ fn token_ids(count: usize, vocab: u32) -> Vec<u32> {
         .collect()
 }
 
-fn ms(start: Instant) -> f64 {
+pub(crate) fn ms(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1e3
 }
 
-fn median(times: &mut [f64]) -> f64 {
+pub(crate) fn median(times: &mut [f64]) -> f64 {
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
 }

@@ -1,21 +1,96 @@
-//! `runner eval`: agreement of our embeddings with a reference file.
+//! `runner eval`: agreement of our embeddings with a reference file, or a Llama model's perplexity on a text.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{Args, Subcommand};
 use swap::eval::Agreement;
 
-use crate::model_args::ModelArgs;
+use crate::model_args::{LlmArgs, ModelArgs};
 
-/// Options of `runner eval`.
+/// Options of `runner eval`: a kind of evaluation, embeddings when none is named.
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct EvalArgs {
+    #[command(subcommand)]
+    kind: Option<EvalKind>,
+    #[command(flatten)]
+    embeddings: EmbeddingsArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum EvalKind {
+    /// Embeddings against a reference file: cosine mean and min, top-10 neighbour overlap (the default).
+    Embeddings(EmbeddingsArgs),
+    /// Perplexity of a Llama model on a text, in non-overlapping windows.
+    Perplexity(PerplexityArgs),
+}
+
+/// Runs the evaluation asked for.
+pub fn run(args: EvalArgs) -> Result<()> {
+    match args.kind {
+        Some(EvalKind::Perplexity(p)) => perplexity(p),
+        Some(EvalKind::Embeddings(e)) => embeddings(e),
+        None => embeddings(args.embeddings),
+    }
+}
+
+/// Options of `runner eval perplexity`.
+#[derive(Args, Debug)]
+struct PerplexityArgs {
+    #[command(flatten)]
+    model: LlmArgs,
+    /// The text (UTF-8).
+    #[arg(long)]
+    text: PathBuf,
+    /// Tokens per window; each window runs from an empty cache.
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+    /// Score only the first N tokens of the text.
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn perplexity(args: PerplexityArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.text).with_context(|| format!("cannot read {}", args.text.display()))?;
+    let generator = args.model.load()?;
+    let mut ids = generator.encode(&text)?;
+    if let Some(n) = args.max_tokens {
+        ids.truncate(n);
+    }
+    let context = generator.model().config().context_length;
+    if args.window > context {
+        bail!("--window {} exceeds the model's context of {context} tokens", args.window);
+    }
+    let start = Instant::now();
+    let ppl = generator.model().perplexity(&ids, args.window)?;
+    let seconds = start.elapsed().as_secs_f64();
+    if args.json {
+        let report = serde_json::json!({
+            "tokens": ids.len(), "window": args.window, "perplexity": ppl, "seconds": seconds,
+        });
+        println!("{report}");
+    } else {
+        println!("tokens      {}", ids.len());
+        println!("window      {}", args.window);
+        println!("perplexity  {ppl:.4}");
+        println!("time        {seconds:.1} s ({:.0} tokens/s)", ids.len() as f64 / seconds);
+    }
+    Ok(())
+}
+
+/// Options of `runner eval embeddings`.
+#[derive(Args, Debug)]
+struct EmbeddingsArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// JSON lines with `text` and `embedding` (for example sentence-transformers' fp32 output).
     #[arg(long)]
-    reference: PathBuf,
+    reference: Option<PathBuf>,
     /// Texts per batch.
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -25,12 +100,13 @@ pub struct EvalArgs {
 }
 
 /// Embeds the reference texts and compares.
-pub fn run(args: EvalArgs) -> Result<()> {
+fn embeddings(args: EmbeddingsArgs) -> Result<()> {
+    let reference = args.reference.context("--reference FILE is required (JSON lines with text and embedding)")?;
     args.model.apply_threads()?;
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let (texts, expected) = read_reference(&args.reference)?;
+    let (texts, expected) = read_reference(&reference)?;
     let embedder = args.model.load()?;
     let mut ours = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(args.batch) {

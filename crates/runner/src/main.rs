@@ -1,15 +1,18 @@
-//! `runner`: the command-line front end of the engine (embed, quantize, bench, eval).
+//! `runner`: the command-line front end of the engine (embed, generate, quantize, bench, eval).
 
 mod baseline;
 mod bench;
+mod bench_llama;
 mod embed;
 mod eval;
+mod generate;
 mod model_args;
 mod quantize;
 
 use clap::{Parser, Subcommand};
 
-/// Quantized BERT embeddings on candle: embed texts, quantize checkpoints, compare fp32 with int8.
+/// Quantized BERT embeddings and Llama generation on candle: embed texts, generate text, quantize checkpoints,
+/// compare fp32 with int8 and int4.
 #[derive(Parser)]
 #[command(name = "runner", version, about)]
 struct Cli {
@@ -21,11 +24,13 @@ struct Cli {
 enum Command {
     /// Embed texts; one JSON object per text (`index`, `tokens`, `embedding`).
     Embed(embed::EmbedArgs),
+    /// Generate text with a Llama model (GGUF file or Hugging Face folder), streamed, with tokens/s at the end.
+    Generate(generate::GenerateArgs),
     /// Write a pre-quantized checkpoint folder.
     Quantize(quantize::QuantizeArgs),
     /// Time fp32 against quantized schemes (and candle-transformers' fp32 BERT) in one run.
     Bench(bench::BenchArgs),
-    /// Compare embeddings with a reference file (cosine mean and min, top-10 neighbour overlap).
+    /// Compare embeddings with a reference file (cosine, top-10 overlap), or measure a Llama's perplexity.
     Eval(eval::EvalArgs),
 }
 
@@ -33,6 +38,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Embed(args) => embed::run(args),
+        Command::Generate(args) => generate::run(args),
         Command::Quantize(args) => quantize::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),

@@ -1,13 +1,93 @@
 //! The options every model command shares: which model, which quantization, how many threads.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::Args;
-use swap::{Embedder, Plan, ResolveOptions, SENTENCE_BERT_FILES};
+use swap::{Embedder, Generator, ModelFiles, Plan, ResolveOptions, SENTENCE_BERT_FILES};
 
-/// Default model: the folder `models/fetch minilm` fills.
+/// Default embedding model: the folder `models/fetch minilm` fills.
 pub const DEFAULT_MODEL: &str = "models/cache/all-MiniLM-L6-v2";
+/// Default generation model: the file `models/fetch smollm2` fills.
+pub const DEFAULT_LLM: &str = "models/cache/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The files of a Llama model folder on the Hub.
+const LLAMA_FILES: ModelFiles<'static> = ModelFiles {
+    required: &["config.json", "tokenizer.json", "model.safetensors"],
+    optional: &["tokenizer_config.json", "generation_config.json"],
+};
+
+/// The two model families the runner drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// BERT sentence embeddings.
+    Bert,
+    /// Llama text generation.
+    Llama,
+}
+
+/// A `--model` argument resolved to a local path and its family: a GGUF file is a Llama; a folder is a Llama when
+/// its `config.json` says `"model_type": "llama"`, else a BERT.
+pub fn resolve(model: &str) -> Result<(PathBuf, Family)> {
+    let path = Path::new(model);
+    if path.is_file() {
+        return Ok((path.to_path_buf(), Family::Llama));
+    }
+    let is_llama = |dir: &Path| {
+        std::fs::read_to_string(dir.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|c| c["model_type"] == "llama")
+    };
+    if path.is_dir() {
+        let family = if is_llama(path) { Family::Llama } else { Family::Bert };
+        return Ok((path.to_path_buf(), family));
+    }
+    // A Hub id: fetch the files both families need, then look.
+    let dir = swap::resolve_model(model, &SENTENCE_BERT_FILES, &ResolveOptions::default())?;
+    if is_llama(&dir) {
+        return Ok((swap::resolve_model(model, &LLAMA_FILES, &ResolveOptions::default())?, Family::Llama));
+    }
+    Ok((dir, Family::Bert))
+}
+
+/// `--model`, `--quant` / `--plan` and `--threads` of the generation commands.
+#[derive(Args, Debug, Clone)]
+pub struct LlmArgs {
+    /// A GGUF file, a Llama folder in Hugging Face layout (float or pre-quantized), or a Hub id.
+    #[arg(long, default_value = DEFAULT_LLM)]
+    pub model: String,
+    /// Quantization: `fp32`, `int8`, `int4`, `int2` (presets with an int8 `lm_head`) or any scheme name for the
+    /// body. A pre-quantized checkpoint runs as saved unless this is given; otherwise the default is `int8`.
+    #[arg(long, conflicts_with = "plan")]
+    pub quant: Option<String>,
+    /// A plan file (TOML or JSON) giving each layer its scheme (`lm_head` included).
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+    /// Threads for the kernels (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl LlmArgs {
+    /// Applies `--threads`, then loads the model with the chosen plan.
+    pub fn load(&self) -> Result<Generator> {
+        apply_threads(self.threads)?;
+        let (path, family) = resolve(&self.model)?;
+        if family != Family::Llama {
+            bail!(
+                "{} is not a Llama model (a GGUF file or a folder whose config.json has model_type llama)",
+                self.model
+            );
+        }
+        let plan = match (&self.quant, &self.plan) {
+            (Some(name), _) => Some(Plan::llama_preset(name)?),
+            (None, Some(path)) => Some(Plan::from_file(path)?),
+            (None, None) => None,
+        };
+        Generator::open(&path, plan)
+    }
+}
 
 /// `--model`, `--quant` / `--plan` and `--threads`.
 #[derive(Args, Debug, Clone)]

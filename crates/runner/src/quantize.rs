@@ -6,9 +6,10 @@ use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::model_args::ModelArgs;
+use crate::model_args::{resolve, Family, ModelArgs};
 
-/// Options of `runner quantize`.
+/// Options of `runner quantize`. `--model` may also be a Llama (a GGUF file or an HF folder); `--quant` then takes
+/// the Llama presets (`int8`, `int4`, `int2`: int8 `lm_head`).
 #[derive(Args, Debug)]
 pub struct QuantizeArgs {
     #[command(flatten)]
@@ -21,8 +22,12 @@ pub struct QuantizeArgs {
 /// Quantizes the float model per the plan and saves it, printing sizes before and after.
 pub fn run(args: QuantizeArgs) -> Result<()> {
     args.model.apply_threads()?;
-    let plan = args.model.plan()?.unwrap_or_else(swap::Plan::bert_int8);
-    let src = args.model.dir()?;
+    let (src, family) = resolve(&args.model.model)?;
+    let plan = match (family, &args.model.quant) {
+        (Family::Llama, Some(name)) => swap::Plan::llama_preset(name)?,
+        (Family::Llama, None) => args.model.plan()?.map_or_else(|| swap::Plan::llama_preset("int8"), Ok)?,
+        (Family::Bert, _) => args.model.plan()?.unwrap_or_else(swap::Plan::bert_int8),
+    };
     if src.canonicalize().ok() == args.out.canonicalize().ok() {
         bail!("--out must differ from the model folder");
     }
@@ -30,11 +35,15 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} layers  {msg}").expect("a valid progress template"),
     );
     let progress = bar.clone();
-    let report = swap::checkpoint::quantize_bert(&src, plan.clone(), &args.out, move |done, total, name| {
+    let on_layer = move |done: usize, total: usize, name: &str| {
         progress.set_length(total as u64);
         progress.set_position(done as u64);
         progress.set_message(name.to_string());
-    })?;
+    };
+    let report = match family {
+        Family::Bert => swap::checkpoint::quantize_bert(&src, plan.clone(), &args.out, on_layer)?,
+        Family::Llama => swap::checkpoint::quantize_llama(&src, plan.clone(), &args.out, on_layer)?,
+    };
     bar.finish_and_clear();
     println!("plan      {plan}");
     println!("layers    {}", report.layers.len());

@@ -20,14 +20,18 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use candle_core::quantized::gguf_file::Value;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::Tensor;
 use qlayers::{Bits, CodeRange, Granularity, LayerScheme, LinearScheme, QTensor, Scheme};
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
+use crate::gguf_tokenizer::tokenizer_from_gguf;
+use crate::gguf_weights::{metadata_str, GgufWeights};
 use crate::loader::{LayerReport, QuantLoader, Stored};
 use crate::models::bert::{BertConfig, BertModel};
+use crate::models::llama::{LlamaConfig, LlamaModel};
 use crate::plan::Plan;
 
 /// `quant_method` of the checkpoints this module writes.
@@ -174,33 +178,113 @@ pub fn quantize_bert(
     let config_path = src.join("config.json");
     let config_text = std::fs::read_to_string(&config_path)
         .with_context(|| format!("{} has no readable config.json", src.display()))?;
-    let mut config_json: serde_json::Value = serde_json::from_str(&config_text).context("config.json is not JSON")?;
+    let config_json: serde_json::Value = serde_json::from_str(&config_text).context("config.json is not JSON")?;
     if config_json.get("quantization_config").is_some() || src.join("quanto_qmap.json").exists() {
         bail!("{} is already quantized; quantize the float model instead", src.display());
     }
     let config = BertConfig::from_json(&config_text)?;
     let weights = src.join(WEIGHTS_FILE);
-    let total = config.linear_layers();
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    let loader = QuantLoader::from_safetensors(&[&weights], plan.clone())?.recording().with_progress(move |name| {
-        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        progress(n, total, name);
-    });
+    let loader = QuantLoader::from_safetensors(&[&weights], plan.clone())?
+        .recording()
+        .with_progress(counted(config.linear_layers(), progress));
     BertModel::load(config, &loader).context("the weights do not match config.json")?;
-    let recorded = loader.take_recorded();
-    let layers = loader.layer_schemes().into_iter().map(|(name, scheme)| (name, scheme.to_string())).collect();
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     copy_side_files(src, out)?;
+    write_checkpoint(&loader, plan, config_json, out, std::fs::metadata(&weights)?.len())
+}
+
+/// Quantizes a float Llama model per `plan` and writes a pre-quantized checkpoint folder to `out`: `src` is a GGUF
+/// file (the folder then gets an HF `config.json`, a `tokenizer.json` and a `tokenizer_config.json` with the chat
+/// template, all from the file's metadata) or a folder in HF layout. `progress(done, total, layer)` is called as
+/// each Linear layer is read.
+pub fn quantize_llama(
+    src: &Path,
+    plan: Plan,
+    out: &Path,
+    progress: impl Fn(usize, usize, &str) + Send + Sync + 'static,
+) -> Result<SaveReport> {
+    if src.is_file() {
+        let weights = GgufWeights::open(src)?;
+        let metadata = weights.metadata().clone();
+        let mut config = LlamaConfig::from_gguf(&metadata)?;
+        config.tie_word_embeddings = weights.ties_embeddings();
+        let total = config.linear_layers().len();
+        let loader = QuantLoader::from_gguf(weights, plan.clone()).recording().with_progress(counted(total, progress));
+        LlamaModel::load(config.clone(), &loader)?;
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        write_gguf_tokenizer(&metadata, out)?;
+        return write_checkpoint(&loader, plan, config.to_hf_json(), out, std::fs::metadata(src)?.len());
+    }
+    let config_text = std::fs::read_to_string(src.join("config.json"))
+        .with_context(|| format!("{} is neither a GGUF file nor a folder with config.json", src.display()))?;
+    let config_json: serde_json::Value = serde_json::from_str(&config_text).context("config.json is not JSON")?;
+    if config_json.get("quantization_config").is_some() {
+        bail!("{} is already quantized; quantize the float model instead", src.display());
+    }
+    let config = LlamaConfig::from_hf_json(&config_text)?;
+    let weights = src.join(WEIGHTS_FILE);
+    let mut loader = QuantLoader::from_safetensors(&[&weights], plan.clone())?
+        .recording()
+        .with_progress(counted(config.linear_layers().len(), progress));
+    if config.tie_word_embeddings {
+        loader = loader.with_alias("lm_head.weight", "model.embed_tokens.weight");
+    }
+    LlamaModel::load(config, &loader).context("the weights do not match config.json")?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    copy_side_files(src, out)?;
+    write_checkpoint(&loader, plan, config_json, out, std::fs::metadata(&weights)?.len())
+}
+
+/// A progress callback over `total` layers for [`QuantLoader::with_progress`].
+fn counted(
+    total: usize,
+    progress: impl Fn(usize, usize, &str) + Send + Sync + 'static,
+) -> impl Fn(&str) + Send + Sync + 'static {
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    move |name| {
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        progress(n, total, name);
+    }
+}
+
+/// Writes the tensors `loader` recorded, and `config` with the `quantization_config`, into `out`.
+fn write_checkpoint(
+    loader: &QuantLoader,
+    plan: Plan,
+    mut config: serde_json::Value,
+    out: &Path,
+    source_bytes: u64,
+) -> Result<SaveReport> {
+    let recorded = loader.take_recorded();
+    let layers = loader.layer_schemes().into_iter().map(|(name, scheme)| (name, scheme.to_string())).collect();
     write_tensors(&recorded, &out.join(WEIGHTS_FILE))?;
     let qc = QuantizationConfig { quant_method: QUANT_METHOD.into(), format_version: FORMAT_VERSION, plan, layers };
-    config_json["quantization_config"] = serde_json::to_value(&qc)?;
-    std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&config_json)? + "\n")
+    config["quantization_config"] = serde_json::to_value(&qc)?;
+    std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&config)? + "\n")
         .with_context(|| format!("cannot write {}", out.join("config.json").display()))?;
     Ok(SaveReport {
         layers: loader.report(),
-        source_bytes: std::fs::metadata(&weights)?.len(),
+        source_bytes,
         saved_bytes: std::fs::metadata(out.join(WEIGHTS_FILE))?.len(),
     })
+}
+
+/// `tokenizer.json` and `tokenizer_config.json` (chat template, BOS and EOS tokens) from GGUF metadata.
+fn write_gguf_tokenizer(metadata: &std::collections::HashMap<String, Value>, out: &Path) -> Result<()> {
+    let tokenizer = tokenizer_from_gguf(metadata)?;
+    tokenizer
+        .save(out.join("tokenizer.json"), false)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.join("tokenizer.json").display()))?;
+    let token = |key: &str| metadata.get(key).and_then(|v| v.to_u32().ok()).and_then(|id| tokenizer.id_to_token(id));
+    let mut config = serde_json::json!({
+        "bos_token": token("tokenizer.ggml.bos_token_id"),
+        "eos_token": token("tokenizer.ggml.eos_token_id"),
+    });
+    if let Ok(template) = metadata_str(metadata, "tokenizer.chat_template") {
+        config["chat_template"] = template.into();
+    }
+    std::fs::write(out.join("tokenizer_config.json"), serde_json::to_string_pretty(&config)? + "\n")
+        .with_context(|| format!("cannot write {}", out.join("tokenizer_config.json").display()))
 }
 
 /// One tensor to write: dtype, shape and little-endian bytes.

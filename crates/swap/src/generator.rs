@@ -105,6 +105,11 @@ impl Generator {
         &self.model
     }
 
+    /// The model, without the tokenizer.
+    pub fn into_model(self) -> LlamaModel {
+        self.model
+    }
+
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer

@@ -111,10 +111,10 @@ pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const
         }
         if geo.has_mins {
             let mins: [S::F; NV] = std::array::from_fn(|v| S::load_f(t.w_mins.add(params + v * S::LANES)));
-            for m in 0..ROWS {
+            for (m, row) in accf.iter_mut().enumerate() {
                 let x_total = *t.a_scales.add(m * geo.count + g) * *t.a_sums.add(m * geo.count + g) as f32;
-                for v in 0..NV {
-                    accf[m][v] = S::fma_f(S::splat_f(x_total), mins[v], accf[m][v]);
+                for (acc, &min) in row.iter_mut().zip(&mins) {
+                    *acc = S::fma_f(S::splat_f(x_total), min, *acc);
                 }
             }
         }

@@ -9,7 +9,7 @@ use crate::loader::{LinearParams, QuantLoader};
 /// Projections of one input whose outputs are concatenated along each row.
 pub(crate) enum Projection {
     /// One matmul over the stacked weights.
-    Fused(QLinear),
+    Fused(Box<QLinear>),
     /// One matmul each (the plan gave them different schemes).
     Separate(Vec<QLinear>),
 }
@@ -28,7 +28,7 @@ impl Projection {
             names.iter().zip(outs).map(|(n, &out)| loader.linear_params(n, input, out)).collect::<Result<Vec<_>>>()?;
         if parts.iter().all(|p| p.scheme == parts[0].scheme) {
             let fused = LinearParams::concat_rows(parts)?;
-            Ok(Self::Fused(loader.build_linear(fused_name, fused)?))
+            Ok(Self::Fused(Box::new(loader.build_linear(fused_name, fused)?)))
         } else {
             let layers = names.iter().zip(parts).map(|(n, p)| loader.build_linear(n, p)).collect::<Result<_>>()?;
             Ok(Self::Separate(layers))

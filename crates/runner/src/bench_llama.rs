@@ -1,0 +1,126 @@
+//! `runner bench` on a Llama model: prefill of a prompt and one-token decoding after it, fp32 against each
+//! quantized plan, timed in interleaved rounds of one run.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use swap::models::llama::{argmax, LlamaModel};
+use swap::{Generator, Plan};
+
+use crate::bench::{median, ms, token_ids, BenchArgs};
+
+/// One row of the results.
+#[derive(serde::Serialize)]
+struct Row {
+    name: String,
+    plan: String,
+    load_ms: f64,
+    linear_bytes: usize,
+    prefill_tokens_per_s: f64,
+    decode_tokens_per_s: f64,
+    prefill_vs_fp32: Option<f64>,
+    decode_vs_fp32: Option<f64>,
+}
+
+/// Times every `--quant` plan of the model at `path`.
+pub fn run(args: &BenchArgs, path: &Path) -> Result<()> {
+    let iters = args.iters.unwrap_or(3);
+    if iters == 0 || args.prompt_tokens == 0 || args.decode_tokens == 0 {
+        bail!("--iters, --prompt-tokens and --decode-tokens must be at least 1");
+    }
+    let names = args.quant.clone().unwrap_or_else(|| ["fp32", "w8a8", "int8", "int4"].map(String::from).to_vec());
+    let mut contenders: Vec<(String, Plan, f64, LlamaModel)> = Vec::new();
+    for name in &names {
+        let plan = Plan::llama_preset(name)?;
+        let start = Instant::now();
+        let generator = Generator::open(path, Some(plan.clone())).with_context(|| format!("loading {name}"))?;
+        contenders.push((name.clone(), plan, ms(start), generator.into_model()));
+    }
+    let config = contenders[0].3.config().clone();
+    if args.prompt_tokens + args.decode_tokens > config.context_length {
+        bail!(
+            "{} + {} tokens exceed the model's context of {}",
+            args.prompt_tokens,
+            args.decode_tokens,
+            config.context_length
+        );
+    }
+    let prompt = token_ids(args.prompt_tokens, config.vocab_size as u32);
+    let (mut prefill, mut decode) = (vec![Vec::new(); contenders.len()], vec![Vec::new(); contenders.len()]);
+    // One untimed warm-up round, then interleaved timed rounds.
+    for round in 0..=iters {
+        for (i, (_, _, _, model)) in contenders.iter().enumerate() {
+            let mut cache = model.new_cache();
+            let start = Instant::now();
+            let mut next = argmax(&model.forward(&prompt, &mut cache)?);
+            let prefill_s = start.elapsed().as_secs_f64();
+            let start = Instant::now();
+            for _ in 0..args.decode_tokens {
+                next = argmax(&model.forward(&[next], &mut cache)?);
+            }
+            let decode_s = start.elapsed().as_secs_f64();
+            if round > 0 {
+                prefill[i].push(args.prompt_tokens as f64 / prefill_s);
+                decode[i].push(args.decode_tokens as f64 / decode_s);
+            }
+        }
+    }
+    let prefill: Vec<f64> = prefill.iter_mut().map(|t| median(t)).collect();
+    let decode: Vec<f64> = decode.iter_mut().map(|t| median(t)).collect();
+    let fp32 = names.iter().position(|n| n == "fp32");
+    let rows: Vec<Row> = contenders
+        .iter()
+        .enumerate()
+        .map(|(i, (name, plan, load_ms, model))| Row {
+            name: name.clone(),
+            plan: plan.to_string(),
+            load_ms: *load_ms,
+            linear_bytes: model.linear_bytes(),
+            prefill_tokens_per_s: prefill[i],
+            decode_tokens_per_s: decode[i],
+            prefill_vs_fp32: fp32.map(|f| prefill[i] / prefill[f]),
+            decode_vs_fp32: fp32.map(|f| decode[i] / decode[f]),
+        })
+        .collect();
+    let machine = serde_json::json!({
+        "model": path.display().to_string(),
+        "cpu": qlayers::kernels::cpu_name(),
+        "isa": qlayers::kernels::selected_isa()?.to_string(),
+        "threads": qlayers::threads::num_threads(),
+        "prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens, "iters": iters,
+    });
+    if args.json {
+        println!("{}", serde_json::json!({ "machine": machine, "results": rows }));
+        return Ok(());
+    }
+    println!(
+        "{} | {} | kernels {} | {} threads",
+        machine["model"].as_str().unwrap_or_default(),
+        machine["cpu"].as_str().unwrap_or_default(),
+        machine["isa"].as_str().unwrap_or_default(),
+        machine["threads"]
+    );
+    println!(
+        "median of {iters} runs: prefill of {} tokens, then {} tokens decoded one at a time",
+        args.prompt_tokens, args.decode_tokens
+    );
+    println!(
+        "{:<8} {:>9} {:>16} {:>17} {:>8} {:>16} {:>8}",
+        "scheme", "load ms", "weights MB/token", "prefill tokens/s", "vs fp32", "decode tokens/s", "vs fp32"
+    );
+    let ratio = |r: Option<f64>| r.map_or_else(|| "-".to_string(), |r| format!("{r:.2}x"));
+    for r in &rows {
+        println!(
+            "{:<8} {:>9.0} {:>16.1} {:>17.1} {:>8} {:>16.1} {:>8}",
+            r.name,
+            r.load_ms,
+            r.linear_bytes as f64 / 1e6,
+            r.prefill_tokens_per_s,
+            ratio(r.prefill_vs_fp32),
+            r.decode_tokens_per_s,
+            ratio(r.decode_vs_fp32)
+        );
+    }
+    Ok(())
+}
