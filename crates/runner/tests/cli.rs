@@ -1,67 +1,10 @@
 //! The `runner` binary end to end on the real all-MiniLM-L6-v2 (`models/fetch minilm`; CI fetches it first).
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn minilm() -> String {
-    let dir = workspace().join("models/cache/all-MiniLM-L6-v2");
-    assert!(dir.join("model.safetensors").exists(), "{} is missing: run models/fetch minilm", dir.display());
-    dir.display().to_string()
-}
-
-fn runner(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_runner")).args(args).current_dir(workspace()).output().unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = runner(args);
-    assert!(out.status.success(), "runner {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = runner(args);
-    assert_eq!(out.status.code(), Some(1), "runner {args:?} should fail cleanly");
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.starts_with("error: ") && !stderr.contains("panicked"), "{stderr}");
-    stderr
-}
-
-fn embeddings(jsonl: &str) -> Vec<Vec<f32>> {
-    jsonl
-        .lines()
-        .enumerate()
-        .map(|(i, line)| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            assert_eq!(v["index"], i);
-            v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-        })
-        .collect()
-}
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("runner-cli-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-    fn join(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::{embeddings, fails, minilm, ok, workspace, Scratch};
 
 #[test]
 fn embed_writes_one_normalised_line_per_text() {
