@@ -11,7 +11,7 @@ pub mod plan;
 pub mod quanto;
 pub mod source;
 
-pub use embedder::{Embedder, PipelineConfig, Pooling};
+pub use embedder::{normalize, Embedder, PipelineConfig, Pooling};
 pub use loader::{LayerReport, QuantLoader};
 pub use plan::Plan;
 pub use source::{resolve_model, ModelFiles, ModelSource, ResolveOptions, SENTENCE_BERT_FILES};
