@@ -1,4 +1,4 @@
-//! `runner`: the command-line front end of the engine (embed, quantize, bench, eval).
+//! `runner`: the command-line front end of the engine (embed, quantize, bench, eval, serve).
 
 mod baseline;
 mod bench;
@@ -6,6 +6,7 @@ mod embed;
 mod eval;
 mod model_args;
 mod quantize;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Compare embeddings with a reference file (cosine mean and min, top-10 neighbour overlap).
     Eval(eval::EvalArgs),
+    /// Serve embeddings over HTTP: OpenAI's `/v1/embeddings` and text-embeddings-inference's `/embed`.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +39,7 @@ fn main() -> std::process::ExitCode {
         Command::Quantize(args) => quantize::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
