@@ -86,7 +86,13 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if !value.is_object() {
         return Err(ApiError::bad_request("invalid_request", "the request body must be a JSON object"));
     }
-    T::deserialize(value).map_err(|e| ApiError::bad_request("invalid_request", format!("invalid request: {e}")))
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let message = match e.path().to_string().as_str() {
+            "." => format!("invalid request: {}", e.inner()),
+            path => format!("invalid request: `{path}`: {}", e.inner()),
+        };
+        ApiError::bad_request("invalid_request", message)
+    })
 }
 
 /// Reads the inputs of `field`: a string, a list of strings, a list of token ids (one input) or a list of
@@ -325,7 +331,7 @@ mod tests {
         assert_eq!(c, "invalid_request");
         assert!(message.contains("unknown field `colour`"), "{message}");
         let (_, _, message) = code(parse_body::<EmbeddingsRequest>(br#"{"input": "a", "model": 3}"#));
-        assert!(message.contains("invalid type"), "{message}");
+        assert_eq!(message, "invalid request: `model`: invalid type: integer `3`, expected a string");
         let (_, _, message) =
             code(parse_body::<EmbeddingsRequest>(br#"{"input": "a", "model": "m", "encoding_format": "hex"}"#));
         assert!(message.contains("unknown variant `hex`"), "{message}");
