@@ -10,7 +10,7 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
-/// Quantized BERT embeddings on candle: embed texts, quantize checkpoints, compare fp32 with int8.
+/// Quantized BERT embeddings on candle: embed texts, quantize checkpoints, compare fp32 with int8, serve over HTTP.
 #[derive(Parser)]
 #[command(name = "runner", version, about)]
 struct Cli {

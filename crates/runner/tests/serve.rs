@@ -305,10 +305,21 @@ fn concurrent_clients_are_batched_and_get_the_same_embeddings() {
         .collect();
     // Warm up: the first requests pay for page faults and thread start-up.
     load(&server, &bodies[..32], 4);
-    let (sequential, one_at_a_time) = load(&server, &bodies, 1);
-    let batches_before = server.metric("runner_batch_inputs_count");
-    let (concurrent, together) = load(&server, &bodies, 32);
-    let batches = server.metric("runner_batch_inputs_count") - batches_before;
+    // Two interleaved rounds, the faster of each kind counted, so that a burst of other work on the machine
+    // does not decide the comparison.
+    let (mut one_at_a_time, mut together) = (Duration::MAX, Duration::MAX);
+    let (mut sequential, mut concurrent, mut batches) = (Vec::new(), Vec::new(), 0.0);
+    for _ in 0..2 {
+        let (replies, took) = load(&server, &bodies, 1);
+        one_at_a_time = one_at_a_time.min(took);
+        sequential.extend(replies);
+        let batches_before = server.metric("runner_batch_inputs_count");
+        let (replies, took) = load(&server, &bodies, 32);
+        together = together.min(took);
+        concurrent.extend(replies);
+        batches += server.metric("runner_batch_inputs_count") - batches_before;
+    }
+    let batches = batches / 2.0;
     for (i, reply) in sequential.iter().chain(&concurrent).enumerate() {
         assert_eq!(reply.status, 200, "{}", reply.text());
         let v = reply.json();

@@ -98,12 +98,6 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 /// Reads the inputs of `field`: a string, a list of strings, a list of token ids (one input) or a list of
 /// token-id lists; at least one and at most `max_inputs`.
 pub fn parse_inputs(value: &Value, field: &str, max_inputs: usize) -> Result<Vec<Input>, ApiError> {
-    let shape = || {
-        ApiError::bad_request(
-            "invalid_input",
-            format!("`{field}` must be a string, a list of strings, a list of token ids or a list of token-id lists"),
-        )
-    };
     match value {
         Value::String(text) => Ok(vec![Input::Text(text.clone())]),
         Value::Array(items) if items.is_empty() => {
@@ -130,7 +124,10 @@ pub fn parse_inputs(value: &Value, field: &str, max_inputs: usize) -> Result<Vec
                 })
                 .collect()
         }
-        _ => Err(shape()),
+        _ => Err(ApiError::bad_request(
+            "invalid_input",
+            format!("`{field}` must be a string, a list of strings, a list of token ids or a list of token-id lists"),
+        )),
     }
 }
 
