@@ -1,4 +1,4 @@
-//! `runner`: the command-line front end of the engine (embed, generate, quantize, bench, eval).
+//! `runner`: the command-line front end of the engine (embed, generate, quantize, bench, eval, serve).
 
 mod baseline;
 mod bench;
@@ -8,11 +8,12 @@ mod eval;
 mod generate;
 mod model_args;
 mod quantize;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
 /// Quantized BERT embeddings and Llama generation on candle: embed texts, generate text, quantize checkpoints,
-/// compare fp32 with int8 and int4.
+/// compare fp32 with int8 and int4, serve embeddings over HTTP.
 #[derive(Parser)]
 #[command(name = "runner", version, about)]
 struct Cli {
@@ -32,6 +33,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Compare embeddings with a reference file (cosine, top-10 overlap), or measure a Llama's perplexity.
     Eval(eval::EvalArgs),
+    /// Serve embeddings over HTTP: OpenAI's `/v1/embeddings` and text-embeddings-inference's `/embed`.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +45,7 @@ fn main() -> std::process::ExitCode {
         Command::Quantize(args) => quantize::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -175,18 +175,27 @@ impl Embedder {
     /// Embeds `texts` as one batch (sequences packed without padding); texts longer than `max_seq_length` tokens are
     /// truncated. An empty (or whitespace-only) text is an error.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let sequences = self.encode(texts)?;
-        self.embed_sequences(&sequences.iter().map(Vec::as_slice).collect::<Vec<_>>())
+        self.embed_token_ids(&self.encode(texts)?)
     }
 
     /// Embeds sequences already tokenized (special tokens included), as one batch. Each must hold 1 to
     /// `max_seq_length` ids below the vocabulary size.
     pub fn embed_token_ids(&self, sequences: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let mut rows = self.pool_token_ids(sequences)?;
+        if self.pipeline.normalize {
+            rows.iter_mut().for_each(|row| normalize(row));
+        }
+        Ok(rows)
+    }
+
+    /// [`Embedder::embed_token_ids`] without the pipeline's normalisation: the pooled vectors. [`normalize`] turns
+    /// each into exactly what `embed_token_ids` returns when the pipeline normalises.
+    pub fn pool_token_ids(&self, sequences: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         let max = self.pipeline.max_seq_length;
         if let Some(i) = sequences.iter().position(|s| s.len() > max) {
             bail!("sequence #{i} has {} tokens; the model's max_seq_length is {max}", sequences[i].len());
         }
-        self.embed_sequences(&sequences.iter().map(Vec::as_slice).collect::<Vec<_>>())
+        self.pool_sequences(&sequences.iter().map(Vec::as_slice).collect::<Vec<_>>())
     }
 
     /// Tokenizes with the pipeline's truncation.
@@ -197,7 +206,7 @@ impl Embedder {
     }
 
     /// Runs the model on whole sequences (no padding), then pools each.
-    fn embed_sequences(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+    fn pool_sequences(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         if sequences.is_empty() {
             return Ok(Vec::new());
         }
@@ -209,11 +218,7 @@ impl Embedder {
             .map(|ids| {
                 let (tokens, rest) = rows.split_at(ids.len() * width);
                 rows = rest;
-                let mut pooled = pool(tokens, width, self.pipeline.pooling);
-                if self.pipeline.normalize {
-                    normalize(&mut pooled);
-                }
-                pooled
+                pool(tokens, width, self.pipeline.pooling)
             })
             .collect())
     }
@@ -253,8 +258,8 @@ fn pool(tokens: &[f32], width: usize, pooling: Pooling) -> Vec<f32> {
     }
 }
 
-/// Scales `v` to unit L2 norm (left as is when it is all zeros).
-fn normalize(v: &mut [f32]) {
+/// Scales `v` to unit L2 norm (left as is when it is all zeros), as the sentence-transformers `Normalize` module does.
+pub fn normalize(v: &mut [f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
     v.iter_mut().for_each(|x| *x /= norm);
 }

@@ -14,7 +14,7 @@ pub mod quanto;
 pub mod sampling;
 pub mod source;
 
-pub use embedder::{Embedder, PipelineConfig, Pooling};
+pub use embedder::{normalize, Embedder, PipelineConfig, Pooling};
 pub use generator::{Generation, Generator, StopReason, TextStream};
 pub use loader::{LayerReport, QuantLoader};
 pub use plan::Plan;

@@ -1,0 +1,160 @@
+//! The bounded queue in front of the model and the worker thread that packs queued inputs into batches.
+//!
+//! A request is admitted only while fewer than `max_concurrent` are admitted and unanswered ([`Batcher::admit`]);
+//! otherwise it is turned away at once. Admitted requests send their token sequences to one worker thread, which
+//! runs the model on everything waiting, up to `max_batch_tokens` tokens per batch, while later requests queue
+//! behind. Activations are quantized per row, so an input's embedding does not depend on its batch.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result};
+use swap::Embedder;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+use super::error::ApiError;
+use super::metrics::Metrics;
+
+/// Pooled (not yet normalised) embeddings of one request's sequences, in order, or why the model failed.
+type Reply = std::result::Result<Vec<Vec<f32>>, String>;
+
+/// One request's work for the model.
+struct Job {
+    sequences: Vec<Vec<u32>>,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// The admission limit and the queue to the model worker.
+pub struct Batcher {
+    admission: Arc<Semaphore>,
+    capacity: usize,
+    jobs: mpsc::Sender<Job>,
+}
+
+/// A request's place in the queue; it is given back when dropped.
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Batcher {
+    /// Moves `embedder` onto a new worker thread, which runs until every [`Batcher`] and [`Admission`] is dropped
+    /// and the jobs already sent are answered; join the returned handle to wait for that.
+    pub fn start(
+        embedder: Embedder,
+        max_batch_tokens: usize,
+        max_concurrent: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, JoinHandle<()>)> {
+        let (jobs, queue) = mpsc::channel(max_concurrent);
+        let worker = std::thread::Builder::new()
+            .name("model".into())
+            .spawn(move || work(&embedder, queue, max_batch_tokens, &metrics))
+            .context("cannot start the model thread")?;
+        let batcher = Self { admission: Arc::new(Semaphore::new(max_concurrent)), capacity: max_concurrent, jobs };
+        Ok((batcher, worker))
+    }
+
+    /// A place in the queue, or a 503 when `max_concurrent` requests are already admitted.
+    pub fn admit(&self) -> std::result::Result<Admission, ApiError> {
+        match Arc::clone(&self.admission).try_acquire_owned() {
+            Ok(permit) => Ok(Admission { _permit: permit, jobs: self.jobs.clone() }),
+            Err(_) => Err(ApiError::overloaded(self.capacity)),
+        }
+    }
+
+    /// Requests admitted and not answered yet.
+    pub fn depth(&self) -> usize {
+        self.capacity - self.admission.available_permits()
+    }
+
+    /// The most requests admitted at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+impl Admission {
+    /// The pooled embeddings of `sequences` (each within the model's length), in order.
+    pub async fn pool(self, sequences: Vec<Vec<u32>>) -> std::result::Result<Vec<Vec<f32>>, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || ApiError::internal("the model worker has stopped");
+        self.jobs.send(Job { sequences, reply }).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?.map_err(|e| ApiError::internal(format!("the model failed: {e}")))
+    }
+}
+
+/// A queued job and the embeddings computed for it so far.
+struct Pending {
+    job: Job,
+    /// Sequences handed to a batch so far (taken out of `job.sequences`).
+    scheduled: usize,
+    done: Vec<Vec<f32>>,
+    failed: Option<String>,
+}
+
+/// The worker loop: wait for work, take everything queued, run batches of up to `max_batch_tokens` tokens (at
+/// least one sequence each) in arrival order, answer each job once all its sequences are done.
+fn work(embedder: &Embedder, mut queue: mpsc::Receiver<Job>, max_batch_tokens: usize, metrics: &Metrics) {
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    loop {
+        if pending.is_empty() {
+            match queue.blocking_recv() {
+                Some(job) => pending.push_back(Pending::new(job)),
+                None => return,
+            }
+        }
+        while let Ok(job) = queue.try_recv() {
+            pending.push_back(Pending::new(job));
+        }
+        // Clients that went away need no answer.
+        pending.retain(|p| !p.job.reply.is_closed());
+
+        let (mut batch, mut owners, mut tokens) = (Vec::new(), Vec::new(), 0);
+        'fill: for (index, p) in pending.iter_mut().enumerate() {
+            while p.scheduled < p.job.sequences.len() {
+                let len = p.job.sequences[p.scheduled].len();
+                if !batch.is_empty() && tokens + len > max_batch_tokens {
+                    break 'fill;
+                }
+                batch.push(std::mem::take(&mut p.job.sequences[p.scheduled]));
+                owners.push(index);
+                tokens += len;
+                p.scheduled += 1;
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        metrics.record_batch(batch.len(), tokens);
+        // A panic in the model answers this batch's requests with an error and leaves the server running.
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| embedder.pool_token_ids(&batch)))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the model panicked")));
+        match result {
+            Ok(rows) => rows.into_iter().zip(&owners).for_each(|(row, &index)| pending[index].done.push(row)),
+            Err(e) => owners.iter().for_each(|&index| pending[index].failed = Some(format!("{e:#}"))),
+        }
+
+        let mut waiting = VecDeque::with_capacity(pending.len());
+        for mut p in pending.drain(..) {
+            // A client that went away meanwhile gets nothing; the send error says so and is ignored.
+            if let Some(e) = p.failed.take() {
+                let _ = p.job.reply.send(Err(e));
+            } else if p.done.len() == p.job.sequences.len() {
+                let _ = p.job.reply.send(Ok(p.done));
+            } else {
+                waiting.push_back(p);
+            }
+        }
+        pending = waiting;
+    }
+}
+
+impl Pending {
+    fn new(job: Job) -> Self {
+        let count = job.sequences.len();
+        Self { job, scheduled: 0, done: Vec::with_capacity(count), failed: None }
+    }
+}

@@ -1,0 +1,185 @@
+//! `runner serve`: an embeddings HTTP server speaking OpenAI's `/v1/embeddings` and text-embeddings-inference's
+//! `/embed`, with dynamic batching, a bounded queue and graceful shutdown.
+
+mod api;
+mod batcher;
+mod error;
+mod metrics;
+mod routes;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use axum::serve::ListenerExt;
+use clap::Args;
+use serde_json::json;
+
+use crate::model_args::ModelArgs;
+use api::Limits;
+use batcher::Batcher;
+use metrics::Metrics;
+use routes::AppState;
+
+/// Options of `runner serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on (`0.0.0.0` to accept other machines).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port; the one taken is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Tokens per model batch: queued inputs are packed into batches up to this many tokens.
+    #[arg(long, default_value_t = 4096)]
+    max_batch_tokens: usize,
+    /// Embedding requests queued or running at once; more are answered 503 at once.
+    #[arg(long, default_value_t = 64)]
+    max_concurrent: usize,
+    /// Inputs per request.
+    #[arg(long, default_value_t = 2048)]
+    max_inputs: usize,
+    /// Bytes per request body.
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Require `Authorization: Bearer KEY` on every route but `/health`.
+    #[arg(long)]
+    api_key: Option<String>,
+}
+
+/// Loads the model, serves until SIGINT or SIGTERM, then finishes the requests in flight and returns.
+pub fn run(args: ServeArgs) -> Result<()> {
+    args.model.apply_threads()?;
+    for (name, value) in [
+        ("--max-batch-tokens", args.max_batch_tokens),
+        ("--max-concurrent", args.max_concurrent),
+        ("--max-inputs", args.max_inputs),
+        ("--max-body-bytes", args.max_body_bytes),
+    ] {
+        if value == 0 {
+            bail!("{name} must be at least 1");
+        }
+    }
+    if args.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+        bail!("--api-key must not be empty");
+    }
+    let plan = args.model.plan()?;
+    let embedder = args.model.load_with(plan.clone())?;
+    let limits = Limits {
+        max_inputs: args.max_inputs,
+        max_input_tokens: embedder.pipeline().max_seq_length,
+        vocab_size: embedder.config().vocab_size,
+    };
+    let name = model_name(&args.model.model);
+    let mut schemes = BTreeMap::<String, usize>::new();
+    for layer in embedder.layers() {
+        *schemes.entry(layer.scheme.to_string()).or_default() += 1;
+    }
+    let info = json!({
+        "model_id": name,
+        "model_dir": embedder.dir().display().to_string(),
+        "quantization": {"plan": plan, "layer_schemes": schemes},
+        "dimensions": embedder.dimensions(),
+        "max_input_length": limits.max_input_tokens,
+        "pooling": format!("{:?}", embedder.pipeline().pooling).to_lowercase(),
+        "normalize": embedder.pipeline().normalize,
+        "max_batch_tokens": args.max_batch_tokens,
+        "max_concurrent_requests": args.max_concurrent,
+        "max_client_batch_size": args.max_inputs,
+        "max_body_bytes": args.max_body_bytes,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    eprintln!(
+        "runner serve: {name}, {} dimensions, up to {} tokens per input, layers {}",
+        embedder.dimensions(),
+        limits.max_input_tokens,
+        serde_json::to_string(&info["quantization"]["layer_schemes"])?
+    );
+
+    let metrics = Arc::new(Metrics::default());
+    let tokenizer = embedder.tokenizer().clone();
+    let (normalize, dimensions) = (embedder.pipeline().normalize, embedder.dimensions());
+    let (batcher, worker) = Batcher::start(embedder, args.max_batch_tokens, args.max_concurrent, Arc::clone(&metrics))?;
+    let state = Arc::new(AppState {
+        batcher,
+        tokenizer,
+        limits,
+        max_body_bytes: args.max_body_bytes,
+        model_names: vec![name, args.model.model.clone()],
+        normalize,
+        dimensions,
+        info,
+        api_key: args.api_key,
+        metrics,
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
+    runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+        let address = listener.local_addr()?;
+        println!("listening on http://{address}");
+        std::io::stdout().flush()?;
+        // Small requests and answers go out at once instead of waiting to be coalesced.
+        let listener = listener.tap_io(|stream| {
+            let _ = stream.set_nodelay(true);
+        });
+        axum::serve(listener, routes::router(state)).with_graceful_shutdown(shutdown).await?;
+        anyhow::Ok(())
+    })?;
+    // Every handler is done and the router (with the queue's sender) is dropped: the worker stops when idle.
+    worker.join().map_err(|_| anyhow::anyhow!("the model thread panicked"))?;
+    eprintln!("runner serve: stopped");
+    Ok(())
+}
+
+/// The name the server reports and accepts for `--model`: its last path component without `@revision`
+/// (`models/cache/all-MiniLM-L6-v2` and `sentence-transformers/all-MiniLM-L6-v2` are both `all-MiniLM-L6-v2`).
+fn model_name(model: &str) -> String {
+    let last = model.trim_end_matches(['/', '\\']).rsplit(['/', '\\']).next().unwrap_or(model);
+    last.split('@').next().unwrap_or(last).to_string()
+}
+
+/// Listens for SIGINT (Ctrl-C) and SIGTERM from now on (so that a signal sent as soon as the address is printed is
+/// not missed); the future resolves at the first, and the server then stops accepting and finishes what is in flight.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+        let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let signals = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    Ok(async {
+        signals.await;
+        eprintln!("runner serve: shutting down, finishing the requests in flight");
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model_name;
+
+    #[test]
+    fn model_names_drop_folders_and_revisions() {
+        assert_eq!(model_name("models/cache/all-MiniLM-L6-v2/"), "all-MiniLM-L6-v2");
+        assert_eq!(model_name("sentence-transformers/all-MiniLM-L6-v2@main"), "all-MiniLM-L6-v2");
+        assert_eq!(model_name("minilm"), "minilm");
+    }
+}

@@ -1,0 +1,174 @@
+//! The HTTP routes, the API-key check and the per-request metrics.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::Value;
+use tokenizers::Tokenizer;
+
+use super::api::{self, EmbedRequest, EmbeddingsRequest, EmbeddingsResponse, Input, Limits};
+use super::batcher::Batcher;
+use super::error::ApiError;
+use super::metrics::Metrics;
+
+/// What the handlers share.
+pub struct AppState {
+    /// The queue to the model.
+    pub batcher: Batcher,
+    /// The model's tokenizer (truncating to its maximum, as `runner embed` does).
+    pub tokenizer: Tokenizer,
+    /// Per-request limits.
+    pub limits: Limits,
+    /// The most bytes a request body may have.
+    pub max_body_bytes: usize,
+    /// Names the `model` field of `/v1/embeddings` may take; the first is the one reported.
+    pub model_names: Vec<String>,
+    /// Whether the model's pipeline L2-normalises its embeddings.
+    pub normalize: bool,
+    /// Width of the embeddings.
+    pub dimensions: usize,
+    /// The body of `GET /info`.
+    pub info: Value,
+    /// `--api-key`.
+    pub api_key: Option<String>,
+    /// Counters for `GET /metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The router: the embedding routes, `/health`, `/info`, `/metrics`, JSON errors for unknown paths and methods.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/embeddings", post(embeddings))
+        .route("/embed", post(embed))
+        .route("/health", get(health))
+        .route("/info", get(info))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("not_found", "no such path") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), authorize))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), track))
+        .with_state(state)
+}
+
+/// Counts every answer by route and status and times it.
+async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let path = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let response = next.run(request).await;
+    state.metrics.record_request(&path, response.status().as_u16(), start.elapsed());
+    response
+}
+
+/// With `--api-key`, every route but `/health` needs `Authorization: Bearer KEY`.
+async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if request.uri().path() != "/health" && !same_secret(given.trim().as_bytes(), key.as_bytes()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal how much of a key was right.
+fn same_secret(given: &[u8], key: &[u8]) -> bool {
+    given.len() == key.len() && given.iter().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// `POST /v1/embeddings`, OpenAI's API.
+async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<EmbeddingsResponse>, ApiError> {
+    let request: EmbeddingsRequest = api::parse_body(&body.map_err(|e| body_error(&state, e))?)?;
+    if !state.model_names.contains(&request.model) {
+        return Err(ApiError::not_found(
+            "model_not_found",
+            format!("this server runs model `{}`, not `{}`", state.model_names[0], request.model),
+        ));
+    }
+    if let Some(d) = request.dimensions.filter(|&d| d == 0 || d > state.dimensions) {
+        return Err(ApiError::bad_request(
+            "invalid_dimensions",
+            format!("`dimensions` is {d}; this model gives 1 to {} dimensions", state.dimensions),
+        ));
+    }
+    let inputs = api::parse_inputs(&request.input, "input", state.limits.max_inputs)?;
+    // Texts too long for the model are cut, as `runner embed` and sentence-transformers do.
+    let (pooled, tokens) = run_model(&state, inputs, true, "input").await?;
+    let rows = api::finish(pooled, request.dimensions, state.normalize);
+    let format = request.encoding_format.unwrap_or_default();
+    Ok(Json(EmbeddingsResponse::new(rows, format, &state.model_names[0], tokens)))
+}
+
+/// `POST /embed`, text-embeddings-inference's API: a list of embeddings.
+async fn embed(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
+    let request: EmbedRequest = api::parse_body(&body.map_err(|e| body_error(&state, e))?)?;
+    let inputs = api::parse_inputs(&request.inputs, "inputs", state.limits.max_inputs)?;
+    let (pooled, _) = run_model(&state, inputs, request.truncate.unwrap_or(false), "inputs").await?;
+    Ok(Json(api::finish(pooled, None, request.normalize.unwrap_or(true))))
+}
+
+/// Takes a place in the queue, tokenizes off the async threads, and waits for the pooled embeddings and their
+/// token count.
+async fn run_model(
+    state: &Arc<AppState>,
+    inputs: Vec<Input>,
+    truncate: bool,
+    field: &'static str,
+) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
+    let admission = state.batcher.admit()?;
+    let shared = Arc::clone(state);
+    let sequences = tokio::task::spawn_blocking(move || {
+        api::to_sequences(inputs, &shared.tokenizer, &shared.limits, truncate, field)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("tokenization failed: {e}")))??;
+    let tokens = sequences.iter().map(Vec::len).sum();
+    Ok((admission.pool(sequences).await?, tokens))
+}
+
+/// A body that could not be read: over `--max-body-bytes` (413) or cut off.
+fn body_error(state: &AppState, rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(
+            "body_too_large",
+            format!("the request body is over this server's limit of {} bytes", state.max_body_bytes),
+        )
+    } else {
+        ApiError::bad_request("unreadable_body", format!("cannot read the request body: {}", rejection.body_text()))
+    }
+}
+
+/// `GET /health`: the server is up and takes requests.
+async fn health() -> Json<Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /info`: the model, its quantization, dimensions and the limits.
+async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(state.info.clone())
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let text = state.metrics.render(state.batcher.depth(), state.batcher.capacity());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+}
