@@ -217,19 +217,24 @@ impl Conn {
     }
 }
 
-/// The interpreter for the OpenAI-client test: `QINFER_TEST_PYTHON`, else `python3` when it can import `openai`.
+/// The interpreter for the OpenAI-client test: `QINFER_TEST_PYTHON`, else the virtual environment that
+/// `scripts/setup-tests` makes, else `python3` when it can import `openai`.
 fn python_with_openai() -> String {
     if let Ok(python) = std::env::var("QINFER_TEST_PYTHON") {
         return python;
     }
-    let found = Command::new("python3").args(["-c", "import openai"]).output().is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "this test runs the official `openai` Python client: set QINFER_TEST_PYTHON to a Python that has it \
-         (python3 -m venv target/ci-venv && target/ci-venv/bin/pip install openai && \
-         export QINFER_TEST_PYTHON=$PWD/target/ci-venv/bin/python), or `pip install openai` for python3"
+    let has_openai =
+        |python: &str| Command::new(python).args(["-c", "import openai"]).output().is_ok_and(|o| o.status.success());
+    let venv = workspace().join("target/test-venv/bin/python").display().to_string();
+    for python in [venv.as_str(), "python3"] {
+        if has_openai(python) {
+            return python.to_string();
+        }
+    }
+    panic!(
+        "this test runs the official `openai` Python client: run scripts/setup-tests (a virtual environment in \
+         target/test-venv), `pip install openai` for python3, or set QINFER_TEST_PYTHON to a Python that has it"
     );
-    "python3".into()
 }
 
 #[test]
