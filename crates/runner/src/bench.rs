@@ -166,13 +166,10 @@ fn bench_bert(args: &BenchArgs, dir: PathBuf) -> Result<()> {
             speedup_vs_candle: candle.map(|f| f / medians[i]),
         })
         .collect();
-    let machine = serde_json::json!({
-        "model": dir.display().to_string(),
-        "cpu": qlayers::kernels::cpu_name(),
-        "isa": qlayers::kernels::selected_isa()?.to_string(),
-        "threads": qlayers::threads::num_threads(),
-        "batch": args.batch, "seq": args.seq, "short_seq": args.short_seq, "iters": iters,
-    });
+    let machine = machine(
+        &dir,
+        serde_json::json!({"batch": args.batch, "seq": args.seq, "short_seq": args.short_seq, "iters": iters}),
+    )?;
     if args.json {
         println!("{}", serde_json::json!({ "machine": machine, "results": rows }));
     } else {
@@ -181,7 +178,22 @@ fn bench_bert(args: &BenchArgs, dir: PathBuf) -> Result<()> {
     Ok(())
 }
 
-fn print_table(machine: &serde_json::Value, rows: &[Row], args: &BenchArgs, iters: usize) {
+/// What the run measured on: model, CPU, kernel level and threads, with the workload's `settings` merged in.
+pub(crate) fn machine(model: &std::path::Path, settings: serde_json::Value) -> Result<serde_json::Value> {
+    let mut machine = serde_json::json!({
+        "model": model.display().to_string(),
+        "cpu": qlayers::kernels::cpu_name(),
+        "isa": qlayers::kernels::selected_isa()?.to_string(),
+        "threads": qlayers::threads::num_threads(),
+    });
+    if let (Some(all), serde_json::Value::Object(extra)) = (machine.as_object_mut(), settings) {
+        all.extend(extra);
+    }
+    Ok(machine)
+}
+
+/// The first line of a table: model, CPU, kernel level and threads.
+pub(crate) fn print_machine(machine: &serde_json::Value) {
     println!(
         "{} | {} | kernels {} | {} threads",
         machine["model"].as_str().unwrap_or_default(),
@@ -189,6 +201,10 @@ fn print_table(machine: &serde_json::Value, rows: &[Row], args: &BenchArgs, iter
         machine["isa"].as_str().unwrap_or_default(),
         machine["threads"]
     );
+}
+
+fn print_table(machine: &serde_json::Value, rows: &[Row], args: &BenchArgs, iters: usize) {
+    print_machine(machine);
     println!(
         "median of {} runs of {} x {} tokens, {} runs of 1 x {}",
         iters,

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use swap::models::llama::{argmax, LlamaModel};
 use swap::{Generator, Plan};
 
-use crate::bench::{median, ms, token_ids, BenchArgs};
+use crate::bench::{machine, median, ms, print_machine, token_ids, BenchArgs};
 
 /// One row of the results.
 #[derive(serde::Serialize)]
@@ -83,24 +83,14 @@ pub fn run(args: &BenchArgs, path: &Path) -> Result<()> {
             decode_vs_fp32: fp32.map(|f| decode[i] / decode[f]),
         })
         .collect();
-    let machine = serde_json::json!({
-        "model": path.display().to_string(),
-        "cpu": qlayers::kernels::cpu_name(),
-        "isa": qlayers::kernels::selected_isa()?.to_string(),
-        "threads": qlayers::threads::num_threads(),
-        "prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens, "iters": iters,
-    });
+    let settings =
+        serde_json::json!({"prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens, "iters": iters});
+    let machine = machine(path, settings)?;
     if args.json {
         println!("{}", serde_json::json!({ "machine": machine, "results": rows }));
         return Ok(());
     }
-    println!(
-        "{} | {} | kernels {} | {} threads",
-        machine["model"].as_str().unwrap_or_default(),
-        machine["cpu"].as_str().unwrap_or_default(),
-        machine["isa"].as_str().unwrap_or_default(),
-        machine["threads"]
-    );
+    print_machine(&machine);
     println!(
         "median of {iters} runs: prefill of {} tokens, then {} tokens decoded one at a time",
         args.prompt_tokens, args.decode_tokens

@@ -51,52 +51,12 @@ pub fn resolve(model: &str) -> Result<(PathBuf, Family)> {
     Ok((dir, Family::Bert))
 }
 
-/// `--model`, `--quant` / `--plan` and `--threads` of the generation commands.
+/// `--quant` / `--plan` and `--threads`, shared by every model command.
 #[derive(Args, Debug, Clone)]
-pub struct LlmArgs {
-    /// A GGUF file, a Llama folder in Hugging Face layout (float or pre-quantized), or a Hub id.
-    #[arg(long, default_value = DEFAULT_LLM)]
-    pub model: String,
-    /// Quantization: `fp32`, `int8`, `int4`, `int2` (presets with an int8 `lm_head`) or any scheme name for the
-    /// body. A pre-quantized checkpoint runs as saved unless this is given; otherwise the default is `int8`.
-    #[arg(long, conflicts_with = "plan")]
-    pub quant: Option<String>,
-    /// A plan file (TOML or JSON) giving each layer its scheme (`lm_head` included).
-    #[arg(long)]
-    pub plan: Option<PathBuf>,
-    /// Threads for the kernels (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-}
-
-impl LlmArgs {
-    /// Applies `--threads`, then loads the model with the chosen plan.
-    pub fn load(&self) -> Result<Generator> {
-        apply_threads(self.threads)?;
-        let (path, family) = resolve(&self.model)?;
-        if family != Family::Llama {
-            bail!(
-                "{} is not a Llama model (a GGUF file or a folder whose config.json has model_type llama)",
-                self.model
-            );
-        }
-        let plan = match (&self.quant, &self.plan) {
-            (Some(name), _) => Some(Plan::llama_preset(name)?),
-            (None, Some(path)) => Some(Plan::from_file(path)?),
-            (None, None) => None,
-        };
-        Generator::open(&path, plan)
-    }
-}
-
-/// `--model`, `--quant` / `--plan` and `--threads`.
-#[derive(Args, Debug, Clone)]
-pub struct ModelArgs {
-    /// A model folder in Hugging Face layout or a Hub id (`owner/name[@revision]`).
-    #[arg(long, default_value = DEFAULT_MODEL)]
-    pub model: String,
-    /// Quantization: `fp32`, `int8` (the default BERT plan) or any scheme name (`w8a8-b64`, `int4-g32`, ...).
-    /// A pre-quantized checkpoint runs as saved unless this is given.
+pub struct QuantArgs {
+    /// Quantization preset or scheme: `fp32`, `int8` (BERT: the default BERT plan; Llama: int8 in groups of 16),
+    /// for Llama also `int4` and `int2` (with an int8 `lm_head`), or any scheme name (`w8a8-b64`, `int4-g32`,
+    /// ...). A pre-quantized checkpoint runs as saved unless this is given; otherwise the default is `int8`.
     #[arg(long, conflicts_with = "plan")]
     pub quant: Option<String>,
     /// A plan file (TOML or JSON) giving each layer its scheme.
@@ -107,19 +67,62 @@ pub struct ModelArgs {
     pub threads: Option<usize>,
 }
 
-impl ModelArgs {
-    /// Applies `--threads`; call before any work runs.
-    pub fn apply_threads(&self) -> Result<()> {
-        apply_threads(self.threads)
-    }
-
-    /// The plan `--quant` or `--plan` names, or `None` when neither is given.
-    pub fn plan(&self) -> Result<Option<Plan>> {
+impl QuantArgs {
+    /// The plan `--quant` (read as a preset of `family`) or `--plan` names, or `None` when neither is given.
+    pub fn plan_for(&self, family: Family) -> Result<Option<Plan>> {
         match (&self.quant, &self.plan) {
+            (Some(name), _) if family == Family::Llama => Ok(Some(Plan::llama_preset(name)?)),
             (Some(name), _) => Ok(Some(plan_for(name)?)),
             (None, Some(path)) => Ok(Some(Plan::from_file(path)?)),
             (None, None) => Ok(None),
         }
+    }
+}
+
+/// `--model` (a Llama: GGUF file, folder or Hub id) and the quantization options of the generation commands.
+#[derive(Args, Debug, Clone)]
+pub struct LlmArgs {
+    /// A GGUF file, a Llama folder in Hugging Face layout (float or pre-quantized), or a Hub id.
+    #[arg(long, default_value = DEFAULT_LLM)]
+    pub model: String,
+    #[command(flatten)]
+    pub quant: QuantArgs,
+}
+
+impl LlmArgs {
+    /// Applies `--threads`, then loads the model with the chosen plan.
+    pub fn load(&self) -> Result<Generator> {
+        apply_threads(self.quant.threads)?;
+        let (path, family) = resolve(&self.model)?;
+        if family != Family::Llama {
+            bail!(
+                "{} is not a Llama model (a GGUF file or a folder whose config.json has model_type llama)",
+                self.model
+            );
+        }
+        Generator::open(&path, self.quant.plan_for(Family::Llama)?)
+    }
+}
+
+/// `--model` (a BERT folder or Hub id, or for `quantize` also a Llama) and the quantization options.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A model folder in Hugging Face layout or a Hub id (`owner/name[@revision]`).
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    #[command(flatten)]
+    pub quant: QuantArgs,
+}
+
+impl ModelArgs {
+    /// Applies `--threads`; call before any work runs.
+    pub fn apply_threads(&self) -> Result<()> {
+        apply_threads(self.quant.threads)
+    }
+
+    /// The plan `--quant` or `--plan` names, or `None` when neither is given.
+    pub fn plan(&self) -> Result<Option<Plan>> {
+        self.quant.plan_for(Family::Bert)
     }
 
     /// Loads the model with the chosen plan (int8 when none is given and the checkpoint is not pre-quantized).

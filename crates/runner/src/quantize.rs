@@ -23,10 +23,10 @@ pub struct QuantizeArgs {
 pub fn run(args: QuantizeArgs) -> Result<()> {
     args.model.apply_threads()?;
     let (src, family) = resolve(&args.model.model)?;
-    let plan = match (family, &args.model.quant) {
-        (Family::Llama, Some(name)) => swap::Plan::llama_preset(name)?,
-        (Family::Llama, None) => args.model.plan()?.map_or_else(|| swap::Plan::llama_preset("int8"), Ok)?,
-        (Family::Bert, _) => args.model.plan()?.unwrap_or_else(swap::Plan::bert_int8),
+    let plan = match (args.model.quant.plan_for(family)?, family) {
+        (Some(plan), _) => plan,
+        (None, Family::Llama) => swap::Plan::llama_preset("int8")?,
+        (None, Family::Bert) => swap::Plan::bert_int8(),
     };
     if src.canonicalize().ok() == args.out.canonicalize().ok() {
         bail!("--out must differ from the model folder");
