@@ -35,8 +35,13 @@ const CONFIG: &str = r#"{
   "eos_token_id": 2
 }"#;
 
-/// Writes the random model into `dir`.
-fn write_model(dir: &Path) {
+/// The config, with tied embeddings or a separate `lm_head`.
+fn config_text(tied: bool) -> String {
+    CONFIG.replace("\"tie_word_embeddings\": true", &format!("\"tie_word_embeddings\": {tied}"))
+}
+
+/// Writes the random model into `dir`, with its own `lm_head.weight` unless `tied`.
+fn write_model(dir: &Path, tied: bool) {
     let config = LlamaConfig::from_hf_json(CONFIG).unwrap();
     let (h, kv, inner) = (config.hidden_size, config.num_kv_heads * config.head_dim(), config.intermediate_size);
     let mut rng = StdRng::seed_from_u64(42);
@@ -48,6 +53,9 @@ fn write_model(dir: &Path) {
     };
     random("model.embed_tokens.weight".into(), &[config.vocab_size, h], 0.5, 0.0);
     random("model.norm.weight".into(), &[h], 0.2, 1.0);
+    if !tied {
+        random("lm_head.weight".into(), &[config.vocab_size, h], 0.5, 0.0);
+    }
     for i in 0..config.num_layers {
         let p = format!("model.layers.{i}");
         random(format!("{p}.input_layernorm.weight"), &[h], 0.2, 1.0);
@@ -61,7 +69,7 @@ fn write_model(dir: &Path) {
         random(format!("{p}.mlp.down_proj.weight"), &[h, inner], 0.2, 0.0);
     }
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    std::fs::write(dir.join("config.json"), CONFIG).unwrap();
+    std::fs::write(dir.join("config.json"), config_text(tied)).unwrap();
 }
 
 /// Our model of the folder `dir` (float or pre-quantized) under `plan`.
@@ -81,10 +89,19 @@ fn worst_relative_error(ours: &[f32], theirs: &[f32]) -> f32 {
 
 #[test]
 fn fp32_matches_candle_transformers_llama_in_prefill_and_decoding() {
-    let dir = common::Scratch::new("tiny-llama");
-    write_model(dir.path());
+    for tied in [true, false] {
+        let worst = compare_with_candle(tied);
+        println!("tied {tied}: worst logit error relative to the largest logit: {worst:.2e}");
+        assert!(worst < 1e-4, "tied {tied}: {worst}");
+    }
+}
+
+/// Runs a prompt and 8 decoding steps through both models; the worst logit error relative to the largest logit.
+fn compare_with_candle(tied: bool) -> f32 {
+    let dir = common::Scratch::new(&format!("tiny-llama-{tied}"));
+    write_model(dir.path(), tied);
     let model = ours(dir.path(), None);
-    let config: candle_llama::LlamaConfig = serde_json::from_str(CONFIG).unwrap();
+    let config: candle_llama::LlamaConfig = serde_json::from_str(&config_text(tied)).unwrap();
     let config = config.into_config(false);
     let files = [dir.path().join("model.safetensors")];
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu) }.unwrap();
@@ -114,14 +131,13 @@ fn fp32_matches_candle_transformers_llama_in_prefill_and_decoding() {
         assert_eq!(swap::models::llama::argmax(&got), swap::models::llama::argmax(&expected), "step {step}");
         next = swap::models::llama::argmax(&got);
     }
-    println!("worst logit error relative to the largest logit: {worst:.2e}");
-    assert!(worst < 1e-4, "{worst}");
+    worst
 }
 
 #[test]
 fn checkpoints_of_a_safetensors_llama_load_to_the_same_model() {
     let dir = common::Scratch::new("tiny-llama-src");
-    write_model(dir.path());
+    write_model(dir.path(), true);
     let out = common::Scratch::new("tiny-llama-int4");
     let plan = Plan::llama_preset("int4").unwrap();
     let report = quantize_llama(dir.path(), plan.clone(), out.path(), |_, _, _| {}).unwrap();
