@@ -115,6 +115,8 @@ fn qlayers_ring(isa: Isa, scheme: Scheme, m: usize, k: usize, n: usize) -> Vec<P
         scales: &scales,
         zero_points: &zero_points,
         mins: &[],
+        // Weight-only layers (per-block scales) keep them in f16.
+        half_params: per_block,
     };
     ring(m, || PackedWeights::new(isa, &w).expect("valid weights"), PackedWeights::storage_bytes)
 }

@@ -99,6 +99,7 @@ fn pack(isa: Isa, c: &Codes, n: usize, k: usize) -> Result<PackedWeights> {
             scales: &c.scales,
             zero_points: &c.zero_points,
             mins: &[],
+            half_params: c.per_block,
         },
     )?)
 }

@@ -18,6 +18,8 @@ struct Case {
     zero_points: Vec<i32>,
     /// Per-block float minimums, or empty.
     mins: Vec<f32>,
+    /// Per-block scales and minimums kept in f16.
+    half_params: bool,
     bias: Option<Vec<f32>>,
 }
 
@@ -36,6 +38,7 @@ impl Case {
             scales: (0..params).map(|_| rng.random_range(0.001f32..0.1)).collect(),
             zero_points: (0..params).map(|_| rng.random_range(0..levels) as i32).collect(),
             mins: Vec::new(),
+            half_params: false,
             bias: rng.random_bool(0.5).then(|| (0..n).map(|_| rng.random_range(-1f32..1.0)).collect()),
         }
     }
@@ -51,6 +54,16 @@ impl Case {
             scales: &self.scales,
             zero_points: &self.zero_points,
             mins: &self.mins,
+            half_params: self.half_params,
+        }
+    }
+
+    /// A per-block scale or minimum as the kernels see it: rounded to f16 when the parameters are kept in f16.
+    fn param(&self, v: f32) -> f32 {
+        if self.half_params && self.per_block {
+            half::f16::from_f32(v).to_f32()
+        } else {
+            v
         }
     }
 
@@ -91,10 +104,10 @@ impl Case {
                             (i64::from(self.codes[c * self.k + i]) - i64::from(self.zero_points[p])) * i64::from(q[i])
                         })
                         .sum();
-                    let scale = if self.per_block { sx[g] * self.scales[p] } else { sx[g] };
+                    let scale = if self.per_block { sx[g] * self.param(self.scales[p]) } else { sx[g] };
                     acc = ((dot as i32) as f32).mul_add(scale, acc);
                     if !self.mins.is_empty() {
-                        acc = (sx[g] * sums[g] as f32).mul_add(self.mins[p], acc);
+                        acc = (sx[g] * sums[g] as f32).mul_add(self.param(self.mins[p]), acc);
                     }
                 }
                 let final_scale = if self.per_block { 1.0 } else { self.scales[c] };
@@ -135,19 +148,22 @@ fn every_level_matches_the_scalar_formula_bit_for_bit() {
     let mut checked = 0;
     for &(m, k, n) in &shapes {
         for bits in [Bits::B8, Bits::B4, Bits::B2] {
-            for (block, per_block, symmetric, mins) in [
-                (16, true, false, false),
-                (32, false, true, false),
-                (64, true, true, false),
-                (k, false, false, false),
-                (k, true, false, false),
-                (32, true, false, true),
-                (k, true, false, true),
+            for (block, per_block, symmetric, mins, half_params) in [
+                (16, true, false, false, false),
+                (32, false, true, false, true),
+                (64, true, true, false, false),
+                (k, false, false, false, false),
+                (k, true, false, false, false),
+                (32, true, false, true, false),
+                (k, true, false, true, false),
+                (16, true, true, false, true),
+                (32, true, false, true, true),
             ] {
                 let mut case = Case::random(&mut rng, n, k, bits, block, per_block);
                 if mins {
                     case = case.with_mins(&mut rng);
                 }
+                case.half_params = half_params;
                 if symmetric {
                     // One zero point for every column and block, as symmetric weights have.
                     let mid = 1 << (bits.count() - 1);
@@ -158,8 +174,9 @@ fn every_level_matches_the_scalar_formula_bit_for_bit() {
                 for isa in Isa::supported() {
                     let w = PackedWeights::new(isa, &case.codes()).unwrap();
                     let y = w.matmul(&x, m, case.bias.as_deref()).unwrap();
+                    assert_eq!(w.half_params(), half_params && per_block);
                     let what = format!(
-                        "{isa} m={m} k={k} n={n} bits={} block={block} per_block={per_block} mins={mins}",
+                        "{isa} m={m} k={k} n={n} bits={} block={block} per_block={per_block} mins={mins} half={half_params}",
                         bits.count()
                     );
                     assert_bit_identical(&y, &expected, &what);
@@ -168,7 +185,7 @@ fn every_level_matches_the_scalar_formula_bit_for_bit() {
             }
         }
     }
-    assert!(checked >= shapes.len() * 3 * 7, "ran {checked} comparisons");
+    assert!(checked >= shapes.len() * 3 * 9, "ran {checked} comparisons");
 }
 
 #[test]
@@ -186,6 +203,7 @@ fn extreme_codes_do_not_saturate() {
         scales: vec![1.0; n],
         zero_points: vec![0; n],
         mins: Vec::new(),
+        half_params: false,
         bias: None,
     };
     let x: Vec<f32> =
@@ -195,6 +213,26 @@ fn extreme_codes_do_not_saturate() {
         let w = PackedWeights::new(isa, &case.codes()).unwrap();
         assert_bit_identical(&w.matmul(&x, m, None).unwrap(), &expected, &format!("{isa} extremes"));
     }
+}
+
+#[test]
+fn f16_parameters_halve_their_bytes_and_fall_back_to_f32_out_of_range() {
+    let mut rng = StdRng::seed_from_u64(17);
+    let mut case = Case::random(&mut rng, 40, 96, Bits::B4, 32, true).with_mins(&mut rng);
+    let full = PackedWeights::new(Isa::Reference, &case.codes()).unwrap();
+    let x = random_input(&mut rng, 3, 96);
+    assert_bit_identical(&full.matmul(&x, 3, case.bias.as_deref()).unwrap(), &case.expected(&x, 3), "f32 parameters");
+    case.half_params = true;
+    let half = PackedWeights::new(Isa::Reference, &case.codes()).unwrap();
+    assert!(half.half_params() && !full.half_params());
+    // 40 rows x 3 blocks of scales and minimums, padded to 48 rows: 4 bytes saved on each.
+    assert_eq!(full.storage_bytes() - half.storage_bytes(), 2 * 48 * 3 * 2);
+    // A scale beyond f16's range keeps the f32 parameters, and the results follow the f32 formula.
+    case.scales[5] = 1e6;
+    let fallback = PackedWeights::new(Isa::Reference, &case.codes()).unwrap();
+    assert!(!fallback.half_params());
+    case.half_params = false;
+    assert_bit_identical(&fallback.matmul(&x, 3, case.bias.as_deref()).unwrap(), &case.expected(&x, 3), "fallback");
 }
 
 #[test]

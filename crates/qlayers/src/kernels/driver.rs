@@ -74,7 +74,7 @@ macro_rules! level {
 
 level!(reference_level, Reference, mr = 4, nv = 1);
 #[cfg(target_arch = "x86_64")]
-level!(avx2_level, super::super::x86::avx2::Avx2, mr = 4, nv = 2, features = "avx2,fma");
+level!(avx2_level, super::super::x86::avx2::Avx2, mr = 4, nv = 2, features = "avx2,fma,f16c");
 #[cfg(target_arch = "x86_64")]
 level!(
     avx512_level,
@@ -240,7 +240,8 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
         bits: w.bits.count() as usize,
         per_block: w.per_block,
         uniform_zero_offset: w.uniform_zero_offset,
-        has_mins: !w.mins.is_empty(),
+        has_mins: !w.mins.is_empty() || !w.half_mins.is_empty(),
+        half: w.half_params(),
     };
     let nr = NV * S::LANES;
     let params = w.param_blocks() * nr;
@@ -260,9 +261,11 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
                     a_scales: job.acts.scales.as_ptr().add(m0 * blocks.count),
                     a_sums: job.acts.sums.as_ptr().add(m0 * blocks.count),
                     w: w.codes.as_ptr().add(p * w.panel_bytes),
-                    w_scales: w.scales.as_ptr().add(p * params),
+                    w_scales: w.scales.as_ptr().wrapping_add(p * params),
                     w_zero_offsets: w.zero_offsets.as_ptr().wrapping_add(p * params),
                     w_mins: w.mins.as_ptr().wrapping_add(p * params),
+                    w_half_scales: w.half_scales.as_ptr().wrapping_add(p * params),
+                    w_half_mins: w.half_mins.as_ptr().wrapping_add(p * params),
                     bias: job.bias.as_ptr().add(col0),
                     out: job.out.get().add(m0 * w.n + col0),
                     ldo: w.n,

@@ -23,6 +23,10 @@ pub(crate) struct Tile {
     pub w_zero_offsets: *const i16,
     /// The panel's minimums, `[param block][nr]` (read only when the geometry says the weights have them).
     pub w_mins: *const f32,
+    /// The panel's per-block scales in f16, `[param block][nr]`, when the geometry says so.
+    pub w_half_scales: *const u16,
+    /// The panel's minimums in f16, `[param block][nr]`, when the geometry says so.
+    pub w_half_mins: *const u16,
     /// Bias of the panel's columns (zeros where the layer has none), padded to `nr`.
     pub bias: *const f32,
     /// Output of the first row and column, rows `ldo` floats apart.
@@ -54,6 +58,8 @@ pub(crate) struct BlockGeometry {
     pub uniform_zero_offset: Option<i32>,
     /// Whether the weights have per-block minimums (`w = (u - z) * scale + min`).
     pub has_mins: bool,
+    /// Whether per-block scales and minimums are f16.
+    pub half: bool,
 }
 
 /// Computes one tile. `BITS` is the weight code width (8, 4 or 2).
@@ -98,9 +104,10 @@ pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const
         let a = t.a.add(start * t.tile_rows);
         dot_block::<S, ROWS, NV, BITS>(a, 4 * t.tile_rows, t.w.add(start * nr * BITS / 8), padded / 4, &mut acc);
 
-        let w_scales: [S::F; NV] = match geo.per_block {
-            true => std::array::from_fn(|v| S::load_f(t.w_scales.add(params + v * S::LANES))),
-            false => [S::zero_f(); NV],
+        let w_scales: [S::F; NV] = match (geo.per_block, geo.half) {
+            (true, false) => std::array::from_fn(|v| S::load_f(t.w_scales.add(params + v * S::LANES))),
+            (true, true) => std::array::from_fn(|v| S::load_f16(t.w_half_scales.add(params + v * S::LANES))),
+            (false, _) => [S::zero_f(); NV],
         };
         for m in 0..ROWS {
             let x_scale = S::splat_f(*t.a_scales.add(m * geo.count + g));
@@ -110,7 +117,10 @@ pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const
             }
         }
         if geo.has_mins {
-            let mins: [S::F; NV] = std::array::from_fn(|v| S::load_f(t.w_mins.add(params + v * S::LANES)));
+            let mins: [S::F; NV] = match geo.half {
+                true => std::array::from_fn(|v| S::load_f16(t.w_half_mins.add(params + v * S::LANES))),
+                false => std::array::from_fn(|v| S::load_f(t.w_mins.add(params + v * S::LANES))),
+            };
             for (m, row) in accf.iter_mut().enumerate() {
                 let x_total = *t.a_scales.add(m * geo.count + g) * *t.a_sums.add(m * geo.count + g) as f32;
                 for (acc, &min) in row.iter_mut().zip(&mins) {

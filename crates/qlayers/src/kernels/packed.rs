@@ -4,7 +4,9 @@
 //! panels of `nr` columns. Inside a panel, each step of 4 K values stores `nr * 4` bytes: for every column, its
 //! 4 consecutive codes. At 4 bits two consecutive steps share those bytes (low nibble first), at 2 bits four do.
 //! Each panel carries, per parameter block, `nr` scales and `nr` zero offsets (`zero_point - WIDE_OFFSET` at 8 bits),
-//! and `nr` minimums when the weights have them.
+//! and `nr` minimums when the weights have them. Per-block scales and minimums may be kept in f16 (as ggml's formats
+//! keep theirs): at batch 1 the bytes read set the pace, and a scale and a minimum per 32 4-bit codes are otherwise a
+//! third of them.
 
 use super::blocks::KBlocks;
 use super::isa::Isa;
@@ -35,6 +37,9 @@ pub struct WeightCodes<'a> {
     pub zero_points: &'a [i32],
     /// `n * blocks` float minimums (per-block parameters only), or empty when the weights have none.
     pub mins: &'a [f32],
+    /// Keep per-block scales and minimums in f16 (rounded to nearest), when every one fits its range; otherwise, or
+    /// for per-row scales, they stay f32.
+    pub half_params: bool,
 }
 
 /// Weights in the panel layout of one kernel level.
@@ -57,8 +62,13 @@ pub struct PackedWeights {
     pub(crate) zero_offsets: Vec<i16>,
     /// The zero offset of every column and block when they are all equal (symmetric weights).
     pub(crate) uniform_zero_offset: Option<i32>,
-    /// `[panel][param block][nr]` minimums (0 for padding columns); empty when the weights have none.
+    /// `[panel][param block][nr]` minimums (0 for padding columns); empty when the weights have none or they are
+    /// kept in f16.
     pub(crate) mins: Vec<f32>,
+    /// `scales` as f16 bits, when per-block parameters are kept in f16 (`scales` is then empty).
+    pub(crate) half_scales: Vec<u16>,
+    /// `mins` as f16 bits, when per-block parameters are kept in f16 (`mins` is then empty).
+    pub(crate) half_mins: Vec<u16>,
 }
 
 impl PackedWeights {
@@ -132,6 +142,11 @@ impl PackedWeights {
                 }
             }
         }
+        let half = w.half_params && w.per_block && fits_f16(&scales, &mins);
+        let (half_scales, half_mins) = match half {
+            true => (to_f16_bits(&std::mem::take(&mut scales)), to_f16_bits(&std::mem::take(&mut mins))),
+            false => (Vec::new(), Vec::new()),
+        };
         let first = w.zero_points.first().copied().unwrap_or(0);
         let uniform_zero_offset = w.zero_points.iter().all(|&z| z == first).then_some(first - wide_offset);
         if uniform_zero_offset.is_some() {
@@ -151,6 +166,8 @@ impl PackedWeights {
             zero_offsets,
             uniform_zero_offset,
             mins,
+            half_scales,
+            half_mins,
         })
     }
 
@@ -181,7 +198,14 @@ impl PackedWeights {
 
     /// Bytes held: codes, scales, zero offsets and minimums, padding included.
     pub fn storage_bytes(&self) -> usize {
-        self.codes.len() + 4 * self.scales.len() + 2 * self.zero_offsets.len() + 4 * self.mins.len()
+        self.codes.len()
+            + 4 * (self.scales.len() + self.mins.len())
+            + 2 * (self.zero_offsets.len() + self.half_scales.len() + self.half_mins.len())
+    }
+
+    /// Whether per-block scales and minimums are kept in f16.
+    pub fn half_params(&self) -> bool {
+        !self.half_scales.is_empty()
     }
 
     /// Number of panels.
@@ -197,6 +221,18 @@ impl PackedWeights {
             1
         }
     }
+}
+
+/// Whether f16 holds every scale and minimum well: none beyond its range, and no scale in its subnormal range
+/// (where it keeps few bits) except the least scale an all-zero group gets.
+fn fits_f16(scales: &[f32], mins: &[f32]) -> bool {
+    let (max, min_normal) = (half::f16::MAX.to_f32(), half::f16::MIN_POSITIVE.to_f32());
+    scales.iter().all(|&s| s <= max && (s >= min_normal || s <= crate::quant::MIN_SCALE))
+        && mins.iter().all(|m| m.abs() <= max)
+}
+
+fn to_f16_bits(values: &[f32]) -> Vec<u16> {
+    values.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect()
 }
 
 /// What packing needs to know of a kernel level.

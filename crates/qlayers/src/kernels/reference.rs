@@ -62,6 +62,10 @@ impl Int8Simd for Reference {
         std::ptr::read_unaligned(p as *const [f32; LANES])
     }
     #[inline(always)]
+    unsafe fn load_f16(p: *const u16) -> Self::F {
+        std::ptr::read_unaligned(p as *const [u16; LANES]).map(|bits| half::f16::from_bits(bits).to_f32())
+    }
+    #[inline(always)]
     unsafe fn store_f(p: *mut f32, v: Self::F) {
         std::ptr::write_unaligned(p as *mut [f32; LANES], v)
     }

@@ -44,6 +44,8 @@ pub(crate) trait Int8Simd {
     unsafe fn load_i16(p: *const i16) -> Self::I;
     /// Loads `LANES` f32 values.
     unsafe fn load_f(p: *const f32) -> Self::F;
+    /// Loads `LANES` IEEE half-precision values (their bits), widened to f32 exactly.
+    unsafe fn load_f16(p: *const u16) -> Self::F;
     /// Stores `LANES` f32 values.
     unsafe fn store_f(p: *mut f32, v: Self::F);
     /// Lane-wise `a - b * c` on i32 (wrapping).

@@ -68,7 +68,7 @@ impl QConv2d {
                 let groups = (0..g)
                     .map(|gi| {
                         let q = QTensor::quantize(&flat.narrow(0, gi * per_group, per_group)?, weight_scheme)?;
-                        pack_qtensor(&q, block)
+                        pack_qtensor(&q, block, scheme.half_params())
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let bias = bias.map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;

@@ -4,11 +4,12 @@ use crate::error::{QuantError, Result};
 use crate::kernels::{selected_isa, PackedWeights, WeightCodes};
 use crate::quant::{CodeRange, Granularity, LinearScheme, QTensor, Scheme};
 
-/// Repacks a quantized `[n, k]` weight for the kernels, with activations quantized in blocks of `block`.
+/// Repacks a quantized `[n, k]` weight for the kernels, with activations quantized in blocks of `block`;
+/// `half_params` keeps per-block scales and minimums in f16 (see [`WeightCodes::half_params`]).
 ///
 /// Signed codes are shifted to unsigned (`q + 2^(b-1)`, zero point shifted alike). Per-tensor scales are
 /// repeated per row; per-group scales must use groups of `block`.
-pub(crate) fn pack_qtensor(q: &QTensor, block: usize) -> Result<PackedWeights> {
+pub(crate) fn pack_qtensor(q: &QTensor, block: usize, half_params: bool) -> Result<PackedWeights> {
     let &[n, k] = q.shape() else {
         return Err(QuantError::InvalidScheme(format!("a linear weight must be 2-D [out, in], got {:?}", q.shape())));
     };
@@ -53,6 +54,7 @@ pub(crate) fn pack_qtensor(q: &QTensor, block: usize) -> Result<PackedWeights> {
         scales: &scales,
         zero_points: &zero_points,
         mins: q.mins(),
+        half_params,
     };
     PackedWeights::new(selected_isa()?, &codes)
 }

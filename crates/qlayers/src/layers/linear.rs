@@ -49,7 +49,8 @@ impl QLinear {
             None => Kind::F32(candle_nn::Linear::new(weight.clone(), bias.cloned())),
             Some((weight_scheme, block)) => {
                 let q = QTensor::quantize(weight, weight_scheme)?;
-                Kind::Int(IntLinear { weights: pack_qtensor(&q, block)?, bias: bias_values(bias)? })
+                let weights = pack_qtensor(&q, block, scheme.half_params())?;
+                Kind::Int(IntLinear { weights, bias: bias_values(bias)? })
             }
         };
         Ok(Self { scheme, in_features, out_features, kind })
@@ -68,7 +69,7 @@ impl QLinear {
         scheme: LayerScheme,
         act_block: usize,
     ) -> Result<Self> {
-        let weights = pack_qtensor(weight, act_block)?;
+        let weights = pack_qtensor(weight, act_block, scheme.half_params())?;
         let (out_features, in_features) = (weights.n(), weights.k());
         check_bias(bias, out_features)?;
         Ok(Self { scheme, in_features, out_features, kind: Kind::Int(IntLinear { weights, bias: bias_values(bias)? }) })

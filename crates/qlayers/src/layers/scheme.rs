@@ -43,6 +43,12 @@ impl LayerScheme {
         Self::Weight { bits, group: 32, symmetric: true }
     }
 
+    /// Whether the layer keeps its per-group scales and minimums in f16, as ggml's formats do: weight-only schemes,
+    /// which serve memory-bound decoding, where those parameters are otherwise up to a third of the bytes read.
+    pub fn half_params(&self) -> bool {
+        matches!(self, Self::Weight { .. })
+    }
+
     /// The weight quantization scheme and K block length this layer scheme uses for a weight with `k` inputs,
     /// or `None` for [`LayerScheme::F32`]. A checkpoint's codes are read back under this scheme.
     pub fn weight_scheme(&self, k: usize) -> Result<Option<(Scheme, usize)>> {

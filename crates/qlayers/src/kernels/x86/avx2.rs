@@ -64,6 +64,10 @@ impl Int8Simd for Avx2 {
         _mm256_loadu_ps(p)
     }
     #[inline(always)]
+    unsafe fn load_f16(p: *const u16) -> Self::F {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+    #[inline(always)]
     unsafe fn store_f(p: *mut f32, v: Self::F) {
         _mm256_storeu_ps(p, v)
     }

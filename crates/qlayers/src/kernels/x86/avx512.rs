@@ -68,6 +68,10 @@ impl Int8Simd for Avx512Vnni {
         _mm512_loadu_ps(p)
     }
     #[inline(always)]
+    unsafe fn load_f16(p: *const u16) -> Self::F {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+    #[inline(always)]
     unsafe fn store_f(p: *mut f32, v: Self::F) {
         _mm512_storeu_ps(p, v)
     }
