@@ -25,7 +25,7 @@ pub struct QLinear {
 #[derive(Debug, Clone)]
 enum Kind {
     F32(candle_nn::Linear),
-    Int(IntLinear),
+    Int(Box<IntLinear>),
 }
 
 /// The integer form: packed weights and the bias, as a candle custom op.
@@ -50,7 +50,7 @@ impl QLinear {
             Some((weight_scheme, block)) => {
                 let q = QTensor::quantize(weight, weight_scheme)?;
                 let weights = pack_qtensor(&q, block, scheme.half_params())?;
-                Kind::Int(IntLinear { weights, bias: bias_values(bias)? })
+                Kind::Int(Box::new(IntLinear { weights, bias: bias_values(bias)? }))
             }
         };
         Ok(Self { scheme, in_features, out_features, kind })
@@ -72,7 +72,7 @@ impl QLinear {
         let weights = pack_qtensor(weight, act_block, scheme.half_params())?;
         let (out_features, in_features) = (weights.n(), weights.k());
         check_bias(bias, out_features)?;
-        Ok(Self { scheme, in_features, out_features, kind: Kind::Int(IntLinear { weights, bias: bias_values(bias)? }) })
+        Ok(Self { scheme, in_features, out_features, kind: Kind::Int(Box::new(IntLinear { weights, bias: bias_values(bias)? })) })
     }
 
     /// The scheme the layer runs.
@@ -133,7 +133,7 @@ impl Module for QLinear {
                     .into());
                 }
                 let dtype = x.dtype();
-                let y = x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(int)?;
+                let y = x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(int.as_ref())?;
                 y.to_dtype(dtype)
             }
         }
