@@ -76,7 +76,7 @@ impl Plan {
     pub const LLAMA_HEAD: LayerScheme = LayerScheme::Weight { bits: qlayers::Bits::B8, group: 32, symmetric: true };
 
     /// The Llama plan a preset name stands for: `fp32`; `int8` (int8 weights in groups of 16, since activations
-    /// are quantized in the weights' blocks and blocks of 32 raise SmolLM2's perplexity by 0.6% against 0.2%);
+    /// are quantized in the weights' blocks and blocks of 32 raise SmolLM2's perplexity by 0.6% against 0.25%);
     /// `int4` and `int2` (asymmetric min-max groups of 32, the form of llama.cpp's Q4_1); or any scheme name for
     /// the body. All keep an int8 `lm_head` (see [`Plan::llama`]).
     pub fn llama_preset(name: &str) -> Result<Self> {

@@ -72,7 +72,12 @@ impl QLinear {
         let weights = pack_qtensor(weight, act_block, scheme.half_params())?;
         let (out_features, in_features) = (weights.n(), weights.k());
         check_bias(bias, out_features)?;
-        Ok(Self { scheme, in_features, out_features, kind: Kind::Int(Box::new(IntLinear { weights, bias: bias_values(bias)? })) })
+        Ok(Self {
+            scheme,
+            in_features,
+            out_features,
+            kind: Kind::Int(Box::new(IntLinear { weights, bias: bias_values(bias)? })),
+        })
     }
 
     /// The scheme the layer runs.
