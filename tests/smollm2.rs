@@ -198,3 +198,25 @@ fn an_int4_checkpoint_of_the_gguf_file_loads_to_the_same_model() {
     );
     assert_eq!(saved.chat_template(), int4_generator().chat_template());
 }
+
+#[test]
+fn a_plan_that_holds_the_file_s_own_type_keeps_its_codes() {
+    use qlayers::LayerScheme;
+    use swap::gguf_weights::GgufWeights;
+    let weights = GgufWeights::open(&common::smollm2_gguf()).unwrap();
+    let int4_asym: LayerScheme = "int4-g32-asym".parse().unwrap();
+    // The file is Q4_1: min-max int4 in groups of 32 holds it exactly, in HF row order (q_proj is permuted).
+    for name in ["model.layers.0.self_attn.q_proj.weight", "model.layers.3.mlp.down_proj.weight"] {
+        let kept = weights.native(name, int4_asym).unwrap().expect("Q4_1 kept as min-max int4");
+        let file = weights.tensor(name).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let worst = kept.dequantize_f32().iter().zip(&file).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let largest = file.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(worst <= largest * 1e-6, "{name}: {worst} against values up to {largest}");
+    }
+    // Other schemes re-quantize.
+    assert!(weights
+        .native("model.layers.0.mlp.up_proj.weight", LayerScheme::weight(qlayers::Bits::B4))
+        .unwrap()
+        .is_none());
+    assert!(weights.native("model.layers.0.mlp.up_proj.weight", Plan::LLAMA_HEAD).unwrap().is_none());
+}

@@ -1,6 +1,7 @@
 //! A Llama GGUF file read as if it were a Hugging Face checkpoint: tensors by their HF names
 //! (`model.layers.0.self_attn.q_proj.weight`), dequantized to f32, with the Q and K projections' rows put back in
-//! the HF order that GGUF converters permute away.
+//! the HF order that GGUF converters permute away. A layer whose plan scheme holds the file's own type exactly
+//! (Q4_1, Q4_0, Q8_0) keeps the file's codes and scales instead ([`GgufWeights::native`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,9 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
+use qlayers::{Bits, Granularity, LayerScheme, LinearScheme, QTensor, Scheme};
 
 /// An open GGUF file of a Llama-architecture model.
 pub struct GgufWeights {
@@ -52,6 +55,57 @@ impl GgufWeights {
     pub fn contains(&self, name: &str) -> bool {
         gguf_name(name).is_some_and(|g| self.content.tensor_infos.contains_key(&g))
             || (name == "lm_head.weight" && self.content.tensor_infos.contains_key("token_embd.weight"))
+    }
+
+    /// The codes of weight `name` as the file stores them, when `scheme` holds the file's type exactly: Q4_1 as
+    /// min-max int4 in groups of 32 (`int4-g32-asym`), Q4_0 as symmetric int4 in groups of 32 (`int4-g32`, codes
+    /// `q - 8`), Q8_0 as symmetric int8 in groups of 32 (`int8-g32`); `None` for any other pairing. Rows are put in
+    /// HF order as [`GgufWeights::tensor`] does.
+    pub fn native(&self, name: &str, scheme: LayerScheme) -> Result<Option<QTensor>> {
+        let Some(gguf) = gguf_name(name).filter(|g| self.content.tensor_infos.contains_key(g)) else {
+            return Ok(None);
+        };
+        let dtype = self.content.tensor_infos[&gguf].ggml_dtype;
+        let LayerScheme::Weight { bits, group: 32, symmetric } = scheme else { return Ok(None) };
+        let block = match (dtype, bits, symmetric) {
+            (GgmlDType::Q4_1, Bits::B4, false) => NativeBlock::Q4_1,
+            (GgmlDType::Q4_0, Bits::B4, true) => NativeBlock::Q4_0,
+            (GgmlDType::Q8_0, Bits::B8, true) => NativeBlock::Q8_0,
+            _ => return Ok(None),
+        };
+        let raw = {
+            let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+            self.content
+                .tensor(&mut *file, &gguf, &Device::Cpu)
+                .with_context(|| format!("GGUF tensor {gguf} of {}", self.path.display()))?
+        };
+        let (rows, cols) = raw.shape().dims2()?;
+        let bytes = raw.data()?;
+        let mut codes = Vec::with_capacity(rows * cols);
+        let (mut scales, mut mins) = (Vec::with_capacity(rows * cols / 32), Vec::new());
+        for b in bytes.chunks_exact(block.bytes()) {
+            block.decode(b, &mut codes, &mut scales, &mut mins);
+        }
+        let heads = match name {
+            n if n.ends_with("self_attn.q_proj.weight") => Some(self.heads),
+            n if n.ends_with("self_attn.k_proj.weight") => Some(self.kv_heads),
+            _ => None,
+        };
+        if let Some(heads) = heads {
+            let order = hf_row_order(rows, heads)?;
+            codes = gather_rows(&codes, cols, &order);
+            scales = gather_rows(&scales, cols / 32, &order);
+            mins = if mins.is_empty() { mins } else { gather_rows(&mins, cols / 32, &order) };
+        }
+        let packed = qlayers::pack::pack(&codes, bits)?;
+        let q = match block {
+            NativeBlock::Q4_1 => QTensor::from_min_max_parts(vec![rows, cols], bits, 32, scales, mins, packed),
+            _ => {
+                let scheme = Scheme::Linear(LinearScheme::symmetric(bits, Granularity::PerGroup { size: 32 }));
+                QTensor::from_parts(vec![rows, cols], scheme, scales.clone(), vec![0; scales.len()], packed)
+            }
+        };
+        Ok(Some(q.with_context(|| format!("the {dtype:?} blocks of {gguf}"))?))
     }
 
     /// The tensor of HF name `name` in f32, in HF layout. `lm_head.weight` is the embedding matrix when the file
@@ -103,6 +157,61 @@ fn gguf_name(name: &str) -> Option<String> {
         _ => return None,
     };
     Some(format!("blk.{layer}.{tail}"))
+}
+
+/// ggml block types our schemes hold exactly.
+#[derive(Debug, Clone, Copy)]
+enum NativeBlock {
+    /// f16 scale, f16 minimum, 16 bytes of 4-bit codes: `x = q * d + m`.
+    Q4_1,
+    /// f16 scale, 16 bytes of 4-bit codes: `x = (q - 8) * d`.
+    Q4_0,
+    /// f16 scale, 32 signed bytes: `x = q * d`.
+    Q8_0,
+}
+
+impl NativeBlock {
+    /// Bytes of one block of 32 values.
+    fn bytes(self) -> usize {
+        match self {
+            Self::Q4_1 => 20,
+            Self::Q4_0 => 18,
+            Self::Q8_0 => 34,
+        }
+    }
+
+    /// Appends one block's 32 codes (two's complement bytes for signed codes) and its parameters. ggml's 4-bit
+    /// blocks hold value `j` in the low nibble of byte `j` and value `j + 16` in its high nibble.
+    fn decode(self, b: &[u8], codes: &mut Vec<u8>, scales: &mut Vec<f32>, mins: &mut Vec<f32>) {
+        let half = |at: usize| half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+        scales.push(half(0));
+        match self {
+            Self::Q4_1 => {
+                mins.push(half(2));
+                codes.extend(b[4..20].iter().map(|q| q & 0x0F));
+                codes.extend(b[4..20].iter().map(|q| q >> 4));
+            }
+            Self::Q4_0 => {
+                codes.extend(b[2..18].iter().map(|q| (q & 0x0F).wrapping_sub(8) & 0x0F));
+                codes.extend(b[2..18].iter().map(|q| (q >> 4).wrapping_sub(8) & 0x0F));
+            }
+            Self::Q8_0 => codes.extend_from_slice(&b[2..34]),
+        }
+    }
+}
+
+/// For each HF row of a rotary projection of `rows` rows and `heads` heads, the GGUF row it is stored in.
+fn hf_row_order(rows: usize, heads: usize) -> Result<Vec<usize>> {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
+        bail!("a rotary projection of {rows} rows cannot hold {heads} heads");
+    }
+    let d = rows / heads;
+    Ok((0..rows).map(|r| (r / d) * d + 2 * (r % d % (d / 2)) + (r % d) / (d / 2)).collect())
+}
+
+/// The rows (`width` values each) of `values` in `order`.
+fn gather_rows<T: Copy>(values: &[T], width: usize, order: &[usize]) -> Vec<T> {
+    order.iter().flat_map(|&r| values[r * width..(r + 1) * width].iter().copied()).collect()
 }
 
 /// GGUF converters store each head's Q/K rows with the two rotary halves interleaved (row `2i + half` holds HF row

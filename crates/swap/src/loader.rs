@@ -292,14 +292,18 @@ impl QuantLoader {
             (_, LayerScheme::F32) => {
                 LinearWeight::Float(self.read_float(&format!("{name}.weight"), &[out_dim, in_dim])?)
             }
-            (Source::Float(_), _) => {
-                let weight = self.read_float(&format!("{name}.weight"), &[out_dim, in_dim])?;
-                let (weight_scheme, _) = scheme.weight_scheme(in_dim)?.context("an integer scheme")?;
-                LinearWeight::Quantized(
-                    QTensor::quantize(&weight, weight_scheme)
-                        .with_context(|| format!("quantizing {name} as {scheme}"))?,
-                )
-            }
+            (Source::Float(_), _) => match self.native(name, scheme, [out_dim, in_dim])? {
+                // A GGUF file's own codes, when the scheme holds its type exactly.
+                Some(q) => LinearWeight::Quantized(q),
+                None => {
+                    let weight = self.read_float(&format!("{name}.weight"), &[out_dim, in_dim])?;
+                    let (weight_scheme, _) = scheme.weight_scheme(in_dim)?.context("an integer scheme")?;
+                    LinearWeight::Quantized(
+                        QTensor::quantize(&weight, weight_scheme)
+                            .with_context(|| format!("quantizing {name} as {scheme}"))?,
+                    )
+                }
+            },
             (Source::Quantized(_), _) => LinearWeight::Quantized(checkpoint::read_weight(
                 self.tensors.safetensors()?,
                 name,
@@ -354,6 +358,16 @@ impl QuantLoader {
     /// What every layer built so far became, in build order.
     pub fn report(&self) -> Vec<LayerReport> {
         lock(&self.report).clone()
+    }
+
+    /// A GGUF file's own codes for layer `name`, when `scheme` holds its type exactly (see [`GgufWeights::native`]).
+    fn native(&self, name: &str, scheme: LayerScheme, shape: [usize; 2]) -> Result<Option<QTensor>> {
+        let Store::Gguf(gguf) = &self.tensors else { return Ok(None) };
+        let Some(q) = gguf.native(self.resolve(&format!("{name}.weight")), scheme)? else { return Ok(None) };
+        if q.shape() != shape {
+            bail!("weight {name} has shape {:?}, expected {shape:?}", q.shape());
+        }
+        Ok(Some(q))
     }
 
     fn read_float(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
