@@ -175,13 +175,7 @@ pub fn quantize_bert(
     out: &Path,
     progress: impl Fn(usize, usize, &str) + Send + Sync + 'static,
 ) -> Result<SaveReport> {
-    let config_path = src.join("config.json");
-    let config_text = std::fs::read_to_string(&config_path)
-        .with_context(|| format!("{} has no readable config.json", src.display()))?;
-    let config_json: serde_json::Value = serde_json::from_str(&config_text).context("config.json is not JSON")?;
-    if config_json.get("quantization_config").is_some() || src.join("quanto_qmap.json").exists() {
-        bail!("{} is already quantized; quantize the float model instead", src.display());
-    }
+    let (config_text, config_json) = float_config(src)?;
     let config = BertConfig::from_json(&config_text)?;
     let weights = src.join(WEIGHTS_FILE);
     let loader = QuantLoader::from_safetensors(&[&weights], plan.clone())?
@@ -206,8 +200,7 @@ pub fn quantize_llama(
     if src.is_file() {
         let weights = GgufWeights::open(src)?;
         let metadata = weights.metadata().clone();
-        let mut config = LlamaConfig::from_gguf(&metadata)?;
-        config.tie_word_embeddings = weights.ties_embeddings();
+        let config = LlamaConfig::of_gguf(&weights)?;
         let total = config.linear_layers().len();
         let loader = QuantLoader::from_gguf(weights, plan.clone()).recording().with_progress(counted(total, progress));
         LlamaModel::load(config.clone(), &loader)?;
@@ -215,24 +208,30 @@ pub fn quantize_llama(
         write_gguf_tokenizer(&metadata, out)?;
         return write_checkpoint(&loader, plan, config.to_hf_json(), out, std::fs::metadata(src)?.len());
     }
-    let config_text = std::fs::read_to_string(src.join("config.json"))
-        .with_context(|| format!("{} is neither a GGUF file nor a folder with config.json", src.display()))?;
-    let config_json: serde_json::Value = serde_json::from_str(&config_text).context("config.json is not JSON")?;
-    if config_json.get("quantization_config").is_some() {
-        bail!("{} is already quantized; quantize the float model instead", src.display());
-    }
+    let (config_text, config_json) = float_config(src)?;
     let config = LlamaConfig::from_hf_json(&config_text)?;
     let weights = src.join(WEIGHTS_FILE);
-    let mut loader = QuantLoader::from_safetensors(&[&weights], plan.clone())?
-        .recording()
-        .with_progress(counted(config.linear_layers().len(), progress));
-    if config.tie_word_embeddings {
-        loader = loader.with_alias("lm_head.weight", "model.embed_tokens.weight");
-    }
+    let loader = config.tie_head(
+        QuantLoader::from_safetensors(&[&weights], plan.clone())?
+            .recording()
+            .with_progress(counted(config.linear_layers().len(), progress)),
+    );
     LlamaModel::load(config, &loader).context("the weights do not match config.json")?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     copy_side_files(src, out)?;
     write_checkpoint(&loader, plan, config_json, out, std::fs::metadata(&weights)?.len())
+}
+
+/// The `config.json` of the float model folder `src`, as text and parsed; a folder already quantized (by this
+/// crate or optimum-quanto) is refused.
+fn float_config(src: &Path) -> Result<(String, serde_json::Value)> {
+    let text = std::fs::read_to_string(src.join("config.json"))
+        .with_context(|| format!("{} has no readable config.json", src.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).context("config.json is not JSON")?;
+    if json.get("quantization_config").is_some() || src.join(crate::quanto::QMAP_FILE).exists() {
+        bail!("{} is already quantized; quantize the float model instead", src.display());
+    }
+    Ok((text, json))
 }
 
 /// A progress callback over `total` layers for [`QuantLoader::with_progress`].

@@ -79,8 +79,7 @@ impl Generator {
             let tokenizer = tokenizer_from_gguf(metadata)?;
             let chat_template = metadata_str(metadata, "tokenizer.chat_template").ok().map(str::to_string);
             let add_bos = metadata.get("tokenizer.ggml.add_bos_token").is_some_and(|v| v.to_bool().unwrap_or(false));
-            let mut config = LlamaConfig::from_gguf(metadata)?;
-            config.tie_word_embeddings = weights.ties_embeddings();
+            let config = LlamaConfig::of_gguf(&weights)?;
             let loader = QuantLoader::from_gguf(weights, plan.unwrap_or_else(default_plan));
             let model = LlamaModel::load(config, &loader)?;
             return Ok(Self { model, tokenizer, chat_template, add_bos, layers: loader.report() });
@@ -89,10 +88,7 @@ impl Generator {
             .with_context(|| format!("{} is neither a GGUF file nor a folder with config.json", path.display()))?;
         let config_json: serde_json::Value = serde_json::from_str(&config_text).context("config.json is not JSON")?;
         let config = LlamaConfig::from_hf_json(&config_text)?;
-        let mut loader = QuantLoader::open_folder(path, &config_json, plan, default_plan)?;
-        if config.tie_word_embeddings {
-            loader = loader.with_alias("lm_head.weight", "model.embed_tokens.weight");
-        }
+        let loader = config.tie_head(QuantLoader::open_folder(path, &config_json, plan, default_plan)?);
         let model = LlamaModel::load(config, &loader).context("the weights do not match config.json")?;
         let tokenizer = Tokenizer::from_file(path.join("tokenizer.json"))
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.join("tokenizer.json").display()))?;

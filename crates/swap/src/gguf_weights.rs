@@ -53,8 +53,37 @@ impl GgufWeights {
 
     /// Whether the file holds the tensor of HF name `name`.
     pub fn contains(&self, name: &str) -> bool {
-        gguf_name(name).is_some_and(|g| self.content.tensor_infos.contains_key(&g))
-            || (name == "lm_head.weight" && self.content.tensor_infos.contains_key("token_embd.weight"))
+        self.stored_name(name).is_some()
+    }
+
+    /// The GGUF name of the tensor that holds HF tensor `name`, if the file has it: `lm_head.weight` is the
+    /// embedding matrix when the file ties them (it has no `output.weight`).
+    fn stored_name(&self, name: &str) -> Option<String> {
+        let gguf = gguf_name(name)?;
+        match self.content.tensor_infos.contains_key(&gguf) {
+            true => Some(gguf),
+            false if name == "lm_head.weight" => {
+                Some("token_embd.weight".to_string()).filter(|e| self.content.tensor_infos.contains_key(e))
+            }
+            false => None,
+        }
+    }
+
+    /// The heads of a rotary projection (`q_proj`, `k_proj`), whose rows GGUF converters permute.
+    fn rotary_heads(&self, name: &str) -> Option<usize> {
+        match name {
+            n if n.ends_with("self_attn.q_proj.weight") => Some(self.heads),
+            n if n.ends_with("self_attn.k_proj.weight") => Some(self.kv_heads),
+            _ => None,
+        }
+    }
+
+    /// The stored (possibly quantized) tensor `gguf`.
+    fn read(&self, gguf: &str) -> Result<candle_core::quantized::QTensor> {
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        self.content
+            .tensor(&mut *file, gguf, &Device::Cpu)
+            .with_context(|| format!("GGUF tensor {gguf} of {}", self.path.display()))
     }
 
     /// The codes of weight `name` as the file stores them, when `scheme` holds the file's type exactly: Q4_1 as
@@ -62,9 +91,7 @@ impl GgufWeights {
     /// `q - 8`), Q8_0 as symmetric int8 in groups of 32 (`int8-g32`); `None` for any other pairing. Rows are put in
     /// HF order as [`GgufWeights::tensor`] does.
     pub fn native(&self, name: &str, scheme: LayerScheme) -> Result<Option<QTensor>> {
-        let Some(gguf) = gguf_name(name).filter(|g| self.content.tensor_infos.contains_key(g)) else {
-            return Ok(None);
-        };
+        let Some(gguf) = self.stored_name(name) else { return Ok(None) };
         let dtype = self.content.tensor_infos[&gguf].ggml_dtype;
         let LayerScheme::Weight { bits, group: 32, symmetric } = scheme else { return Ok(None) };
         let block = match (dtype, bits, symmetric) {
@@ -73,12 +100,7 @@ impl GgufWeights {
             (GgmlDType::Q8_0, Bits::B8, true) => NativeBlock::Q8_0,
             _ => return Ok(None),
         };
-        let raw = {
-            let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-            self.content
-                .tensor(&mut *file, &gguf, &Device::Cpu)
-                .with_context(|| format!("GGUF tensor {gguf} of {}", self.path.display()))?
-        };
+        let raw = self.read(&gguf)?;
         let (rows, cols) = raw.shape().dims2()?;
         let bytes = raw.data()?;
         let mut codes = Vec::with_capacity(rows * cols);
@@ -86,12 +108,7 @@ impl GgufWeights {
         for b in bytes.chunks_exact(block.bytes()) {
             block.decode(b, &mut codes, &mut scales, &mut mins);
         }
-        let heads = match name {
-            n if n.ends_with("self_attn.q_proj.weight") => Some(self.heads),
-            n if n.ends_with("self_attn.k_proj.weight") => Some(self.kv_heads),
-            _ => None,
-        };
-        if let Some(heads) = heads {
+        if let Some(heads) = self.rotary_heads(name) {
             let order = hf_row_order(rows, heads)?;
             codes = gather_rows(&codes, cols, &order);
             scales = gather_rows(&scales, cols / 32, &order);
@@ -111,24 +128,11 @@ impl GgufWeights {
     /// The tensor of HF name `name` in f32, in HF layout. `lm_head.weight` is the embedding matrix when the file
     /// ties them (it has no `output.weight`).
     pub fn tensor(&self, name: &str) -> Result<Tensor> {
-        let mut gguf = gguf_name(name).with_context(|| format!("no GGUF tensor stands for {name}"))?;
-        if name == "lm_head.weight" && !self.content.tensor_infos.contains_key(&gguf) {
-            gguf = "token_embd.weight".into();
-        }
-        let tensor = {
-            let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-            let q = self
-                .content
-                .tensor(&mut *file, &gguf, &Device::Cpu)
-                .with_context(|| format!("GGUF tensor {gguf} of {}", self.path.display()))?;
-            q.dequantize(&Device::Cpu)?
-        };
-        if name.ends_with("self_attn.q_proj.weight") {
-            unpermute_rotary_rows(&tensor, self.heads)
-        } else if name.ends_with("self_attn.k_proj.weight") {
-            unpermute_rotary_rows(&tensor, self.kv_heads)
-        } else {
-            Ok(tensor)
+        let gguf = self.stored_name(name).with_context(|| format!("the GGUF file has no tensor for {name}"))?;
+        let tensor = self.read(&gguf)?.dequantize(&Device::Cpu)?;
+        match self.rotary_heads(name) {
+            Some(heads) => unpermute_rotary_rows(&tensor, heads),
+            None => Ok(tensor),
         }
     }
 }
@@ -217,13 +221,8 @@ fn gather_rows<T: Copy>(values: &[T], width: usize, order: &[usize]) -> Vec<T> {
 /// GGUF converters store each head's Q/K rows with the two rotary halves interleaved (row `2i + half` holds HF row
 /// `half * d / 2 + i`); this puts them back in HF order.
 fn unpermute_rotary_rows(weight: &Tensor, heads: usize) -> Result<Tensor> {
-    let (rows, cols) = weight.dims2()?;
-    if heads == 0 || !rows.is_multiple_of(2 * heads) {
-        bail!("a rotary projection of {rows} rows cannot hold {heads} heads");
-    }
-    let half = rows / heads / 2;
-    // [heads, half, 2, cols] -> [heads, 2, half, cols]
-    Ok(weight.reshape((heads, half, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+    let order: Vec<u32> = hf_row_order(weight.dims2()?.0, heads)?.into_iter().map(|r| r as u32).collect();
+    Ok(weight.index_select(&Tensor::new(order.as_slice(), weight.device())?, 0)?)
 }
 
 /// A string value of the metadata.

@@ -133,13 +133,29 @@ impl LlamaConfig {
             rope_scaling,
             rms_eps: get("llama.attention.layer_norm_rms_epsilon")?.to_f32()?,
             context_length: int("context_length")?,
-            // Known only from the tensors: see `GgufWeights::ties_embeddings`.
+            // Known only from the tensors: see `LlamaConfig::of_gguf`.
             tie_word_embeddings: false,
             bos_token_id: token("tokenizer.ggml.bos_token_id")?,
             eos_token_id: token("tokenizer.ggml.eos_token_id")?,
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// The config of a GGUF file: its metadata, and whether its tensors tie the head to the embeddings.
+    pub fn of_gguf(weights: &GgufWeights) -> Result<Self> {
+        let mut config = Self::from_gguf(weights.metadata())?;
+        config.tie_word_embeddings = weights.ties_embeddings();
+        Ok(config)
+    }
+
+    /// `loader`, reading `lm_head.weight` from the embeddings when this config ties them and the checkpoint has no
+    /// head of its own.
+    pub fn tie_head(&self, loader: QuantLoader) -> QuantLoader {
+        match self.tie_word_embeddings {
+            true => loader.with_alias("lm_head.weight", "model.embed_tokens.weight"),
+            false => loader,
+        }
     }
 
     /// Reads an HF `config.json` of a Llama model (`model_type` "llama").
@@ -351,8 +367,7 @@ impl LlamaModel {
     /// Reads a GGUF file: config from its metadata, every weight dequantized and re-quantized per `plan`.
     pub fn from_gguf(path: &Path, plan: &Plan) -> Result<Self> {
         let weights = GgufWeights::open(path)?;
-        let mut config = LlamaConfig::from_gguf(weights.metadata())?;
-        config.tie_word_embeddings = weights.ties_embeddings();
+        let config = LlamaConfig::of_gguf(&weights)?;
         Self::load(config, &QuantLoader::from_gguf(weights, plan.clone()))
     }
 
