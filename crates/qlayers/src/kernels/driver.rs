@@ -20,13 +20,39 @@ const ROW_CHUNK_BYTES: usize = 192 * 1024;
 /// pass.
 const K_CHUNK: usize = 512;
 
+thread_local! {
+    /// The calling thread's quantized activations, reused by its matmuls: a model's layers then quantize into the
+    /// same pages call after call instead of faulting in fresh ones (several MB for long inputs). It keeps the
+    /// largest size the thread has needed.
+    static ACTIVATIONS: std::cell::RefCell<QuantizedActivations> = std::cell::RefCell::default();
+}
+
 /// What every task of one matmul reads.
 pub(crate) struct Job<'a> {
     w: &'a PackedWeights,
-    acts: &'a QuantizedActivations,
+    acts: ActivationBuffers,
     /// Bias padded to whole panels (zeros where the layer has none).
     bias: &'a [f32],
     out: SharedMut<f32>,
+}
+
+/// The activation buffers of one matmul, shared by its tasks: quantizing tasks write disjoint rows, and the
+/// multiplying tasks that follow only read.
+#[derive(Clone, Copy)]
+struct ActivationBuffers {
+    codes: SharedMut<i8>,
+    scales: SharedMut<f32>,
+    sums: SharedMut<i32>,
+}
+
+impl ActivationBuffers {
+    fn new(acts: &mut QuantizedActivations) -> Self {
+        Self {
+            codes: SharedMut(acts.codes.as_mut_ptr()),
+            scales: SharedMut(acts.scales.as_mut_ptr()),
+            sums: SharedMut(acts.sums.as_mut_ptr()),
+        }
+    }
 }
 
 /// Declares a level's entry points: functions compiled with its target features, into which the generic driver,
@@ -57,7 +83,7 @@ macro_rules! level {
                 scales: &mut [f32],
                 sums: &mut [i32],
             ) -> Result<()> {
-                quantize_rows(x, blocks, MR, first_row, codes, scales, sums)
+                quantize_rows(x, blocks, first_row, codes, scales, sums)
             }
 
             /// How this level wants weights packed.
@@ -146,7 +172,26 @@ impl PackedWeights {
         if m == 0 {
             return Ok(Vec::new());
         }
-        let acts = self.quantize_activations(x, m)?;
+        ACTIVATIONS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut acts) => self.matmul_with(x, m, bias, &mut acts),
+            // Only a matmul nested inside another on the same thread finds the buffers taken.
+            Err(_) => self.matmul_with(x, m, bias, &mut QuantizedActivations::default()),
+        })
+    }
+
+    /// [`PackedWeights::matmul`] with `acts` as the activation buffers: quantizes every row, then splits the
+    /// output into tasks of row chunks and panel ranges.
+    fn matmul_with(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        acts: &mut QuantizedActivations,
+    ) -> Result<Vec<f32>> {
+        let n = self.n;
+        acts.resize(m, &self.blocks);
+        let acts = ActivationBuffers::new(acts);
+        self.quantize_activations(x, m, acts)?;
         // Every element is written by exactly one tile, so the output starts uninitialized (no memset).
         let mut out: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(m * n);
         // SAFETY: MaybeUninit needs no initialization.
@@ -155,7 +200,7 @@ impl PackedWeights {
         if let Some(b) = bias {
             padded_bias[..n].copy_from_slice(b);
         }
-        let job = Job { w: self, acts: &acts, bias: &padded_bias, out: SharedMut(out.as_mut_ptr().cast::<f32>()) };
+        let job = Job { w: self, acts, bias: &padded_bias, out: SharedMut(out.as_mut_ptr().cast::<f32>()) };
         let mr = self.isa.tile_rows();
         let rows_per_chunk =
             (ROW_CHUNK_BYTES / self.blocks.padded_k).max(mr).next_multiple_of(mr).min(m.next_multiple_of(mr));
@@ -169,7 +214,8 @@ impl PackedWeights {
             let (rc, pc) = (task / panel_tasks, task % panel_tasks);
             let rows = rc * rows_per_chunk..((rc + 1) * rows_per_chunk).min(m);
             let panel_range = pc * panels_per_task..((pc + 1) * panels_per_task).min(panels);
-            // SAFETY: the level is supported (checked when the weights were packed); tasks write disjoint tiles.
+            // SAFETY: the level is supported (checked when the weights were packed); every row was quantized
+            // above; tasks write disjoint tiles.
             unsafe { on_level!(self.isa, level => level::run(&job, rows, panel_range)) }
         });
         let mut out = std::mem::ManuallyDrop::new(out);
@@ -178,49 +224,40 @@ impl PackedWeights {
         Ok(unsafe { Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), out.len(), out.capacity()) })
     }
 
-    /// Quantizes `m` rows of activations for these weights' K blocks, in parallel chunks of whole tiles.
-    fn quantize_activations(&self, x: &[f32], m: usize) -> Result<QuantizedActivations> {
-        let blocks = &self.blocks;
-        let mr = self.isa.tile_rows();
-        let mut acts = QuantizedActivations::zeroed(m, blocks, mr);
-        // About 64 K values per task, and at least one task per thread when there are enough tiles.
-        let rows_per_task =
-            (64 * 1024 / blocks.k).min(m.div_ceil(num_threads())).next_multiple_of(mr).min(m.next_multiple_of(mr));
-        let tasks = m.div_ceil(rows_per_task);
-        let (codes, scales, sums) = (
-            SharedMut(acts.codes.as_mut_ptr()),
-            SharedMut(acts.scales.as_mut_ptr()),
-            SharedMut(acts.sums.as_mut_ptr()),
-        );
+    /// Quantizes all `m` rows of activations into `acts`, in parallel chunks of rows.
+    fn quantize_activations(&self, x: &[f32], m: usize, acts: ActivationBuffers) -> Result<()> {
+        // About 64 K values per task, and at least one task per thread when there are enough rows.
+        let rows_per_task = (64 * 1024 / self.blocks.k).clamp(1, m.div_ceil(num_threads()));
         let first_error = std::sync::Mutex::new(None);
-        parallel_for(tasks, |t| {
+        parallel_for(m.div_ceil(rows_per_task), |t| {
             let rows = t * rows_per_task..((t + 1) * rows_per_task).min(m);
-            let padded_rows = rows.len().next_multiple_of(mr);
-            // SAFETY: each task owns whole tiles, rows `rows.start..rows.start + padded_rows`, of every buffer.
-            let result = unsafe {
-                let codes = std::slice::from_raw_parts_mut(
-                    codes.get().add(rows.start * blocks.padded_k),
-                    padded_rows * blocks.padded_k,
-                );
-                let scales = std::slice::from_raw_parts_mut(
-                    scales.get().add(rows.start * blocks.count),
-                    rows.len() * blocks.count,
-                );
-                let sums = std::slice::from_raw_parts_mut(
-                    sums.get().add(rows.start * blocks.count),
-                    rows.len() * blocks.count,
-                );
-                let x = &x[rows.start * blocks.k..rows.end * blocks.k];
-                on_level!(self.isa, level => level::quantize(x, blocks, rows.start, codes, scales, sums))
-            };
-            if let Err(err) = result {
+            // SAFETY: each task writes its own rows.
+            if let Err(err) = unsafe { self.quantize_chunk(x, rows, acts) } {
                 first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(err);
             }
         });
         match first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
             Some(err) => Err(err),
-            None => Ok(acts),
+            None => Ok(()),
         }
+    }
+
+    /// Quantizes input rows `rows` into their place in `acts`.
+    ///
+    /// # Safety
+    /// `acts` holds buffers sized for the whole input, and no other thread touches rows `rows` meanwhile.
+    unsafe fn quantize_chunk(&self, x: &[f32], rows: Range<usize>, acts: ActivationBuffers) -> Result<()> {
+        let blocks = &self.blocks;
+        let codes = std::slice::from_raw_parts_mut(
+            acts.codes.get().add(rows.start * blocks.padded_k),
+            rows.len() * blocks.padded_k,
+        );
+        let scales =
+            std::slice::from_raw_parts_mut(acts.scales.get().add(rows.start * blocks.count), rows.len() * blocks.count);
+        let sums =
+            std::slice::from_raw_parts_mut(acts.sums.get().add(rows.start * blocks.count), rows.len() * blocks.count);
+        let x = &x[rows.start * blocks.k..rows.end * blocks.k];
+        on_level!(self.isa, level => level::quantize(x, blocks, rows.start, codes, scales, sums))
     }
 }
 
@@ -256,10 +293,10 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
             let col0 = p * nr;
             for (ti, m0) in rows.clone().step_by(MR).enumerate() {
                 let t = Tile {
-                    a: job.acts.codes.as_ptr().add(m0 * blocks.padded_k),
-                    tile_rows: MR,
-                    a_scales: job.acts.scales.as_ptr().add(m0 * blocks.count),
-                    a_sums: job.acts.sums.as_ptr().add(m0 * blocks.count),
+                    a: job.acts.codes.get().add(m0 * blocks.padded_k),
+                    a_row_stride: blocks.padded_k,
+                    a_scales: job.acts.scales.get().add(m0 * blocks.count),
+                    a_sums: job.acts.sums.get().add(m0 * blocks.count),
                     w: w.codes.as_ptr().add(p * w.panel_bytes),
                     w_scales: w.scales.as_ptr().wrapping_add(p * params),
                     w_zero_offsets: w.zero_offsets.as_ptr().wrapping_add(p * params),

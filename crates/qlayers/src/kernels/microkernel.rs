@@ -7,10 +7,10 @@ use super::simd::Int8Simd;
 
 /// Everything one tile needs; pointers are valid for the tile's rows, panel and columns.
 pub(crate) struct Tile {
-    /// The tile's activation codes, interleaved: for each step of 4 K values, 4 bytes of each of `tile_rows` rows.
+    /// The activation codes of the tile's first row.
     pub a: *const i8,
-    /// Rows interleaved in the activation layout (the level's tile height; at least `ROWS`).
-    pub tile_rows: usize,
+    /// Bytes from one activation row to the next.
+    pub a_row_stride: usize,
     /// Activation scales of the first row, `[row][block]`.
     pub a_scales: *const f32,
     /// Activation code sums of the first row, `[row][block]`.
@@ -101,8 +101,8 @@ pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const
                 })
             }
         };
-        let a = t.a.add(start * t.tile_rows);
-        dot_block::<S, ROWS, NV, BITS>(a, 4 * t.tile_rows, t.w.add(start * nr * BITS / 8), padded / 4, &mut acc);
+        let a = t.a.add(start);
+        dot_block::<S, ROWS, NV, BITS>(a, t.a_row_stride, t.w.add(start * nr * BITS / 8), padded / 4, &mut acc);
 
         let w_scales: [S::F; NV] = match (geo.per_block, geo.half) {
             (true, false) => std::array::from_fn(|v| S::load_f(t.w_scales.add(params + v * S::LANES))),
@@ -170,46 +170,60 @@ unsafe fn store_tile<S: Int8Simd, const ROWS: usize, const NV: usize>(
     }
 }
 
-/// Accumulates `steps` steps of 4 K values: `acc[m][v] += dot(row m, panel vector v)`, with activation steps
-/// `a_step` bytes apart.
+/// Accumulates `steps` steps of 4 K values (a multiple of 4): `acc[m][v] += dot(row m, panel vector v)`, with
+/// activation rows `a_row_stride` bytes apart.
 #[inline(always)]
 unsafe fn dot_block<S: Int8Simd, const ROWS: usize, const NV: usize, const BITS: usize>(
     a: *const i8,
-    a_step: usize,
+    a_row_stride: usize,
     w: *const u8,
     steps: usize,
     acc: &mut [[S::I; NV]; ROWS],
 ) {
+    let rows: [*const i8; ROWS] = std::array::from_fn(|m| a.add(m * a_row_stride));
     let load_bytes = NV * S::LANES * 4;
     let load = |l: usize| -> [S::I; NV] {
-        prefetch(w.wrapping_add((l + PREFETCH_LOADS) * load_bytes), load_bytes);
+        // Full tiles find the panel in cache, brought there by the panel's first tile; only short tiles (few rows,
+        // as in decoding) stream it from memory and gain from asking for it ahead.
+        if ROWS <= PREFETCH_MAX_ROWS {
+            prefetch(w.wrapping_add((l + PREFETCH_LOADS) * load_bytes), load_bytes);
+        }
         std::array::from_fn(|v| S::load_bytes(w.add(l * load_bytes + v * S::LANES * 4)))
     };
+    // Steps come in fours (blocks are padded to 16 values), unrolled so that loop overhead stays off the
+    // dot-product ports' critical path.
     match BITS {
         8 => {
-            for s in 0..steps {
-                step::<S, ROWS, NV, true>(a.add(s * a_step), &load(s), acc);
+            for l in (0..steps).step_by(4) {
+                for u in l..l + 4 {
+                    step::<S, ROWS, NV, true>(&rows, 4 * u, &load(u), acc);
+                }
             }
         }
         4 => {
-            for l in 0..steps / 2 {
-                let raw = load(l);
-                step::<S, ROWS, NV, false>(a.add(2 * l * a_step), &raw.map(|r| S::bit_field::<0, 4>(r)), acc);
-                step::<S, ROWS, NV, false>(a.add((2 * l + 1) * a_step), &raw.map(|r| S::bit_field::<4, 4>(r)), acc);
+            for l in (0..steps / 2).step_by(2) {
+                for u in l..l + 2 {
+                    let raw = load(u);
+                    step::<S, ROWS, NV, false>(&rows, 8 * u, &raw.map(|r| S::bit_field::<0, 4>(r)), acc);
+                    step::<S, ROWS, NV, false>(&rows, 8 * u + 4, &raw.map(|r| S::bit_field::<4, 4>(r)), acc);
+                }
             }
         }
         2 => {
             for l in 0..steps / 4 {
                 let raw = load(l);
-                step::<S, ROWS, NV, false>(a.add(4 * l * a_step), &raw.map(|r| S::bit_field::<0, 2>(r)), acc);
-                step::<S, ROWS, NV, false>(a.add((4 * l + 1) * a_step), &raw.map(|r| S::bit_field::<2, 2>(r)), acc);
-                step::<S, ROWS, NV, false>(a.add((4 * l + 2) * a_step), &raw.map(|r| S::bit_field::<4, 2>(r)), acc);
-                step::<S, ROWS, NV, false>(a.add((4 * l + 3) * a_step), &raw.map(|r| S::bit_field::<6, 2>(r)), acc);
+                step::<S, ROWS, NV, false>(&rows, 16 * l, &raw.map(|r| S::bit_field::<0, 2>(r)), acc);
+                step::<S, ROWS, NV, false>(&rows, 16 * l + 4, &raw.map(|r| S::bit_field::<2, 2>(r)), acc);
+                step::<S, ROWS, NV, false>(&rows, 16 * l + 8, &raw.map(|r| S::bit_field::<4, 2>(r)), acc);
+                step::<S, ROWS, NV, false>(&rows, 16 * l + 12, &raw.map(|r| S::bit_field::<6, 2>(r)), acc);
             }
         }
         _ => unreachable!("bit widths are 2, 4 or 8"),
     }
 }
+
+/// Tiles of at most this many rows prefetch their weights.
+const PREFETCH_MAX_ROWS: usize = 2;
 
 /// Weight loads fetched ahead: far enough to hide a trip to memory at a few rows per tile (short inputs), where
 /// the kernel otherwise waits on every new line of the panel.
@@ -217,7 +231,7 @@ const PREFETCH_LOADS: usize = 16;
 
 /// Asks for the `bytes` at `p` (which may lie past the panel: a prefetch never faults) to be brought into L1.
 #[inline(always)]
-fn prefetch(p: *const u8, bytes: usize) {
+pub(crate) fn prefetch(p: *const u8, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
     for line in (0..bytes).step_by(64) {
         // SAFETY: a prefetch is a hint; it reads nothing architecturally and never faults.
@@ -227,15 +241,16 @@ fn prefetch(p: *const u8, bytes: usize) {
     let _ = (p, bytes);
 }
 
-/// One step of 4 K values; row `m`'s 4 activation bytes are at `a + 4 m`.
+/// One step of 4 K values: row `m`'s 4 activation bytes are at `rows[m] + offset`.
 #[inline(always)]
 unsafe fn step<S: Int8Simd, const ROWS: usize, const NV: usize, const WIDE: bool>(
-    a: *const i8,
+    rows: &[*const i8; ROWS],
+    offset: usize,
     w: &[S::I; NV],
     acc: &mut [[S::I; NV]; ROWS],
 ) {
-    for (m, row) in acc.iter_mut().enumerate() {
-        let x = S::broadcast4(a.add(4 * m));
+    for (row, &a) in acc.iter_mut().zip(rows) {
+        let x = S::broadcast4(a.add(offset));
         for (acc, &w) in row.iter_mut().zip(w) {
             *acc = if WIDE { S::dot_wide(*acc, w, x) } else { S::dot_narrow(*acc, w, x) };
         }
