@@ -90,7 +90,7 @@ impl Axis {
 
 /// Widens a flat range (all values equal) by ±1% of the value, or by ±0.5 when the value is 0; other ranges
 /// pass unchanged. Errors when the span overflows `f64` or is narrower than [`MIN_SPAN`].
-fn widen(lo: f64, hi: f64) -> Result<(f64, f64), PlotError> {
+pub(crate) fn widen(lo: f64, hi: f64) -> Result<(f64, f64), PlotError> {
     let (wlo, whi) = match hi - lo {
         0.0 if lo == 0.0 => (-0.5, 0.5),
         0.0 => (lo - lo.abs() / 100.0, hi + hi.abs() / 100.0),

@@ -6,14 +6,14 @@ use std::fmt;
 #[derive(Debug, Clone)]
 pub enum PlotError {
     /// An input that needs at least one element is empty; `what` names it
-    /// (`"categories"`, `"series"` or `"x values"`).
+    /// (`"categories"`, `"series"`, `"samples"` or `"x values"`).
     Empty {
         /// The empty input.
         what: &'static str,
     },
     /// A value is NaN or infinite.
     NonFinite {
-        /// The series, or `"x values"`, holding the value.
+        /// The series, overlay, or `"samples"` / `"x values"`, holding the value.
         series: String,
         /// The value's index within it.
         index: usize,
@@ -32,12 +32,19 @@ pub enum PlotError {
     /// A value is zero or negative on a logarithmic axis. Such values are never clipped: clamp or drop them
     /// before plotting (e.g. `v.max(1e-12)`), or use a linear axis.
     NonPositiveOnLog {
-        /// The series holding the value.
+        /// The series, or `"samples"`, holding the value.
         series: String,
         /// The value's index within it.
         index: usize,
         /// The offending value.
         value: f64,
+    },
+    /// A histogram bin count outside `1..=max`.
+    BinCount {
+        /// The count asked for.
+        requested: usize,
+        /// The largest count allowed.
+        max: usize,
     },
     /// The data range is too wide for `f64`: its span (or the span of the nice axis around it) overflows.
     RangeOverflow {
@@ -63,6 +70,7 @@ impl fmt::Display for PlotError {
                 "`{series}`: value {value} at index {index} cannot be shown on a logarithmic axis \
                  (clamp or drop values <= 0, or use a linear axis)"
             ),
+            Self::BinCount { requested, max } => write!(f, "bin count {requested} is outside 1..={max}"),
             Self::RangeOverflow { lo, hi } => write!(f, "data range [{lo}, {hi}] is too wide to plot"),
         }
     }

@@ -112,6 +112,11 @@ impl Frame {
         self.bottom() - f * PLOT_H
     }
 
+    /// The y pixel of the top of the plotting area.
+    pub(crate) fn top(&self) -> f64 {
+        self.top
+    }
+
     /// The y pixel of the bottom of the plotting area.
     pub(crate) fn bottom(&self) -> f64 {
         self.top + PLOT_H
