@@ -6,6 +6,7 @@ mod bench_llama;
 mod embed;
 mod eval;
 mod generate;
+mod inspect;
 mod model_args;
 mod quantize;
 mod serve;
@@ -13,7 +14,7 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 /// Quantized BERT embeddings and Llama generation on candle: embed texts, generate text, quantize checkpoints,
-/// compare fp32 with int8 and int4, serve embeddings over HTTP.
+/// compare fp32 with int8 and int4, inspect what each layer's quantization costs, serve embeddings over HTTP.
 #[derive(Parser)]
 #[command(name = "runner", version, about)]
 struct Cli {
@@ -33,6 +34,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Compare embeddings with a reference file (cosine, top-10 overlap), or measure a Llama's perplexity.
     Eval(eval::EvalArgs),
+    /// Per-layer quantization error under each scheme (weights and whole model), as a table, JSON or SVG charts.
+    Inspect(inspect::InspectArgs),
     /// Serve embeddings over HTTP: OpenAI's `/v1/embeddings` and text-embeddings-inference's `/embed`.
     Serve(serve::ServeArgs),
 }
@@ -45,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Quantize(args) => quantize::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Inspect(args) => inspect::run(args),
         Command::Serve(args) => serve::run(args),
     };
     match result {

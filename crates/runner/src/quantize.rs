@@ -1,11 +1,14 @@
-//! `runner quantize`: writes a pre-quantized checkpoint folder.
+//! `runner quantize`: writes a pre-quantized checkpoint folder, per a plan or a plan chosen automatically.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use swap::analysis::{auto_plan, Target};
+use swap::Plan;
 
+use crate::inspect::{candidate_schemes, measure, CalibrationData};
 use crate::model_args::{resolve, Family, ModelArgs};
 
 /// Options of `runner quantize`. `--model` may also be a Llama (a GGUF file or an HF folder); `--quant` then takes
@@ -17,20 +20,37 @@ pub struct QuantizeArgs {
     /// Folder to write (created if missing).
     #[arg(long)]
     out: PathBuf,
+    /// Choose each layer's scheme: the fewest bytes that meet `--target` on the calibration data, from each layer's
+    /// measured sensitivity (as `runner inspect` shows it), verified by evaluating the whole plan.
+    #[arg(long, requires = "target", conflicts_with_all = ["quant", "plan"])]
+    auto: bool,
+    /// What `--auto` must reach: `cosine>=0.999` (BERT: mean cosine to the float embeddings) or `ppl<=+2%` (Llama:
+    /// perplexity over the float model's).
+    #[arg(long, requires = "auto")]
+    target: Option<Target>,
+    /// Candidate schemes for `--auto`, comma-separated (default: those of `runner inspect`).
+    #[arg(long, value_delimiter = ',', requires = "auto")]
+    candidates: Vec<String>,
+    /// Where `--auto` saves its plan (TOML; default `OUT/plan.toml`), for `--plan` in every other command.
+    #[arg(long, requires = "auto")]
+    save_plan: Option<PathBuf>,
+    #[command(flatten)]
+    calibration: CalibrationData,
 }
 
 /// Quantizes the float model per the plan and saves it, printing sizes before and after.
 pub fn run(args: QuantizeArgs) -> Result<()> {
     args.model.apply_threads()?;
     let (src, family) = resolve(&args.model.model)?;
-    let plan = match (args.model.quant.plan_for(family)?, family) {
-        (Some(plan), _) => plan,
-        (None, Family::Llama) => swap::Plan::llama_preset("int8")?,
-        (None, Family::Bert) => swap::Plan::bert_int8(),
-    };
     if src.canonicalize().ok() == args.out.canonicalize().ok() {
         bail!("--out must differ from the model folder");
     }
+    let plan = match (args.model.quant.plan_for(family)?, family) {
+        _ if args.auto => automatic(&args, family)?,
+        (Some(plan), _) => plan,
+        (None, Family::Llama) => Plan::llama_preset("int8")?,
+        (None, Family::Bert) => Plan::bert_int8(),
+    };
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} layers  {msg}").expect("a valid progress template"),
     );
@@ -55,4 +75,42 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         report.source_bytes as f64 / report.saved_bytes as f64
     );
     Ok(())
+}
+
+/// Measures every layer's sensitivity, finds the automatic plan, compares it with uniform int8 and saves it.
+fn automatic(args: &QuantizeArgs, family: Family) -> Result<Plan> {
+    let target = args.target.context("--auto needs --target")?;
+    let probe = args.calibration.probe(&args.model.model)?;
+    let schemes = candidate_schemes(&args.candidates, probe.is_bert())?;
+    let table = measure(&probe, &schemes, true, None)?;
+    let found = auto_plan(&probe, &table, target)?;
+    let int8 = match family {
+        Family::Bert => Plan::bert_int8(),
+        Family::Llama => Plan::llama_preset("int8")?,
+    };
+    let uniform = probe.evaluate(&int8)?;
+    let float = probe.float();
+    let mb = |bytes: usize| bytes as f64 / 1e6;
+    println!("calibration  {}", args.calibration.describe());
+    println!("float        {}; Linear layers {:.2} MB", float.quality, mb(float.linear_bytes));
+    println!("uniform int8 {}; Linear layers {:.2} MB ({int8})", uniform.quality, mb(uniform.linear_bytes));
+    println!(
+        "auto {target}  {}; Linear layers {:.2} MB ({:.1}% of uniform int8; {} search round(s), predicted loss {:.3e})",
+        found.evaluation.quality,
+        mb(found.evaluation.linear_bytes),
+        100.0 * found.evaluation.linear_bytes as f64 / uniform.linear_bytes as f64,
+        found.rounds,
+        found.predicted_loss,
+    );
+    let plan_path = args.save_plan.clone().unwrap_or_else(|| args.out.join("plan.toml"));
+    save_plan(&plan_path, &found.plan)?;
+    println!("plan saved   {}", plan_path.display());
+    Ok(found.plan)
+}
+
+fn save_plan(path: &Path, plan: &Plan) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(path, plan.to_toml()).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -1,8 +1,12 @@
 //! The sentence-transformers pipeline around a BERT model: tokenize, encode, pool, normalize.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use qlayers::LayerScheme;
 use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationParams};
 
@@ -116,11 +120,40 @@ impl Embedder {
     /// pre-quantized checkpoint ([`crate::checkpoint`]) or an optimum-quanto one ([`crate::quanto`]) runs as saved,
     /// and a `plan` other than the one it was saved with is an error.
     pub fn open(dir: &Path, plan: Option<Plan>) -> Result<Self> {
+        Ok(Self::open_with(dir, plan, false)?.0)
+    }
+
+    /// Loads a float model folder in f32 with every tensor kept in memory, so that [`Embedder::with_tensors`] can
+    /// rebuild it under other plans without reading the file again. A quantized checkpoint is an error.
+    pub fn open_in_memory(dir: &Path) -> Result<(Self, Arc<HashMap<String, Tensor>>)> {
+        let (embedder, loader) = Self::open_with(dir, Some(Plan::uniform(LayerScheme::F32)), true)?;
+        let tensors = loader.take_float_tensors().with_context(|| format!("{} is not a float model", dir.display()))?;
+        Ok((embedder, tensors))
+    }
+
+    /// This pipeline and tokenizer over the model built from `tensors` (from [`Embedder::open_in_memory`]) per
+    /// `plan`.
+    pub fn with_tensors(&self, tensors: Arc<HashMap<String, Tensor>>, plan: Plan) -> Result<Self> {
+        let loader = QuantLoader::from_tensors(tensors, plan);
+        let model = BertModel::load(self.model.config().clone(), &loader)?;
+        Ok(Self {
+            tokenizer: self.tokenizer.clone(),
+            model,
+            pipeline: self.pipeline.clone(),
+            layers: loader.report(),
+            dir: self.dir.clone(),
+        })
+    }
+
+    fn open_with(dir: &Path, plan: Option<Plan>, record: bool) -> Result<(Self, QuantLoader)> {
         let config_text = std::fs::read_to_string(dir.join("config.json"))
             .with_context(|| format!("{} has no readable config.json", dir.display()))?;
         let config_json: serde_json::Value = serde_json::from_str(&config_text).context("config.json is not JSON")?;
         let config = BertConfig::from_json(&config_text)?;
-        let loader = QuantLoader::open_folder(dir, &config_json, plan, Plan::bert_int8)?;
+        let mut loader = QuantLoader::open_folder(dir, &config_json, plan, Plan::bert_int8)?;
+        if record {
+            loader = loader.recording();
+        }
         let model = BertModel::load(config.clone(), &loader).context("the weights do not match config.json")?;
         let pipeline = PipelineConfig::read(dir, config.max_position_embeddings)?;
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
@@ -130,7 +163,8 @@ impl Embedder {
             .map_err(|e| anyhow::anyhow!("tokenizer truncation: {e}"))?;
         // Sequences run unpadded (see `BertModel::forward_packed`).
         tokenizer.with_padding(None);
-        Ok(Self { tokenizer, model, pipeline, layers: loader.report(), dir: dir.to_path_buf() })
+        let embedder = Self { tokenizer, model, pipeline, layers: loader.report(), dir: dir.to_path_buf() };
+        Ok((embedder, loader))
     }
 
     /// The sentence-transformers settings in use.

@@ -1,6 +1,7 @@
 //! `swap`: builds BERT and Llama models whose layers are quantized while their weights are read, following a
 //! [`Plan`] of which layer gets which scheme.
 
+pub mod analysis;
 pub mod checkpoint;
 pub mod embedder;
 pub mod eval;

@@ -6,8 +6,9 @@
 //! From a pre-quantized checkpoint ([`crate::checkpoint`]) or an optimum-quanto one ([`crate::quanto`]), the
 //! integer codes are read as they are: no float weight is read or quantized.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
@@ -106,6 +107,8 @@ type Progress = Box<dyn Fn(&str) + Send + Sync>;
 enum Store {
     Safetensors(MmapedSafetensors),
     Gguf(GgufWeights),
+    /// Float tensors already in memory (a model read once, then rebuilt under many plans).
+    Memory(Arc<HashMap<String, Tensor>>),
 }
 
 impl Store {
@@ -113,6 +116,7 @@ impl Store {
         match self {
             Self::Safetensors(t) => t.get(name).is_ok(),
             Self::Gguf(g) => g.contains(name),
+            Self::Memory(m) => m.contains_key(name),
         }
     }
 
@@ -120,6 +124,7 @@ impl Store {
         match self {
             Self::Safetensors(t) => t.load(name, &Device::Cpu).with_context(|| format!("weight {name} is missing")),
             Self::Gguf(g) => g.tensor(name),
+            Self::Memory(m) => m.get(name).cloned().with_context(|| format!("weight {name} is missing")),
         }
     }
 
@@ -127,7 +132,7 @@ impl Store {
     fn safetensors(&self) -> Result<&MmapedSafetensors> {
         match self {
             Self::Safetensors(t) => Ok(t),
-            Self::Gguf(_) => bail!("quantized codes are read from safetensors checkpoints only"),
+            Self::Gguf(_) | Self::Memory(_) => bail!("quantized codes are read from safetensors checkpoints only"),
         }
     }
 }
@@ -187,11 +192,17 @@ impl QuantLoader {
         Self::with_store(Store::Gguf(weights), Source::Float(plan))
     }
 
+    /// Reads float tensors already in memory (by name, as [`QuantLoader::take_recorded`] lists them), to be
+    /// quantized per `plan`: rebuilding a model under many plans then reads and dequantizes its file once.
+    pub fn from_tensors(tensors: Arc<HashMap<String, Tensor>>, plan: Plan) -> Self {
+        Self::with_store(Store::Memory(tensors), Source::Float(plan))
+    }
+
     /// The GGUF file the loader reads, if it reads one.
     pub fn gguf(&self) -> Option<&GgufWeights> {
         match &self.tensors {
             Store::Gguf(g) => Some(g),
-            Store::Safetensors(_) => None,
+            Store::Safetensors(_) | Store::Memory(_) => None,
         }
     }
 
@@ -251,6 +262,19 @@ impl QuantLoader {
     /// The tensors recorded so far (empty unless [`QuantLoader::recording`]), in read order.
     pub fn take_recorded(&self) -> Vec<(String, Stored)> {
         self.recorded.as_ref().map(|r| std::mem::take(&mut *lock(r))).unwrap_or_default()
+    }
+
+    /// The tensors recorded so far as a name-to-tensor map for [`QuantLoader::from_tensors`]; an error if any
+    /// was quantized (the model must have been read in f32).
+    pub fn take_float_tensors(&self) -> Result<Arc<HashMap<String, Tensor>>> {
+        let mut tensors = HashMap::new();
+        for (name, stored) in self.take_recorded() {
+            match stored {
+                Stored::Float(t) => tensors.insert(name, t),
+                Stored::Quantized(_) => bail!("{name} is quantized: a float model is needed here"),
+            };
+        }
+        Ok(Arc::new(tensors))
     }
 
     /// Reads the float tensor `name`, checking its `shape`, as f32.

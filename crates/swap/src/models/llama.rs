@@ -6,9 +6,11 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file::Value;
+use candle_core::Tensor;
 use qlayers::QLinear;
 use serde::Deserialize;
 
@@ -418,6 +420,34 @@ impl LlamaModel {
         })
     }
 
+    /// Reads a float model (a GGUF file or a float HF folder) in f32 with every tensor kept in memory, so that
+    /// [`LlamaModel::with_tensors`] can rebuild it under other plans without reading or dequantizing the file again.
+    pub fn open_in_memory(path: &Path) -> Result<(Self, Arc<HashMap<String, Tensor>>)> {
+        let fp32 = Plan::llama(qlayers::LayerScheme::F32);
+        let (config, loader) = if path.is_file() {
+            let weights = GgufWeights::open(path)?;
+            let config = LlamaConfig::of_gguf(&weights)?;
+            (config, QuantLoader::from_gguf(weights, fp32))
+        } else {
+            let config_text = std::fs::read_to_string(path.join("config.json"))
+                .with_context(|| format!("{} is neither a GGUF file nor a folder with config.json", path.display()))?;
+            let json: serde_json::Value = serde_json::from_str(&config_text).context("config.json is not JSON")?;
+            let config = LlamaConfig::from_hf_json(&config_text)?;
+            let loader = config.tie_head(QuantLoader::open_folder(path, &json, Some(fp32.clone()), || fp32.clone())?);
+            (config, loader)
+        };
+        let loader = loader.recording();
+        let model = Self::load(config, &loader)?;
+        let tensors =
+            loader.take_float_tensors().with_context(|| format!("{} is not a float model", path.display()))?;
+        Ok((model, tensors))
+    }
+
+    /// The model built from `tensors` (from [`LlamaModel::open_in_memory`]) per `plan`.
+    pub fn with_tensors(&self, tensors: Arc<HashMap<String, Tensor>>, plan: Plan) -> Result<Self> {
+        Self::load(self.config.clone(), &QuantLoader::from_tensors(tensors, plan))
+    }
+
     /// The model's configuration.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
@@ -562,6 +592,12 @@ impl KvCache {
 fn log_sum_exp(row: &[f32]) -> f64 {
     let max = f64::from(row.iter().copied().fold(f32::NEG_INFINITY, f32::max));
     max + row.iter().map(|&l| (f64::from(l) - max).exp()).sum::<f64>().ln()
+}
+
+/// Turns one row of logits into log-probabilities, in place.
+pub fn log_softmax(row: &mut [f32]) {
+    let norm = log_sum_exp(row);
+    row.iter_mut().for_each(|l| *l = (f64::from(*l) - norm) as f32);
 }
 
 /// The index of the largest logit (the first one on ties).

@@ -1,0 +1,122 @@
+//! Which model is probed and on what text.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use swap::analysis::Probe;
+use swap::{Generator, Plan};
+
+use crate::model_args::{apply_threads, resolve, Family, DEFAULT_MODEL};
+
+/// The built-in calibration text: 48 short sentences on varied topics, one per line.
+const DEFAULT_CALIBRATION: &str = include_str!("calibration.txt");
+
+/// Candidate schemes for BERT layers: W8A8 with per-channel weights (the "int8 per channel") and with
+/// per-block weights (the default BERT plan's), then weight-only int4 and int2 in groups of 32, 64 and 128,
+/// symmetric and asymmetric.
+pub const DEFAULT_BERT_SCHEMES: &[&str] = &[
+    "w8a8-b64",
+    "w8a8-b32-pb",
+    "int4-g32",
+    "int4-g64",
+    "int4-g128",
+    "int4-g32-asym",
+    "int4-g64-asym",
+    "int4-g128-asym",
+    "int2-g32",
+    "int2-g64",
+    "int2-g128",
+    "int2-g32-asym",
+    "int2-g64-asym",
+    "int2-g128-asym",
+];
+
+/// Candidate schemes for Llama layers: the `int8` preset's int8 in groups of 16, then int4 and int2 as for BERT.
+pub const DEFAULT_LLAMA_SCHEMES: &[&str] = &[
+    "int8-g16",
+    "int4-g32",
+    "int4-g64",
+    "int4-g128",
+    "int4-g32-asym",
+    "int4-g64-asym",
+    "int4-g128-asym",
+    "int2-g32",
+    "int2-g64",
+    "int2-g128",
+    "int2-g32-asym",
+    "int2-g64-asym",
+    "int2-g128-asym",
+];
+
+/// `--model`, the calibration data and `--threads` of `runner inspect`.
+#[derive(Args, Debug, Clone)]
+pub struct CalibrationArgs {
+    /// A float model: a BERT folder or Hub id, or a Llama GGUF file or float folder.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    #[command(flatten)]
+    pub data: CalibrationData,
+    /// Threads for the kernels (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl CalibrationArgs {
+    /// Loads the float model into a probe with its calibration data.
+    pub fn probe(&self) -> Result<Probe> {
+        apply_threads(self.threads)?;
+        self.data.probe(&self.model)
+    }
+}
+
+/// The calibration data of the analysis commands (`inspect`, `quantize --auto`).
+#[derive(Args, Debug, Clone)]
+pub struct CalibrationData {
+    /// Calibration text, UTF-8 (BERT: one text per non-empty line; Llama: the whole text). Default: 48 built-in
+    /// sentences on varied topics.
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+    /// BERT: use at most this many calibration lines.
+    #[arg(long, default_value_t = 48)]
+    pub texts: usize,
+    /// Llama: use the first N tokens of the calibration text.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+}
+
+impl CalibrationData {
+    /// Loads the float model `model` into a probe with this calibration data.
+    pub fn probe(&self, model: &str) -> Result<Probe> {
+        let text = match &self.calibration {
+            Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+            None => DEFAULT_CALIBRATION.to_string(),
+        };
+        let (path, family) = resolve(model)?;
+        match family {
+            Family::Bert => {
+                let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(self.texts).collect();
+                if lines.is_empty() {
+                    bail!("the calibration text has no non-empty line");
+                }
+                Probe::bert(&path, &lines)
+            }
+            Family::Llama => {
+                if self.max_tokens < 2 {
+                    bail!("--max-tokens must be at least 2");
+                }
+                let tokenizer = Generator::open(&path, Some(Plan::uniform(qlayers::LayerScheme::F32)))?;
+                let mut ids = tokenizer.encode(&text)?;
+                ids.truncate(self.max_tokens.min(tokenizer.model().config().context_length));
+                drop(tokenizer);
+                Probe::llama(&path, ids)
+            }
+        }
+    }
+
+    /// The calibration data in words, for reports.
+    pub fn describe(&self) -> String {
+        let source = self.calibration.as_ref().map_or("built-in sentences".to_string(), |p| p.display().to_string());
+        format!("{source} (at most {} texts for BERT, {} tokens for Llama)", self.texts, self.max_tokens)
+    }
+}

@@ -1,0 +1,119 @@
+//! `runner inspect`: what each layer costs under each scheme: weight round-trip error and the whole model's loss
+//! with that layer alone quantized, as a table, JSON and SVG charts.
+
+mod calibration;
+mod plots;
+mod table;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use qlayers::LayerScheme;
+use serde::Serialize;
+use swap::analysis::{sensitivity, Evaluation, LayerSensitivity, LayerShape, Probe};
+use swap::plan::glob_match;
+
+pub use calibration::{CalibrationArgs, CalibrationData};
+use calibration::{DEFAULT_BERT_SCHEMES, DEFAULT_LLAMA_SCHEMES};
+
+/// Options of `runner inspect`.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub calibration: CalibrationArgs,
+    /// Candidate schemes, comma-separated or repeated (default: int8 per channel, int4 and int2 in groups of 32, 64
+    /// and 128, symmetric and asymmetric, NF4 and k-means in groups of 64).
+    #[arg(long = "quant", value_delimiter = ',')]
+    pub schemes: Vec<String>,
+    /// Only the layers whose names match this glob.
+    #[arg(long)]
+    pub layers: Option<String>,
+    /// Weight errors only: skip the whole-model evaluation of each layer and scheme.
+    #[arg(long)]
+    pub weights_only: bool,
+    /// Print one JSON document instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Write SVG charts into this folder: per-layer sensitivity and weight SNR, and for one layer its weight
+    /// histogram under each scheme's grid and each scheme's error histogram.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// The layer whose weights and errors the charts show (default: the most sensitive layer).
+    #[arg(long)]
+    pub plot_layer: Option<String>,
+}
+
+/// What `--json` prints.
+#[derive(Serialize)]
+struct Report<'a> {
+    model: &'a str,
+    calibration: String,
+    float: Evaluation,
+    schemes: Vec<String>,
+    layers: &'a [LayerSensitivity],
+}
+
+/// Runs the analysis and prints or draws it.
+pub fn run(args: InspectArgs) -> Result<()> {
+    let probe = args.calibration.probe()?;
+    let schemes = candidate_schemes(&args.schemes, probe.is_bert())?;
+    let table = measure(&probe, &schemes, !args.weights_only, args.layers.as_deref())?;
+    if let Some(dir) = &args.plot {
+        let written = plots::write_all(dir, &probe, &table, args.plot_layer.as_deref())?;
+        eprintln!("wrote {} charts into {}", written.len(), dir.display());
+    }
+    if args.json {
+        let report = Report {
+            model: &args.calibration.model,
+            calibration: args.calibration.data.describe(),
+            float: probe.float(),
+            schemes: schemes.iter().map(ToString::to_string).collect(),
+            layers: &table,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        table::print(&probe, &schemes, &table);
+    }
+    Ok(())
+}
+
+/// The schemes named (or the defaults of the model family), parsed.
+pub fn candidate_schemes(names: &[String], bert: bool) -> Result<Vec<LayerScheme>> {
+    let defaults = if bert { DEFAULT_BERT_SCHEMES } else { DEFAULT_LLAMA_SCHEMES };
+    let names: Vec<&str> = match names.is_empty() {
+        true => defaults.to_vec(),
+        false => names.iter().map(String::as_str).collect(),
+    };
+    let schemes = names.iter().map(|n| Ok(n.trim().parse::<LayerScheme>()?)).collect::<Result<Vec<_>>>()?;
+    if schemes.is_empty() {
+        bail!("no candidate scheme");
+    }
+    Ok(schemes)
+}
+
+/// [`sensitivity`] over the layers matching `filter`, with a progress bar on stderr.
+pub fn measure(
+    probe: &Probe,
+    schemes: &[LayerScheme],
+    end_to_end: bool,
+    filter: Option<&str>,
+) -> Result<Vec<LayerSensitivity>> {
+    let bar = ProgressBar::new(probe.layers().len() as u64).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} layers {elapsed}  {msg}").expect("a valid template"),
+    );
+    let progress = |i: usize, total: usize, name: &str| {
+        bar.set_length(total as u64);
+        bar.set_position(i as u64);
+        bar.set_message(name.to_string());
+    };
+    let layers: Vec<LayerShape> =
+        probe.layers().iter().filter(|l| filter.is_none_or(|glob| glob_match(glob, &l.name))).cloned().collect();
+    if layers.is_empty() {
+        bail!("no layer matches {:?}", filter.unwrap_or_default());
+    }
+    let table = sensitivity(probe, &layers, schemes, end_to_end, progress)?;
+    bar.finish_and_clear();
+    Ok(table)
+}

@@ -1,0 +1,48 @@
+//! The terminal tables of `runner inspect`.
+
+use qlayers::LayerScheme;
+use swap::analysis::{LayerSensitivity, Probe};
+
+/// Prints the weight SNR and single-layer loss of every layer and scheme, then a summary per scheme.
+pub fn print(probe: &Probe, schemes: &[LayerScheme], table: &[LayerSensitivity]) {
+    let float = probe.float();
+    let loss_name = if probe.is_bert() { "1 - mean cosine" } else { "perplexity increase" };
+    println!("float model: {}, Linear layers {:.2} MB", float.quality, float.linear_bytes as f64 / 1e6);
+    let name_width = table.iter().map(|l| l.layer.name.len()).max().unwrap_or(5).max(5);
+    let names: Vec<String> = schemes.iter().map(ToString::to_string).collect();
+    let width = names.iter().map(String::len).max().unwrap_or(8).max(9);
+    let header = |title: &str| {
+        println!("\n{title}");
+        print!("{:name_width$}  {:>11}", "layer", "shape");
+        names.iter().for_each(|n| print!("  {n:>width$}"));
+        println!();
+    };
+    let rows = |cell: &dyn Fn(&swap::analysis::SchemeResult) -> String| {
+        for layer in table {
+            let shape = format!("{}x{}", layer.layer.out_features, layer.layer.in_features);
+            print!("{:name_width$}  {shape:>11}", layer.layer.name);
+            layer.results.iter().for_each(|r| print!("  {:>width$}", cell(r)));
+            println!();
+        }
+    };
+    header("weight round trip: SNR in dB (higher is better)");
+    rows(&|r| format!("{:.2}", r.weight_snr_db));
+    if table.iter().any(|l| l.results.iter().any(|r| r.loss.is_some())) {
+        header(&format!("whole model with only this layer quantized: {loss_name} (lower is better)"));
+        rows(&|r| {
+            r.loss.map_or(
+                "-".into(),
+                |l| if probe.is_bert() { format!("{l:.2e}") } else { format!("{:+.3}%", l * 100.0) },
+            )
+        });
+    }
+    println!("\nper scheme, over these layers:");
+    println!("{:>width$}  {:>10}  {:>12}  {:>14}", "scheme", "MB", "mean SNR dB", "sum of losses");
+    for (s, name) in names.iter().enumerate() {
+        let bytes: usize = table.iter().map(|l| l.results[s].bytes).sum();
+        let snr = table.iter().map(|l| l.results[s].weight_snr_db).sum::<f64>() / table.len() as f64;
+        let loss: Option<f64> = table.iter().map(|l| l.results[s].loss).sum();
+        let loss = loss.map_or("-".into(), |l| format!("{l:.3e}"));
+        println!("{name:>width$}  {:>10.3}  {snr:>12.2}  {loss:>14}", bytes as f64 / 1e6);
+    }
+}

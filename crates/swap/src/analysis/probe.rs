@@ -1,0 +1,239 @@
+//! A float model in memory, rebuilt under any plan and scored against its own float outputs.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use qlayers::LayerScheme;
+use serde::Serialize;
+
+use crate::embedder::Embedder;
+use crate::eval::Agreement;
+use crate::models::llama::{log_softmax, LlamaModel};
+use crate::plan::{Plan, Rule};
+
+/// How close a model's outputs are to the float model's on the calibration data.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "metric", rename_all = "snake_case")]
+pub enum Quality {
+    /// BERT: cosine between each sentence embedding and the float model's.
+    Embeddings {
+        /// Mean cosine.
+        cosine_mean: f64,
+        /// Smallest cosine.
+        cosine_min: f64,
+    },
+    /// Llama: perplexity of the calibration text and divergence of the next-token distributions.
+    Tokens {
+        /// Perplexity of the calibration tokens.
+        perplexity: f64,
+        /// Mean over positions of KL(float || this model), in nats.
+        kl: f64,
+    },
+}
+
+impl Quality {
+    /// The loss against the float model's quality `float`: `1 - cosine_mean` for embeddings, the relative
+    /// perplexity increase for tokens. Near 0 when the model matches the float model; may dip below 0 by noise.
+    pub fn loss(&self, float: &Quality) -> f64 {
+        match (self, float) {
+            (Self::Embeddings { cosine_mean, .. }, _) => 1.0 - cosine_mean,
+            (Self::Tokens { perplexity, .. }, Self::Tokens { perplexity: base, .. }) => perplexity / base - 1.0,
+            (Self::Tokens { .. }, Self::Embeddings { .. }) => f64::NAN,
+        }
+    }
+}
+
+impl std::fmt::Display for Quality {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embeddings { cosine_mean, cosine_min } => {
+                write!(f, "cosine mean {cosine_mean:.6}, min {cosine_min:.6}")
+            }
+            Self::Tokens { perplexity, kl } => write!(f, "perplexity {perplexity:.4}, KL {kl:.3e}"),
+        }
+    }
+}
+
+/// A quantizable layer: its name and weight shape `[out, in]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LayerShape {
+    /// Dotted layer name, as plans match it.
+    pub name: String,
+    /// Output features.
+    pub out_features: usize,
+    /// Input features.
+    pub in_features: usize,
+}
+
+/// A plan's result on the probe: quality and the bytes of its Linear layers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Evaluation {
+    /// Outputs against the float model's.
+    pub quality: Quality,
+    /// Bytes of every Linear layer (codes, scales, biases) in memory.
+    pub linear_bytes: usize,
+}
+
+/// The model and what it is scored on.
+enum Model {
+    Bert { embedder: Box<Embedder>, sequences: Vec<Vec<u32>>, reference: Vec<Vec<f32>> },
+    Llama { model: Box<LlamaModel>, ids: Vec<u32>, reference: Vec<f32> },
+}
+
+/// A float model held in memory with calibration data and its float outputs on that data.
+pub struct Probe {
+    model: Model,
+    tensors: Arc<HashMap<String, Tensor>>,
+    layers: Vec<LayerShape>,
+    float: Evaluation,
+}
+
+impl Probe {
+    /// A BERT folder (float weights) scored by the cosine of its embeddings of `texts` to the float model's.
+    pub fn bert(dir: &Path, texts: &[&str]) -> Result<Self> {
+        if texts.is_empty() {
+            bail!("calibration needs at least one text");
+        }
+        let (embedder, tensors) = Embedder::open_in_memory(dir)?;
+        let sequences = embedder.encode(texts)?;
+        let reference = embedder.embed_token_ids(&sequences)?;
+        let names: Vec<String> = embedder.layers().iter().flat_map(|l| expand_braces(&l.name)).collect();
+        let layers = layer_shapes(names.iter().map(String::as_str), &tensors)?;
+        let linear_bytes = embedder.layers().iter().map(|l| l.bytes).sum();
+        let float = Evaluation { quality: Quality::Embeddings { cosine_mean: 1.0, cosine_min: 1.0 }, linear_bytes };
+        Ok(Self { model: Model::Bert { embedder: Box::new(embedder), sequences, reference }, tensors, layers, float })
+    }
+
+    /// A Llama (GGUF file or float HF folder) scored by perplexity and next-token divergence over `ids` (at least
+    /// two tokens, at most the context length).
+    pub fn llama(path: &Path, ids: Vec<u32>) -> Result<Self> {
+        if ids.len() < 2 {
+            bail!("calibration needs at least 2 tokens, got {}", ids.len());
+        }
+        let (model, tensors) = LlamaModel::open_in_memory(path)?;
+        let vocab = model.config().vocab_size;
+        let mut reference = model.forward_all(&ids[..ids.len() - 1], &mut model.new_cache())?;
+        reference.chunks_exact_mut(vocab).for_each(log_softmax);
+        let names = model.config().linear_layers();
+        let layers = layer_shapes(names.iter().map(String::as_str), &tensors)?;
+        let quality = Quality::Tokens { perplexity: perplexity(&reference, &ids, vocab), kl: 0.0 };
+        let float = Evaluation { quality, linear_bytes: model.linear_bytes() };
+        Ok(Self { model: Model::Llama { model: Box::new(model), ids, reference }, tensors, layers, float })
+    }
+
+    /// The quantizable layers, in model order.
+    pub fn layers(&self) -> &[LayerShape] {
+        &self.layers
+    }
+
+    /// The float weight `[out, in]` of layer `name`.
+    pub fn weight(&self, name: &str) -> Result<&Tensor> {
+        self.tensors.get(&format!("{name}.weight")).with_context(|| format!("no layer {name}"))
+    }
+
+    /// The float bias `[out]` of layer `name`, if it has one.
+    pub fn bias(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(&format!("{name}.bias"))
+    }
+
+    /// The float model's own evaluation (cosine 1, or its perplexity with KL 0) and Linear bytes.
+    pub fn float(&self) -> Evaluation {
+        self.float
+    }
+
+    /// Whether the model is a BERT (else a Llama).
+    pub fn is_bert(&self) -> bool {
+        matches!(self.model, Model::Bert { .. })
+    }
+
+    /// The plan that quantizes layer `name` alone with `scheme` (every other layer in f32).
+    pub fn single_layer_plan(name: &str, scheme: LayerScheme) -> Plan {
+        let mut plan = Plan::uniform(LayerScheme::F32);
+        plan.rules.push(Rule { pattern: name.to_string(), scheme: scheme.to_string() });
+        plan
+    }
+
+    /// Rebuilds the model per `plan` and scores it on the calibration data.
+    pub fn evaluate(&self, plan: &Plan) -> Result<Evaluation> {
+        let tensors = Arc::clone(&self.tensors);
+        match &self.model {
+            Model::Bert { embedder, sequences, reference } => {
+                let quantized = embedder.with_tensors(tensors, plan.clone())?;
+                let agreement = Agreement::between(&quantized.embed_token_ids(sequences)?, reference);
+                Ok(Evaluation {
+                    quality: Quality::Embeddings {
+                        cosine_mean: agreement.cosine_mean,
+                        cosine_min: agreement.cosine_min,
+                    },
+                    linear_bytes: quantized.layers().iter().map(|l| l.bytes).sum(),
+                })
+            }
+            Model::Llama { model, ids, reference } => {
+                let quantized = model.with_tensors(tensors, plan.clone())?;
+                let vocab = model.config().vocab_size;
+                let mut logits = quantized.forward_all(&ids[..ids.len() - 1], &mut quantized.new_cache())?;
+                logits.chunks_exact_mut(vocab).for_each(log_softmax);
+                let positions = ids.len() - 1;
+                let kl = reference
+                    .chunks_exact(vocab)
+                    .zip(logits.chunks_exact(vocab))
+                    .map(|(p, q)| {
+                        p.iter().zip(q).map(|(&lp, &lq)| f64::from(lp.exp()) * f64::from(lp - lq)).sum::<f64>()
+                    })
+                    .sum::<f64>()
+                    / positions as f64;
+                Ok(Evaluation {
+                    quality: Quality::Tokens { perplexity: perplexity(&logits, ids, vocab), kl },
+                    linear_bytes: quantized.linear_bytes(),
+                })
+            }
+        }
+    }
+}
+
+/// Perplexity of `ids[1..]` under per-position log-probabilities `log_probs` (`[ids.len() - 1, vocab]`).
+fn perplexity(log_probs: &[f32], ids: &[u32], vocab: usize) -> f64 {
+    let nll: f64 =
+        log_probs.chunks_exact(vocab).zip(&ids[1..]).map(|(row, &next)| -f64::from(row[next as usize])).sum();
+    (nll / (ids.len() - 1) as f64).exp()
+}
+
+/// The layer names a report name stands for: a fused layer is reported as `prefix{a,b,c}suffix`.
+fn expand_braces(name: &str) -> Vec<String> {
+    match (name.find('{'), name.find('}')) {
+        (Some(open), Some(close)) if open < close => name[open + 1..close]
+            .split(',')
+            .map(|part| format!("{}{part}{}", &name[..open], &name[close + 1..]))
+            .collect(),
+        _ => vec![name.to_string()],
+    }
+}
+
+/// The shapes of the named layers' weights.
+fn layer_shapes<'a>(
+    names: impl Iterator<Item = &'a str>,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<Vec<LayerShape>> {
+    names
+        .map(|name| {
+            let weight = tensors.get(&format!("{name}.weight")).with_context(|| format!("no weight for {name}"))?;
+            let &[out_features, in_features] = weight.dims() else { bail!("{name}.weight is not 2-D") };
+            Ok(LayerShape { name: name.to_string(), out_features, in_features })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_braces;
+
+    #[test]
+    fn fused_names_expand_to_their_layers() {
+        assert_eq!(expand_braces("l.0.self.{query,key,value}"), ["l.0.self.query", "l.0.self.key", "l.0.self.value"]);
+        assert_eq!(expand_braces("m.0.{gate,up}_proj"), ["m.0.gate_proj", "m.0.up_proj"]);
+        assert_eq!(expand_braces("lm_head"), ["lm_head"]);
+    }
+}
