@@ -80,6 +80,9 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
 /// Measures every layer's sensitivity, finds the automatic plan, compares it with uniform int8 and saves it.
 fn automatic(args: &QuantizeArgs, family: Family) -> Result<Plan> {
     let target = args.target.context("--auto needs --target")?;
+    if matches!(target, Target::CosineAtLeast(_)) != (family == Family::Bert) {
+        bail!("target {target} does not fit this model: BERT takes cosine>=C, Llama ppl<=+P%");
+    }
     let probe = args.calibration.probe(&args.model.model)?;
     let schemes = candidate_schemes(&args.candidates, probe.is_bert())?;
     let table = measure(&probe, &schemes, true, None)?;
