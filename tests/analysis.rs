@@ -4,11 +4,15 @@
 mod common;
 
 use qlayers::LayerScheme;
-use swap::analysis::{auto_plan, sensitivity, weight_round_trip, Probe, Quality, Target};
+use swap::analysis::{auto_plan, sensitivity, weight_round_trip, Candidate, Probe, Quality, Target};
 use swap::{Embedder, Plan};
 
 fn scheme(name: &str) -> LayerScheme {
     name.parse().unwrap()
+}
+
+fn candidates(schemes: &[LayerScheme]) -> Vec<Candidate> {
+    schemes.iter().map(|&s| Candidate::from(s)).collect()
 }
 
 const TEXTS: [&str; 6] = [
@@ -31,7 +35,7 @@ fn bert_losses_order_the_schemes_and_the_float_plan_is_exact() {
     assert!((1.0 - cosine_min).abs() < 1e-12, "{cosine_min}");
     let schemes = [scheme("w8a8-b32-pb"), scheme("int4-g32"), scheme("int2-g32-asym")];
     let layers: Vec<_> = probe.layers().iter().filter(|l| l.name.starts_with("encoder.layer.5.")).cloned().collect();
-    let table = sensitivity(&probe, &layers, &schemes, true, |_, _, _| {}).unwrap();
+    let table = sensitivity(&probe, &layers, &candidates(&schemes), true, |_, _, _| {}).unwrap();
     for row in &table {
         let losses: Vec<f64> = row.results.iter().map(|r| r.loss.unwrap()).collect();
         let snrs: Vec<f64> = row.results.iter().map(|r| r.weight_snr_db).collect();
@@ -59,7 +63,7 @@ fn bert_losses_order_the_schemes_and_the_float_plan_is_exact() {
 fn the_automatic_bert_plan_meets_its_target_in_fewer_bytes_than_int8() {
     let probe = Probe::bert(&common::minilm_dir(), &TEXTS).unwrap();
     let schemes = [scheme("w8a8-b32-pb"), scheme("w8a8-b64"), scheme("int4-g32")];
-    let table = sensitivity(&probe, probe.layers(), &schemes, true, |_, _, _| {}).unwrap();
+    let table = sensitivity(&probe, probe.layers(), &candidates(&schemes), true, |_, _, _| {}).unwrap();
     let target: Target = "cosine>=0.999".parse().unwrap();
     let found = auto_plan(&probe, &table, target).unwrap();
     let int8 = probe.evaluate(&Plan::bert_int8()).unwrap();
@@ -107,7 +111,7 @@ fn llama_single_layer_losses_and_kl_grow_as_bits_shrink() {
         .filter(|l| l.name == "model.layers.3.mlp.down_proj" || l.name == "lm_head")
         .cloned()
         .collect();
-    let table = sensitivity(&probe, &layers, &schemes, true, |_, _, _| {}).unwrap();
+    let table = sensitivity(&probe, &layers, &candidates(&schemes), true, |_, _, _| {}).unwrap();
     for row in &table {
         let kls: Vec<f64> = row
             .results

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use swap::analysis::{auto_plan, Target};
+use swap::analysis::{auto_plan, Candidate, Target};
 use swap::Plan;
 
 use crate::inspect::{candidate_schemes, measure, CalibrationData};
@@ -84,8 +84,9 @@ fn automatic(args: &QuantizeArgs, family: Family) -> Result<Plan> {
         bail!("target {target} does not fit this model: BERT takes cosine>=C, Llama ppl<=+P%");
     }
     let probe = args.calibration.probe(&args.model.model)?;
-    let schemes = candidate_schemes(&args.candidates, probe.is_bert())?;
-    let table = measure(&probe, &schemes, true, None)?;
+    let candidates: Vec<Candidate> =
+        candidate_schemes(&args.candidates, probe.is_bert())?.into_iter().map(Candidate::from).collect();
+    let table = measure(&probe, &candidates, true, None)?;
     let found = auto_plan(&probe, &table, target)?;
     let int8 = match family {
         Family::Bert => Plan::bert_int8(),

@@ -123,19 +123,19 @@ impl Embedder {
         Ok(Self::open_with(dir, plan, false)?.0)
     }
 
-    /// Loads a float model folder in f32 with every tensor kept in memory, so that [`Embedder::with_tensors`] can
-    /// rebuild it under other plans without reading the file again. A quantized checkpoint is an error.
+    /// Loads a float model folder in f32 with every tensor kept in memory, so that [`Embedder::with_loader`] over
+    /// [`QuantLoader::from_tensors`] can rebuild it under other plans without reading the file again. A quantized
+    /// checkpoint is an error.
     pub fn open_in_memory(dir: &Path) -> Result<(Self, Arc<HashMap<String, Tensor>>)> {
         let (embedder, loader) = Self::open_with(dir, Some(Plan::uniform(LayerScheme::F32)), true)?;
         let tensors = loader.take_float_tensors().with_context(|| format!("{} is not a float model", dir.display()))?;
         Ok((embedder, tensors))
     }
 
-    /// This pipeline and tokenizer over the model built from `tensors` (from [`Embedder::open_in_memory`]) per
-    /// `plan`.
-    pub fn with_tensors(&self, tensors: Arc<HashMap<String, Tensor>>, plan: Plan) -> Result<Self> {
-        let loader = QuantLoader::from_tensors(tensors, plan);
-        let model = BertModel::load(self.model.config().clone(), &loader)?;
+    /// This pipeline and tokenizer over the model `loader` builds (for example one that observes its inputs or
+    /// smooths its layers).
+    pub fn with_loader(&self, loader: &QuantLoader) -> Result<Self> {
+        let model = BertModel::load(self.model.config().clone(), loader)?;
         Ok(Self {
             tokenizer: self.tokenizer.clone(),
             model,

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
+use qlayers::layers::InputRange;
 use qlayers::{LayerScheme, QLinear, QTensor};
 
 use crate::checkpoint::{self, QuantizationConfig, QuantizedLayers, WEIGHTS_FILE};
@@ -103,6 +104,12 @@ pub enum Stored {
 
 type Progress = Box<dyn Fn(&str) + Send + Sync>;
 
+/// Each layer's largest `|x|` per input channel on calibration data, by layer name.
+pub type InputRanges = Arc<HashMap<String, Vec<f32>>>;
+
+/// The layers being observed, by name.
+type Observers = Mutex<Vec<(String, Arc<InputRange>)>>;
+
 /// Where the tensors are read from.
 enum Store {
     Safetensors(MmapedSafetensors),
@@ -147,6 +154,10 @@ pub struct QuantLoader {
     progress: Option<Progress>,
     /// Names read from other tensors (`lm_head.weight` from the embeddings when a model ties them).
     aliases: Vec<(String, String)>,
+    /// The input ranges of every layer built, when calibration asked for them.
+    observers: Option<Observers>,
+    /// SmoothQuant for W8A8 layers: each layer's input channel maxima and the migration strength.
+    smoothing: Option<(InputRanges, f32)>,
 }
 
 impl QuantLoader {
@@ -234,7 +245,39 @@ impl QuantLoader {
             schemes: Mutex::new(Vec::new()),
             progress: None,
             aliases: Vec::new(),
+            observers: None,
+            smoothing: None,
         }
+    }
+
+    /// Makes every layer built record the largest `|x|` of each input channel it sees
+    /// ([`QuantLoader::input_ranges`] reads them after the model has run on calibration data).
+    pub fn observing(mut self) -> Self {
+        self.observers = Some(Mutex::new(Vec::new()));
+        self
+    }
+
+    /// The input channel maxima each observed layer has seen so far, by layer name (each layer of a fused
+    /// projection under its own name).
+    pub fn input_ranges(&self) -> HashMap<String, Vec<f32>> {
+        let Some(observers) = &self.observers else { return HashMap::new() };
+        lock(observers)
+            .iter()
+            .flat_map(|(name, range)| expand_braces(name).into_iter().map(move |n| (n, range.absmax())))
+            .collect()
+    }
+
+    /// SmoothQuant for every W8A8 layer (see [`qlayers::layers::smoothing_factors`]): weights scaled per input
+    /// channel by factors from `input_ranges` (by layer name, as [`QuantLoader::input_ranges`] gives them) and
+    /// `alpha`, inputs divided by them. Fused projections share one set of factors, from their stacked weights.
+    pub fn with_smoothing(mut self, input_ranges: InputRanges, alpha: f32) -> Self {
+        self.smoothing = Some((input_ranges, alpha));
+        self
+    }
+
+    /// Whether layers of `scheme` are smoothed.
+    fn smooths(&self, scheme: LayerScheme) -> bool {
+        self.smoothing.is_some() && matches!(scheme, LayerScheme::W8A8 { .. })
     }
 
     /// Reads tensor `name` from tensor `target` when the checkpoint has no `name` of its own (tied embeddings:
@@ -316,6 +359,10 @@ impl QuantLoader {
             (_, LayerScheme::F32) => {
                 LinearWeight::Float(self.read_float(&format!("{name}.weight"), &[out_dim, in_dim])?)
             }
+            // Smoothed layers are quantized when built, after fused projections have stacked their weights.
+            (Source::Float(_), scheme) if self.smooths(scheme) => {
+                LinearWeight::Float(self.read_float(&format!("{name}.weight"), &[out_dim, in_dim])?)
+            }
             (Source::Float(_), _) => match self.native(name, scheme, [out_dim, in_dim])? {
                 // A GGUF file's own codes, when the scheme holds its type exactly.
                 Some(q) => LinearWeight::Quantized(q),
@@ -356,16 +403,30 @@ impl QuantLoader {
     pub fn build_linear(&self, name: &str, params: LinearParams) -> Result<QLinear> {
         let LinearParams { scheme, weight, bias } = params;
         let layer = match weight {
-            LinearWeight::Float(w) => QLinear::new(&w, bias.as_ref(), scheme),
+            LinearWeight::Float(w) if self.smooths(scheme) => self.smoothed(name, &w, bias.as_ref(), scheme),
+            LinearWeight::Float(w) => QLinear::new(&w, bias.as_ref(), scheme).map_err(anyhow::Error::from),
             LinearWeight::Quantized(q) => {
                 let k = q.shape().get(1).copied().unwrap_or(0);
                 let (_, block) = scheme.weight_scheme(k)?.context("a quantized weight needs an integer scheme")?;
-                QLinear::from_qtensor(&q, bias.as_ref(), scheme, block)
+                QLinear::from_qtensor(&q, bias.as_ref(), scheme, block).map_err(anyhow::Error::from)
             }
         }
         .with_context(|| format!("building {name} as {scheme}"))?;
+        let mut layer = layer;
+        if let Some(observers) = &self.observers {
+            lock(observers).push((name.to_string(), layer.observe_inputs()));
+        }
         lock(&self.report).push(LayerReport { name: name.to_string(), scheme, bytes: layer.storage_bytes() });
         Ok(layer)
+    }
+
+    /// Layer `name` (possibly fused) smoothed with the factors its input ranges and weight give.
+    fn smoothed(&self, name: &str, weight: &Tensor, bias: Option<&Tensor>, scheme: LayerScheme) -> Result<QLinear> {
+        let (ranges, alpha) = self.smoothing.as_ref().context("smoothing is on")?;
+        let first = expand_braces(name).swap_remove(0);
+        let range = ranges.get(&first).with_context(|| format!("no input statistics for {first} to smooth it"))?;
+        let factors = qlayers::layers::smoothing_factors(range, weight, *alpha)?;
+        Ok(QLinear::smoothed(weight, bias, scheme, &factors)?)
     }
 
     /// The Linear layer `name`, read and quantized per its scheme.
@@ -412,6 +473,17 @@ impl QuantLoader {
     }
 }
 
+/// The layer names a fused layer's name stands for: `prefix{a,b,c}suffix` is three layers.
+pub(crate) fn expand_braces(name: &str) -> Vec<String> {
+    match (name.find('{'), name.find('}')) {
+        (Some(open), Some(close)) if open < close => name[open + 1..close]
+            .split(',')
+            .map(|part| format!("{}{part}{}", &name[..open], &name[close + 1..]))
+            .collect(),
+        _ => vec![name.to_string()],
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -425,4 +497,16 @@ fn safetensors_header_ok(path: &Path) -> Result<()> {
     safetensors::SafeTensors::deserialize(&data)
         .map(|_| ())
         .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_braces;
+
+    #[test]
+    fn fused_names_expand_to_their_layers() {
+        assert_eq!(expand_braces("l.0.self.{query,key,value}"), ["l.0.self.query", "l.0.self.key", "l.0.self.value"]);
+        assert_eq!(expand_braces("m.0.{gate,up}_proj"), ["m.0.gate_proj", "m.0.up_proj"]);
+        assert_eq!(expand_braces("lm_head"), ["lm_head"]);
+    }
 }

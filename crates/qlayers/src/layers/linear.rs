@@ -2,8 +2,11 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 
+use std::sync::Arc;
+
 use super::int_weights::pack_qtensor;
 use super::scheme::LayerScheme;
+use super::smoothing::InputRange;
 use crate::error::{QuantError, Result};
 use crate::kernels::PackedWeights;
 use crate::quant::QTensor;
@@ -20,6 +23,8 @@ pub struct QLinear {
     in_features: usize,
     out_features: usize,
     kind: Kind,
+    /// Records the range of every input channel, when calibration asked for it.
+    observer: Option<Arc<InputRange>>,
 }
 
 #[derive(Debug, Clone)]
@@ -33,6 +38,21 @@ enum Kind {
 pub(crate) struct IntLinear {
     pub(crate) weights: PackedWeights,
     pub(crate) bias: Option<Vec<f32>>,
+    /// SmoothQuant's `1 / s` per input channel, applied to each input row before it is quantized.
+    pub(crate) input_scale: Option<Vec<f32>>,
+}
+
+impl IntLinear {
+    fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        match &self.input_scale {
+            None => self.weights.matmul(x, m, self.bias.as_deref()),
+            Some(scale) => {
+                let scaled: Vec<f32> =
+                    x.chunks_exact(scale.len()).flat_map(|row| row.iter().zip(scale).map(|(v, s)| v * s)).collect();
+                self.weights.matmul(&scaled, m, self.bias.as_deref())
+            }
+        }
+    }
 }
 
 impl QLinear {
@@ -50,10 +70,42 @@ impl QLinear {
             Some((weight_scheme, block)) => {
                 let q = QTensor::quantize(weight, weight_scheme)?;
                 let weights = pack_qtensor(&q, block, scheme.half_params())?;
-                Kind::Int(Box::new(IntLinear { weights, bias: bias_values(bias)? }))
+                Kind::Int(Box::new(IntLinear { weights, bias: bias_values(bias)?, input_scale: None }))
             }
         };
-        Ok(Self { scheme, in_features, out_features, kind })
+        Ok(Self { scheme, in_features, out_features, kind, observer: None })
+    }
+
+    /// SmoothQuant: quantizes `weight * factors` (each input channel `j` scaled by `factors[j]`, see
+    /// [`crate::layers::smoothing_factors`]) per the integer `scheme`, and divides each input row by the factors
+    /// before quantizing it, so the layer still computes `x W^T + b`.
+    pub fn smoothed(weight: &Tensor, bias: Option<&Tensor>, scheme: LayerScheme, factors: &[f32]) -> Result<Self> {
+        let k = weight.dims().last().copied().unwrap_or(0);
+        if factors.len() != k {
+            return Err(QuantError::ShapeMismatch {
+                what: "smoothing factors vs weight columns",
+                left: vec![factors.len()],
+                right: vec![k],
+            });
+        }
+        if let Some((index, &value)) = factors.iter().enumerate().find(|(_, f)| !(f.is_finite() && **f > 0.0)) {
+            return Err(QuantError::NonFinite { what: "smoothing factors (must be positive)", index, value });
+        }
+        let s = Tensor::from_slice(factors, (1, k), weight.device())?;
+        let mut layer = Self::new(&weight.to_dtype(DType::F32)?.broadcast_mul(&s)?, bias, scheme)?;
+        match &mut layer.kind {
+            Kind::Int(int) => int.input_scale = Some(factors.iter().map(|f| 1.0 / f).collect()),
+            Kind::F32(_) => {
+                return Err(QuantError::InvalidScheme("smoothing applies to integer schemes, not f32".into()))
+            }
+        }
+        Ok(layer)
+    }
+
+    /// Starts recording the largest `|x|` of every input channel over all later inputs (calibration for
+    /// [`QLinear::smoothed`]); returns the record.
+    pub fn observe_inputs(&mut self) -> Arc<InputRange> {
+        self.observer.get_or_insert_with(Default::default).clone()
     }
 
     /// Quantizes the weights of an existing `candle_nn::Linear`.
@@ -76,7 +128,8 @@ impl QLinear {
             scheme,
             in_features,
             out_features,
-            kind: Kind::Int(Box::new(IntLinear { weights, bias: bias_values(bias)? })),
+            kind: Kind::Int(Box::new(IntLinear { weights, bias: bias_values(bias)?, input_scale: None })),
+            observer: None,
         })
     }
 
@@ -106,8 +159,11 @@ impl QLinear {
                 right: vec![m, self.in_features],
             });
         }
+        if let Some(observer) = &self.observer {
+            observer.observe(x, self.in_features);
+        }
         match &self.kind {
-            Kind::Int(int) => int.weights.matmul(x, m, int.bias.as_deref()),
+            Kind::Int(int) => int.matmul(x, m),
             Kind::F32(linear) => {
                 let x = Tensor::from_slice(x, (m, self.in_features), &candle_core::Device::Cpu)?;
                 Ok(linear.forward(&x)?.flatten_all()?.to_vec1()?)
@@ -119,13 +175,19 @@ impl QLinear {
     pub fn storage_bytes(&self) -> usize {
         match &self.kind {
             Kind::F32(l) => tensor_bytes(l.weight()) + l.bias().map_or(0, tensor_bytes),
-            Kind::Int(int) => int.weights.storage_bytes() + int.bias.as_ref().map_or(0, |b| 4 * b.len()),
+            Kind::Int(int) => {
+                let vectors = int.bias.as_ref().map_or(0, Vec::len) + int.input_scale.as_ref().map_or(0, Vec::len);
+                int.weights.storage_bytes() + 4 * vectors
+            }
         }
     }
 }
 
 impl Module for QLinear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(observer) = &self.observer {
+            observer.observe(&x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?, self.in_features);
+        }
         match &self.kind {
             Kind::F32(linear) => linear.forward(x),
             Kind::Int(int) => {
@@ -155,7 +217,7 @@ impl CustomOp1 for IntLinear {
         let dims = layout.dims();
         let k = self.weights.k();
         let m = x.len() / k;
-        let y = self.weights.matmul(x, m, self.bias.as_deref())?;
+        let y = self.matmul(x, m)?;
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("checked by forward") = self.weights.n();
         Ok((CpuStorage::F32(y), Shape::from(out_dims)))

@@ -1,10 +1,13 @@
-//! Drop-in quantized layers: [`QLinear`] for `candle_nn::Linear`, [`QConv2d`] for `candle_nn::Conv2d`.
+//! Drop-in quantized layers: [`QLinear`] for `candle_nn::Linear`, [`QConv2d`] for `candle_nn::Conv2d`; SmoothQuant
+//! factors for W8A8 layers.
 
 mod conv2d;
 mod int_weights;
 mod linear;
 mod scheme;
+mod smoothing;
 
 pub use conv2d::QConv2d;
 pub use linear::QLinear;
 pub use scheme::LayerScheme;
+pub use smoothing::{smoothing_factors, InputRange};

@@ -12,7 +12,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use qlayers::LayerScheme;
 use serde::Serialize;
-use swap::analysis::{sensitivity, Evaluation, LayerSensitivity, LayerShape, Probe};
+use swap::analysis::{sensitivity, Candidate, Evaluation, LayerSensitivity, LayerShape, Probe};
 use swap::plan::glob_match;
 
 pub use calibration::{CalibrationArgs, CalibrationData};
@@ -27,6 +27,10 @@ pub struct InspectArgs {
     /// and 128, symmetric and asymmetric, NF4 and k-means in groups of 64).
     #[arg(long = "quant", value_delimiter = ',')]
     pub schemes: Vec<String>,
+    /// Also try every W8A8 candidate with SmoothQuant at this strength (0 to 1; 0.5 in the paper): activation
+    /// outliers moved into the weights by per-channel factors from the calibration data (BERT).
+    #[arg(long)]
+    pub smooth: Option<f32>,
     /// Only the layers whose names match this glob.
     #[arg(long)]
     pub layers: Option<String>,
@@ -58,8 +62,17 @@ struct Report<'a> {
 /// Runs the analysis and prints or draws it.
 pub fn run(args: InspectArgs) -> Result<()> {
     let probe = args.calibration.probe()?;
-    let schemes = candidate_schemes(&args.schemes, probe.is_bert())?;
-    let table = measure(&probe, &schemes, !args.weights_only, args.layers.as_deref())?;
+    let mut candidates: Vec<Candidate> =
+        candidate_schemes(&args.schemes, probe.is_bert())?.into_iter().map(Candidate::from).collect();
+    if let Some(alpha) = args.smooth {
+        let w8a8 =
+            candidates.iter().filter(|c| matches!(c.scheme, LayerScheme::W8A8 { .. })).copied().collect::<Vec<_>>();
+        if w8a8.is_empty() {
+            bail!("--smooth applies to W8A8 candidates (w8a8-bN...), and none is listed");
+        }
+        candidates.extend(w8a8.into_iter().map(|c| Candidate { smoothing: Some(alpha), ..c }));
+    }
+    let table = measure(&probe, &candidates, !args.weights_only, args.layers.as_deref())?;
     if let Some(dir) = &args.plot {
         let written = plots::write_all(dir, &probe, &table, args.plot_layer.as_deref())?;
         eprintln!("wrote {} charts into {}", written.len(), dir.display());
@@ -69,12 +82,12 @@ pub fn run(args: InspectArgs) -> Result<()> {
             model: &args.calibration.model,
             calibration: args.calibration.data.describe(),
             float: probe.float(),
-            schemes: schemes.iter().map(ToString::to_string).collect(),
+            schemes: candidates.iter().map(ToString::to_string).collect(),
             layers: &table,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        table::print(&probe, &schemes, &table);
+        table::print(&probe, &candidates, &table);
     }
     Ok(())
 }
@@ -96,7 +109,7 @@ pub fn candidate_schemes(names: &[String], bert: bool) -> Result<Vec<LayerScheme
 /// [`sensitivity`] over the layers matching `filter`, with a progress bar on stderr.
 pub fn measure(
     probe: &Probe,
-    schemes: &[LayerScheme],
+    candidates: &[Candidate],
     end_to_end: bool,
     filter: Option<&str>,
 ) -> Result<Vec<LayerSensitivity>> {
@@ -113,7 +126,7 @@ pub fn measure(
     if layers.is_empty() {
         bail!("no layer matches {:?}", filter.unwrap_or_default());
     }
-    let table = sensitivity(probe, &layers, schemes, end_to_end, progress)?;
+    let table = sensitivity(probe, &layers, candidates, end_to_end, progress)?;
     bar.finish_and_clear();
     Ok(table)
 }

@@ -23,7 +23,7 @@ pub fn write_all(dir: &Path, probe: &Probe, table: &[LayerSensitivity], layer: O
         Ok(())
     };
     let categories: Vec<&str> = table.iter().map(|l| l.layer.name.as_str()).collect();
-    let schemes: Vec<String> = table[0].results.iter().map(|r| r.scheme.to_string()).collect();
+    let schemes: Vec<String> = table[0].results.iter().map(|r| r.candidate.to_string()).collect();
     let chart = |values: &dyn Fn(&LayerSensitivity, usize) -> f64| {
         schemes.iter().enumerate().fold(BarChart::new(categories.iter().copied()), |chart, (s, name)| {
             chart.series(Series::new(name.as_str(), table.iter().map(|l| values(l, s)).collect()))
@@ -63,25 +63,25 @@ pub fn write_all(dir: &Path, probe: &Probe, table: &[LayerSensitivity], layer: O
         .x_label("weight")
         .y_label("count (log)")
         .log_y(true);
-    for result in &chosen.results {
-        let levels = grid_levels(weight, result.scheme, widest)?;
+    for result in chosen.results.iter().filter(|r| r.candidate.smoothing.is_none()) {
+        let levels = grid_levels(weight, result.candidate.scheme, widest)?;
         if !levels.is_empty() && levels.len() <= MAX_GRID_LEVELS {
-            histogram = histogram
-                .overlay(Overlay::new(result.scheme.to_string(), levels.iter().map(|&l| f64::from(l)).collect()));
+            let levels = levels.iter().map(|&l| f64::from(l)).collect();
+            histogram = histogram.overlay(Overlay::new(result.candidate.to_string(), levels));
         }
     }
     write("weights.svg", histogram.render()?)?;
-    for result in &chosen.results {
-        let round_trip: Vec<f32> = weight_round_trip(weight, result.scheme)?.flatten_all()?.to_vec1()?;
+    for result in chosen.results.iter().filter(|r| r.candidate.smoothing.is_none()) {
+        let round_trip: Vec<f32> = weight_round_trip(weight, result.candidate.scheme)?.flatten_all()?.to_vec1()?;
         let errors: Vec<f32> = values.iter().zip(&round_trip).map(|(w, r)| w - r).collect();
         let svg = Histogram::new(&errors)
             .bins(120)
-            .title(format!("{name}: round-trip error under {} (SNR {:.1} dB)", result.scheme, result.weight_snr_db))
+            .title(format!("{name}: round-trip error under {} (SNR {:.1} dB)", result.candidate, result.weight_snr_db))
             .x_label("weight - dequantized weight")
             .y_label("count (log)")
             .log_y(true)
             .render()?;
-        write(&format!("errors_{}.svg", result.scheme), svg)?;
+        write(&format!("errors_{}.svg", result.candidate), svg)?;
     }
     Ok(written)
 }

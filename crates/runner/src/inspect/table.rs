@@ -1,15 +1,14 @@
 //! The terminal tables of `runner inspect`.
 
-use qlayers::LayerScheme;
-use swap::analysis::{LayerSensitivity, Probe};
+use swap::analysis::{Candidate, LayerSensitivity, Probe};
 
 /// Prints the weight SNR and single-layer loss of every layer and scheme, then a summary per scheme.
-pub fn print(probe: &Probe, schemes: &[LayerScheme], table: &[LayerSensitivity]) {
+pub fn print(probe: &Probe, candidates: &[Candidate], table: &[LayerSensitivity]) {
     let float = probe.float();
     let loss_name = if probe.is_bert() { "1 - mean cosine" } else { "perplexity increase" };
     println!("float model: {}, Linear layers {:.2} MB", float.quality, float.linear_bytes as f64 / 1e6);
     let name_width = table.iter().map(|l| l.layer.name.len()).max().unwrap_or(5).max(5);
-    let names: Vec<String> = schemes.iter().map(ToString::to_string).collect();
+    let names: Vec<String> = candidates.iter().map(ToString::to_string).collect();
     let width = names.iter().map(String::len).max().unwrap_or(8).max(9);
     let header = |title: &str| {
         println!("\n{title}");

@@ -1,7 +1,7 @@
 //! An automatic mixed-precision plan: the fewest bytes whose quality meets a target.
 //!
-//! Each layer's candidates are the schemes measured by [`super::sensitivity`], with their bytes and the loss of the
-//! whole model when that layer alone is quantized. Assuming losses add up, the cheapest assignment within a loss
+//! Each layer's candidates are the schemes measured by [`super::sensitivity`] (smoothed candidates excepted: plans
+//! do not carry smoothing), with their bytes and the loss of the whole model when that layer alone is quantized. Assuming losses add up, the cheapest assignment within a loss
 //! budget is a multiple-choice knapsack, solved by Lagrangian relaxation: for a price `lambda` on loss, each layer
 //! independently takes the scheme minimising `bytes + lambda * loss`, and a bisection finds the smallest price whose
 //! total loss fits the budget. The plan is then evaluated for real; when interactions between layers make it miss
@@ -116,9 +116,10 @@ pub fn auto_plan(probe: &Probe, table: &[LayerSensitivity], target: Target) -> R
             layer
                 .results
                 .iter()
+                .filter(|r| r.candidate.smoothing.is_none())
                 .map(|r| {
                     let loss = r.loss.with_context(|| format!("{} has no measured loss", layer.layer.name))?;
-                    Ok((r.scheme, r.bytes as f64, loss.max(0.0)))
+                    Ok((r.candidate.scheme, r.bytes as f64, loss.max(0.0)))
                 })
                 .collect::<Result<Vec<_>>>()
         })

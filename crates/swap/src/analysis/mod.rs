@@ -13,4 +13,4 @@ mod sensitivity;
 pub use auto::{auto_plan, AutoPlan, Target};
 pub use grid::grid_levels;
 pub use probe::{Evaluation, LayerShape, Probe, Quality};
-pub use sensitivity::{sensitivity, weight_round_trip, LayerSensitivity, SchemeResult};
+pub use sensitivity::{sensitivity, weight_round_trip, Candidate, LayerSensitivity, SchemeResult};

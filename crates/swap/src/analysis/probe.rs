@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::embedder::Embedder;
 use crate::eval::Agreement;
+use crate::loader::{expand_braces, QuantLoader};
 use crate::models::llama::{log_softmax, LlamaModel};
 use crate::plan::{Plan, Rule};
 
@@ -89,6 +90,8 @@ pub struct Probe {
     tensors: Arc<HashMap<String, Tensor>>,
     layers: Vec<LayerShape>,
     float: Evaluation,
+    /// BERT: the largest `|x|` each layer's input channels saw on the calibration data (for SmoothQuant).
+    input_ranges: Arc<HashMap<String, Vec<f32>>>,
 }
 
 impl Probe {
@@ -104,7 +107,11 @@ impl Probe {
         let layers = layer_shapes(names.iter().map(String::as_str), &tensors)?;
         let linear_bytes = embedder.layers().iter().map(|l| l.bytes).sum();
         let float = Evaluation { quality: Quality::Embeddings { cosine_mean: 1.0, cosine_min: 1.0 }, linear_bytes };
-        Ok(Self { model: Model::Bert { embedder: Box::new(embedder), sequences, reference }, tensors, layers, float })
+        let observing = QuantLoader::from_tensors(Arc::clone(&tensors), Plan::uniform(LayerScheme::F32)).observing();
+        embedder.with_loader(&observing)?.embed_token_ids(&sequences)?;
+        let input_ranges = Arc::new(observing.input_ranges());
+        let model = Model::Bert { embedder: Box::new(embedder), sequences, reference };
+        Ok(Self { model, tensors, layers, float, input_ranges })
     }
 
     /// A Llama (GGUF file or float HF folder) scored by perplexity and next-token divergence over `ids` (at least
@@ -121,7 +128,8 @@ impl Probe {
         let layers = layer_shapes(names.iter().map(String::as_str), &tensors)?;
         let quality = Quality::Tokens { perplexity: perplexity(&reference, &ids, vocab), kl: 0.0 };
         let float = Evaluation { quality, linear_bytes: model.linear_bytes() };
-        Ok(Self { model: Model::Llama { model: Box::new(model), ids, reference }, tensors, layers, float })
+        let model = Model::Llama { model: Box::new(model), ids, reference };
+        Ok(Self { model, tensors, layers, float, input_ranges: Arc::default() })
     }
 
     /// The quantizable layers, in model order.
@@ -156,12 +164,29 @@ impl Probe {
         plan
     }
 
+    /// SmoothQuant's factors for layer `name` at strength `alpha`, from its calibration input ranges (BERT).
+    pub fn smoothing_factors(&self, name: &str, alpha: f32) -> Result<Vec<f32>> {
+        let range = self.input_ranges.get(name).with_context(|| format!("no input statistics for {name}"))?;
+        Ok(qlayers::layers::smoothing_factors(range, self.weight(name)?, alpha)?)
+    }
+
     /// Rebuilds the model per `plan` and scores it on the calibration data.
     pub fn evaluate(&self, plan: &Plan) -> Result<Evaluation> {
-        let tensors = Arc::clone(&self.tensors);
+        self.evaluate_with(plan, None)
+    }
+
+    /// [`Probe::evaluate`], with SmoothQuant at strength `smoothing` on every W8A8 layer when given (BERT only).
+    pub fn evaluate_with(&self, plan: &Plan, smoothing: Option<f32>) -> Result<Evaluation> {
+        let mut loader = QuantLoader::from_tensors(Arc::clone(&self.tensors), plan.clone());
+        if let Some(alpha) = smoothing {
+            if !self.is_bert() {
+                bail!("smoothing applies to W8A8 layers, which Llama plans do not use");
+            }
+            loader = loader.with_smoothing(Arc::clone(&self.input_ranges), alpha);
+        }
         match &self.model {
             Model::Bert { embedder, sequences, reference } => {
-                let quantized = embedder.with_tensors(tensors, plan.clone())?;
+                let quantized = embedder.with_loader(&loader)?;
                 let agreement = Agreement::between(&quantized.embed_token_ids(sequences)?, reference);
                 Ok(Evaluation {
                     quality: Quality::Embeddings {
@@ -172,7 +197,7 @@ impl Probe {
                 })
             }
             Model::Llama { model, ids, reference } => {
-                let quantized = model.with_tensors(tensors, plan.clone())?;
+                let quantized = LlamaModel::load(model.config().clone(), &loader)?;
                 let vocab = model.config().vocab_size;
                 let mut logits = quantized.forward_all(&ids[..ids.len() - 1], &mut quantized.new_cache())?;
                 logits.chunks_exact_mut(vocab).for_each(log_softmax);
@@ -201,17 +226,6 @@ fn perplexity(log_probs: &[f32], ids: &[u32], vocab: usize) -> f64 {
     (nll / (ids.len() - 1) as f64).exp()
 }
 
-/// The layer names a report name stands for: a fused layer is reported as `prefix{a,b,c}suffix`.
-fn expand_braces(name: &str) -> Vec<String> {
-    match (name.find('{'), name.find('}')) {
-        (Some(open), Some(close)) if open < close => name[open + 1..close]
-            .split(',')
-            .map(|part| format!("{}{part}{}", &name[..open], &name[close + 1..]))
-            .collect(),
-        _ => vec![name.to_string()],
-    }
-}
-
 /// The shapes of the named layers' weights.
 fn layer_shapes<'a>(
     names: impl Iterator<Item = &'a str>,
@@ -224,16 +238,4 @@ fn layer_shapes<'a>(
             Ok(LayerShape { name: name.to_string(), out_features, in_features })
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::expand_braces;
-
-    #[test]
-    fn fused_names_expand_to_their_layers() {
-        assert_eq!(expand_braces("l.0.self.{query,key,value}"), ["l.0.self.query", "l.0.self.key", "l.0.self.value"]);
-        assert_eq!(expand_braces("m.0.{gate,up}_proj"), ["m.0.gate_proj", "m.0.up_proj"]);
-        assert_eq!(expand_braces("lm_head"), ["lm_head"]);
-    }
 }

@@ -8,12 +8,37 @@ use serde::Serialize;
 
 use super::probe::{Evaluation, LayerShape, Probe};
 
-/// One layer under one scheme.
+/// A scheme to try on each layer, with or without SmoothQuant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate {
+    /// The layer scheme.
+    pub scheme: LayerScheme,
+    /// SmoothQuant's strength, for W8A8 schemes (see [`qlayers::layers::smoothing_factors`]).
+    pub smoothing: Option<f32>,
+}
+
+impl From<LayerScheme> for Candidate {
+    fn from(scheme: LayerScheme) -> Self {
+        Self { scheme, smoothing: None }
+    }
+}
+
+/// The scheme's name, followed by `+sq` and the strength when smoothed (`w8a8-b64+sq0.5`).
+impl std::fmt::Display for Candidate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.smoothing {
+            None => write!(f, "{}", self.scheme),
+            Some(alpha) => write!(f, "{}+sq{alpha}", self.scheme),
+        }
+    }
+}
+
+/// One layer under one candidate.
 #[derive(Debug, Clone, Serialize)]
 pub struct SchemeResult {
-    /// The scheme's name.
+    /// The candidate's name (the scheme's, `+sqA` when smoothed).
     #[serde(serialize_with = "as_name")]
-    pub scheme: LayerScheme,
+    pub candidate: Candidate,
     /// Bytes of the layer in memory under the scheme (codes, scales, bias).
     pub bytes: usize,
     /// Mean squared error of the weight's round trip.
@@ -36,8 +61,8 @@ pub struct LayerSensitivity {
     pub results: Vec<SchemeResult>,
 }
 
-fn as_name<S: serde::Serializer>(scheme: &LayerScheme, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.collect_str(scheme)
+fn as_name<S: serde::Serializer>(candidate: &Candidate, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(candidate)
 }
 
 /// The weight `[out, in]` as the layer scheme stores it, dequantized back to f32 (the weight itself for f32).
@@ -49,13 +74,13 @@ pub fn weight_round_trip(weight: &Tensor, scheme: LayerScheme) -> Result<Tensor>
     }
 }
 
-/// Quantizes each of `layers` (of `probe`) alone under each of `schemes`: the weight's round-trip error always,
-/// and the whole model's quality when `end_to_end` (one rebuild and calibration run per layer and scheme).
+/// Quantizes each of `layers` (of `probe`) alone under each candidate: the weight's round-trip error always, and
+/// the whole model's quality when `end_to_end` (one rebuild and calibration run per layer and candidate).
 /// `progress` is called before each layer with its index, the layer count and its name.
 pub fn sensitivity(
     probe: &Probe,
     layers: &[LayerShape],
-    schemes: &[LayerScheme],
+    candidates: &[Candidate],
     end_to_end: bool,
     mut progress: impl FnMut(usize, usize, &str),
 ) -> Result<Vec<LayerSensitivity>> {
@@ -65,17 +90,33 @@ pub fn sensitivity(
         progress(i, layers.len(), &layer.name);
         let weight = probe.weight(&layer.name)?;
         let bias = probe.bias(&layer.name);
-        let mut results = Vec::with_capacity(schemes.len());
-        for &scheme in schemes {
-            let context = || format!("{} as {scheme}", layer.name);
-            let stats = ErrorStats::between(weight, &weight_round_trip(weight, scheme).with_context(context)?)?;
-            let bytes = QLinear::new(weight, bias, scheme).with_context(context)?.storage_bytes();
+        let mut results = Vec::with_capacity(candidates.len());
+        for &candidate in candidates {
+            let Candidate { scheme, smoothing } = candidate;
+            let context = || format!("{} as {candidate}", layer.name);
+            let (round_trip, built) = match smoothing {
+                None => (weight_round_trip(weight, scheme), QLinear::new(weight, bias, scheme)),
+                Some(alpha) => {
+                    // The effective weight of a smoothed layer: its scaled weight's round trip, scaled back.
+                    let factors = probe.smoothing_factors(&layer.name, alpha).with_context(context)?;
+                    let s = Tensor::from_slice(&factors, (1, factors.len()), weight.device())?;
+                    let round_trip =
+                        weight_round_trip(&weight.broadcast_mul(&s)?, scheme).and_then(|w| Ok(w.broadcast_div(&s)?));
+                    (round_trip, QLinear::smoothed(weight, bias, scheme, &factors))
+                }
+            };
+            let stats = ErrorStats::between(weight, &round_trip.with_context(context)?)?;
+            let bytes = built.with_context(context)?.storage_bytes();
             let alone = match end_to_end {
-                true => Some(probe.evaluate(&Probe::single_layer_plan(&layer.name, scheme)).with_context(context)?),
+                true => Some(
+                    probe
+                        .evaluate_with(&Probe::single_layer_plan(&layer.name, scheme), smoothing)
+                        .with_context(context)?,
+                ),
                 false => None,
             };
             results.push(SchemeResult {
-                scheme,
+                candidate,
                 bytes,
                 weight_mse: stats.mse,
                 weight_snr_db: stats.snr_db,

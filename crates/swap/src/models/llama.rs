@@ -421,7 +421,7 @@ impl LlamaModel {
     }
 
     /// Reads a float model (a GGUF file or a float HF folder) in f32 with every tensor kept in memory, so that
-    /// [`LlamaModel::with_tensors`] can rebuild it under other plans without reading or dequantizing the file again.
+    /// [`QuantLoader::from_tensors`] can rebuild it under other plans without reading or dequantizing the file again.
     pub fn open_in_memory(path: &Path) -> Result<(Self, Arc<HashMap<String, Tensor>>)> {
         let fp32 = Plan::llama(qlayers::LayerScheme::F32);
         let (config, loader) = if path.is_file() {
@@ -441,11 +441,6 @@ impl LlamaModel {
         let tensors =
             loader.take_float_tensors().with_context(|| format!("{} is not a float model", path.display()))?;
         Ok((model, tensors))
-    }
-
-    /// The model built from `tensors` (from [`LlamaModel::open_in_memory`]) per `plan`.
-    pub fn with_tensors(&self, tensors: Arc<HashMap<String, Tensor>>, plan: Plan) -> Result<Self> {
-        Self::load(self.config.clone(), &QuantLoader::from_tensors(tensors, plan))
     }
 
     /// The model's configuration.
