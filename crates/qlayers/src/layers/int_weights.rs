@@ -55,6 +55,7 @@ pub(crate) fn pack_qtensor(q: &QTensor, block: usize, half_params: bool) -> Resu
         zero_points: &zero_points,
         mins: q.mins(),
         half_params,
+        lookup: None,
     };
     PackedWeights::new(selected_isa()?, &codes)
 }

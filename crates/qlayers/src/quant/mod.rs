@@ -8,6 +8,7 @@ mod scheme;
 mod tensor;
 
 pub use layout::ParamLayout;
+pub(crate) use params::fits_f16;
 pub use params::{compute_params, QParams, MIN_SCALE};
 pub use scheme::{Bits, CodeRange, Granularity, LinearScheme, Scheme};
 pub use tensor::QTensor;
