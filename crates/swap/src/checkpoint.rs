@@ -320,7 +320,7 @@ fn quantized_entries(name: &str, q: &QTensor) -> Result<Vec<Entry>> {
     let (bits, range) = match *q.scheme() {
         Scheme::Linear(LinearScheme { bits, range, .. }) => (bits, range),
         Scheme::MinMax { bits, .. } => (bits, CodeRange::Unsigned),
-        Scheme::Nf4 { .. } => bail!("{name}: NF4 is not saved yet"),
+        Scheme::Nf4 { .. } | Scheme::Codebook { .. } => bail!("{name}: codebook schemes are not saved yet"),
     };
     let groups = q.scales().len() / rows;
     let row_bytes = cols * bits.count() as usize / 8;
