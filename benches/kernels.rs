@@ -117,6 +117,7 @@ fn qlayers_ring(isa: Isa, scheme: Scheme, m: usize, k: usize, n: usize) -> Vec<P
         mins: &[],
         // Weight-only layers (per-block scales) keep them in f16.
         half_params: per_block,
+        lookup: None,
     };
     ring(m, || PackedWeights::new(isa, &w).expect("valid weights"), PackedWeights::storage_bytes)
 }

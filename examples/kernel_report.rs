@@ -100,6 +100,7 @@ fn pack(isa: Isa, c: &Codes, n: usize, k: usize) -> Result<PackedWeights> {
             zero_points: &c.zero_points,
             mins: &[],
             half_params: c.per_block,
+            lookup: None,
         },
     )?)
 }

@@ -1,7 +1,7 @@
 //! Quantized tensors and drop-in quantized candle layers.
 //!
 //! The core is [`QTensor`]: integer codes plus scales and zero points under a [`Scheme`] (symmetric or
-//! asymmetric, per tensor, per channel or per group, at 8, 4 or 2 bits, or the NF4 codebook).
+//! asymmetric, per tensor, per channel or per group, at 8, 4 or 2 bits, or a 16-entry codebook: NF4 or k-means).
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -25,4 +25,4 @@ pub mod threads;
 pub use error::{QuantError, Result};
 pub use kernels::{Isa, PackedWeights, WeightCodes};
 pub use layers::{LayerScheme, QConv2d, QLinear};
-pub use quant::{metrics, nf4, Bits, CodeRange, Granularity, LinearScheme, QParams, QTensor, Scheme};
+pub use quant::{metrics, nf4, Bits, CodeRange, Codebook, Granularity, LinearScheme, QParams, QTensor, Scheme};

@@ -1,7 +1,7 @@
 //! Bad input gets a clear error naming the problem; all-zero input quantizes cleanly.
 
 use candle_core::{Device, Tensor};
-use qlayers::{pack, Bits, CodeRange, Granularity, LinearScheme, QParams, QTensor, QuantError, Scheme};
+use qlayers::{pack, Bits, CodeRange, Codebook, Granularity, LinearScheme, QParams, QTensor, QuantError, Scheme};
 
 fn sym8(g: Granularity) -> LinearScheme {
     LinearScheme::symmetric(Bits::B8, g)
@@ -27,6 +27,10 @@ fn nan_and_inf() {
         assert!(err.to_string().contains("non-finite"));
         let err = QTensor::quantize_f32(&x, &[4], Scheme::Nf4 { block_size: 4 }).unwrap_err();
         assert!(matches!(err, QuantError::NonFinite { index: 2, .. }), "{err}");
+        for codebook in [Codebook::Nf4, Codebook::KMeans] {
+            let err = QTensor::quantize_f32(&x, &[4], Scheme::Codebook { codebook, group_size: 4 }).unwrap_err();
+            assert!(matches!(err, QuantError::NonFinite { index: 2, .. }), "{err}");
+        }
     }
 }
 
@@ -99,6 +103,9 @@ fn bad_packing_input() {
 fn all_zero_tensors_quantize_without_nan() {
     let x = vec![0f32; 4 * 64];
     let mut schemes: Vec<Scheme> = vec![Scheme::nf4()];
+    for codebook in [Codebook::Nf4, Codebook::KMeans] {
+        schemes.push(Scheme::Codebook { codebook, group_size: 32 });
+    }
     for bits in [Bits::B2, Bits::B4, Bits::B8] {
         for g in [Granularity::PerTensor, Granularity::PerChannel { dim: 1 }, Granularity::PerGroup { size: 32 }] {
             schemes.push(LinearScheme::symmetric(bits, g).into());
@@ -124,4 +131,26 @@ fn a_zero_group_inside_a_tensor_stays_zero() {
     )
     .unwrap();
     assert!(q.dequantize_f32()[..32].iter().all(|&v| v == 0.0));
+    // Codebooks hold an exact zero, learned ones included.
+    for codebook in [Codebook::Nf4, Codebook::KMeans] {
+        let q = QTensor::quantize_f32(&x, &[2, 32], Scheme::Codebook { codebook, group_size: 16 }).unwrap();
+        assert!(q.dequantize_f32()[..40].iter().all(|&v| v == 0.0), "{codebook:?}");
+    }
+}
+
+#[test]
+fn bad_codebook_parts() {
+    let (levels, scales, packed) = (qlayers::quant::codebook::nf4_levels(), vec![0.1; 2], vec![0u8; 16]);
+    let rebuild = |levels: [i8; 16], scales: Vec<f32>, packed: Vec<u8>| {
+        err_text(QTensor::from_codebook_parts(vec![2, 16], Codebook::Nf4, 16, levels, scales, packed))
+    };
+    let mut low = levels;
+    low[0] = -128;
+    assert!(rebuild(low, scales.clone(), packed.clone()).contains("-128"));
+    assert!(rebuild(levels, vec![0.1, f32::NAN], packed.clone()).contains("scales must be finite"));
+    assert!(rebuild(levels, vec![0.1], packed.clone()).contains("expected 2 scales"));
+    assert!(rebuild(levels, scales.clone(), vec![0u8; 15]).contains("packed code bytes"));
+    let scheme = Scheme::Codebook { codebook: Codebook::KMeans, group_size: 16 };
+    let from_parts = QTensor::from_parts(vec![2, 16], scheme, scales, vec![], packed);
+    assert!(err_text(from_parts).contains("from_codebook_parts"));
 }

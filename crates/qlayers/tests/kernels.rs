@@ -1,5 +1,6 @@
 //! One harness for every kernel level: each is checked bit for bit against a scalar model of the integer formula,
-//! on random shapes that include M = 1, odd K and N, and sizes that are not multiples of the tiles.
+//! on random shapes that include M = 1, odd K and N, and sizes that are not multiples of the tiles, for every code
+//! width and for 4-bit codes looked up in random tables.
 
 use qlayers::kernels::{Isa, PackedWeights, WeightCodes};
 use qlayers::Bits;
@@ -20,8 +21,24 @@ struct Case {
     mins: Vec<f32>,
     /// Per-block scales and minimums kept in f16.
     half_params: bool,
+    /// The 8-bit code of each 4-bit code, or `None`.
+    lookup: Option<[u8; 16]>,
     bias: Option<Vec<f32>>,
 }
+
+/// Shapes `(m, k, n)`: M = 1, odd K and N, sizes that are not multiples of the tiles.
+const SHAPES: [(usize, usize, usize); 10] = [
+    (1, 1, 1),
+    (1, 17, 33),
+    (1, 384, 100),
+    (2, 31, 5),
+    (3, 64, 47),
+    (5, 129, 31),
+    (9, 100, 17),
+    (17, 48, 64),
+    (33, 3, 15),
+    (64, 256, 96),
+];
 
 impl Case {
     fn random(rng: &mut StdRng, n: usize, k: usize, bits: Bits, block: usize, per_block: bool) -> Self {
@@ -39,6 +56,7 @@ impl Case {
             zero_points: (0..params).map(|_| rng.random_range(0..levels) as i32).collect(),
             mins: Vec::new(),
             half_params: false,
+            lookup: None,
             bias: rng.random_bool(0.5).then(|| (0..n).map(|_| rng.random_range(-1f32..1.0)).collect()),
         }
     }
@@ -55,7 +73,13 @@ impl Case {
             zero_points: &self.zero_points,
             mins: &self.mins,
             half_params: self.half_params,
+            lookup: self.lookup.as_ref(),
         }
+    }
+
+    /// The code the kernels multiply for stored code `code`: itself, or its entry in the lookup table.
+    fn code(&self, code: u8) -> i64 {
+        i64::from(self.lookup.map_or(code, |table| table[usize::from(code)]))
     }
 
     /// A per-block scale or minimum as the kernels see it: rounded to f16 when the parameters are kept in f16.
@@ -65,6 +89,17 @@ impl Case {
         } else {
             v
         }
+    }
+
+    /// 4-bit codes looked up in a random table of 8-bit codes (with both extremes, 0 and 255), with random 8-bit
+    /// zero points.
+    fn with_lookup(mut self, rng: &mut StdRng) -> Self {
+        let mut table: [u8; 16] = std::array::from_fn(|_| rng.random());
+        table[rng.random_range(0..8)] = 0;
+        table[rng.random_range(8..16)] = 255;
+        self.lookup = Some(table);
+        self.zero_points.iter_mut().for_each(|z| *z = rng.random_range(0..256));
+        self
     }
 
     /// Min-max weights (`code * scale + min`, as int4 asymmetric layers hold): zero points 0, random minimums.
@@ -101,7 +136,7 @@ impl Case {
                     let p = if self.per_block { c * blocks + g } else { c };
                     let dot: i64 = (g * block..((g + 1) * block).min(self.k))
                         .map(|i| {
-                            (i64::from(self.codes[c * self.k + i]) - i64::from(self.zero_points[p])) * i64::from(q[i])
+                            (self.code(self.codes[c * self.k + i]) - i64::from(self.zero_points[p])) * i64::from(q[i])
                         })
                         .sum();
                     let scale = if self.per_block { sx[g] * self.param(self.scales[p]) } else { sx[g] };
@@ -133,20 +168,8 @@ fn assert_bit_identical(ours: &[f32], expected: &[f32], what: &str) {
 #[test]
 fn every_level_matches_the_scalar_formula_bit_for_bit() {
     let mut rng = StdRng::seed_from_u64(7);
-    let shapes = [
-        (1, 1, 1),
-        (1, 17, 33),
-        (1, 384, 100),
-        (2, 31, 5),
-        (3, 64, 47),
-        (5, 129, 31),
-        (9, 100, 17),
-        (17, 48, 64),
-        (33, 3, 15),
-        (64, 256, 96),
-    ];
     let mut checked = 0;
-    for &(m, k, n) in &shapes {
+    for &(m, k, n) in &SHAPES {
         for bits in [Bits::B8, Bits::B4, Bits::B2] {
             for (block, per_block, symmetric, mins, half_params) in [
                 (16, true, false, false, false),
@@ -185,7 +208,45 @@ fn every_level_matches_the_scalar_formula_bit_for_bit() {
             }
         }
     }
-    assert!(checked >= shapes.len() * 3 * 9, "ran {checked} comparisons");
+    assert!(checked >= SHAPES.len() * 3 * 9, "ran {checked} comparisons");
+}
+
+#[test]
+fn every_level_matches_the_scalar_formula_with_lookup_tables() {
+    let mut rng = StdRng::seed_from_u64(23);
+    let mut checked = 0;
+    for &(m, k, n) in &SHAPES {
+        for (block, per_block, codebook_form, mins, half_params) in [
+            // The codebook layers' form: per-block f16 scales, every zero point 128.
+            (64, true, true, false, true),
+            (k, true, true, false, true),
+            (16, true, false, false, false),
+            (32, false, false, false, false),
+            (k, false, false, false, false),
+            (32, true, false, true, true),
+        ] {
+            let mut case = Case::random(&mut rng, n, k, Bits::B4, block, per_block).with_lookup(&mut rng);
+            if mins {
+                case = case.with_mins(&mut rng);
+            }
+            if codebook_form {
+                case.zero_points.iter_mut().for_each(|z| *z = 128);
+            }
+            case.half_params = half_params;
+            let x = random_input(&mut rng, m, k);
+            let expected = case.expected(&x, m);
+            for isa in Isa::supported() {
+                let w = PackedWeights::new(isa, &case.codes()).unwrap();
+                let y = w.matmul(&x, m, case.bias.as_deref()).unwrap();
+                let what = format!(
+                    "{isa} lookup m={m} k={k} n={n} block={block} per_block={per_block} mins={mins} half={half_params}"
+                );
+                assert_bit_identical(&y, &expected, &what);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= SHAPES.len() * 6, "ran {checked} comparisons");
 }
 
 #[test]
@@ -204,6 +265,7 @@ fn extreme_codes_do_not_saturate() {
         zero_points: vec![0; n],
         mins: Vec::new(),
         half_params: false,
+        lookup: None,
         bias: None,
     };
     let x: Vec<f32> =
@@ -280,6 +342,14 @@ fn zero_rows_and_bad_input() {
     let mins = vec![0.0; 8];
     let per_column_mins = WeightCodes { mins: &mins, ..per_column.codes() };
     assert!(PackedWeights::new(Isa::Reference, &per_column_mins).unwrap_err().to_string().contains("per-block"));
+    // A table takes 4-bit codes, and 8-bit zero points.
+    let table = [7u8; 16];
+    let eight = Case::random(&mut rng, 8, 32, Bits::B8, 16, true);
+    let eight_lookup = WeightCodes { lookup: Some(&table), ..eight.codes() };
+    assert!(PackedWeights::new(Isa::Reference, &eight_lookup).unwrap_err().to_string().contains("4-bit codes"));
+    let zero_points = vec![256; 16];
+    let bad_zero = WeightCodes { lookup: Some(&table), zero_points: &zero_points, ..case.codes() };
+    assert!(PackedWeights::new(Isa::Reference, &bad_zero).unwrap_err().to_string().contains("[0, 255]"));
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear};
-use qlayers::{Bits, Granularity, LayerScheme, LinearScheme, QConv2d, QLinear, QTensor, Scheme};
+use qlayers::{Bits, Codebook, Granularity, LayerScheme, LinearScheme, QConv2d, QLinear, QTensor, Scheme};
 
 /// `||a - b|| / ||b||`.
 fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
@@ -31,7 +31,15 @@ fn all_schemes() -> Vec<LayerScheme> {
             schemes.push(LayerScheme::Weight { bits, group: 32, symmetric });
         }
     }
+    for codebook in [Codebook::Nf4, Codebook::KMeans] {
+        schemes.push(LayerScheme::Codebook { codebook, group: 32 });
+    }
     schemes
+}
+
+/// The mean squared difference of two equally long slices.
+fn mse(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum::<f64>() / a.len() as f64
 }
 
 #[test]
@@ -47,12 +55,66 @@ fn qlinear_matches_candle_linear() {
         let err = relative_error(&y, &reference);
         println!("{scheme}: relative error {err:.5}");
         let limit = match scheme {
-            LayerScheme::Weight { bits: Bits::B4, .. } => 0.15,
+            LayerScheme::Weight { bits: Bits::B4, .. } | LayerScheme::Codebook { .. } => 0.15,
             LayerScheme::Weight { bits: Bits::B2, .. } => 0.8,
             _ => 0.01,
         };
         assert!(err < limit, "{scheme}: relative error {err}");
     }
+}
+
+#[test]
+fn codebook_layers_match_candle_linear() {
+    let (k, n) = (576, 192);
+    let (w, b) = (randn(&[n, k], 0.02, 61), randn(&[n], 0.1, 62));
+    let x = randn(&[1, 3, k], 1.0, 63);
+    let reference = Linear::new(w.clone(), Some(b.clone())).forward(&x).unwrap();
+    for name in ["int4-g64", "nf4-g64", "kmeans-g64"] {
+        let layer = QLinear::new(&w, Some(&b), name.parse().unwrap()).unwrap();
+        let err = relative_error(&layer.forward(&x).unwrap(), &reference);
+        println!("{name}: relative error vs candle_nn::Linear {err:.5}");
+        assert!(err < 0.15, "{name}: relative error {err}");
+    }
+}
+
+#[test]
+fn nf4_beats_int4_and_kmeans_is_no_worse_on_gaussian_weights() {
+    let (n, k) = (256, 1024);
+    let w: Vec<f32> = randn(&[n, k], 0.02, 64).flatten_all().unwrap().to_vec1().unwrap();
+    let weight_mse = |name: &str| {
+        let scheme: LayerScheme = name.parse().unwrap();
+        mse(&scheme.round_trip(&w, n, k).unwrap(), &w)
+    };
+    let (int4, nf4, kmeans) = (weight_mse("int4-g64"), weight_mse("nf4-g64"), weight_mse("kmeans-g64"));
+    let power = mse(&w, &vec![0.0; w.len()]);
+    let snr = |e: f64| 10.0 * (power / e).log10();
+    println!("weight MSE on N(0, 0.02^2), groups of 64: int4 {int4:.3e} ({:.2} dB), nf4 {nf4:.3e} ({:.2} dB), kmeans {kmeans:.3e} ({:.2} dB)", snr(int4), snr(nf4), snr(kmeans));
+    assert!(nf4 < int4, "nf4 {nf4} vs int4 {int4}");
+    assert!(kmeans <= nf4, "kmeans {kmeans} vs nf4 {nf4}");
+}
+
+#[test]
+fn round_trip_is_the_weight_the_layer_multiplies() {
+    // Unit rows quantize exactly (one code of 127 per row), so the layer's output on them is its weight's columns,
+    // up to the f32 rounding of the scales' product and the minimums' sum: far below f16's rounding of the scales,
+    // which the round trip must include.
+    let (n, k) = (24, 128);
+    let w = randn(&[n, k], 0.05, 65);
+    let values: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+    let absmax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let eye = Tensor::eye(k, DType::F32, &Device::Cpu).unwrap();
+    let mut schemes = all_schemes();
+    schemes.extend(["f32", "nf4-g64", "kmeans-g128", "int4-g64"].map(|s| s.parse::<LayerScheme>().unwrap()));
+    for scheme in schemes {
+        let round_trip = scheme.round_trip(&values, n, k).unwrap();
+        let columns = QLinear::new(&w, None, scheme).unwrap().forward(&eye).unwrap().t().unwrap();
+        let columns: Vec<f32> = columns.flatten_all().unwrap().to_vec1().unwrap();
+        for (i, (a, b)) in columns.iter().zip(&round_trip).enumerate() {
+            assert!((a - b).abs() <= 1e-6 * absmax, "{scheme}: element {i}: layer {a} vs round trip {b}");
+        }
+    }
+    assert!(LayerScheme::w8a8().round_trip(&values[1..], n, k).unwrap_err().to_string().contains("number of values"));
+    assert!(LayerScheme::F32.round_trip(&values[1..], n, k).unwrap_err().to_string().contains("number of values"));
 }
 
 #[test]
@@ -93,6 +155,19 @@ fn qlinear_bad_input_is_an_error() {
         QLinear::new(&Tensor::zeros((16, 32), DType::F32, &Device::Cpu).unwrap(), None, LayerScheme::w8a8()).unwrap();
     let y = zeros.forward(&randn(&[3, 32], 1.0, 12)).unwrap();
     assert!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|&v| v == 0.0));
+    for scheme in ["nf4-g16", "kmeans-g16"] {
+        let zero = Tensor::zeros((16, 32), DType::F32, &Device::Cpu).unwrap();
+        let zeros = QLinear::new(&zero, None, scheme.parse().unwrap()).unwrap();
+        let y = zeros.forward(&randn(&[3, 32], 1.0, 12)).unwrap();
+        assert!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|&v| v == 0.0), "{scheme}");
+        let mut nan = vec![0.1f32; 16 * 32];
+        nan[100] = f32::NAN;
+        let nan = Tensor::from_vec(nan, (16, 32), &Device::Cpu).unwrap();
+        let err = QLinear::new(&nan, None, scheme.parse().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("non-finite value (NaN) at flat index 100"), "{scheme}: {err}");
+    }
+    let err = QLinear::new(&w, None, "nf4-g24".parse().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("multiple of 16"), "{err}");
 }
 
 #[test]
@@ -106,6 +181,10 @@ fn memory_is_within_ten_percent_of_the_quantized_bytes() {
             Scheme::MinMax { bits: Bits::B4, group_size: 32 },
         ),
         (LayerScheme::weight(Bits::B2), LinearScheme::symmetric(Bits::B2, Granularity::PerGroup { size: 32 }).into()),
+        (
+            LayerScheme::Codebook { codebook: Codebook::KMeans, group: 64 },
+            Scheme::Codebook { codebook: Codebook::KMeans, group_size: 64 },
+        ),
     ] {
         let layer = QLinear::new(&w, None, scheme).unwrap();
         let quantized = QTensor::quantize(&w, weight_scheme).unwrap().storage_bytes();
@@ -168,14 +247,28 @@ fn qconv2d_bad_input_is_an_error() {
 
 #[test]
 fn scheme_names_round_trip() {
-    for name in ["f32", "w8a8-b64", "w8a8-b32-pb", "int8-g32", "int4-g32", "int4-g128-asym", "int2-g64"] {
+    for name in [
+        "f32",
+        "w8a8-b64",
+        "w8a8-b32-pb",
+        "int8-g32",
+        "int4-g32",
+        "int4-g128-asym",
+        "int2-g64",
+        "nf4-g64",
+        "nf4-g32",
+        "kmeans-g64",
+        "kmeans-g128",
+    ] {
         let scheme: LayerScheme = name.parse().unwrap();
         assert_eq!(scheme.to_string(), name);
     }
     assert_eq!("int8".parse::<LayerScheme>().unwrap(), LayerScheme::w8a8());
     assert_eq!("int4".parse::<LayerScheme>().unwrap(), LayerScheme::weight(Bits::B4));
     assert_eq!("FP32".parse::<LayerScheme>().unwrap(), LayerScheme::F32);
-    for bad in ["int3", "int4-x", "w8a8-b", "int4-g0", "", "nf5"] {
+    assert_eq!("nf4".parse::<LayerScheme>().unwrap(), LayerScheme::Codebook { codebook: Codebook::Nf4, group: 64 });
+    assert_eq!("KMeans".parse::<LayerScheme>().unwrap().to_string(), "kmeans-g64");
+    for bad in ["int3", "int4-x", "w8a8-b", "int4-g0", "", "nf5", "nf4-g64-asym", "kmeans-x", "nf4-g0"] {
         assert!(bad.parse::<LayerScheme>().unwrap_err().to_string().contains("scheme"), "{bad}");
     }
 }

@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 use qlayers::nf4::NF4_LEVELS;
-use qlayers::{pack, Bits, Granularity, LinearScheme, QTensor, Scheme};
+use qlayers::{pack, Bits, Codebook, Granularity, LinearScheme, QTensor, Scheme};
 
 /// A random 2-D tensor with a last dimension that 4, 8 and 16 divide, and values over several magnitudes.
 fn matrix() -> impl Strategy<Value = (Vec<usize>, Vec<f32>)> {
@@ -90,6 +90,27 @@ proptest! {
             let absmax = q.scales()[i / 16];
             prop_assert!((x[i] - x_hat[i]).abs() <= absmax * widest * 0.5 * (1.0 + 1e-5));
         }
+    }
+
+    #[test]
+    fn codebook_error_is_at_most_half_the_widest_gap(
+        (shape, x) in matrix(), codebook in prop_oneof![Just(Codebook::Nf4), Just(Codebook::KMeans)],
+    ) {
+        // Every value lies within [-absmax, absmax] = [-127, 127] steps: its nearest level is at most half the widest
+        // gap between levels away, or as far as the outermost level is from the end.
+        let q = QTensor::quantize_f32(&x, &shape, Scheme::Codebook { codebook, group_size: 16 }).unwrap();
+        let levels = q.levels().unwrap().map(f32::from);
+        let widest = levels.windows(2).map(|w| (w[1] - w[0]) * 0.5).fold(127.0 - levels[15], f32::max).max(levels[0] + 127.0);
+        let x_hat = q.dequantize_f32();
+        for i in 0..x.len() {
+            let scale = q.scales()[i / 16];
+            prop_assert_eq!(x_hat[i], scale * levels[q.codes()[i] as usize]);
+            prop_assert!((x[i] - x_hat[i]).abs() <= scale * widest * (1.0 + 1e-5) + f32::MIN_POSITIVE);
+        }
+        let rebuilt = QTensor::from_codebook_parts(
+            q.shape().to_vec(), codebook, 16, *q.levels().unwrap(), q.scales().to_vec(), q.packed_codes().to_vec(),
+        ).unwrap();
+        prop_assert_eq!(rebuilt, q);
     }
 
     #[test]

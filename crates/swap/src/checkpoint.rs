@@ -9,12 +9,16 @@
 //! | `L.weight.scales` | F32 | `[out, groups]` | one scale per row (per-channel) or per row and group of K |
 //! | `L.weight.zero_points` | U8 | `[out, groups]` | only for asymmetric integer-zero-point codes |
 //! | `L.weight.mins` | F32 | `[out, groups]` | only for asymmetric weight schemes (`x = code * scale + min`) |
+//! | `L.weight.levels` | I8 | `[16]` | only for codebook schemes (`nf4-gN`, `kmeans-gN`): `x = scale * levels[code]` |
 //! | `L.bias` | F32 | `[out]` | as in the float model |
 //!
 //! Layers left in f32, embeddings and norms keep their float tensors and names. `config.json` gets a
 //! `quantization_config` object: `quant_method` (`"qinfer"`), `format_version`, the `plan`, and `layers`, the
 //! scheme name of every Linear layer, from which the codes' scheme follows. The tokenizer and sentence-transformers
 //! files are copied beside it, so the folder can be uploaded to the Hub as is.
+//!
+//! Codebook layers came without a new format version: they only add `L.weight.levels`, and files without them are
+//! unchanged; a reader that predates them stops at their scheme names in `config.json`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -135,6 +139,14 @@ pub(crate) fn read_weight(
             params("mins")?,
             codes.data().to_vec(),
         ),
+        Scheme::Codebook { codebook, group_size } => {
+            let levels = raw("levels").with_context(|| format!("{name}.weight.levels is missing (scheme {scheme})"))?;
+            let levels: [i8; 16] = match (levels.dtype(), levels.data()) {
+                (Dtype::I8, data) if levels.shape() == [16] => std::array::from_fn(|i| data[i] as i8),
+                _ => bail!("{name}.weight.levels is {:?} {:?}, expected I8 [16]", levels.dtype(), levels.shape()),
+            };
+            QTensor::from_codebook_parts(shape.to_vec(), codebook, group_size, levels, scales, codes.data().to_vec())
+        }
         _ => {
             let signed = matches!(weight_scheme, Scheme::Linear(LinearScheme { range: CodeRange::Signed, .. }));
             let zero_points = match raw("zero_points") {
@@ -314,13 +326,15 @@ fn float_entry(name: &str, t: &Tensor) -> Result<Entry> {
     Ok((name.to_string(), Dtype::F32, t.dims().to_vec(), values.iter().flat_map(|v| v.to_le_bytes()).collect()))
 }
 
-/// `name` is `L.weight`: writes `L.weight.codes`, `.scales` and (if asymmetric) `.zero_points` or `.mins`.
+/// `name` is `L.weight`: writes `L.weight.codes`, `.scales` and (if asymmetric) `.zero_points` or `.mins`, or
+/// `.levels` for a codebook.
 fn quantized_entries(name: &str, q: &QTensor) -> Result<Vec<Entry>> {
     let &[rows, cols] = q.shape() else { bail!("{name} is not 2-D") };
     let (bits, range) = match *q.scheme() {
         Scheme::Linear(LinearScheme { bits, range, .. }) => (bits, range),
         Scheme::MinMax { bits, .. } => (bits, CodeRange::Unsigned),
-        Scheme::Nf4 { .. } => bail!("{name}: NF4 is not saved yet"),
+        Scheme::Codebook { .. } => (Bits::B4, CodeRange::Unsigned),
+        Scheme::Nf4 { .. } => bail!("{name}: NF4 with exact float levels is not saved: use the nf4-gN layer scheme"),
     };
     let groups = q.scales().len() / rows;
     let row_bytes = cols * bits.count() as usize / 8;
@@ -347,6 +361,9 @@ fn quantized_entries(name: &str, q: &QTensor) -> Result<Vec<Entry>> {
     if !q.mins().is_empty() {
         let mins = q.mins().iter().flat_map(|v| v.to_le_bytes()).collect();
         entries.push((format!("{name}.mins"), Dtype::F32, vec![rows, groups], mins));
+    }
+    if let Some(levels) = q.levels() {
+        entries.push((format!("{name}.levels"), Dtype::I8, vec![16], levels.iter().map(|&l| l as u8).collect()));
     }
     Ok(entries)
 }
@@ -384,4 +401,82 @@ fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic weights with a spread of magnitudes, a zero row and a zero group.
+    fn weights(n: usize, k: usize) -> Tensor {
+        let values: Vec<f32> = (0..n * k)
+            .map(|i| {
+                let (row, col) = (i / k, i % k);
+                match row == 0 || (row == 1 && (64..128).contains(&col)) {
+                    true => 0.0,
+                    false => (i as f32 * 0.618).sin() * (1.0 + (i % 7) as f32) * 0.01,
+                }
+            })
+            .collect();
+        Tensor::from_vec(values, (n, k), &candle_core::Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn quantized_layers_round_trip_bit_for_bit() -> Result<()> {
+        let (n, k, m) = (40, 192, 3);
+        let w = weights(n, k);
+        let bias = Tensor::from_vec((0..n).map(|i| i as f32 * 0.01).collect::<Vec<f32>>(), n, w.device())?;
+        let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).cos()).collect();
+        let dir = std::env::temp_dir().join(format!("swap-checkpoint-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(WEIGHTS_FILE);
+        for name in ["nf4-g64", "kmeans-g64", "kmeans-g32", "int4-g32-asym", "int4-g64", "int8-g32", "w8a8-b64"] {
+            let scheme: LayerScheme = name.parse()?;
+            let (weight_scheme, block) = scheme.weight_scheme(k)?.context("an integer scheme")?;
+            let q = QTensor::quantize(&w, weight_scheme)?;
+            write_tensors(&[("layer.weight".into(), Stored::Quantized(q.clone()))], &path)?;
+            // SAFETY: the file is not modified while mapped.
+            let tensors = unsafe { MmapedSafetensors::new(&path) }?;
+            let back = read_weight(&tensors, "layer", scheme, [n, k])?;
+            assert_eq!(back, q, "{name}");
+            assert_eq!(back.levels().is_some(), name.starts_with("nf4") || name.starts_with("kmeans"), "{name}");
+            let saved = qlayers::QLinear::from_qtensor(&back, Some(&bias), scheme, block)?.forward_f32(&x, m)?;
+            let fresh = qlayers::QLinear::new(&w, Some(&bias), scheme)?.forward_f32(&x, m)?;
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&saved), bits(&fresh), "{name}");
+        }
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn bad_codebook_levels_are_errors() -> Result<()> {
+        let (n, k) = (4, 64);
+        let q =
+            QTensor::quantize(&weights(n, k), Scheme::Codebook { codebook: qlayers::Codebook::Nf4, group_size: 64 })?;
+        let dir = std::env::temp_dir().join(format!("swap-checkpoint-levels-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(WEIGHTS_FILE);
+        let mut entries = quantized_entries("layer.weight", &q)?;
+        let write = |entries: &[Entry]| -> Result<MmapedSafetensors> {
+            let views = entries
+                .iter()
+                .map(|(name, dtype, shape, bytes)| {
+                    Ok((name.clone(), safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            safetensors::serialize_to_file(views, None, &path)?;
+            // SAFETY: the file is not modified while mapped.
+            Ok(unsafe { MmapedSafetensors::new(&path) }?)
+        };
+        let scheme: LayerScheme = "nf4-g64".parse()?;
+        entries.last_mut().expect("levels").1 = Dtype::U8;
+        let err = read_weight(&write(&entries)?, "layer", scheme, [n, k]).unwrap_err();
+        assert!(err.to_string().contains("expected I8 [16]"), "{err}");
+        entries.pop();
+        let err = read_weight(&write(&entries)?, "layer", scheme, [n, k]).unwrap_err();
+        assert!(err.to_string().contains("levels is missing"), "{err}");
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
 }

@@ -53,6 +53,16 @@ pub struct LinearParams {
 }
 
 impl LinearParams {
+    /// Whether [`LinearParams::concat_rows`] can stack `parts`: one scheme, and one codebook where the weights have
+    /// one (k-means layers learn their own, so they run apart).
+    pub fn stackable(parts: &[LinearParams]) -> bool {
+        let levels = |p: &LinearParams| match &p.weight {
+            LinearWeight::Quantized(q) => q.levels().copied(),
+            LinearWeight::Float(_) => None,
+        };
+        parts.iter().all(|p| p.scheme == parts[0].scheme && levels(p) == levels(&parts[0]))
+    }
+
     /// Stacks layers of one scheme along their outputs (the fused Q, K and V projections).
     pub fn concat_rows(parts: Vec<LinearParams>) -> Result<LinearParams> {
         let scheme = parts.first().context("nothing to stack")?.scheme;
@@ -501,7 +511,34 @@ fn safetensors_header_ok(path: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::expand_braces;
+    use super::*;
+
+    /// Parameters of a `[rows, 64]` layer quantized under `scheme`, from weights that depend on `seed`.
+    fn params(scheme: &str, rows: usize, seed: f32) -> LinearParams {
+        let scheme: LayerScheme = scheme.parse().unwrap();
+        let values: Vec<f32> = (0..rows * 64).map(|i| (i as f32 * seed).sin() * (1.0 + (i % 5) as f32)).collect();
+        let w = Tensor::from_vec(values, (rows, 64), &Device::Cpu).unwrap();
+        let (weight_scheme, _) = scheme.weight_scheme(64).unwrap().unwrap();
+        LinearParams {
+            scheme,
+            weight: LinearWeight::Quantized(QTensor::quantize(&w, weight_scheme).unwrap()),
+            bias: None,
+        }
+    }
+
+    #[test]
+    fn layers_stack_only_with_one_scheme_and_one_codebook() {
+        let nf4 = vec![params("nf4-g64", 8, 0.3), params("nf4-g64", 4, 0.7)];
+        assert!(LinearParams::stackable(&nf4));
+        let stacked = LinearParams::concat_rows(nf4).unwrap();
+        let LinearWeight::Quantized(q) = &stacked.weight else { panic!("quantized") };
+        assert_eq!(q.shape(), [12, 64]);
+        // k-means learns a codebook per layer: different weights, different codebooks, separate matmuls.
+        let kmeans = vec![params("kmeans-g64", 8, 0.3), params("kmeans-g64", 4, 0.7)];
+        assert!(!LinearParams::stackable(&kmeans));
+        assert!(LinearParams::concat_rows(kmeans).unwrap_err().to_string().contains("different codebooks"));
+        assert!(!LinearParams::stackable(&[params("int4-g64", 8, 0.3), params("nf4-g64", 8, 0.3)]));
+    }
 
     #[test]
     fn fused_names_expand_to_their_layers() {

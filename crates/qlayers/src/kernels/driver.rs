@@ -270,7 +270,7 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
 ) {
     let w = job.w;
     let blocks = &w.blocks;
-    let geo = BlockGeometry {
+    let geo = BlockGeometry::<S> {
         count: blocks.count,
         block: blocks.block,
         last_padded: blocks.padded_len(blocks.count - 1),
@@ -279,6 +279,7 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
         uniform_zero_offset: w.uniform_zero_offset,
         has_mins: !w.mins.is_empty() || !w.half_mins.is_empty(),
         half: w.half_params(),
+        lookup: w.lookup.as_ref().map(|table| S::load_table16(table.as_ptr())),
     };
     let nr = NV * S::LANES;
     let params = w.param_blocks() * nr;
@@ -316,15 +317,16 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// Picks the tile instantiation for `rows` rows (at most `MR`) and the weights' bit width.
+/// Picks the tile instantiation for `rows` rows (at most `MR`), the weights' bit width and their lookup table.
 #[inline(always)]
-unsafe fn dispatch_tile<S: Int8Simd, const MR: usize, const NV: usize>(rows: usize, t: &Tile, geo: &BlockGeometry) {
+unsafe fn dispatch_tile<S: Int8Simd, const MR: usize, const NV: usize>(rows: usize, t: &Tile, geo: &BlockGeometry<S>) {
     macro_rules! by_bits {
         ($rows:literal) => {
-            match geo.bits {
-                8 => tile::<S, $rows, NV, 8>(t, geo),
-                4 => tile::<S, $rows, NV, 4>(t, geo),
-                _ => tile::<S, $rows, NV, 2>(t, geo),
+            match (geo.bits, geo.lookup.is_some()) {
+                (8, _) => tile::<S, $rows, NV, 8, false>(t, geo),
+                (4, false) => tile::<S, $rows, NV, 4, false>(t, geo),
+                (4, true) => tile::<S, $rows, NV, 4, true>(t, geo),
+                _ => tile::<S, $rows, NV, 2, false>(t, geo),
             }
         };
     }

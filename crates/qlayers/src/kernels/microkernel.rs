@@ -42,8 +42,8 @@ pub(crate) struct Tile {
     pub partial: *mut f32,
 }
 
-/// What every tile of one matmul shares: block geometry and the form of the weight parameters.
-pub(crate) struct BlockGeometry {
+/// What every tile of one matmul shares: block geometry, the form of the weight parameters and the lookup table.
+pub(crate) struct BlockGeometry<S: Int8Simd> {
     /// Number of K blocks.
     pub count: usize,
     /// Start offset of each block in a stored row is `g * block`.
@@ -60,9 +60,13 @@ pub(crate) struct BlockGeometry {
     pub has_mins: bool,
     /// Whether per-block scales and minimums are f16.
     pub half: bool,
+    /// The table 4-bit codes are looked up in (from [`Int8Simd::load_table16`], built once per matmul), when the
+    /// weights have one.
+    pub lookup: Option<S::I>,
 }
 
-/// Computes one tile. `BITS` is the weight code width (8, 4 or 2).
+/// Computes one tile. `BITS` is the weight code width (8, 4 or 2); with `LOOKUP` (4-bit codes only), each code is
+/// replaced by its 8-bit code in `geo.lookup`, multiplied as 8-bit codes are.
 ///
 /// Per block `g`: `exact = -zero_offset * sum(x) + dot` (i32, exact), then
 /// `acc = fma(exact as f32, x_scale, acc)` with per-column weight scales, or
@@ -70,11 +74,15 @@ pub(crate) struct BlockGeometry {
 /// `acc = fma(x_scale * sum(x) as f32, min, acc)`. At the end
 /// `out = fma(acc, w_scale, bias)` (per column) or `fma(acc, 1, bias)` (per block).
 #[inline(always)]
-pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const BITS: usize>(
+pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const BITS: usize, const LOOKUP: bool>(
     t: &Tile,
-    geo: &BlockGeometry,
+    geo: &BlockGeometry<S>,
 ) {
     let nr = NV * S::LANES;
+    let table = match geo.lookup {
+        Some(table) => table,
+        None => S::zero_i(),
+    };
     let mut accf = [[S::zero_f(); NV]; ROWS];
     if t.blocks.start > 0 {
         for (m, row) in accf.iter_mut().enumerate() {
@@ -102,7 +110,8 @@ pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const
             }
         };
         let a = t.a.add(start);
-        dot_block::<S, ROWS, NV, BITS>(a, t.a_row_stride, t.w.add(start * nr * BITS / 8), padded / 4, &mut acc);
+        let w = t.w.add(start * nr * BITS / 8);
+        dot_block::<S, ROWS, NV, BITS, LOOKUP>(a, t.a_row_stride, w, table, padded / 4, &mut acc);
 
         let w_scales: [S::F; NV] = match (geo.per_block, geo.half) {
             (true, false) => std::array::from_fn(|v| S::load_f(t.w_scales.add(params + v * S::LANES))),
@@ -144,7 +153,7 @@ pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const
 #[inline(always)]
 unsafe fn store_tile<S: Int8Simd, const ROWS: usize, const NV: usize>(
     t: &Tile,
-    geo: &BlockGeometry,
+    geo: &BlockGeometry<S>,
     accf: &[[S::F; NV]; ROWS],
 ) {
     let nr = NV * S::LANES;
@@ -171,12 +180,13 @@ unsafe fn store_tile<S: Int8Simd, const ROWS: usize, const NV: usize>(
 }
 
 /// Accumulates `steps` steps of 4 K values (a multiple of 4): `acc[m][v] += dot(row m, panel vector v)`, with
-/// activation rows `a_row_stride` bytes apart.
+/// activation rows `a_row_stride` bytes apart; with `LOOKUP`, 4-bit codes are first looked up in `table`.
 #[inline(always)]
-unsafe fn dot_block<S: Int8Simd, const ROWS: usize, const NV: usize, const BITS: usize>(
+unsafe fn dot_block<S: Int8Simd, const ROWS: usize, const NV: usize, const BITS: usize, const LOOKUP: bool>(
     a: *const i8,
     a_row_stride: usize,
     w: *const u8,
+    table: S::I,
     steps: usize,
     acc: &mut [[S::I; NV]; ROWS],
 ) {
@@ -201,11 +211,15 @@ unsafe fn dot_block<S: Int8Simd, const ROWS: usize, const NV: usize, const BITS:
             }
         }
         4 => {
+            // Looked-up codes are 8-bit codes: they take the wide dot product.
+            let decode = |code: S::I| if LOOKUP { S::lookup16(table, code) } else { code };
             for l in (0..steps / 2).step_by(2) {
                 for u in l..l + 2 {
                     let raw = load(u);
-                    step::<S, ROWS, NV, false>(&rows, 8 * u, &raw.map(|r| S::bit_field::<0, 4>(r)), acc);
-                    step::<S, ROWS, NV, false>(&rows, 8 * u + 4, &raw.map(|r| S::bit_field::<4, 4>(r)), acc);
+                    let low = raw.map(|r| decode(S::bit_field::<0, 4>(r)));
+                    step::<S, ROWS, NV, LOOKUP>(&rows, 8 * u, &low, acc);
+                    let high = raw.map(|r| decode(S::bit_field::<4, 4>(r)));
+                    step::<S, ROWS, NV, LOOKUP>(&rows, 8 * u + 4, &high, acc);
                 }
             }
         }

@@ -7,6 +7,8 @@
 //! Every scheme reduces to the same integer formula. With unsigned weight codes `u`, zero points `z`, weight
 //! scales `s_w`, and activations quantized per row and K block `g` to codes `q` in `[-127, 127]` with scale `s_x`:
 //! `y[m][n] = bias[n] + sum_g s_x[m][g] * s_w[n][g] * sum_{k in g} (u[n][k] - z[n][g]) * q[m][k]`.
+//! Codebook weights fit the same formula: their 4-bit codes are looked up in a 16-entry table of 8-bit codes
+//! `u = L + 128` (zero point 128) inside the micro-kernel, then multiplied as 8-bit codes.
 
 mod activations;
 mod blocks;

@@ -3,20 +3,25 @@
 //! Weights are `[n, k]` (PyTorch's Linear layout). Columns of the output (rows of the weight) are grouped into
 //! panels of `nr` columns. Inside a panel, each step of 4 K values stores `nr * 4` bytes: for every column, its
 //! 4 consecutive codes. At 4 bits two consecutive steps share those bytes (low nibble first), at 2 bits four do.
-//! Each panel carries, per parameter block, `nr` scales and `nr` zero offsets (`zero_point - WIDE_OFFSET` at 8 bits),
+//! Each panel carries, per parameter block, `nr` scales and `nr` zero offsets (`zero_point - WIDE_OFFSET` for 8-bit codes),
 //! and `nr` minimums when the weights have them. Per-block scales and minimums may be kept in f16 (as ggml's formats
 //! keep theirs): at batch 1 the bytes read set the pace, and a scale and a minimum per 32 4-bit codes are otherwise a
 //! third of them.
+//!
+//! 4-bit codes may index a 16-entry table of 8-bit codes (codebook schemes): the kernel unpacks them as usual, looks
+//! them up with one byte shuffle, and multiplies the 8-bit codes on the 8-bit path. The panel then stores the table
+//! (XORed as 8-bit codes are) and zero offsets as for 8-bit codes.
 
 use super::blocks::KBlocks;
 use super::isa::Isa;
 use crate::error::{QuantError, Result};
-use crate::quant::Bits;
+use crate::quant::{fits_f16, Bits};
 
 /// Quantized weights of an `[n, k]` matrix in a form every kernel accepts: unsigned codes and their parameters.
 ///
-/// The matrix is `w[i][j] ≈ (codes[i][j] - zero_points[p]) * scales[p] + mins[p]` where `p` indexes the row's
-/// parameter slot: one per row (`per_block = false`) or one per row and K block (`per_block = true`).
+/// The matrix is `w[i][j] ≈ (c - zero_points[p]) * scales[p] + mins[p]` where `c` is `codes[i][j]`, or
+/// `lookup[codes[i][j]]` with a table, and `p` indexes the row's parameter slot: one per row (`per_block = false`)
+/// or one per row and K block (`per_block = true`).
 #[derive(Debug, Clone, Copy)]
 pub struct WeightCodes<'a> {
     /// Output features (rows of the weight).
@@ -33,13 +38,15 @@ pub struct WeightCodes<'a> {
     pub codes: &'a [u8],
     /// `n` or `n * blocks` scales.
     pub scales: &'a [f32],
-    /// `n` or `n * blocks` zero points in `[0, 2^bits)`.
+    /// `n` or `n * blocks` zero points in `[0, 2^bits)`, or in `[0, 256)` with a lookup table.
     pub zero_points: &'a [i32],
     /// `n * blocks` float minimums (per-block parameters only), or empty when the weights have none.
     pub mins: &'a [f32],
     /// Keep per-block scales and minimums in f16 (rounded to nearest), when every one fits its range; otherwise, or
     /// for per-row scales, they stay f32.
     pub half_params: bool,
+    /// For 4-bit codes only: the unsigned 8-bit code each 4-bit code stands for (a codebook's levels plus 128).
+    pub lookup: Option<&'a [u8; 16]>,
 }
 
 /// Weights in the panel layout of one kernel level.
@@ -69,6 +76,8 @@ pub struct PackedWeights {
     pub(crate) half_scales: Vec<u16>,
     /// `mins` as f16 bits, when per-block parameters are kept in f16 (`mins` is then empty).
     pub(crate) half_mins: Vec<u16>,
+    /// The 8-bit codes 4-bit codes stand for, XORed with the level's `wide_xor`, when the weights have a table.
+    pub(crate) lookup: Option<[u8; 16]>,
 }
 
 impl PackedWeights {
@@ -98,18 +107,27 @@ impl PackedWeights {
                 return Err(QuantError::NonFinite { what: "weight minimums", index, value });
             }
         }
+        if w.lookup.is_some() && w.bits != Bits::B4 {
+            return Err(QuantError::InvalidScheme(format!("a lookup table needs 4-bit codes, not {}", w.bits.count())));
+        }
         let levels = 1i32 << w.bits.count();
         if let Some((index, &value)) = w.codes.iter().enumerate().find(|(_, c)| i32::from(**c) >= levels) {
             return Err(QuantError::CodeOutOfRange { index, value, bits: w.bits.count() });
         }
-        if let Some((index, &value)) = w.zero_points.iter().enumerate().find(|(_, z)| !(0..levels).contains(*z)) {
-            return Err(QuantError::BadZeroPoint { index, value, min: 0, max: levels - 1 });
+        // Zero points apply to the codes the kernel multiplies: 8-bit ones when looked up.
+        let wide = w.bits == Bits::B8 || w.lookup.is_some();
+        let zero_limit = if wide { 256 } else { levels };
+        if let Some((index, &value)) = w.zero_points.iter().enumerate().find(|(_, z)| !(0..zero_limit).contains(*z)) {
+            return Err(QuantError::BadZeroPoint { index, value, min: 0, max: zero_limit - 1 });
         }
         if let Some((index, &value)) = w.scales.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s >= 0.0)) {
             return Err(QuantError::BadScale { index, value });
         }
         let layout = isa.panel_layout();
-        let (wide_xor, wide_offset) = if w.bits == Bits::B8 { (layout.wide_xor, layout.wide_offset) } else { (0, 0) };
+        let (wide_xor, wide_offset) = if wide { (layout.wide_xor, layout.wide_offset) } else { (0, 0) };
+        // 8-bit codes are XORed where they are stored: in the panel, or in the table.
+        let code_xor = if w.bits == Bits::B8 { wide_xor } else { 0 };
+        let lookup = w.lookup.map(|table| table.map(|code| code ^ wide_xor));
         let nr = layout.nr;
         let panels = w.n.div_ceil(nr);
         let panel_bytes = nr * blocks.padded_k * w.bits.count() as usize / 8;
@@ -127,7 +145,7 @@ impl PackedWeights {
                 // Bytes of the blocks before this one in the panel.
                 let block_bytes = block_start * nr * bits / 8;
                 for kk in 0..blocks.len(g) {
-                    let code = w.codes[col * w.k + block_start + kk] ^ wide_xor;
+                    let code = w.codes[col * w.k + block_start + kk] ^ code_xor;
                     let (step, j) = (kk / 4, kk % 4);
                     let (load, sub) = (step / steps_per_load, step % steps_per_load);
                     dst[block_bytes + load * nr * 4 + lane * 4 + j] |= code << (sub * bits);
@@ -168,6 +186,7 @@ impl PackedWeights {
             mins,
             half_scales,
             half_mins,
+            lookup,
         })
     }
 
@@ -196,11 +215,12 @@ impl PackedWeights {
         self.blocks.block
     }
 
-    /// Bytes held: codes, scales, zero offsets and minimums, padding included.
+    /// Bytes held: codes, scales, zero offsets, minimums and lookup table, padding included.
     pub fn storage_bytes(&self) -> usize {
         self.codes.len()
             + 4 * (self.scales.len() + self.mins.len())
             + 2 * (self.zero_offsets.len() + self.half_scales.len() + self.half_mins.len())
+            + self.lookup.map_or(0, |table| table.len())
     }
 
     /// Whether per-block scales and minimums are kept in f16.
@@ -223,14 +243,6 @@ impl PackedWeights {
     }
 }
 
-/// Whether f16 holds every scale and minimum well: none beyond its range, and no scale in its subnormal range
-/// (where it keeps few bits) except the least scale an all-zero group gets.
-fn fits_f16(scales: &[f32], mins: &[f32]) -> bool {
-    let (max, min_normal) = (half::f16::MAX.to_f32(), half::f16::MIN_POSITIVE.to_f32());
-    scales.iter().all(|&s| s <= max && (s >= min_normal || s <= crate::quant::MIN_SCALE))
-        && mins.iter().all(|m| m.abs() <= max)
-}
-
 fn to_f16_bits(values: &[f32]) -> Vec<u16> {
     values.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect()
 }
@@ -240,7 +252,7 @@ fn to_f16_bits(values: &[f32]) -> Vec<u16> {
 pub(crate) struct PanelLayout {
     /// Columns per panel.
     pub nr: usize,
-    /// XOR applied to 8-bit codes.
+    /// XOR applied to 8-bit codes (and lookup tables' entries).
     pub wide_xor: u8,
     /// Offset the 8-bit dot product carries.
     pub wide_offset: i32,

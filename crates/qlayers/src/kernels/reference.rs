@@ -38,6 +38,17 @@ impl Int8Simd for Reference {
         v.map(|lane| ((lane as u32 >> SHIFT) & mask) as i32)
     }
     #[inline(always)]
+    unsafe fn load_table16(p: *const u8) -> Self::I {
+        let table = std::ptr::read_unaligned(p as *const [u8; 16]);
+        from_bytes(std::array::from_fn(|j| table[j % 16]))
+    }
+    #[inline(always)]
+    unsafe fn lookup16(table: Self::I, idx: Self::I) -> Self::I {
+        // As a byte shuffle does: each byte picks from the 16 table bytes of its own 128-bit lane.
+        let (table, idx) = (to_bytes(table), to_bytes(idx));
+        from_bytes(std::array::from_fn(|j| table[(j & !15) | usize::from(idx[j] & 15)]))
+    }
+    #[inline(always)]
     unsafe fn dot_wide(acc: Self::I, w: Self::I, x: Self::I) -> Self::I {
         dot_lanes(acc, w, x)
     }
@@ -85,6 +96,20 @@ impl Int8Simd for Reference {
     unsafe fn fma_f(a: Self::F, b: Self::F, c: Self::F) -> Self::F {
         std::array::from_fn(|i| a[i].mul_add(b[i], c[i]))
     }
+}
+
+/// The bytes of a vector, in memory order.
+#[inline(always)]
+fn to_bytes(v: [i32; LANES]) -> [u8; 4 * LANES] {
+    // SAFETY: both are plain data of the same size.
+    unsafe { std::mem::transmute::<[i32; LANES], [u8; 4 * LANES]>(v) }
+}
+
+/// The vector whose bytes, in memory order, are `b`.
+#[inline(always)]
+fn from_bytes(b: [u8; 4 * LANES]) -> [i32; LANES] {
+    // SAFETY: both are plain data of the same size.
+    unsafe { std::mem::transmute::<[u8; 4 * LANES], [i32; LANES]>(b) }
 }
 
 /// `acc[l] += sum_j w[4l + j] (unsigned) * x[4l + j] (signed)`.

@@ -30,6 +30,11 @@ pub(crate) trait Int8Simd {
     unsafe fn broadcast4(p: *const i8) -> Self::I;
     /// Bits `[shift, shift + width)` of every byte, as bytes (`shift` in 0..8).
     unsafe fn bit_field<const SHIFT: i32, const WIDTH: u32>(v: Self::I) -> Self::I;
+    /// Loads a 16-byte table and repeats it in every 128-bit lane, for [`Int8Simd::lookup16`].
+    unsafe fn load_table16(p: *const u8) -> Self::I;
+    /// Every byte `i` of `idx` (each in 0..16) replaced by byte `i` of the table in `table` (from
+    /// [`Int8Simd::load_table16`]): one byte shuffle.
+    unsafe fn lookup16(table: Self::I, idx: Self::I) -> Self::I;
     /// `acc + sum over each lane's 4 bytes of (w - WIDE_OFFSET) * x` for 8-bit packed codes `w` (unsigned, XORed
     /// with `WIDE_XOR`) and signed activations `x` in `[-127, 127]`.
     unsafe fn dot_wide(acc: Self::I, w: Self::I, x: Self::I) -> Self::I;

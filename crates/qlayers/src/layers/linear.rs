@@ -171,7 +171,8 @@ impl QLinear {
         }
     }
 
-    /// Bytes the layer's parameters take in memory (weights in their kernel layout, scales, zero points, bias).
+    /// Bytes the layer's parameters take in memory (weights in their kernel layout, scales, zero points, minimums,
+    /// a codebook's 16-byte table, bias).
     pub fn storage_bytes(&self) -> usize {
         match &self.kind {
             Kind::F32(l) => tensor_bytes(l.weight()) + l.bias().map_or(0, tensor_bytes),

@@ -2,7 +2,7 @@
 
 use crate::error::{QuantError, Result};
 use crate::kernels::MAX_BLOCK;
-use crate::quant::{Bits, Granularity, LinearScheme, Scheme};
+use crate::quant::{Bits, Codebook, Granularity, LinearScheme, QTensor, Scheme};
 
 /// How a [`crate::QLinear`] or [`crate::QConv2d`] stores and multiplies its weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,6 +30,20 @@ pub enum LayerScheme {
         /// `x ≈ q * scale + min`, as [`Scheme::MinMax`]).
         symmetric: bool,
     },
+    /// Non-linear 4-bit weight quantization ([`Scheme::Codebook`]): 4-bit codes index a 16-entry codebook of levels
+    /// in `[-1, 1]`, with one absmax scale per `group` values along K: `x ≈ absmax / 127 * L[code]`, the levels
+    /// kept as 8-bit integers `L = round(127 * level)`. The kernels look the codes up in the table with one byte
+    /// shuffle and multiply the 8-bit codes `L + 128` (zero point 128) by the activations' int8 codes.
+    ///
+    /// The codebook is one per layer (per weight tensor), the scales one per group. A codebook per group would
+    /// cost 16 levels per group, 2 to 8 bits more per weight for groups of 128 to 32, more than the 4-bit codes
+    /// themselves; and one per output column could not be one byte shuffle shared by a whole vector of columns.
+    Codebook {
+        /// NF4's fixed levels or levels learned by k-means on the layer's weights.
+        codebook: Codebook,
+        /// Group size along K (a multiple of 16, or K itself).
+        group: usize,
+    },
 }
 
 impl LayerScheme {
@@ -46,7 +60,7 @@ impl LayerScheme {
     /// Whether the layer keeps its per-group scales and minimums in f16, as ggml's formats do: weight-only schemes,
     /// which serve memory-bound decoding, where those parameters are otherwise up to a third of the bytes read.
     pub fn half_params(&self) -> bool {
-        matches!(self, Self::Weight { .. })
+        matches!(self, Self::Weight { .. } | Self::Codebook { .. })
     }
 
     /// The weight quantization scheme and K block length this layer scheme uses for a weight with `k` inputs,
@@ -85,12 +99,35 @@ impl LayerScheme {
                 };
                 Ok(Some((scheme, group)))
             }
+            Self::Codebook { codebook, group } => {
+                let group = check_block("group size", group)?;
+                Ok(Some((Scheme::Codebook { codebook, group_size: group }, group)))
+            }
         }
+    }
+
+    /// The weight a layer of this scheme multiplies by: the row-major `[n, k]` `weight` quantized as the layer
+    /// quantizes it and decoded back to f32, with the scales (and minimums) as the kernels keep them (f16 for
+    /// weight-only schemes, where they fit). Compare it with `weight` for each layer's weight error (MSE, SNR) under
+    /// any scheme: [`LayerScheme::F32`] returns `weight` unchanged. Activation quantization is not included.
+    pub fn round_trip(&self, weight: &[f32], n: usize, k: usize) -> Result<Vec<f32>> {
+        let Some((scheme, _)) = self.weight_scheme(k)? else {
+            if weight.len() != n * k {
+                return Err(QuantError::ShapeMismatch {
+                    what: "number of values vs shape",
+                    left: vec![weight.len()],
+                    right: vec![n, k],
+                });
+            }
+            return Ok(weight.to_vec());
+        };
+        let q = QTensor::quantize_f32(weight, &[n, k], scheme)?;
+        Ok(if self.half_params() { q.with_f16_params() } else { q }.dequantize_f32())
     }
 }
 
 /// The canonical name, which [`LayerScheme::from_str`](std::str::FromStr) reads back: `f32`, `w8a8-b64`
-/// (`-pb` for per-block weight scales), `int4-g32`, `int4-g32-asym`.
+/// (`-pb` for per-block weight scales), `int4-g32`, `int4-g32-asym`, `nf4-g64`, `kmeans-g64`.
 impl std::fmt::Display for LayerScheme {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -101,13 +138,16 @@ impl std::fmt::Display for LayerScheme {
             Self::Weight { bits, group, symmetric } => {
                 write!(f, "int{}-g{group}{}", bits.count(), if *symmetric { "" } else { "-asym" })
             }
+            Self::Codebook { codebook: Codebook::Nf4, group } => write!(f, "nf4-g{group}"),
+            Self::Codebook { codebook: Codebook::KMeans, group } => write!(f, "kmeans-g{group}"),
         }
     }
 }
 
 /// Parses a scheme name: `f32` (or `fp32`); `int8` or `w8a8` (W8A8, activation blocks of 64), `w8a8-b32`,
 /// `w8a8-b64-pb`; `int8-g32`, `int4`, `int4-g64`, `int4-g32-asym`, `int2` (weight schemes; groups of 32 unless
-/// `-gN` says otherwise; symmetric unless `-asym`).
+/// `-gN` says otherwise; symmetric unless `-asym`); `nf4`, `nf4-g32`, `kmeans`, `kmeans-g128` (codebook schemes;
+/// groups of 64 unless `-gN` says otherwise).
 impl std::str::FromStr for LayerScheme {
     type Err = QuantError;
 
@@ -115,7 +155,8 @@ impl std::str::FromStr for LayerScheme {
         let lower = name.trim().to_ascii_lowercase();
         let bad = || {
             QuantError::InvalidScheme(format!(
-                "unknown scheme {name:?}: expected f32, int8, w8a8[-bN][-pb], int8-gN, int4[-gN][-asym] or int2[-gN][-asym]"
+                "unknown scheme {name:?}: expected f32, int8, w8a8[-bN][-pb], int8-gN, int4[-gN][-asym], \
+                 int2[-gN][-asym], nf4[-gN] or kmeans[-gN]"
             ))
         };
         let number = |part: &str, prefix: char| -> Result<usize> {
@@ -148,6 +189,15 @@ impl std::str::FromStr for LayerScheme {
                     }
                 }
                 Ok(Self::Weight { bits, group, symmetric })
+            }
+            "nf4" | "kmeans" => {
+                let codebook = if head == "nf4" { Codebook::Nf4 } else { Codebook::KMeans };
+                let group = match rest.as_slice() {
+                    [] => 64,
+                    [part] => number(part, 'g')?,
+                    _ => return Err(bad()),
+                };
+                Ok(Self::Codebook { codebook, group })
             }
             _ => Err(bad()),
         }

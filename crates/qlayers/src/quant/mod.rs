@@ -1,5 +1,6 @@
-//! Quantized tensors: schemes, parameters, NF4 and error metrics.
+//! Quantized tensors: schemes, parameters, NF4, codebooks and error metrics.
 
+pub mod codebook;
 mod layout;
 pub mod metrics;
 pub mod nf4;
@@ -7,7 +8,9 @@ mod params;
 mod scheme;
 mod tensor;
 
+pub use codebook::Codebook;
 pub use layout::ParamLayout;
+pub(crate) use params::fits_f16;
 pub use params::{compute_params, QParams, MIN_SCALE};
 pub use scheme::{Bits, CodeRange, Granularity, LinearScheme, Scheme};
 pub use tensor::QTensor;

@@ -72,3 +72,11 @@ pub fn compute_params(values: &[f32], layout: &ParamLayout, scheme: &LinearSchem
     };
     Ok(QParams { bits: scheme.bits, range: scheme.range, granularity: scheme.granularity, scales, zero_points })
 }
+
+/// Whether f16 holds every scale and minimum well: none beyond its range, and no scale in its subnormal range
+/// (where it keeps few bits) except the least scale an all-zero group gets. The kernels keep per-block parameters
+/// in f16 only then.
+pub(crate) fn fits_f16(scales: &[f32], mins: &[f32]) -> bool {
+    let (max, min_normal) = (half::f16::MAX.to_f32(), half::f16::MIN_POSITIVE.to_f32());
+    scales.iter().all(|&s| s <= max && (s >= min_normal || s <= MIN_SCALE)) && mins.iter().all(|m| m.abs() <= max)
+}

@@ -1,5 +1,6 @@
 //! What a quantization scheme is: bit width, code range, mapping and granularity.
 
+use super::codebook::Codebook;
 use crate::error::{QuantError, Result};
 
 /// Bit width of the integer codes.
@@ -136,6 +137,16 @@ pub enum Scheme {
         /// Elements per group.
         group_size: usize,
     },
+    /// 4-bit codes indexing a 16-entry codebook of 8-bit levels `L` (levels in `[-1, 1]` times 127), with one scale
+    /// per group of `group_size` values along the last dimension: `x ≈ scale * L[code]`, `scale = absmax / 127`.
+    /// The codebook is one per tensor (NF4's, or learned by k-means); see [`crate::quant::codebook`]. Unlike
+    /// [`Scheme::Nf4`], whose levels are exact floats, the levels are 8-bit, so the kernels multiply them exactly.
+    Codebook {
+        /// Where the levels come from.
+        codebook: Codebook,
+        /// Elements per group.
+        group_size: usize,
+    },
 }
 
 impl Scheme {
@@ -150,6 +161,7 @@ impl Scheme {
             Self::Linear(s) => s.bits,
             Self::Nf4 { .. } => Bits::B4,
             Self::MinMax { bits, .. } => *bits,
+            Self::Codebook { .. } => Bits::B4,
         }
     }
 
@@ -158,7 +170,9 @@ impl Scheme {
         match self {
             Self::Linear(s) => s.granularity,
             Self::Nf4 { block_size } => Granularity::PerGroup { size: *block_size },
-            Self::MinMax { group_size, .. } => Granularity::PerGroup { size: *group_size },
+            Self::MinMax { group_size, .. } | Self::Codebook { group_size, .. } => {
+                Granularity::PerGroup { size: *group_size }
+            }
         }
     }
 }

@@ -2,9 +2,10 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use super::codebook::{kmeans_levels, nearest_code, nf4_levels, round_levels, Codebook};
 use super::layout::ParamLayout;
 use super::nf4::{nearest_level, NF4_LEVELS};
-use super::params::{compute_params, QParams, MIN_SCALE};
+use super::params::{compute_params, fits_f16, QParams, MIN_SCALE};
 use super::scheme::{Bits, CodeRange, Granularity, LinearScheme, Scheme};
 use crate::error::{QuantError, Result};
 use crate::pack::{pack_unchecked, packed_len, unpack};
@@ -13,7 +14,9 @@ use crate::pack::{pack_unchecked, packed_len, unpack};
 /// of its granularity.
 ///
 /// Linear schemes decode as `x_hat = (q - zero_point) * scale`; NF4 decodes as `NF4_LEVELS[q] * scale`, with
-/// the block's absmax as scale and no zero points; min-max decodes as `q * scale + min`, with no zero points.
+/// the block's absmax as scale and no zero points; min-max decodes as `q * scale + min`, with no zero points;
+/// codebook schemes decode as `levels[q] * scale`, with the group's `absmax / 127` as scale and the tensor's 16
+/// 8-bit levels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QTensor {
     shape: Vec<usize>,
@@ -22,6 +25,8 @@ pub struct QTensor {
     zero_points: Vec<i32>,
     /// Per-group minimums of [`Scheme::MinMax`]; empty for the other schemes.
     mins: Vec<f32>,
+    /// The 8-bit levels of [`Scheme::Codebook`]; `None` for the other schemes.
+    levels: Option<[i8; 16]>,
     packed: Vec<u8>,
 }
 
@@ -47,6 +52,7 @@ impl QTensor {
             }
             Scheme::Nf4 { .. } => Ok(encode_nf4(values, shape, &layout, scheme)),
             Scheme::MinMax { bits, .. } => Ok(encode_min_max(values, shape, &layout, scheme, bits)),
+            Scheme::Codebook { codebook, .. } => Ok(encode_codebook(values, shape, &layout, scheme, codebook)),
         }
     }
 
@@ -61,7 +67,8 @@ impl QTensor {
     }
 
     /// Rebuilds a quantized tensor from stored parts (for example a checkpoint), checking that they fit together.
-    /// [`Scheme::MinMax`] tensors have minimums instead of zero points: see [`QTensor::from_min_max_parts`].
+    /// [`Scheme::MinMax`] tensors have minimums instead of zero points: see [`QTensor::from_min_max_parts`];
+    /// [`Scheme::Codebook`] tensors have levels: see [`QTensor::from_codebook_parts`].
     pub fn from_parts(
         shape: Vec<usize>,
         scheme: Scheme,
@@ -92,15 +99,19 @@ impl QTensor {
                     scales: params.scales,
                     zero_points: params.zero_points,
                     mins: Vec::new(),
+                    levels: None,
                     packed,
                 })
             }
             Scheme::Nf4 { .. } => {
                 check_scales(&scales, &layout)?;
-                Ok(Self { shape, scheme, scales, zero_points: Vec::new(), mins: Vec::new(), packed })
+                Ok(Self { shape, scheme, scales, zero_points: Vec::new(), mins: Vec::new(), levels: None, packed })
             }
             Scheme::MinMax { .. } => Err(QuantError::InvalidScheme(
                 "min-max tensors have minimums, not zero points: rebuild them with from_min_max_parts".into(),
+            )),
+            Scheme::Codebook { .. } => Err(QuantError::InvalidScheme(
+                "codebook tensors have levels, not zero points: rebuild them with from_codebook_parts".into(),
             )),
         }
     }
@@ -128,7 +139,30 @@ impl QTensor {
         if let Some((index, &value)) = mins.iter().enumerate().find(|(_, m)| !m.is_finite()) {
             return Err(QuantError::NonFinite { what: "minimums", index, value });
         }
-        Ok(Self { shape, scheme, scales, zero_points: Vec::new(), mins, packed })
+        Ok(Self { shape, scheme, scales, zero_points: Vec::new(), mins, levels: None, packed })
+    }
+
+    /// Rebuilds a [`Scheme::Codebook`] tensor from stored parts: 4-bit codes, the 16 levels (each in
+    /// `[-127, 127]`) and one scale per group of `group_size` along the last dimension.
+    pub fn from_codebook_parts(
+        shape: Vec<usize>,
+        codebook: Codebook,
+        group_size: usize,
+        levels: [i8; 16],
+        scales: Vec<f32>,
+        packed: Vec<u8>,
+    ) -> Result<Self> {
+        let scheme = Scheme::Codebook { codebook, group_size };
+        let layout = ParamLayout::new(&shape, scheme.granularity())?;
+        let expected = packed_len(shape.iter().product(), Bits::B4);
+        if packed.len() != expected {
+            return Err(QuantError::ParamCount { what: "packed code bytes", expected, got: packed.len() });
+        }
+        check_scales(&scales, &layout)?;
+        if let Some(index) = levels.iter().position(|&l| l == i8::MIN) {
+            return Err(QuantError::InvalidScheme(format!("codebook level #{index} is -128, outside [-127, 127]")));
+        }
+        Ok(Self { shape, scheme, scales, zero_points: Vec::new(), mins: Vec::new(), levels: Some(levels), packed })
     }
 
     /// Shape of the original tensor.
@@ -156,7 +190,8 @@ impl QTensor {
         &self.scales
     }
 
-    /// One zero point per parameter slot for linear schemes (all 0 when symmetric); empty for NF4 and min-max.
+    /// One zero point per parameter slot for linear schemes (all 0 when symmetric); empty for NF4, min-max and
+    /// codebook schemes.
     pub fn zero_points(&self) -> &[i32] {
         &self.zero_points
     }
@@ -164,6 +199,12 @@ impl QTensor {
     /// One minimum per group for [`Scheme::MinMax`]; empty for the other schemes.
     pub fn mins(&self) -> &[f32] {
         &self.mins
+    }
+
+    /// The 16 8-bit levels of a [`Scheme::Codebook`] tensor (code `q` stands for `levels[q] * scale`); `None` for
+    /// the other schemes.
+    pub fn levels(&self) -> Option<&[i8; 16]> {
+        self.levels.as_ref()
     }
 
     /// The codes as stored: one byte each at 8 bits, packed lowest bits first at 4 and 2 bits; signed codes are
@@ -200,8 +241,25 @@ impl QTensor {
             Scheme::MinMax { .. } => layout.for_each_run_mut(&mut out, |c, run| {
                 run.iter_mut().for_each(|v| *v = v.mul_add(self.scales[c], self.mins[c]));
             }),
+            Scheme::Codebook { .. } => {
+                let levels = self.levels.expect("codebook tensors have levels");
+                layout.for_each_run_mut(&mut out, |c, run| {
+                    run.iter_mut().for_each(|v| *v = self.scales[c] * f32::from(levels[*v as usize]));
+                })
+            }
         }
         out
+    }
+
+    /// This tensor with its scales and minimums rounded to f16, as the kernels keep a weight-only layer's parameters
+    /// (see [`crate::WeightCodes::half_params`]); unchanged when they do not all fit f16 (the kernels then keep
+    /// f32).
+    pub(crate) fn with_f16_params(&self) -> Self {
+        let round = |values: &[f32]| values.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+        match fits_f16(&self.scales, &self.mins) {
+            true => Self { scales: round(&self.scales), mins: round(&self.mins), ..self.clone() },
+            false => self.clone(),
+        }
     }
 
     /// Decodes to an f32 tensor of the original shape.
@@ -231,6 +289,9 @@ impl QTensor {
         let mut rows = 0;
         let (mut scales, mut zero_points, mut mins, mut raw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for part in parts {
+            if part.levels != first.levels {
+                return Err(QuantError::InvalidScheme("tensors with different codebooks cannot be stacked".into()));
+            }
             if part.scheme != first.scheme || part.shape.len() != 2 || part.shape[1] != cols {
                 return Err(QuantError::ShapeMismatch {
                     what: "tensors stacked by rows (same scheme and columns)",
@@ -245,14 +306,23 @@ impl QTensor {
             raw.extend(unpack(&part.packed, part.bits(), part.numel())?);
         }
         let packed = pack_unchecked(&raw, first.bits());
-        Ok(Self { shape: vec![rows, cols], scheme: first.scheme, scales, zero_points, mins, packed })
+        Ok(Self {
+            shape: vec![rows, cols],
+            scheme: first.scheme,
+            scales,
+            zero_points,
+            mins,
+            levels: first.levels,
+            packed,
+        })
     }
 
-    /// Bytes the quantized form takes: codes, f32 scales and minimums, and one byte per zero point where they are
-    /// not all 0.
+    /// Bytes the quantized form takes: codes, f32 scales and minimums, one byte per zero point where they are
+    /// not all 0, and the 16 bytes of a codebook.
     pub fn storage_bytes(&self) -> usize {
         let zero_point_bytes = if self.zero_points.iter().any(|&z| z != 0) { self.zero_points.len() } else { 0 };
-        self.packed.len() + 4 * (self.scales.len() + self.mins.len()) + zero_point_bytes
+        let level_bytes = self.levels.map_or(0, |l| l.len());
+        self.packed.len() + 4 * (self.scales.len() + self.mins.len()) + zero_point_bytes + level_bytes
     }
 }
 
@@ -316,17 +386,23 @@ fn encode_linear(
         scales: params.scales,
         zero_points: params.zero_points,
         mins: Vec::new(),
+        levels: None,
         packed: pack_unchecked(&raw, scheme.bits),
     }
 }
 
+/// The largest magnitude of each parameter slot.
+fn absmax(values: &[f32], layout: &ParamLayout) -> Vec<f32> {
+    let mut absmax = vec![0f32; layout.channels];
+    layout.for_each_run(values, |c, run| {
+        absmax[c] = run.iter().fold(absmax[c], |m, x| m.max(x.abs()));
+    });
+    absmax
+}
+
 /// NF4: per block, `scale = absmax`, code = nearest level of `x / absmax`.
 fn encode_nf4(values: &[f32], shape: &[usize], layout: &ParamLayout, scheme: Scheme) -> QTensor {
-    let mut scales = vec![0f32; layout.channels];
-    layout.for_each_run(values, |c, run| {
-        scales[c] = run.iter().fold(scales[c], |m, x| m.max(x.abs()));
-    });
-    scales.iter_mut().for_each(|s| *s = s.max(MIN_SCALE));
+    let scales: Vec<f32> = absmax(values, layout).into_iter().map(|a| a.max(MIN_SCALE)).collect();
     let mut raw = Vec::with_capacity(values.len());
     layout.for_each_run(values, |c, run| {
         let inv = 1.0 / scales[c];
@@ -338,6 +414,45 @@ fn encode_nf4(values: &[f32], shape: &[usize], layout: &ParamLayout, scheme: Sch
         scales,
         zero_points: Vec::new(),
         mins: Vec::new(),
+        levels: None,
+        packed: pack_unchecked(&raw, Bits::B4),
+    }
+}
+
+/// Codebook: the tensor's levels (NF4's, or k-means on every `x / absmax` of its group), then per group
+/// `scale = absmax / 127` and code = nearest level of `x / scale`.
+fn encode_codebook(
+    values: &[f32],
+    shape: &[usize],
+    layout: &ParamLayout,
+    scheme: Scheme,
+    codebook: Codebook,
+) -> QTensor {
+    let absmax = absmax(values, layout);
+    let levels = match codebook {
+        Codebook::Nf4 => nf4_levels(),
+        Codebook::KMeans => {
+            let mut normalized = Vec::with_capacity(values.len());
+            layout.for_each_run(values, |c, run| {
+                let a = absmax[c];
+                normalized.extend(run.iter().map(|&x| if a > 0.0 { x / a } else { 0.0 }));
+            });
+            round_levels(&kmeans_levels(&normalized))
+        }
+    };
+    let scales: Vec<f32> = absmax.iter().map(|a| (a / 127.0).max(MIN_SCALE)).collect();
+    let mut raw = Vec::with_capacity(values.len());
+    layout.for_each_run(values, |c, run| {
+        let inv = 1.0 / scales[c];
+        raw.extend(run.iter().map(|&x| nearest_code(&levels, x * inv)));
+    });
+    QTensor {
+        shape: shape.to_vec(),
+        scheme,
+        scales,
+        zero_points: Vec::new(),
+        mins: Vec::new(),
+        levels: Some(levels),
         packed: pack_unchecked(&raw, Bits::B4),
     }
 }
@@ -365,6 +480,7 @@ fn encode_min_max(values: &[f32], shape: &[usize], layout: &ParamLayout, scheme:
         scales,
         zero_points: Vec::new(),
         mins: lo,
+        levels: None,
         packed: pack_unchecked(&raw, bits),
     }
 }

@@ -14,7 +14,7 @@ const DEFAULT_CALIBRATION: &str = include_str!("calibration.txt");
 
 /// Candidate schemes for BERT layers: W8A8 with per-channel weights (the "int8 per channel") and with
 /// per-block weights (the default BERT plan's), then weight-only int4 and int2 in groups of 32, 64 and 128,
-/// symmetric and asymmetric.
+/// symmetric and asymmetric, and the 4-bit codebooks NF4 and k-means in groups of 64.
 pub const DEFAULT_BERT_SCHEMES: &[&str] = &[
     "w8a8-b64",
     "w8a8-b32-pb",
@@ -30,9 +30,11 @@ pub const DEFAULT_BERT_SCHEMES: &[&str] = &[
     "int2-g32-asym",
     "int2-g64-asym",
     "int2-g128-asym",
+    "nf4-g64",
+    "kmeans-g64",
 ];
 
-/// Candidate schemes for Llama layers: the `int8` preset's int8 in groups of 16, then int4 and int2 as for BERT.
+/// Candidate schemes for Llama layers: the `int8` preset's int8 in groups of 16, then the weight-only schemes of BERT.
 pub const DEFAULT_LLAMA_SCHEMES: &[&str] = &[
     "int8-g16",
     "int4-g32",
@@ -47,6 +49,8 @@ pub const DEFAULT_LLAMA_SCHEMES: &[&str] = &[
     "int2-g32-asym",
     "int2-g64-asym",
     "int2-g128-asym",
+    "nf4-g64",
+    "kmeans-g64",
 ];
 
 /// `--model`, the calibration data and `--threads` of `runner inspect`.

@@ -14,6 +14,7 @@ use qlayers::LayerScheme;
 use serde::Serialize;
 use swap::analysis::{sensitivity, Candidate, Evaluation, LayerSensitivity, LayerShape, Probe};
 use swap::plan::glob_match;
+use swap::Plan;
 
 pub use calibration::{CalibrationArgs, CalibrationData};
 use calibration::{DEFAULT_BERT_SCHEMES, DEFAULT_LLAMA_SCHEMES};
@@ -56,6 +57,8 @@ struct Report<'a> {
     calibration: String,
     float: Evaluation,
     schemes: Vec<String>,
+    /// Each scheme on every layer (empty with `--weights-only`).
+    uniform: &'a [Evaluation],
     layers: &'a [LayerSensitivity],
 }
 
@@ -73,6 +76,14 @@ pub fn run(args: InspectArgs) -> Result<()> {
         candidates.extend(w8a8.into_iter().map(|c| Candidate { smoothing: Some(alpha), ..c }));
     }
     let table = measure(&probe, &candidates, !args.weights_only, args.layers.as_deref())?;
+    // Each candidate on every layer at once, next to its single-layer losses.
+    let uniform = match args.weights_only {
+        true => Vec::new(),
+        false => candidates
+            .iter()
+            .map(|c| probe.evaluate_with(&Plan::uniform(c.scheme), c.smoothing))
+            .collect::<Result<Vec<_>>>()?,
+    };
     if let Some(dir) = &args.plot {
         let written = plots::write_all(dir, &probe, &table, args.plot_layer.as_deref())?;
         eprintln!("wrote {} charts into {}", written.len(), dir.display());
@@ -83,11 +94,12 @@ pub fn run(args: InspectArgs) -> Result<()> {
             calibration: args.calibration.data.describe(),
             float: probe.float(),
             schemes: candidates.iter().map(ToString::to_string).collect(),
+            uniform: &uniform,
             layers: &table,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        table::print(&probe, &candidates, &table);
+        table::print(&probe, &candidates, &table, &uniform);
     }
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! The terminal tables of `runner inspect`.
 
-use swap::analysis::{Candidate, LayerSensitivity, Probe};
+use swap::analysis::{Candidate, Evaluation, LayerSensitivity, Probe};
 
 /// Prints the weight SNR and single-layer loss of every layer and scheme, then a summary per scheme.
-pub fn print(probe: &Probe, candidates: &[Candidate], table: &[LayerSensitivity]) {
+/// `uniform` holds each candidate's evaluation on every layer at once (or nothing).
+pub fn print(probe: &Probe, candidates: &[Candidate], table: &[LayerSensitivity], uniform: &[Evaluation]) {
     let float = probe.float();
     let loss_name = if probe.is_bert() { "1 - mean cosine" } else { "perplexity increase" };
     println!("float model: {}, Linear layers {:.2} MB", float.quality, float.linear_bytes as f64 / 1e6);
@@ -35,13 +36,14 @@ pub fn print(probe: &Probe, candidates: &[Candidate], table: &[LayerSensitivity]
             )
         });
     }
-    println!("\nper scheme, over these layers:");
-    println!("{:>width$}  {:>10}  {:>12}  {:>14}", "scheme", "MB", "mean SNR dB", "sum of losses");
+    println!("\nper scheme, over these layers (and the whole model with every layer under it):");
+    println!("{:>width$}  {:>10}  {:>12}  {:>14}  every layer", "scheme", "MB", "mean SNR dB", "sum of losses");
     for (s, name) in names.iter().enumerate() {
         let bytes: usize = table.iter().map(|l| l.results[s].bytes).sum();
         let snr = table.iter().map(|l| l.results[s].weight_snr_db).sum::<f64>() / table.len() as f64;
         let loss: Option<f64> = table.iter().map(|l| l.results[s].loss).sum();
         let loss = loss.map_or("-".into(), |l| format!("{l:.3e}"));
-        println!("{name:>width$}  {:>10.3}  {snr:>12.2}  {loss:>14}", bytes as f64 / 1e6);
+        let whole = uniform.get(s).map_or("-".into(), |e| e.quality.to_string());
+        println!("{name:>width$}  {:>10.3}  {snr:>12.2}  {loss:>14}  {whole}", bytes as f64 / 1e6);
     }
 }

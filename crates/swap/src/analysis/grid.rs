@@ -1,6 +1,6 @@
 //! The values a scheme can represent around one weight: its quantization grid, for pictures.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use qlayers::nf4::NF4_LEVELS;
 use qlayers::quant::ParamLayout;
@@ -29,6 +29,10 @@ pub fn grid_levels(weight: &Tensor, scheme: LayerScheme, index: usize) -> Result
             (0..1u32 << bits.count()).map(|code| code as f32 * scale + min).collect()
         }
         Scheme::Nf4 { .. } => NF4_LEVELS.iter().map(|level| level * scale).collect(),
+        Scheme::Codebook { .. } => {
+            let levels = q.levels().context("a codebook tensor has levels")?;
+            levels.iter().map(|&level| f32::from(level) * scale).collect()
+        }
     };
     levels.sort_by(f32::total_cmp);
     Ok(levels)

@@ -1,9 +1,9 @@
 //! Per-layer sensitivity: each layer quantized alone under each candidate scheme.
 
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use qlayers::metrics::ErrorStats;
-use qlayers::{LayerScheme, QLinear, QTensor};
+use qlayers::{LayerScheme, QLinear};
 use serde::Serialize;
 
 use super::probe::{Evaluation, LayerShape, Probe};
@@ -65,13 +65,12 @@ fn as_name<S: serde::Serializer>(candidate: &Candidate, s: S) -> std::result::Re
     s.collect_str(candidate)
 }
 
-/// The weight `[out, in]` as the layer scheme stores it, dequantized back to f32 (the weight itself for f32).
+/// The weight `[out, in]` as a layer of `scheme` multiplies by it (see [`LayerScheme::round_trip`]: f16 group
+/// parameters included), back in f32; the weight itself for f32.
 pub fn weight_round_trip(weight: &Tensor, scheme: LayerScheme) -> Result<Tensor> {
-    let k = weight.dims().last().copied().unwrap_or(0);
-    match scheme.weight_scheme(k)? {
-        None => Ok(weight.clone()),
-        Some((weight_scheme, _)) => Ok(QTensor::quantize(weight, weight_scheme)?.dequantize(&Device::Cpu)?),
-    }
+    let &[n, k] = weight.dims() else { anyhow::bail!("a linear weight is 2-D, got {:?}", weight.dims()) };
+    let values: Vec<f32> = weight.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+    Ok(Tensor::from_vec(scheme.round_trip(&values, n, k)?, (n, k), weight.device())?)
 }
 
 /// Quantizes each of `layers` (of `probe`) alone under each candidate: the weight's round-trip error always, and

@@ -1,5 +1,6 @@
 //! Linear layers that read one input and whose outputs sit side by side (BERT's and Llama's Q, K and V; Llama's
-//! gate and up projections): one fused matmul when the plan gives them one scheme, else one each.
+//! gate and up projections): one fused matmul when the plan gives them one scheme (and their weights one codebook),
+//! else one each.
 
 use anyhow::Result;
 use qlayers::QLinear;
@@ -10,13 +11,13 @@ use crate::loader::{LinearParams, QuantLoader};
 pub(crate) enum Projection {
     /// One matmul over the stacked weights.
     Fused(Box<QLinear>),
-    /// One matmul each (the plan gave them different schemes).
+    /// One matmul each (the plan gave them different schemes, or their weights different codebooks).
     Separate(Vec<QLinear>),
 }
 
 impl Projection {
-    /// Reads the layers `names` (each `[outs[i], input]`) and fuses them when their schemes agree; the fused layer
-    /// is reported as `fused_name`.
+    /// Reads the layers `names` (each `[outs[i], input]`) and fuses them when they can be stacked (see
+    /// [`LinearParams::stackable`]); the fused layer is reported as `fused_name`.
     pub(crate) fn load(
         loader: &QuantLoader,
         names: &[String],
@@ -26,7 +27,7 @@ impl Projection {
     ) -> Result<Self> {
         let parts =
             names.iter().zip(outs).map(|(n, &out)| loader.linear_params(n, input, out)).collect::<Result<Vec<_>>>()?;
-        if parts.iter().all(|p| p.scheme == parts[0].scheme) {
+        if LinearParams::stackable(&parts) {
             let fused = LinearParams::concat_rows(parts)?;
             Ok(Self::Fused(Box::new(loader.build_linear(fused_name, fused)?)))
         } else {

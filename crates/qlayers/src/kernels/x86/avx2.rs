@@ -1,6 +1,7 @@
 //! AVX2 level: `vpmaddubsw` multiplies unsigned by signed bytes into saturating i16 pairs. 4- and 2-bit codes
 //! (at most 15) never saturate. 8-bit codes are packed as signed bytes (`code ^ 0x80`) and multiplied with the
 //! sign trick, `|w| * sign(x, w)`, whose pairs stay within `2 * 128 * 127 < 2^15`: exact, with an offset of 128.
+//! 4-bit codes looked up in a table become 8-bit codes in that form: the table holds them XORed alike.
 
 use std::arch::x86_64::*;
 
@@ -36,6 +37,14 @@ impl Int8Simd for Avx2 {
     unsafe fn bit_field<const SHIFT: i32, const WIDTH: u32>(v: Self::I) -> Self::I {
         let mask = _mm256_set1_epi8(((1u32 << WIDTH) - 1) as i8);
         _mm256_and_si256(_mm256_srli_epi16::<SHIFT>(v), mask)
+    }
+    #[inline(always)]
+    unsafe fn load_table16(p: *const u8) -> Self::I {
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i))
+    }
+    #[inline(always)]
+    unsafe fn lookup16(table: Self::I, idx: Self::I) -> Self::I {
+        _mm256_shuffle_epi8(table, idx)
     }
     #[inline(always)]
     unsafe fn dot_wide(acc: Self::I, w: Self::I, x: Self::I) -> Self::I {

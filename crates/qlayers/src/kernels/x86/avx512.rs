@@ -44,6 +44,14 @@ impl Int8Simd for Avx512Vnni {
         _mm512_and_si512(shifted, mask)
     }
     #[inline(always)]
+    unsafe fn load_table16(p: *const u8) -> Self::I {
+        _mm512_broadcast_i32x4(_mm_loadu_si128(p as *const __m128i))
+    }
+    #[inline(always)]
+    unsafe fn lookup16(table: Self::I, idx: Self::I) -> Self::I {
+        _mm512_shuffle_epi8(table, idx)
+    }
+    #[inline(always)]
     unsafe fn dot_wide(acc: Self::I, w: Self::I, x: Self::I) -> Self::I {
         _mm512_dpbusd_epi32(acc, w, x)
     }
