@@ -39,8 +39,11 @@ pub struct InspectArgs {
     #[arg(long)]
     pub weights_only: bool,
     /// Print one JSON document instead of tables.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "markdown")]
     pub json: bool,
+    /// Print the per-layer table as Markdown: weight MSE and single-layer loss under each scheme.
+    #[arg(long)]
+    pub markdown: bool,
     /// Write SVG charts into this folder: per-layer sensitivity and weight SNR, and for one layer its weight
     /// histogram under each scheme's grid and each scheme's error histogram.
     #[arg(long)]
@@ -98,6 +101,8 @@ pub fn run(args: InspectArgs) -> Result<()> {
             layers: &table,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if args.markdown {
+        table::markdown(&probe, &candidates, &table, &uniform);
     } else {
         table::print(&probe, &candidates, &table, &uniform);
     }

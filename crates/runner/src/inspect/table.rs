@@ -47,3 +47,26 @@ pub fn print(probe: &Probe, candidates: &[Candidate], table: &[LayerSensitivity]
         println!("{name:>width$}  {:>10.3}  {snr:>12.2}  {loss:>14}  {whole}", bytes as f64 / 1e6);
     }
 }
+
+/// Prints one Markdown table: per layer, each candidate's weight MSE and single-layer loss; then each candidate on
+/// every layer at once.
+pub fn markdown(probe: &Probe, candidates: &[Candidate], table: &[LayerSensitivity], uniform: &[Evaluation]) {
+    let loss = |l: f64| if probe.is_bert() { format!("{l:.2e}") } else { format!("{:+.3}%", l * 100.0) };
+    let metric = if probe.is_bert() { "1 - cos" } else { "ppl" };
+    print!("| layer | shape |");
+    candidates.iter().for_each(|c| print!(" {c} MSE | {c} {metric} |"));
+    println!();
+    println!("|---|---|{}", "---:|---:|".repeat(candidates.len()));
+    for layer in table {
+        print!("| {} | {}x{} |", layer.layer.name, layer.layer.out_features, layer.layer.in_features);
+        for r in &layer.results {
+            print!(" {:.3e} | {} |", r.weight_mse, r.loss.map_or("-".into(), loss));
+        }
+        println!();
+    }
+    if !uniform.is_empty() {
+        print!("| **every layer** | |");
+        uniform.iter().for_each(|e| print!(" | {} |", e.quality));
+        println!();
+    }
+}
