@@ -32,7 +32,7 @@ pub fn write_all(dir: &Path, probe: &Probe, table: &[LayerSensitivity], layer: O
     if table.iter().all(|l| l.results.iter().all(|r| r.loss.is_some())) {
         let (what, unit) = match probe.is_bert() {
             true => ("1 - mean cosine to the float embeddings", "1 - cosine"),
-            false => ("relative perplexity increase over the float model", "perplexity ratio - 1"),
+            false => ("KL divergence of next-token distributions from the float model", "KL (nats)"),
         };
         let svg = chart(&|l, s| l.results[s].loss.unwrap_or(0.0).max(LOSS_FLOOR))
             .title(format!("Sensitivity: {what}, with only this layer quantized"))

@@ -6,7 +6,7 @@ use swap::analysis::{Candidate, Evaluation, LayerSensitivity, Probe};
 /// `uniform` holds each candidate's evaluation on every layer at once (or nothing).
 pub fn print(probe: &Probe, candidates: &[Candidate], table: &[LayerSensitivity], uniform: &[Evaluation]) {
     let float = probe.float();
-    let loss_name = if probe.is_bert() { "1 - mean cosine" } else { "perplexity increase" };
+    let loss_name = if probe.is_bert() { "1 - mean cosine" } else { "KL divergence from the float model (nats)" };
     println!("float model: {}, Linear layers {:.2} MB", float.quality, float.linear_bytes as f64 / 1e6);
     let name_width = table.iter().map(|l| l.layer.name.len()).max().unwrap_or(5).max(5);
     let names: Vec<String> = candidates.iter().map(ToString::to_string).collect();
@@ -51,8 +51,8 @@ pub fn print(probe: &Probe, candidates: &[Candidate], table: &[LayerSensitivity]
 /// Prints one Markdown table: per layer, each candidate's weight MSE and single-layer loss; then each candidate on
 /// every layer at once.
 pub fn markdown(probe: &Probe, candidates: &[Candidate], table: &[LayerSensitivity], uniform: &[Evaluation]) {
-    let loss = |l: f64| if probe.is_bert() { format!("{l:.2e}") } else { format!("{:+.3}%", l * 100.0) };
-    let metric = if probe.is_bert() { "1 - cos" } else { "ppl" };
+    let loss = |l: f64| format!("{l:.2e}");
+    let metric = if probe.is_bert() { "1 - cos" } else { "KL" };
     print!("| layer | shape |");
     candidates.iter().for_each(|c| print!(" {c} MSE | {c} {metric} |"));
     println!();

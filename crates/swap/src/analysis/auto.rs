@@ -27,19 +27,24 @@ pub enum Target {
 }
 
 impl Target {
-    /// The largest [`Quality::loss`] the target allows.
+    /// The largest sum of single-layer [`Quality::loss`]es the search allows: `1 - C` of mean cosine, or
+    /// `ln(1 + P)` nats of KL divergence (the log of the perplexity ratio it approximates).
     pub fn budget(&self) -> f64 {
         match *self {
             Self::CosineAtLeast(c) => 1.0 - c,
-            Self::PerplexityWithin(f) => f,
+            Self::PerplexityWithin(f) => f.ln_1p(),
         }
     }
 
-    /// Whether `quality` meets the target.
+    /// Whether `quality` meets the target, `float` being the float model's.
     pub fn met(&self, quality: &Quality, float: &Quality) -> bool {
-        match (self, quality) {
-            (Self::CosineAtLeast(c), Quality::Embeddings { cosine_mean, .. }) => cosine_mean >= c,
-            (Self::PerplexityWithin(_), Quality::Tokens { .. }) => quality.loss(float) <= self.budget(),
+        match (*self, quality, float) {
+            (Self::CosineAtLeast(c), Quality::Embeddings { cosine_mean, .. }, _) => *cosine_mean >= c,
+            (
+                Self::PerplexityWithin(f),
+                Quality::Tokens { perplexity, .. },
+                Quality::Tokens { perplexity: base, .. },
+            ) => *perplexity <= base * (1.0 + f),
             _ => false,
         }
     }

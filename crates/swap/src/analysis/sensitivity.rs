@@ -83,7 +83,6 @@ pub fn sensitivity(
     end_to_end: bool,
     mut progress: impl FnMut(usize, usize, &str),
 ) -> Result<Vec<LayerSensitivity>> {
-    let float = probe.float().quality;
     let mut table = Vec::with_capacity(layers.len());
     for (i, layer) in layers.iter().enumerate() {
         progress(i, layers.len(), &layer.name);
@@ -119,7 +118,7 @@ pub fn sensitivity(
                 bytes,
                 weight_mse: stats.mse,
                 weight_snr_db: stats.snr_db,
-                loss: alone.map(|e| e.quality.loss(&float)),
+                loss: alone.map(|e| e.quality.loss()),
                 alone,
             });
         }
