@@ -53,29 +53,7 @@ impl BarChart {
         self
     }
 
-    /// Sets the title drawn above the chart.
-    pub fn title(mut self, title: impl Into<String>) -> Self {
-        self.titles.title = title.into();
-        self
-    }
-
-    /// Sets the x axis title.
-    pub fn x_label(mut self, label: impl Into<String>) -> Self {
-        self.titles.x = label.into();
-        self
-    }
-
-    /// Sets the y axis title.
-    pub fn y_label(mut self, label: impl Into<String>) -> Self {
-        self.titles.y = label.into();
-        self
-    }
-
-    /// Chooses a log10 y axis (`true`) or a linear one (`false`, the default).
-    pub fn log_y(mut self, log: bool) -> Self {
-        self.log_y = log;
-        self
-    }
+    chart_setters!("Chooses a log10 y axis (`true`) or a linear one (`false`, the default).");
 
     /// Draws the chart as a standalone SVG document.
     ///

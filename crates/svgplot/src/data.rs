@@ -2,8 +2,7 @@
 
 use crate::error::PlotError;
 
-/// A named run of values: one bar per category in a [`BarChart`](crate::BarChart), one point per x value in a
-/// [`LineChart`](crate::LineChart).
+/// A named run of values: one bar per category in a [`BarChart`](crate::BarChart).
 #[derive(Debug, Clone)]
 pub struct Series {
     /// The legend label, e.g. `"int4-g32"`.

@@ -6,25 +6,25 @@ use std::fmt;
 #[derive(Debug, Clone)]
 pub enum PlotError {
     /// An input that needs at least one element is empty; `what` names it
-    /// (`"categories"`, `"series"`, `"samples"` or `"x values"`).
+    /// (`"categories"`, `"series"` or `"samples"`).
     Empty {
         /// The empty input.
         what: &'static str,
     },
     /// A value is NaN or infinite.
     NonFinite {
-        /// The series, overlay, or `"samples"` / `"x values"`, holding the value.
+        /// The series, overlay, or `"samples"`, holding the value.
         series: String,
         /// The value's index within it.
         index: usize,
         /// The offending value.
         value: f64,
     },
-    /// A series holds a different number of values than there are categories (bar chart) or x values (line chart).
+    /// A series holds a different number of values than there are categories.
     LengthMismatch {
         /// The series.
         series: String,
-        /// The number of categories or x values.
+        /// The number of categories.
         expected: usize,
         /// The number of values the series holds.
         found: usize,

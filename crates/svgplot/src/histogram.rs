@@ -77,30 +77,7 @@ impl Histogram {
         self
     }
 
-    /// Sets the title drawn above the chart.
-    pub fn title(mut self, title: impl Into<String>) -> Self {
-        self.titles.title = title.into();
-        self
-    }
-
-    /// Sets the x axis title.
-    pub fn x_label(mut self, label: impl Into<String>) -> Self {
-        self.titles.x = label.into();
-        self
-    }
-
-    /// Sets the y axis title.
-    pub fn y_label(mut self, label: impl Into<String>) -> Self {
-        self.titles.y = label.into();
-        self
-    }
-
-    /// Chooses a log10 count axis (`true`), which shows thin tails next to a tall peak, or a linear one (`false`,
-    /// the default). On a log axis empty bins have height 0 and the axis starts a decade below 1.
-    pub fn log_y(mut self, log: bool) -> Self {
-        self.log_y = log;
-        self
-    }
+    chart_setters!("Chooses a log10 count axis (`true`), which shows thin tails next to a tall peak, or a linear one (`false`, the default). On a log axis empty bins have height 0 and the axis starts a decade below 1.");
 
     /// Draws the histogram as a standalone SVG document.
     ///

@@ -1,5 +1,5 @@
-//! Dependency-free SVG charts, written as strings: grouped bar charts, histograms with overlay lines, and line
-//! charts, for quantization analyses such as per-layer sensitivity or a weight histogram under a quantization grid.
+//! Dependency-free SVG charts, written as strings: grouped bar charts and histograms with overlay lines, for
+//! quantization analyses such as per-layer sensitivity or a weight histogram under a quantization grid.
 //!
 //! Every chart is built with chained setters and drawn by `render`, which returns a standalone SVG 1.1 document
 //! (white background, `sans-serif` text, no scripts or external resources, so GitHub shows it as an image) or a
@@ -7,8 +7,8 @@
 //! coordinates carry at most 2 decimals. All text is XML-escaped.
 //!
 //! Marks carry classes that tools (and the tests) can select: `bar` for [`BarChart`] bars, `bin` for
-//! [`Histogram`] bins, `overlay` for overlay lines, `line` and `point` for [`LineChart`] series. Each bar, bin,
-//! overlay line and point has a `<title>` child holding its value, shown as a tooltip on hover.
+//! [`Histogram`] bins, `overlay` for overlay lines. Each bar, bin and overlay line has a `<title>` child holding its
+//! value, shown as a tooltip on hover.
 //!
 //! ```
 //! use svgplot::{BarChart, Histogram, Overlay, Series};
@@ -34,6 +34,36 @@
 //! ```
 #![deny(missing_docs)]
 
+/// The setters every chart shares, for a chart struct with `titles: frame::Titles` and `log_y: bool`; `$log_doc`
+/// documents what a log axis means for it.
+macro_rules! chart_setters {
+    ($log_doc:literal) => {
+        /// Sets the title drawn above the chart.
+        pub fn title(mut self, title: impl Into<String>) -> Self {
+            self.titles.title = title.into();
+            self
+        }
+
+        /// Sets the x axis title.
+        pub fn x_label(mut self, label: impl Into<String>) -> Self {
+            self.titles.x = label.into();
+            self
+        }
+
+        /// Sets the y axis title.
+        pub fn y_label(mut self, label: impl Into<String>) -> Self {
+            self.titles.y = label.into();
+            self
+        }
+
+        #[doc = $log_doc]
+        pub fn log_y(mut self, log: bool) -> Self {
+            self.log_y = log;
+            self
+        }
+    };
+}
+
 mod axis;
 mod bar;
 mod data;
@@ -41,7 +71,6 @@ mod error;
 mod fmt;
 mod frame;
 mod histogram;
-mod line;
 mod palette;
 mod svg;
 
@@ -49,4 +78,3 @@ pub use bar::BarChart;
 pub use data::Series;
 pub use error::PlotError;
 pub use histogram::{Histogram, Overlay};
-pub use line::LineChart;

@@ -12,12 +12,9 @@ use crate::model_args::{apply_threads, resolve, Family, DEFAULT_MODEL};
 /// The built-in calibration text: 48 short sentences on varied topics, one per line.
 const DEFAULT_CALIBRATION: &str = include_str!("calibration.txt");
 
-/// Candidate schemes for BERT layers: W8A8 with per-channel weights (the "int8 per channel") and with
-/// per-block weights (the default BERT plan's), then weight-only int4 and int2 in groups of 32, 64 and 128,
-/// symmetric and asymmetric, and the 4-bit codebooks NF4 and k-means in groups of 64.
-pub const DEFAULT_BERT_SCHEMES: &[&str] = &[
-    "w8a8-b64",
-    "w8a8-b32-pb",
+/// The weight-only candidates of both families: int4 and int2 in groups of 32, 64 and 128, symmetric and
+/// asymmetric, and the 4-bit codebooks NF4 and k-means in groups of 64.
+const WEIGHT_ONLY_SCHEMES: &[&str] = &[
     "int4-g32",
     "int4-g64",
     "int4-g128",
@@ -34,24 +31,13 @@ pub const DEFAULT_BERT_SCHEMES: &[&str] = &[
     "kmeans-g64",
 ];
 
-/// Candidate schemes for Llama layers: the `int8` preset's int8 in groups of 16, then the weight-only schemes of BERT.
-pub const DEFAULT_LLAMA_SCHEMES: &[&str] = &[
-    "int8-g16",
-    "int4-g32",
-    "int4-g64",
-    "int4-g128",
-    "int4-g32-asym",
-    "int4-g64-asym",
-    "int4-g128-asym",
-    "int2-g32",
-    "int2-g64",
-    "int2-g128",
-    "int2-g32-asym",
-    "int2-g64-asym",
-    "int2-g128-asym",
-    "nf4-g64",
-    "kmeans-g64",
-];
+/// The default candidates: for BERT, W8A8 with per-channel weights (the "int8 per channel") and with
+/// per-block weights (the default BERT plan's); for Llama, the `int8` preset's int8 in groups of 16; then the
+/// weight-only schemes.
+pub(super) fn default_schemes(bert: bool) -> Vec<&'static str> {
+    let int8: &[&str] = if bert { &["w8a8-b64", "w8a8-b32-pb"] } else { &["int8-g16"] };
+    int8.iter().chain(WEIGHT_ONLY_SCHEMES).copied().collect()
+}
 
 /// `--model`, the calibration data and `--threads` of `runner inspect`.
 #[derive(Args, Debug, Clone)]

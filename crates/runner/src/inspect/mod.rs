@@ -16,8 +16,8 @@ use swap::analysis::{sensitivity, Candidate, Evaluation, LayerSensitivity, Layer
 use swap::plan::glob_match;
 use swap::Plan;
 
+use calibration::default_schemes;
 pub use calibration::{CalibrationArgs, CalibrationData};
-use calibration::{DEFAULT_BERT_SCHEMES, DEFAULT_LLAMA_SCHEMES};
 
 /// Options of `runner inspect`.
 #[derive(Args, Debug)]
@@ -111,9 +111,8 @@ pub fn run(args: InspectArgs) -> Result<()> {
 
 /// The schemes named (or the defaults of the model family), parsed.
 pub fn candidate_schemes(names: &[String], bert: bool) -> Result<Vec<LayerScheme>> {
-    let defaults = if bert { DEFAULT_BERT_SCHEMES } else { DEFAULT_LLAMA_SCHEMES };
     let names: Vec<&str> = match names.is_empty() {
-        true => defaults.to_vec(),
+        true => default_schemes(bert),
         false => names.iter().map(String::as_str).collect(),
     };
     let schemes = names.iter().map(|n| Ok(n.trim().parse::<LayerScheme>()?)).collect::<Result<Vec<_>>>()?;
