@@ -184,7 +184,33 @@ fn cheapest_within(candidates: &[Vec<(LayerScheme, f64, f64)>], budget: f64) -> 
             low = mid;
         }
     }
-    pick(high)
+    let mut choice = pick(high);
+    let slack = budget - loss_of(&choice);
+    spend_slack(candidates, &mut choice, slack);
+    choice
+}
+
+/// The Lagrangian choice can leave budget unspent (the next price step costs more than the slack): moves layers to
+/// cheaper candidates that still fit, the most bytes saved per unit of loss added first.
+fn spend_slack(candidates: &[Vec<(LayerScheme, f64, f64)>], choice: &mut [usize], mut slack: f64) {
+    loop {
+        let mut best: Option<(f64, usize, usize, f64)> = None;
+        for (layer, options) in candidates.iter().enumerate() {
+            let (_, bytes, loss) = options[choice[layer]];
+            for (c, &(_, cheaper, more)) in options.iter().enumerate() {
+                let (saved, added) = (bytes - cheaper, (more - loss).max(0.0));
+                if saved > 0.0 && added <= slack {
+                    let ratio = saved / added.max(f64::MIN_POSITIVE);
+                    if best.is_none_or(|(r, ..)| ratio > r) {
+                        best = Some((ratio, layer, c, added));
+                    }
+                }
+            }
+        }
+        let Some((_, layer, c, added)) = best else { return };
+        choice[layer] = c;
+        slack -= added;
+    }
 }
 
 /// A plan giving each named layer its scheme: the most common scheme as the default, a rule for each other layer.
@@ -233,6 +259,10 @@ mod tests {
         assert_eq!(cheapest_within(&candidates, 1.0), vec![1, 1]);
         assert_eq!(cheapest_within(&candidates, 0.01), vec![1, 0]);
         assert_eq!(cheapest_within(&candidates, 0.002), vec![0, 0]);
+        // Slack the price search leaves is spent: three layers whose int4 adds 0.004 each, a budget for two.
+        let three = vec![vec![(int8, 100.0, 0.0), (int4, 50.0, 0.004)]; 3];
+        let choice = cheapest_within(&three, 0.009);
+        assert_eq!(choice.iter().filter(|&&c| c == 1).count(), 2, "{choice:?}");
         // Unreachable budgets fall back to the least loss everywhere.
         assert_eq!(cheapest_within(&candidates, 0.0), vec![0, 0]);
     }
