@@ -310,6 +310,7 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
                     cols: nr.min(w.n - col0),
                     blocks: chunk_blocks.clone(),
                     partial: partial.as_mut_ptr().wrapping_add((pi * row_tiles + ti) * MR * nr),
+                    streams_weights: ti == 0,
                 };
                 dispatch_tile::<S, MR, NV>((rows.end - m0).min(MR), &t, &geo);
             }

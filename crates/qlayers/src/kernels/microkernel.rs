@@ -40,6 +40,9 @@ pub(crate) struct Tile {
     /// Partial sums of the tile between chunks, `[ROWS][nr]`: read unless the chunk is the first, written unless
     /// it is the last (then the result goes to `out`).
     pub partial: *mut f32,
+    /// Whether the tile is the first to read its panel's chunk, which then streams from memory and is worth asking
+    /// for ahead; the tiles after it find the chunk in cache.
+    pub streams_weights: bool,
 }
 
 /// What every tile of one matmul shares: block geometry, the form of the weight parameters and the lookup table.
@@ -111,7 +114,10 @@ pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const
         };
         let a = t.a.add(start);
         let w = t.w.add(start * nr * BITS / 8);
-        dot_block::<S, ROWS, NV, BITS, LOOKUP>(a, t.a_row_stride, w, table, padded / 4, &mut acc);
+        match t.streams_weights {
+            true => dot_block::<S, ROWS, NV, BITS, LOOKUP, true>(a, t.a_row_stride, w, table, padded / 4, &mut acc),
+            false => dot_block::<S, ROWS, NV, BITS, LOOKUP, false>(a, t.a_row_stride, w, table, padded / 4, &mut acc),
+        }
 
         let w_scales: [S::F; NV] = match (geo.per_block, geo.half) {
             (true, false) => std::array::from_fn(|v| S::load_f(t.w_scales.add(params + v * S::LANES))),
@@ -180,9 +186,17 @@ unsafe fn store_tile<S: Int8Simd, const ROWS: usize, const NV: usize>(
 }
 
 /// Accumulates `steps` steps of 4 K values (a multiple of 4): `acc[m][v] += dot(row m, panel vector v)`, with
-/// activation rows `a_row_stride` bytes apart; with `LOOKUP`, 4-bit codes are first looked up in `table`.
+/// activation rows `a_row_stride` bytes apart; with `LOOKUP`, 4-bit codes are first looked up in `table`; with
+/// `PREFETCH`, weights are asked for ahead of their use.
 #[inline(always)]
-unsafe fn dot_block<S: Int8Simd, const ROWS: usize, const NV: usize, const BITS: usize, const LOOKUP: bool>(
+unsafe fn dot_block<
+    S: Int8Simd,
+    const ROWS: usize,
+    const NV: usize,
+    const BITS: usize,
+    const LOOKUP: bool,
+    const PREFETCH: bool,
+>(
     a: *const i8,
     a_row_stride: usize,
     w: *const u8,
@@ -193,9 +207,7 @@ unsafe fn dot_block<S: Int8Simd, const ROWS: usize, const NV: usize, const BITS:
     let rows: [*const i8; ROWS] = std::array::from_fn(|m| a.add(m * a_row_stride));
     let load_bytes = NV * S::LANES * 4;
     let load = |l: usize| -> [S::I; NV] {
-        // Full tiles find the panel in cache, brought there by the panel's first tile; only short tiles (few rows,
-        // as in decoding) stream it from memory and gain from asking for it ahead.
-        if ROWS <= PREFETCH_MAX_ROWS {
+        if PREFETCH {
             prefetch(w.wrapping_add((l + PREFETCH_LOADS) * load_bytes), load_bytes);
         }
         std::array::from_fn(|v| S::load_bytes(w.add(l * load_bytes + v * S::LANES * 4)))
@@ -235,9 +247,6 @@ unsafe fn dot_block<S: Int8Simd, const ROWS: usize, const NV: usize, const BITS:
         _ => unreachable!("bit widths are 2, 4 or 8"),
     }
 }
-
-/// Tiles of at most this many rows prefetch their weights.
-const PREFETCH_MAX_ROWS: usize = 2;
 
 /// Weight loads fetched ahead: far enough to hide a trip to memory at a few rows per tile (short inputs), where
 /// the kernel otherwise waits on every new line of the panel.
