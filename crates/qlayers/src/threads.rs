@@ -1,5 +1,5 @@
 //! How many threads the kernels use, and [`parallel_for`], which runs a kernel's tasks on the calling thread and
-//! the helpers of a small spinning pool ([`pool`]). The default count is candle's, so that our kernels and
+//! the helpers of a small spinning pool (`threads/pool.rs`). The default count is candle's, so that our kernels and
 //! candle's own CPU ops (which run at other times) use the same cores.
 
 mod pool;

@@ -1,7 +1,7 @@
 //! Fused dequant-matmul kernels on integer codes.
 //!
-//! One generic driver ([`driver`]) and micro-kernel ([`microkernel`]) over a small trait of vector primitives
-//! ([`simd::Int8Simd`]), implemented by each level: [`reference`] (portable), AVX2 and AVX-512 VNNI. The level is
+//! One generic driver (`driver.rs`) and micro-kernel (`microkernel.rs`) over a small trait of vector primitives
+//! (`simd.rs`: `Int8Simd`), implemented by each level: `reference.rs` (portable), AVX2 and AVX-512 VNNI. The level is
 //! chosen once at run time ([`selected_isa`]) and can be forced with `QLAYERS_ISA`.
 //!
 //! Every scheme reduces to the same integer formula. With unsigned weight codes `u`, zero points `z`, weight
