@@ -87,11 +87,7 @@ fn the_automatic_bert_plan_meets_its_target_in_fewer_bytes_than_int8() {
 #[test]
 fn llama_single_layer_losses_and_kl_grow_as_bits_shrink() {
     let path = common::smollm2_gguf();
-    let generator = swap::Generator::open(&path, Some(Plan::uniform(LayerScheme::F32))).unwrap();
-    let mut ids = generator.encode(include_str!("fixtures/perplexity_text.txt")).unwrap();
-    ids.truncate(48);
-    drop(generator);
-    let probe = Probe::llama(&path, ids).unwrap();
+    let probe = Probe::llama(&path, include_str!("fixtures/perplexity_text.txt"), 48).unwrap();
     assert_eq!(probe.layers().len(), 30 * 7 + 1);
     let Quality::Tokens { perplexity, kl } = probe.evaluate(&Plan::uniform(LayerScheme::F32)).unwrap().quality else {
         panic!("a Llama is scored by tokens")

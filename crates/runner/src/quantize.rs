@@ -80,9 +80,8 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
 /// Measures every layer's sensitivity, finds the automatic plan, compares it with uniform int8 and saves it.
 fn automatic(args: &QuantizeArgs, family: Family) -> Result<Plan> {
     let target = args.target.context("--auto needs --target")?;
-    if matches!(target, Target::CosineAtLeast(_)) != (family == Family::Bert) {
-        bail!("target {target} does not fit this model: BERT takes cosine>=C, Llama ppl<=+P%");
-    }
+    // Before the measurement, which takes minutes.
+    target.check_fits(family == Family::Bert)?;
     let probe = args.calibration.probe(&args.model.model)?;
     let candidates: Vec<Candidate> =
         candidate_schemes(&args.candidates, probe.is_bert())?.into_iter().map(Candidate::from).collect();

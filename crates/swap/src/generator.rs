@@ -1,10 +1,14 @@
 //! Text generation with a Llama model: the model and its tokenizer from one source (a GGUF file, or a folder in
 //! Hugging Face layout, float or pre-quantized), the model's chat template, sampling, and streamed text.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use qlayers::LayerScheme;
 use tokenizers::Tokenizer;
 
 use crate::gguf_tokenizer::tokenizer_from_gguf;
@@ -72,7 +76,23 @@ impl Generator {
     /// `config.json`, `model.safetensors` and `tokenizer.json`. A float model is quantized per `plan` (the
     /// [`Plan::llama_preset`] `int8` when `None`); a pre-quantized checkpoint runs as saved.
     pub fn open(path: &Path, plan: Option<Plan>) -> Result<Self> {
+        Ok(Self::open_with(path, plan, false)?.0)
+    }
+
+    /// Reads a float model (a GGUF file or a float HF folder) in f32 with every tensor kept in memory, so that
+    /// [`QuantLoader::from_tensors`] can rebuild it under other plans without reading or dequantizing the file
+    /// again. A quantized checkpoint is an error.
+    pub fn open_in_memory(path: &Path) -> Result<(Self, Arc<HashMap<String, Tensor>>)> {
+        let (generator, loader) = Self::open_with(path, Some(Plan::llama(LayerScheme::F32)), true)?;
+        let tensors =
+            loader.take_float_tensors().with_context(|| format!("{} is not a float model", path.display()))?;
+        Ok((generator, tensors))
+    }
+
+    /// [`Generator::open`], returning the loader too; with `record`, the loader keeps every tensor it read.
+    fn open_with(path: &Path, plan: Option<Plan>, record: bool) -> Result<(Self, QuantLoader)> {
         let default_plan = || Plan::llama_preset("int8").expect("a known preset");
+        let record = |loader: QuantLoader| if record { loader.recording() } else { loader };
         if path.is_file() {
             let weights = GgufWeights::open(path)?;
             let metadata = weights.metadata();
@@ -80,20 +100,22 @@ impl Generator {
             let chat_template = metadata_str(metadata, "tokenizer.chat_template").ok().map(str::to_string);
             let add_bos = metadata.get("tokenizer.ggml.add_bos_token").is_some_and(|v| v.to_bool().unwrap_or(false));
             let config = LlamaConfig::of_gguf(&weights)?;
-            let loader = QuantLoader::from_gguf(weights, plan.unwrap_or_else(default_plan));
+            let loader = record(QuantLoader::from_gguf(weights, plan.unwrap_or_else(default_plan)));
             let model = LlamaModel::load(config, &loader)?;
-            return Ok(Self { model, tokenizer, chat_template, add_bos, layers: loader.report() });
+            let generator = Self { model, tokenizer, chat_template, add_bos, layers: loader.report() };
+            return Ok((generator, loader));
         }
         let config_text = std::fs::read_to_string(path.join("config.json"))
             .with_context(|| format!("{} is neither a GGUF file nor a folder with config.json", path.display()))?;
         let config_json: serde_json::Value = serde_json::from_str(&config_text).context("config.json is not JSON")?;
         let config = LlamaConfig::from_hf_json(&config_text)?;
-        let loader = config.tie_head(QuantLoader::open_folder(path, &config_json, plan, default_plan)?);
+        let loader = record(config.tie_head(QuantLoader::open_folder(path, &config_json, plan, default_plan)?));
         let model = LlamaModel::load(config, &loader).context("the weights do not match config.json")?;
         let tokenizer = Tokenizer::from_file(path.join("tokenizer.json"))
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.join("tokenizer.json").display()))?;
         let chat_template = read_chat_template(path)?;
-        Ok(Self { model, tokenizer, chat_template, add_bos: false, layers: loader.report() })
+        let generator = Self { model, tokenizer, chat_template, add_bos: false, layers: loader.report() };
+        Ok((generator, loader))
     }
 
     /// The model.

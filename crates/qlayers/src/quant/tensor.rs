@@ -403,20 +403,18 @@ fn absmax(values: &[f32], layout: &ParamLayout) -> Vec<f32> {
 /// NF4: per block, `scale = absmax`, code = nearest level of `x / absmax`.
 fn encode_nf4(values: &[f32], shape: &[usize], layout: &ParamLayout, scheme: Scheme) -> QTensor {
     let scales: Vec<f32> = absmax(values, layout).into_iter().map(|a| a.max(MIN_SCALE)).collect();
+    let packed = scaled_codes(values, layout, &scales, nearest_level);
+    QTensor { shape: shape.to_vec(), scheme, scales, zero_points: Vec::new(), mins: Vec::new(), levels: None, packed }
+}
+
+/// The 4-bit codes of `values`, packed: each value divided by its group's scale, then coded by `code`.
+fn scaled_codes(values: &[f32], layout: &ParamLayout, scales: &[f32], code: impl Fn(f32) -> u8) -> Vec<u8> {
     let mut raw = Vec::with_capacity(values.len());
     layout.for_each_run(values, |c, run| {
         let inv = 1.0 / scales[c];
-        raw.extend(run.iter().map(|&x| nearest_level(x * inv)));
+        raw.extend(run.iter().map(|&x| code(x * inv)));
     });
-    QTensor {
-        shape: shape.to_vec(),
-        scheme,
-        scales,
-        zero_points: Vec::new(),
-        mins: Vec::new(),
-        levels: None,
-        packed: pack_unchecked(&raw, Bits::B4),
-    }
+    pack_unchecked(&raw, Bits::B4)
 }
 
 /// Codebook: the tensor's levels (NF4's, or k-means on every `x / absmax` of its group), then per group
@@ -441,20 +439,9 @@ fn encode_codebook(
         }
     };
     let scales: Vec<f32> = absmax.iter().map(|a| (a / 127.0).max(MIN_SCALE)).collect();
-    let mut raw = Vec::with_capacity(values.len());
-    layout.for_each_run(values, |c, run| {
-        let inv = 1.0 / scales[c];
-        raw.extend(run.iter().map(|&x| nearest_code(&levels, x * inv)));
-    });
-    QTensor {
-        shape: shape.to_vec(),
-        scheme,
-        scales,
-        zero_points: Vec::new(),
-        mins: Vec::new(),
-        levels: Some(levels),
-        packed: pack_unchecked(&raw, Bits::B4),
-    }
+    let packed = scaled_codes(values, layout, &scales, |x| nearest_code(&levels, x));
+    let levels = Some(levels);
+    QTensor { shape: shape.to_vec(), scheme, scales, zero_points: Vec::new(), mins: Vec::new(), levels, packed }
 }
 
 /// Min-max: per group, `min` and `scale = (max - min) / qmax`, code `round_half_even((x - min) / scale)`.

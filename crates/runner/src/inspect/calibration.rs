@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use swap::analysis::Probe;
-use swap::{Generator, Plan};
 
 use crate::model_args::{apply_threads, resolve, Family, DEFAULT_MODEL};
 
@@ -91,16 +90,7 @@ impl CalibrationData {
                 }
                 Probe::bert(&path, &lines)
             }
-            Family::Llama => {
-                if self.max_tokens < 2 {
-                    bail!("--max-tokens must be at least 2");
-                }
-                let tokenizer = Generator::open(&path, Some(Plan::uniform(qlayers::LayerScheme::F32)))?;
-                let mut ids = tokenizer.encode(&text)?;
-                ids.truncate(self.max_tokens.min(tokenizer.model().config().context_length));
-                drop(tokenizer);
-                Probe::llama(&path, ids)
-            }
+            Family::Llama => Probe::llama(&path, &text, self.max_tokens),
         }
     }
 

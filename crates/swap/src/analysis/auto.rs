@@ -36,6 +36,14 @@ impl Target {
         }
     }
 
+    /// Checks that the target fits the model family: a cosine for BERT, a perplexity for a Llama.
+    pub fn check_fits(&self, bert: bool) -> Result<()> {
+        if matches!(self, Self::CosineAtLeast(_)) != bert {
+            bail!("target {self} does not fit this model: BERT takes cosine>=C, Llama ppl<=+P%");
+        }
+        Ok(())
+    }
+
     /// Whether `quality` meets the target, `float` being the float model's.
     pub fn met(&self, quality: &Quality, float: &Quality) -> bool {
         match (*self, quality, float) {
@@ -109,9 +117,7 @@ const MAX_ROUNDS: usize = 10;
 /// The cheapest plan over the measured candidates of `table` that meets `target` on `probe`.
 pub fn auto_plan(probe: &Probe, table: &[LayerSensitivity], target: Target) -> Result<AutoPlan> {
     let float = probe.float().quality;
-    if matches!(target, Target::CosineAtLeast(_)) != probe.is_bert() {
-        bail!("target {target} does not fit this model: BERT takes cosine>=C, Llama ppl<=+P%");
-    }
+    target.check_fits(probe.is_bert())?;
     if let Some(missing) = probe.layers().iter().find(|l| !table.iter().any(|t| t.layer.name == l.name)) {
         bail!("the sensitivity table has no row for layer {}: measure every layer", missing.name);
     }

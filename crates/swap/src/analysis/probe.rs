@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::embedder::Embedder;
 use crate::eval::Agreement;
+use crate::generator::Generator;
 use crate::loader::{expand_braces, QuantLoader};
 use crate::models::llama::{log_softmax, LlamaModel};
 use crate::plan::{Plan, Rule};
@@ -116,13 +117,16 @@ impl Probe {
         Ok(Self { model, tensors, layers, float, input_ranges })
     }
 
-    /// A Llama (GGUF file or float HF folder) scored by perplexity and next-token divergence over `ids` (at least
-    /// two tokens, at most the context length).
-    pub fn llama(path: &Path, ids: Vec<u32>) -> Result<Self> {
+    /// A Llama (GGUF file or float HF folder) scored by perplexity and next-token divergence over the first
+    /// `max_tokens` tokens of `text` (at least two; at most the context length are used).
+    pub fn llama(path: &Path, text: &str, max_tokens: usize) -> Result<Self> {
+        let (generator, tensors) = Generator::open_in_memory(path)?;
+        let mut ids = generator.encode(text)?;
+        ids.truncate(max_tokens.min(generator.model().config().context_length));
         if ids.len() < 2 {
             bail!("calibration needs at least 2 tokens, got {}", ids.len());
         }
-        let (model, tensors) = LlamaModel::open_in_memory(path)?;
+        let model = generator.into_model();
         let vocab = model.config().vocab_size;
         let mut reference = model.forward_all(&ids[..ids.len() - 1], &mut model.new_cache())?;
         reference.chunks_exact_mut(vocab).for_each(log_softmax);

@@ -6,11 +6,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file::Value;
-use candle_core::Tensor;
 use qlayers::QLinear;
 use serde::Deserialize;
 
@@ -418,29 +416,6 @@ impl LlamaModel {
             blocks,
             lm_head,
         })
-    }
-
-    /// Reads a float model (a GGUF file or a float HF folder) in f32 with every tensor kept in memory, so that
-    /// [`QuantLoader::from_tensors`] can rebuild it under other plans without reading or dequantizing the file again.
-    pub fn open_in_memory(path: &Path) -> Result<(Self, Arc<HashMap<String, Tensor>>)> {
-        let fp32 = Plan::llama(qlayers::LayerScheme::F32);
-        let (config, loader) = if path.is_file() {
-            let weights = GgufWeights::open(path)?;
-            let config = LlamaConfig::of_gguf(&weights)?;
-            (config, QuantLoader::from_gguf(weights, fp32))
-        } else {
-            let config_text = std::fs::read_to_string(path.join("config.json"))
-                .with_context(|| format!("{} is neither a GGUF file nor a folder with config.json", path.display()))?;
-            let json: serde_json::Value = serde_json::from_str(&config_text).context("config.json is not JSON")?;
-            let config = LlamaConfig::from_hf_json(&config_text)?;
-            let loader = config.tie_head(QuantLoader::open_folder(path, &json, Some(fp32.clone()), || fp32.clone())?);
-            (config, loader)
-        };
-        let loader = loader.recording();
-        let model = Self::load(config, &loader)?;
-        let tensors =
-            loader.take_float_tensors().with_context(|| format!("{} is not a float model", path.display()))?;
-        Ok((model, tensors))
     }
 
     /// The model's configuration.
