@@ -353,6 +353,33 @@ fn zero_rows_and_bad_input() {
 }
 
 #[test]
+fn every_level_finds_non_finite_input_in_whole_and_partial_vectors() {
+    let mut rng = StdRng::seed_from_u64(11);
+    // K = 37: blocks of 16 end in a 5-value block; one block of 37 ends in a partial vector at every level.
+    for block in [16, 37] {
+        let case = Case::random(&mut rng, 5, 37, Bits::B8, block, false);
+        for isa in Isa::supported() {
+            let w = PackedWeights::new(isa, &case.codes()).unwrap();
+            for (at, bad) in [(3, f32::NAN), (36, f32::NAN), (37 + 20, f32::INFINITY), (2 * 37 - 1, f32::NEG_INFINITY)]
+            {
+                let mut x = random_input(&mut rng, 2, 37);
+                x[at] = bad;
+                let err = w.matmul(&x, 2, None).unwrap_err().to_string();
+                assert!(err.contains(&format!("at flat index {at}")), "{isa} block={block}: {err}");
+            }
+            // All-zero rows and blocks are no error: their codes and scales are 0, and a zero row gives the bias.
+            let mut x = random_input(&mut rng, 2, 37);
+            x[16..32].fill(0.0);
+            x[37..].fill(0.0);
+            let y = w.matmul(&x, 2, case.bias.as_deref()).unwrap();
+            let bias = case.bias.clone().unwrap_or(vec![0.0; 5]);
+            assert_eq!(y[5..], bias[..], "{isa}");
+            assert_bit_identical(&y, &case.expected(&x, 2), &format!("{isa} zero blocks, block={block}"));
+        }
+    }
+}
+
+#[test]
 fn thread_count_does_not_change_results() {
     let mut rng = StdRng::seed_from_u64(5);
     let (m, k, n) = (50, 200, 130);

@@ -83,7 +83,7 @@ macro_rules! level {
                 scales: &mut [f32],
                 sums: &mut [i32],
             ) -> Result<()> {
-                quantize_rows(x, blocks, first_row, codes, scales, sums)
+                quantize_rows::<$simd>(x, blocks, first_row, codes, scales, sums)
             }
 
             /// How this level wants weights packed.

@@ -216,10 +216,20 @@ unsafe fn dot_block<
     // dot-product ports' critical path.
     match BITS {
         8 => {
-            for l in (0..steps).step_by(4) {
-                for u in l..l + 4 {
-                    step::<S, ROWS, NV, true>(&rows, 4 * u, &load(u), acc);
+            // Row and weight pointers advance once per four steps, and each access inside is at a constant offset
+            // from them: no address arithmetic per step.
+            let mut rows = rows.map(opaque);
+            let mut w = w;
+            for _ in (0..steps).step_by(4) {
+                if PREFETCH {
+                    prefetch(w.wrapping_add(PREFETCH_LOADS * load_bytes), 4 * load_bytes);
                 }
+                for u in 0..4 {
+                    let weights = std::array::from_fn(|v| S::load_bytes(w.add(u * load_bytes + v * S::LANES * 4)));
+                    step::<S, ROWS, NV, true>(&rows, 4 * u, &weights, acc);
+                }
+                rows = rows.map(|r| r.add(16));
+                w = w.add(4 * load_bytes);
             }
         }
         4 => {
@@ -262,6 +272,29 @@ pub(crate) fn prefetch(p: *const u8, bytes: usize) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (p, bytes);
+}
+
+/// `p`, hidden from the optimizer: row pointers computed as `base + m * stride` are otherwise folded back into that
+/// sum and re-derived at every step (an add per row and step), instead of living in their own registers.
+#[inline(always)]
+fn opaque<T>(p: *const T) -> *const T {
+    p.with_addr(opaque_addr(p.addr()))
+}
+
+/// `addr`, through an empty assembly block that claims to change it.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline(always)]
+fn opaque_addr(mut addr: usize) -> usize {
+    // SAFETY: the block is empty; it reads and writes nothing.
+    unsafe { std::arch::asm!("/* {0} */", inout(reg) addr, options(pure, nomem, nostack, preserves_flags)) };
+    addr
+}
+
+/// `addr`, through [`std::hint::black_box`] where inline assembly is not available.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[inline(always)]
+fn opaque_addr(addr: usize) -> usize {
+    std::hint::black_box(addr)
 }
 
 /// One step of 4 K values: row `m`'s 4 activation bytes are at `rows[m] + offset`.

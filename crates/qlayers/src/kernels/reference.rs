@@ -96,6 +96,30 @@ impl Int8Simd for Reference {
     unsafe fn fma_f(a: Self::F, b: Self::F, c: Self::F) -> Self::F {
         std::array::from_fn(|i| a[i].mul_add(b[i], c[i]))
     }
+    #[inline(always)]
+    unsafe fn abs_bits_max(acc: Self::I, p: *const f32) -> Self::I {
+        let x = std::ptr::read_unaligned(p as *const [f32; LANES]);
+        std::array::from_fn(|i| (acc[i] as u32).max(x[i].to_bits() & 0x7fff_ffff) as i32)
+    }
+    #[inline(always)]
+    unsafe fn max_lane(v: Self::I) -> u32 {
+        v.into_iter().fold(0, |m, lane| m.max(lane as u32))
+    }
+    #[inline(always)]
+    unsafe fn quantize_store(p: *const f32, inv: Self::F, out: *mut i8, sums: Self::I) -> Self::I {
+        let x = std::ptr::read_unaligned(p as *const [f32; LANES]);
+        // Adding 1.5 * 2^23 to a float below 2^22 in magnitude leaves the integer nearest to it (ties to even) in
+        // the low mantissa bits: vectorizes everywhere, unlike `round_ties_even` without SSE4.1.
+        const ROUNDER: f32 = 12_582_912.0;
+        let codes: [i32; LANES] =
+            std::array::from_fn(|i| (x[i] * inv[i] + ROUNDER).to_bits() as i32 - ROUNDER.to_bits() as i32);
+        std::ptr::write_unaligned(out as *mut [i8; LANES], codes.map(|c| c as i8));
+        std::array::from_fn(|i| sums[i].wrapping_add(codes[i]))
+    }
+    #[inline(always)]
+    unsafe fn sum_lanes(v: Self::I) -> i32 {
+        v.into_iter().fold(0, i32::wrapping_add)
+    }
 }
 
 /// The bytes of a vector, in memory order.

@@ -61,4 +61,16 @@ pub(crate) trait Int8Simd {
     unsafe fn mul_f(a: Self::F, b: Self::F) -> Self::F;
     /// Lane-wise `a * b + c`, rounded once.
     unsafe fn fma_f(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+
+    /// Lane-wise `max(acc, bits of |x|)` over the `LANES` floats at `p`, comparing bit patterns as unsigned
+    /// integers: for non-negative floats that order is the numeric one, and NaN and the infinities sort above every
+    /// finite value, so the maximum also finds them.
+    unsafe fn abs_bits_max(acc: Self::I, p: *const f32) -> Self::I;
+    /// The largest lane of `v`, as an unsigned integer.
+    unsafe fn max_lane(v: Self::I) -> u32;
+    /// Quantizes the `LANES` floats at `p`: codes `round_half_even(x * inv)`, which the caller keeps within
+    /// `[-127, 127]`, stored as `LANES` bytes at `out`; returns `sums` plus the codes.
+    unsafe fn quantize_store(p: *const f32, inv: Self::F, out: *mut i8, sums: Self::I) -> Self::I;
+    /// The sum of the lanes of `v` (wrapping).
+    unsafe fn sum_lanes(v: Self::I) -> i32;
 }

@@ -96,4 +96,34 @@ impl Int8Simd for Avx2 {
     unsafe fn fma_f(a: Self::F, b: Self::F, c: Self::F) -> Self::F {
         _mm256_fmadd_ps(a, b, c)
     }
+    #[inline(always)]
+    unsafe fn abs_bits_max(acc: Self::I, p: *const f32) -> Self::I {
+        _mm256_max_epu32(acc, _mm256_and_si256(_mm256_loadu_si256(p as *const __m256i), _mm256_set1_epi32(0x7fff_ffff)))
+    }
+    #[inline(always)]
+    unsafe fn max_lane(v: Self::I) -> u32 {
+        let m = _mm_max_epu32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let m = _mm_max_epu32(m, _mm_shuffle_epi32::<0b01_00_11_10>(m));
+        let m = _mm_max_epu32(m, _mm_shuffle_epi32::<0b10_11_00_01>(m));
+        _mm_cvtsi128_si32(m) as u32
+    }
+    #[inline(always)]
+    unsafe fn quantize_store(p: *const f32, inv: Self::F, out: *mut i8, sums: Self::I) -> Self::I {
+        // The conversion rounds to nearest even (the default rounding mode, which Rust never changes).
+        let codes = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p), inv));
+        // Codes fit a byte, so the saturating packs are exact: each 128-bit lane ends up with its four codes in
+        // its low four bytes.
+        let words = _mm256_packs_epi32(codes, codes);
+        let bytes = _mm256_packs_epi16(words, words);
+        let low = _mm_unpacklo_epi32(_mm256_castsi256_si128(bytes), _mm256_extracti128_si256::<1>(bytes));
+        _mm_storel_epi64(out as *mut __m128i, low);
+        _mm256_add_epi32(sums, codes)
+    }
+    #[inline(always)]
+    unsafe fn sum_lanes(v: Self::I) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        _mm_cvtsi128_si32(s)
+    }
 }

@@ -99,4 +99,23 @@ impl Int8Simd for Avx512Vnni {
     unsafe fn fma_f(a: Self::F, b: Self::F, c: Self::F) -> Self::F {
         _mm512_fmadd_ps(a, b, c)
     }
+    #[inline(always)]
+    unsafe fn abs_bits_max(acc: Self::I, p: *const f32) -> Self::I {
+        _mm512_max_epu32(acc, _mm512_and_si512(_mm512_loadu_si512(p as *const __m512i), _mm512_set1_epi32(0x7fff_ffff)))
+    }
+    #[inline(always)]
+    unsafe fn max_lane(v: Self::I) -> u32 {
+        _mm512_reduce_max_epu32(v)
+    }
+    #[inline(always)]
+    unsafe fn quantize_store(p: *const f32, inv: Self::F, out: *mut i8, sums: Self::I) -> Self::I {
+        // The conversion rounds to nearest even (the default rounding mode, which Rust never changes).
+        let codes = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(p), inv));
+        _mm_storeu_si128(out as *mut __m128i, _mm512_cvtepi32_epi8(codes));
+        _mm512_add_epi32(sums, codes)
+    }
+    #[inline(always)]
+    unsafe fn sum_lanes(v: Self::I) -> i32 {
+        _mm512_reduce_add_epi32(v)
+    }
 }
