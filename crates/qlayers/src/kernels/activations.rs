@@ -1,19 +1,31 @@
 //! Dynamic int8 quantization of activations: one symmetric scale per row and K block, codes in `[-127, 127]`,
-//! stored row-major with each row padded like the weights' K blocks.
+//! stored row-major with each row padded like the weights' K blocks; the parameters of each block are stored
+//! block-major, so that a tile finds those of its rows side by side.
 
 use super::blocks::{KBlocks, K_ALIGN};
 use super::simd::Int8Simd;
 use crate::error::{QuantError, Result};
+
+/// What the micro-kernel needs of one row's block besides its codes.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub(crate) struct BlockParams {
+    /// The scale; 0 for an all-zero block.
+    pub scale: f32,
+    /// The sum of the codes.
+    pub sum: i32,
+    /// `-zero_offset * sum` for the weights' zero offset when all columns share one (0 otherwise): the exact
+    /// integer correction a tile starts its dot products from.
+    pub correction: i32,
+}
 
 /// Activations of an `[m, k]` matrix quantized per row and block.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct QuantizedActivations {
     /// Codes, `m * padded_k` bytes, row-major; each row's padding is 0.
     pub codes: Vec<i8>,
-    /// Scale of each row and block, `[m][blocks]`; 0 for an all-zero block.
-    pub scales: Vec<f32>,
-    /// Sum of the codes of each row and block, `[m][blocks]`.
-    pub sums: Vec<i32>,
+    /// Parameters of each block and row, `[block][m]`.
+    pub params: Vec<BlockParams>,
 }
 
 impl QuantizedActivations {
@@ -21,35 +33,41 @@ impl QuantizedActivations {
     /// fresh pages each time. Contents are left as they are; the quantizer writes every byte of every row.
     pub fn resize(&mut self, m: usize, blocks: &KBlocks) {
         self.codes.resize(m * blocks.padded_k, 0);
-        self.scales.resize(m * blocks.count, 0.0);
-        self.sums.resize(m * blocks.count, 0);
+        self.params.resize(m * blocks.count, BlockParams::default());
     }
+}
+
+/// Where the quantizer writes the rows it is given.
+pub(crate) struct RowsOut<'a> {
+    /// Codes of the rows, `rows * padded_k` bytes.
+    pub codes: &'a mut [i8],
+    /// The first row's parameters of block 0; those of row `r` and block `g` are `g * stride + r` after it.
+    pub params: *mut BlockParams,
+    /// Rows of the whole parameter buffer.
+    pub stride: usize,
+    /// The weights' zero offset shared by every column, for [`BlockParams::correction`] (0 if none is shared).
+    pub zero_offset: i32,
 }
 
 /// How far ahead of the block being quantized its input is prefetched, in values.
 const PREFETCH_AHEAD: usize = 1024;
 
-/// Quantizes rows `x` (each `blocks.k` long) into `codes` (rows of `blocks.padded_k`), `scales` and `sums`, with
-/// the vector primitives of `S`. `scale = max|x| / 127`, `q = round_half_even(x * 127 / max|x|)`. Errors on NaN or
-/// infinite input; `first_row` numbers the rows in the error.
+/// Quantizes rows `x` (each `blocks.k` long) into `out`, with the vector primitives of `S`.
+/// `scale = max|x| / 127`, `q = round_half_even(x * 127 / max|x|)`. Errors on NaN or infinite input; `first_row`
+/// numbers the rows in the error.
 ///
 /// # Safety
-/// The caller runs with `S`'s instruction set available.
+/// The caller runs with `S`'s instruction set available, and `out.params` is valid for the rows' parameters.
 #[inline(always)]
 pub(crate) unsafe fn quantize_rows<S: Int8Simd>(
     x: &[f32],
     blocks: &KBlocks,
     first_row: usize,
-    codes: &mut [i8],
-    scales: &mut [f32],
-    sums: &mut [i32],
+    out: RowsOut<'_>,
 ) -> Result<()> {
-    let rows = x
-        .chunks_exact(blocks.k)
-        .zip(codes.chunks_exact_mut(blocks.padded_k))
-        .zip(scales.chunks_exact_mut(blocks.count).zip(sums.chunks_exact_mut(blocks.count)));
-    for (r, ((row, row_codes), (row_scales, row_sums))) in rows.enumerate() {
-        quantize_row::<S>(row, blocks, row_codes, row_scales, row_sums).map_err(|at| QuantError::NonFinite {
+    for (r, (row, row_codes)) in x.chunks_exact(blocks.k).zip(out.codes.chunks_exact_mut(blocks.padded_k)).enumerate() {
+        let params = |g: usize| out.params.add(g * out.stride + r);
+        quantize_row::<S>(row, blocks, row_codes, params, out.zero_offset).map_err(|at| QuantError::NonFinite {
             what: "layer input",
             index: (first_row + r) * blocks.k + at,
             value: row[at],
@@ -64,35 +82,39 @@ unsafe fn quantize_row<S: Int8Simd>(
     row: &[f32],
     blocks: &KBlocks,
     codes: &mut [i8],
-    scales: &mut [f32],
-    sums: &mut [i32],
+    params: impl Fn(usize) -> *mut BlockParams,
+    zero_offset: i32,
 ) -> std::result::Result<(), usize> {
     debug_assert!(S::LANES <= K_ALIGN && codes.len() == blocks.padded_k);
-    for g in 0..blocks.count {
-        let (start, len) = (blocks.offset(g), blocks.len(g));
+    let non_finite =
+        |start: usize, len: usize| start + row[start..start + len].iter().position(|v| !v.is_finite()).unwrap_or(0);
+    let store = |g: usize, (scale, sum): (f32, i32)| {
+        *params(g) = BlockParams { scale, sum, correction: zero_offset.wrapping_mul(sum).wrapping_neg() };
+    };
+    // Every block but the last is `block` long, a multiple of 16 values when there are several: whole vectors.
+    let last = blocks.count - 1;
+    for g in 0..last {
+        let start = g * blocks.block;
         // The input streams from memory once; asking for it a few blocks ahead keeps more lines in flight.
-        super::microkernel::prefetch(row.as_ptr().wrapping_add(start + PREFETCH_AHEAD).cast(), len * 4);
-        // Whole vectors straight from the row; a last partial one from a zero-padded copy (its padding quantizes
-        // to code 0).
-        let (whole, rest) = (len / S::LANES, len % S::LANES);
-        let tail = (rest > 0).then(|| {
-            let mut tail = [0f32; K_ALIGN];
-            tail[..rest].copy_from_slice(&row[start + len - rest..start + len]);
-            tail
-        });
-        let out = &mut codes[start..start + blocks.padded_len(g)];
-        let Some((scale, sum)) = quantize_block::<S>(row.as_ptr().add(start), whole, tail.as_ref(), out.as_mut_ptr())
-        else {
-            let values = &row[start..start + len];
-            return Err(start + values.iter().position(|v| !v.is_finite()).unwrap_or(0));
-        };
-        let written = (whole + usize::from(rest > 0)) * S::LANES;
-        if written < out.len() {
-            out[written..].fill(0);
-        }
-        scales[g] = scale;
-        sums[g] = sum;
+        super::microkernel::prefetch(row.as_ptr().wrapping_add(start + PREFETCH_AHEAD).cast(), blocks.block * 4);
+        let out = codes.as_mut_ptr().add(start);
+        let quantized = quantize_block::<S>(row.as_ptr().add(start), blocks.block / S::LANES, None, out);
+        store(g, quantized.ok_or_else(|| non_finite(start, blocks.block))?);
     }
+    // The last block: whole vectors straight from the row, then a partial one from a zero-padded copy (its padding
+    // quantizes to code 0), then zeros up to the stored length.
+    let (start, len) = (blocks.offset(last), blocks.len(last));
+    super::microkernel::prefetch(row.as_ptr().wrapping_add(start + PREFETCH_AHEAD).cast(), len * 4);
+    let (whole, rest) = (len / S::LANES, len % S::LANES);
+    let tail = (rest > 0).then(|| {
+        let mut tail = [0f32; K_ALIGN];
+        tail[..rest].copy_from_slice(&row[start + len - rest..start + len]);
+        tail
+    });
+    let out = &mut codes[start..start + blocks.padded_len(last)];
+    let quantized = quantize_block::<S>(row.as_ptr().add(start), whole, tail.as_ref(), out.as_mut_ptr());
+    store(last, quantized.ok_or_else(|| non_finite(start, len))?);
+    out[(whole + usize::from(rest > 0)) * S::LANES..].fill(0);
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! Per block it accumulates exact i32 dot products, then folds them into f32 accumulators with fused multiply-adds
 //! in a fixed order; every instruction set rounds those the same way, so all give bit-identical results.
 
+use super::activations::BlockParams;
 use super::simd::Int8Simd;
 
 /// Everything one tile needs; pointers are valid for the tile's rows, panel and columns.
@@ -11,10 +12,11 @@ pub(crate) struct Tile {
     pub a: *const i8,
     /// Bytes from one activation row to the next.
     pub a_row_stride: usize,
-    /// Activation scales of the first row, `[row][block]`.
-    pub a_scales: *const f32,
-    /// Activation code sums of the first row, `[row][block]`.
-    pub a_sums: *const i32,
+    /// Activation block parameters of the first row and block 0; row `m`'s of block `g` are
+    /// `g * a_params_stride + m` after it.
+    pub a_params: *const BlockParams,
+    /// Rows of the activation parameter buffer.
+    pub a_params_stride: usize,
     /// The panel's codes.
     pub w: *const u8,
     /// The panel's scales, `[param block][nr]`.
@@ -43,6 +45,11 @@ pub(crate) struct Tile {
     /// Whether the tile is the first to read its panel's chunk, which then streams from memory and is worth asking
     /// for ahead; the tiles after it find the chunk in cache.
     pub streams_weights: bool,
+    /// Memory to bring into L2 while the tile computes (the next row chunk's input), one cache line per four
+    /// steps, up to `fetch_end`; empty when equal.
+    pub fetch: *const u8,
+    /// End of `fetch`.
+    pub fetch_end: *const u8,
 }
 
 /// What every tile of one matmul shares: block geometry, the form of the weight parameters and the lookup table.
@@ -86,37 +93,42 @@ pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const
         Some(table) => table,
         None => S::zero_i(),
     };
+    let mut fetch = Fetch { next: t.fetch, end: t.fetch_end };
     let mut accf = [[S::zero_f(); NV]; ROWS];
     if t.blocks.start > 0 {
         for (m, row) in accf.iter_mut().enumerate() {
             *row = std::array::from_fn(|v| S::load_f(t.partial.add(m * nr + v * S::LANES)));
         }
     }
+    // Blocks lie end to end in both operands, so one cursor walks them all.
+    let start = t.blocks.start * geo.block;
+    let mut cursor = Cursor::<ROWS> {
+        rows: std::array::from_fn(|m| opaque(t.a.add(start + m * t.a_row_stride))),
+        w: t.w.add(start * nr * BITS / 8),
+    };
     for g in t.blocks.clone() {
         let padded = if g + 1 == geo.count { geo.last_padded } else { geo.block };
-        let start = g * geo.block;
         let params = if geo.per_block { g * nr } else { 0 };
+        let x_params = t.a_params.add(g * t.a_params_stride);
         // The integer sums start at the zero-point correction `-zero_offset * sum(x)`, so that after the dot
-        // products they hold the exact `sum (u - z) * q` with no subtraction per accumulator.
+        // products they hold the exact `sum (u - z) * q` with no subtraction per accumulator. A shared zero
+        // offset's correction was computed with the codes.
         let mut acc: [[S::I; NV]; ROWS] = match geo.uniform_zero_offset {
-            Some(z) => std::array::from_fn(|m| {
-                let x_sum = *t.a_sums.add(m * geo.count + g);
-                [S::splat_i(z.wrapping_mul(x_sum).wrapping_neg()); NV]
-            }),
+            Some(_) => std::array::from_fn(|m| [S::splat_i((*x_params.add(m)).correction); NV]),
             None => {
                 let zero_offsets: [S::I; NV] =
                     std::array::from_fn(|v| S::load_i16(t.w_zero_offsets.add(params + v * S::LANES)));
                 std::array::from_fn(|m| {
-                    let x_sum = S::splat_i(*t.a_sums.add(m * geo.count + g));
+                    let x_sum = S::splat_i((*x_params.add(m)).sum);
                     std::array::from_fn(|v| S::sub_mul_i(S::zero_i(), zero_offsets[v], x_sum))
                 })
             }
         };
-        let a = t.a.add(start);
-        let w = t.w.add(start * nr * BITS / 8);
         match t.streams_weights {
-            true => dot_block::<S, ROWS, NV, BITS, LOOKUP, true>(a, t.a_row_stride, w, table, padded / 4, &mut acc),
-            false => dot_block::<S, ROWS, NV, BITS, LOOKUP, false>(a, t.a_row_stride, w, table, padded / 4, &mut acc),
+            true => dot_block::<S, ROWS, NV, BITS, LOOKUP, true>(&mut cursor, table, padded / 4, &mut acc, &mut fetch),
+            false => {
+                dot_block::<S, ROWS, NV, BITS, LOOKUP, false>(&mut cursor, table, padded / 4, &mut acc, &mut fetch)
+            }
         }
 
         let w_scales: [S::F; NV] = match (geo.per_block, geo.half) {
@@ -125,7 +137,7 @@ pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const
             (false, _) => [S::zero_f(); NV],
         };
         for m in 0..ROWS {
-            let x_scale = S::splat_f(*t.a_scales.add(m * geo.count + g));
+            let x_scale = S::splat_f((*x_params.add(m)).scale);
             for v in 0..NV {
                 let scale = if geo.per_block { S::mul_f(x_scale, w_scales[v]) } else { x_scale };
                 accf[m][v] = S::fma_f(S::to_f(acc[m][v]), scale, accf[m][v]);
@@ -137,7 +149,8 @@ pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const
                 false => std::array::from_fn(|v| S::load_f(t.w_mins.add(params + v * S::LANES))),
             };
             for (m, row) in accf.iter_mut().enumerate() {
-                let x_total = *t.a_scales.add(m * geo.count + g) * *t.a_sums.add(m * geo.count + g) as f32;
+                let BlockParams { scale, sum, .. } = *x_params.add(m);
+                let x_total = scale * sum as f32;
                 for (acc, &min) in row.iter_mut().zip(&mins) {
                     *acc = S::fma_f(S::splat_f(x_total), min, *acc);
                 }
@@ -185,8 +198,14 @@ unsafe fn store_tile<S: Int8Simd, const ROWS: usize, const NV: usize>(
     }
 }
 
-/// Accumulates `steps` steps of 4 K values (a multiple of 4): `acc[m][v] += dot(row m, panel vector v)`, with
-/// activation rows `a_row_stride` bytes apart; with `LOOKUP`, 4-bit codes are first looked up in `table`; with
+/// Where a tile's dot products are: each activation row's next byte and the panel's next code byte.
+struct Cursor<const ROWS: usize> {
+    rows: [*const i8; ROWS],
+    w: *const u8,
+}
+
+/// Accumulates `steps` steps of 4 K values (a multiple of 4) from `at`, and moves it past them:
+/// `acc[m][v] += dot(row m, panel vector v)`; with `LOOKUP`, 4-bit codes are first looked up in `table`; with
 /// `PREFETCH`, weights are asked for ahead of their use.
 #[inline(always)]
 unsafe fn dot_block<
@@ -197,64 +216,48 @@ unsafe fn dot_block<
     const LOOKUP: bool,
     const PREFETCH: bool,
 >(
-    a: *const i8,
-    a_row_stride: usize,
-    w: *const u8,
+    at: &mut Cursor<ROWS>,
     table: S::I,
     steps: usize,
     acc: &mut [[S::I; NV]; ROWS],
+    fetch: &mut Fetch,
 ) {
-    let rows: [*const i8; ROWS] = std::array::from_fn(|m| a.add(m * a_row_stride));
+    // Codes of one load: 4 K values of each of the panel's columns.
     let load_bytes = NV * S::LANES * 4;
-    let load = |l: usize| -> [S::I; NV] {
+    // One load of codes holds `8 / BITS` steps.
+    let steps_per_load = 8 / BITS;
+    // Four steps at a time (blocks are padded to 16 values), unrolled so that loop overhead stays off the
+    // dot-product ports' critical path; row and weight pointers advance once per four steps, and each access inside
+    // is at a constant offset from them.
+    for _ in (0..steps).step_by(4) {
+        fetch.one_line();
+        let (rows, w) = (&at.rows, at.w);
+        let loads = 4 / steps_per_load;
         if PREFETCH {
-            prefetch(w.wrapping_add((l + PREFETCH_LOADS) * load_bytes), load_bytes);
+            prefetch(w.wrapping_add(PREFETCH_LOADS * load_bytes), loads * load_bytes);
         }
-        std::array::from_fn(|v| S::load_bytes(w.add(l * load_bytes + v * S::LANES * 4)))
-    };
-    // Steps come in fours (blocks are padded to 16 values), unrolled so that loop overhead stays off the
-    // dot-product ports' critical path.
-    match BITS {
-        8 => {
-            // Row and weight pointers advance once per four steps, and each access inside is at a constant offset
-            // from them: no address arithmetic per step.
-            let mut rows = rows.map(opaque);
-            let mut w = w;
-            for _ in (0..steps).step_by(4) {
-                if PREFETCH {
-                    prefetch(w.wrapping_add(PREFETCH_LOADS * load_bytes), 4 * load_bytes);
+        for l in 0..loads {
+            let raw: [S::I; NV] = std::array::from_fn(|v| S::load_bytes(w.add(l * load_bytes + v * S::LANES * 4)));
+            let first = 4 * l * steps_per_load;
+            match BITS {
+                8 => step::<S, ROWS, NV, true>(rows, first, &raw, acc),
+                4 => {
+                    // Looked-up codes are 8-bit codes: they take the wide dot product.
+                    let decode = |code: S::I| if LOOKUP { S::lookup16(table, code) } else { code };
+                    step::<S, ROWS, NV, LOOKUP>(rows, first, &raw.map(|r| decode(S::bit_field::<0, 4>(r))), acc);
+                    step::<S, ROWS, NV, LOOKUP>(rows, first + 4, &raw.map(|r| decode(S::bit_field::<4, 4>(r))), acc);
                 }
-                for u in 0..4 {
-                    let weights = std::array::from_fn(|v| S::load_bytes(w.add(u * load_bytes + v * S::LANES * 4)));
-                    step::<S, ROWS, NV, true>(&rows, 4 * u, &weights, acc);
+                2 => {
+                    step::<S, ROWS, NV, false>(rows, first, &raw.map(|r| S::bit_field::<0, 2>(r)), acc);
+                    step::<S, ROWS, NV, false>(rows, first + 4, &raw.map(|r| S::bit_field::<2, 2>(r)), acc);
+                    step::<S, ROWS, NV, false>(rows, first + 8, &raw.map(|r| S::bit_field::<4, 2>(r)), acc);
+                    step::<S, ROWS, NV, false>(rows, first + 12, &raw.map(|r| S::bit_field::<6, 2>(r)), acc);
                 }
-                rows = rows.map(|r| r.add(16));
-                w = w.add(4 * load_bytes);
+                _ => unreachable!("bit widths are 2, 4 or 8"),
             }
         }
-        4 => {
-            // Looked-up codes are 8-bit codes: they take the wide dot product.
-            let decode = |code: S::I| if LOOKUP { S::lookup16(table, code) } else { code };
-            for l in (0..steps / 2).step_by(2) {
-                for u in l..l + 2 {
-                    let raw = load(u);
-                    let low = raw.map(|r| decode(S::bit_field::<0, 4>(r)));
-                    step::<S, ROWS, NV, LOOKUP>(&rows, 8 * u, &low, acc);
-                    let high = raw.map(|r| decode(S::bit_field::<4, 4>(r)));
-                    step::<S, ROWS, NV, LOOKUP>(&rows, 8 * u + 4, &high, acc);
-                }
-            }
-        }
-        2 => {
-            for l in 0..steps / 4 {
-                let raw = load(l);
-                step::<S, ROWS, NV, false>(&rows, 16 * l, &raw.map(|r| S::bit_field::<0, 2>(r)), acc);
-                step::<S, ROWS, NV, false>(&rows, 16 * l + 4, &raw.map(|r| S::bit_field::<2, 2>(r)), acc);
-                step::<S, ROWS, NV, false>(&rows, 16 * l + 8, &raw.map(|r| S::bit_field::<4, 2>(r)), acc);
-                step::<S, ROWS, NV, false>(&rows, 16 * l + 12, &raw.map(|r| S::bit_field::<6, 2>(r)), acc);
-            }
-        }
-        _ => unreachable!("bit widths are 2, 4 or 8"),
+        at.rows = at.rows.map(|r| r.add(16));
+        at.w = w.add(loads * load_bytes);
     }
 }
 
@@ -295,6 +298,28 @@ fn opaque_addr(mut addr: usize) -> usize {
 #[inline(always)]
 fn opaque_addr(addr: usize) -> usize {
     std::hint::black_box(addr)
+}
+
+/// A range of memory brought into L2 (not L1, where the tile's operands live) a cache line at a time, spread over
+/// the dot products: a burst of misses would fill the core's line fill buffers and stall them.
+pub(crate) struct Fetch {
+    next: *const u8,
+    end: *const u8,
+}
+
+impl Fetch {
+    /// Asks for the next line, if any is left.
+    #[inline(always)]
+    fn one_line(&mut self) {
+        if self.next < self.end {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch is a hint; it reads nothing architecturally and never faults.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch(self.next.cast::<i8>(), std::arch::x86_64::_MM_HINT_T1)
+            };
+            self.next = self.next.wrapping_add(64);
+        }
+    }
 }
 
 /// One step of 4 K values: row `m`'s 4 activation bytes are at `rows[m] + offset`.
