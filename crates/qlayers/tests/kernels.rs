@@ -353,6 +353,34 @@ fn zero_rows_and_bad_input() {
 }
 
 #[test]
+fn long_inputs_quantized_chunk_by_chunk_match_the_scalar_formula() {
+    // Weights of 1024 x 256 and 520 rows: large enough that the driver quantizes the input chunk by chunk inside
+    // the multiplication (32-row chunks, more than four per thread for up to four threads); the last chunk is
+    // short.
+    let (m, k, n) = (520, 1024, 256);
+    let mut rng = StdRng::seed_from_u64(21);
+    for (bits, block, per_block) in [(Bits::B8, 64, false), (Bits::B8, k, false), (Bits::B4, 32, true)] {
+        let mut case = Case::random(&mut rng, n, k, bits, block, per_block);
+        let mid = 1 << (bits.count() - 1);
+        case.zero_points.iter_mut().for_each(|z| *z = mid);
+        let mut x = random_input(&mut rng, m, k);
+        let expected = case.expected(&x, m);
+        for isa in Isa::supported() {
+            let w = PackedWeights::new(isa, &case.codes()).unwrap();
+            let y = w.matmul(&x, m, case.bias.as_deref()).unwrap();
+            assert_bit_identical(&y, &expected, &format!("{isa} bits={} block={block}", bits.count()));
+        }
+        // A bad value in the last chunk fails the whole call, whichever thread meets it.
+        x[(m - 1) * k + 5] = f32::NAN;
+        for isa in Isa::supported() {
+            let w = PackedWeights::new(isa, &case.codes()).unwrap();
+            let err = w.matmul(&x, m, None).unwrap_err().to_string();
+            assert!(err.contains(&format!("at flat index {}", (m - 1) * k + 5)), "{isa}: {err}");
+        }
+    }
+}
+
+#[test]
 fn every_level_finds_non_finite_input_in_whole_and_partial_vectors() {
     let mut rng = StdRng::seed_from_u64(11);
     // K = 37: blocks of 16 end in a 5-value block; one block of 37 ends in a partial vector at every level.
