@@ -6,7 +6,7 @@
 //! for example `cargo bench --bench kernels -- int4/1x`.
 //!
 //! Groups are named `scheme/MxKxN`, with functions `qlayers`, `candle_f32`, `candle_q8_0` and `candle_q4_0`
-//! (W8A8 groups have all four, `int8` groups the Q8_0 baseline, `int4` groups the Q4_0 one). Throughput is
+//! (W8A8 groups, `w8a8` with 64-value activation blocks and `w8a8-row` with one scale per row, have all four, `int8` groups the Q8_0 baseline, `int4` groups the Q4_0 one). Throughput is
 //! `2 M N K` operations per call, so criterion's "elem/s" reads as ops/s.
 //!
 //! For M = 1 (decoding), each call takes the next of a ring of weight matrices that together exceed 64 MB, so
@@ -19,10 +19,12 @@ use std::time::Duration;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput};
-use qlayers::kernels::{selected_isa, Isa, PackedWeights, WeightCodes, ISA_ENV};
-use qlayers::Bits;
+use qlayers::kernels::{selected_isa, Isa, PackedWeights, ISA_ENV};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+mod common;
+use common::{cases, RandomWeights, Scheme};
 
 /// Weights of M = 1 cases are cycled through a ring of matrices at least this large in all.
 const RING_BYTES: usize = 64 << 20;
@@ -30,48 +32,13 @@ const RING_BYTES: usize = 64 << 20;
 const RING_MAX: usize = 512;
 const RING_CAP_BYTES: usize = 512 << 20;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scheme {
-    /// Weights and activations int8 (BERT): one scale per output row, activations per 64-value K block.
-    W8A8,
-    /// Weight-only int8 (Llama): scales per row and 32-value block.
-    Int8,
-    /// Weight-only int4 (Llama): scales per row and 32-value block.
-    Int4,
-}
-
-impl Scheme {
-    fn name(self) -> &'static str {
-        match self {
-            Scheme::W8A8 => "w8a8",
-            Scheme::Int8 => "int8",
-            Scheme::Int4 => "int4",
-        }
+/// The candle quantized formats `scheme` is compared with.
+fn ggml_baselines(scheme: Scheme) -> &'static [(&'static str, GgmlDType)] {
+    match scheme {
+        Scheme::W8A8 | Scheme::W8A8Row => &[("candle_q8_0", GgmlDType::Q8_0), ("candle_q4_0", GgmlDType::Q4_0)],
+        Scheme::Int8 => &[("candle_q8_0", GgmlDType::Q8_0)],
+        Scheme::Int4 => &[("candle_q4_0", GgmlDType::Q4_0)],
     }
-
-    /// The candle quantized formats this scheme is compared with.
-    fn ggml_baselines(self) -> &'static [(&'static str, GgmlDType)] {
-        match self {
-            Scheme::W8A8 => &[("candle_q8_0", GgmlDType::Q8_0), ("candle_q4_0", GgmlDType::Q4_0)],
-            Scheme::Int8 => &[("candle_q8_0", GgmlDType::Q8_0)],
-            Scheme::Int4 => &[("candle_q4_0", GgmlDType::Q4_0)],
-        }
-    }
-}
-
-/// The shapes of the issue: `(scheme, m, k, n)`.
-fn cases() -> Vec<(Scheme, usize, usize, usize)> {
-    let mut cases = Vec::new();
-    for (k, n) in [(384, 384), (384, 1536), (1536, 384), (768, 768), (768, 3072), (3072, 768)] {
-        cases.push((Scheme::W8A8, 4096, k, n));
-    }
-    for m in [1, 256] {
-        for (k, n) in [(576, 576), (576, 1536), (1536, 576), (576, 49152)] {
-            cases.push((Scheme::Int8, m, k, n));
-            cases.push((Scheme::Int4, m, k, n));
-        }
-    }
-    cases
 }
 
 /// How many matrices of `bytes` each a ring needs: more than [`RING_BYTES`] in all for M = 1, else one.
@@ -95,31 +62,8 @@ fn ring<T>(m: usize, make: impl Fn() -> T, bytes: impl Fn(&T) -> usize) -> Vec<T
 
 /// Random symmetric codes of an `[n, k]` weight in `scheme`, packed for `isa`, in a ring.
 fn qlayers_ring(isa: Isa, scheme: Scheme, m: usize, k: usize, n: usize) -> Vec<PackedWeights> {
-    let (bits, block, per_block, zero_point, max_code) = match scheme {
-        Scheme::W8A8 => (Bits::B8, 64, false, 128, 255u8),
-        Scheme::Int8 => (Bits::B8, 32, true, 128, 255),
-        Scheme::Int4 => (Bits::B4, 32, true, 8, 15),
-    };
-    let params = if per_block { n * k.div_ceil(block) } else { n };
-    let mut rng = StdRng::seed_from_u64((n * k) as u64);
-    let codes: Vec<u8> = (0..n * k).map(|_| rng.random_range(1..=max_code)).collect();
-    let scales: Vec<f32> = (0..params).map(|_| rng.random_range(0.001f32..0.01)).collect();
-    let zero_points = vec![zero_point; params];
-    let w = WeightCodes {
-        n,
-        k,
-        bits,
-        block,
-        per_block,
-        codes: &codes,
-        scales: &scales,
-        zero_points: &zero_points,
-        mins: &[],
-        // Weight-only layers (per-block scales) keep them in f16.
-        half_params: per_block,
-        lookup: None,
-    };
-    ring(m, || PackedWeights::new(isa, &w).expect("valid weights"), PackedWeights::storage_bytes)
+    let weights = RandomWeights::new(scheme, n, k, &mut StdRng::seed_from_u64((n * k) as u64));
+    ring(m, || weights.pack(isa), PackedWeights::storage_bytes)
 }
 
 fn f32_weight(k: usize, n: usize) -> Tensor {
@@ -184,7 +128,7 @@ fn kernels(c: &mut Criterion) {
                 black_box(x_tensor.matmul(&w.t().expect("t")).expect("f32 matmul"));
             },
         );
-        for &(id, dtype) in scheme.ggml_baselines() {
+        for &(id, dtype) in ggml_baselines(scheme) {
             bench_ring(
                 &mut group,
                 id,

@@ -19,10 +19,13 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use qlayers::kernels::{selected_isa, Isa, PackedWeights, WeightCodes, ISA_ENV};
-use qlayers::Bits;
+use qlayers::kernels::{selected_isa, Isa, ISA_ENV};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+#[path = "../benches/common/mod.rs"]
+mod common;
+use common::{cases, RandomWeights, Scheme};
 
 /// Weights of M = 1 cases are cycled through a ring of matrices at least this large in all (`REPORT_RING_MB`
 /// overrides it; 0 reuses one matrix, so that it stays in cache).
@@ -33,26 +36,6 @@ fn ring_bytes() -> usize {
 const RING_MAX: usize = 512;
 const RING_CAP_BYTES: usize = 512 << 20;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scheme {
-    /// Weights and activations int8 (BERT): one scale per output row, activations per 64-value K block.
-    W8A8,
-    /// Weight-only int8 (Llama): scales per row and 32-value block.
-    Int8,
-    /// Weight-only int4 (Llama): scales per row and 32-value block.
-    Int4,
-}
-
-impl Scheme {
-    fn name(self) -> &'static str {
-        match self {
-            Scheme::W8A8 => "w8a8",
-            Scheme::Int8 => "int8",
-            Scheme::Int4 => "int4",
-        }
-    }
-}
-
 /// How many matrices of `bytes` each a ring needs: more than [`ring_bytes`] in all, one for M > 1.
 fn ring_len(m: usize, bytes: usize) -> usize {
     let ring_bytes = ring_bytes();
@@ -61,48 +44,6 @@ fn ring_len(m: usize, bytes: usize) -> usize {
     }
     let len = if bytes >= ring_bytes { 1 } else { ring_bytes.div_ceil(bytes) + 1 };
     len.min(RING_MAX).min((RING_CAP_BYTES / bytes).max(1))
-}
-
-/// Random codes and parameters of an `[n, k]` weight in `scheme`.
-struct Codes {
-    bits: Bits,
-    block: usize,
-    per_block: bool,
-    codes: Vec<u8>,
-    scales: Vec<f32>,
-    zero_points: Vec<i32>,
-}
-
-fn random_codes(scheme: Scheme, n: usize, k: usize, rng: &mut StdRng) -> Codes {
-    let (bits, block, per_block, zero_point, max_code) = match scheme {
-        Scheme::W8A8 => (Bits::B8, 64, false, 128, 255u8),
-        Scheme::Int8 => (Bits::B8, 32, true, 128, 255),
-        Scheme::Int4 => (Bits::B4, 32, true, 8, 15),
-    };
-    let params = if per_block { n * k.div_ceil(block) } else { n };
-    // Symmetric weights: codes q + zero_point with q in [-(zp - 1), zp - 1].
-    let codes = (0..n * k).map(|_| rng.random_range(1..=max_code)).collect();
-    let scales = (0..params).map(|_| rng.random_range(0.001f32..0.01)).collect();
-    Codes { bits, block, per_block, codes, scales, zero_points: vec![zero_point; params] }
-}
-
-fn pack(isa: Isa, c: &Codes, n: usize, k: usize) -> Result<PackedWeights> {
-    Ok(PackedWeights::new(
-        isa,
-        &WeightCodes {
-            n,
-            k,
-            bits: c.bits,
-            block: c.block,
-            per_block: c.per_block,
-            codes: &c.codes,
-            scales: &c.scales,
-            zero_points: &c.zero_points,
-            mins: &[],
-            half_params: c.per_block,
-            lookup: None,
-        },
-    )?)
 }
 
 /// The median time of one call of `call(i)`, where `i` counts calls across the whole measurement (so rings keep
@@ -180,14 +121,14 @@ fn qlayers_time(
     budget: Duration,
 ) -> Result<(f64, usize)> {
     let mut rng = StdRng::seed_from_u64(0x5eed ^ (m * 31 + k * 7 + n) as u64);
-    let codes = random_codes(scheme, n, k, &mut rng);
-    let first = pack(isa, &codes, n, k)?;
+    let weights = RandomWeights::new(scheme, n, k, &mut rng);
+    let first = weights.pack(isa);
     let bytes = first.storage_bytes();
     let mut ring = vec![first];
     for _ in 1..ring_len(m, bytes) {
-        ring.push(pack(isa, &codes, n, k)?);
+        ring.push(weights.pack(isa));
     }
-    drop(codes);
+    drop(weights);
     let t = measure(ring.len(), budget, |i| {
         black_box(ring[i % ring.len()].matmul(x, m, None)?);
         Ok(())
@@ -275,20 +216,6 @@ fn read_bandwidth(buf: &[u64], threads: usize) -> f64 {
 }
 
 /// The shapes of the issue: `(scheme, m, k, n)`.
-fn cases() -> Vec<(Scheme, usize, usize, usize)> {
-    let mut cases = Vec::new();
-    for (k, n) in [(384, 384), (384, 1536), (1536, 384), (768, 768), (768, 3072), (3072, 768)] {
-        cases.push((Scheme::W8A8, 4096, k, n));
-    }
-    for m in [1, 256] {
-        for (k, n) in [(576, 576), (576, 1536), (1536, 576), (576, 49152)] {
-            cases.push((Scheme::Int8, m, k, n));
-            cases.push((Scheme::Int4, m, k, n));
-        }
-    }
-    cases
-}
-
 fn main() -> Result<()> {
     let budget =
         Duration::from_millis(std::env::var("REPORT_BUDGET_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(400));

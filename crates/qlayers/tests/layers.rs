@@ -25,7 +25,11 @@ fn randn(shape: &[usize], std: f64, seed: u64) -> Tensor {
 }
 
 fn all_schemes() -> Vec<LayerScheme> {
-    let mut schemes = vec![LayerScheme::w8a8(), LayerScheme::W8A8 { act_block: 32, weight_per_block: true }];
+    let mut schemes = vec![
+        LayerScheme::w8a8(),
+        LayerScheme::w8a8_per_row(),
+        LayerScheme::W8A8 { act_block: 32, weight_per_block: true },
+    ];
     for bits in [Bits::B8, Bits::B4, Bits::B2] {
         for symmetric in [true, false] {
             schemes.push(LayerScheme::Weight { bits, group: 32, symmetric });
@@ -251,6 +255,7 @@ fn scheme_names_round_trip() {
         "f32",
         "w8a8-b64",
         "w8a8-b32-pb",
+        "w8a8-row",
         "int8-g32",
         "int4-g32",
         "int4-g128-asym",
@@ -264,6 +269,8 @@ fn scheme_names_round_trip() {
         assert_eq!(scheme.to_string(), name);
     }
     assert_eq!("int8".parse::<LayerScheme>().unwrap(), LayerScheme::w8a8());
+    assert_eq!("w8a8-row".parse::<LayerScheme>().unwrap(), LayerScheme::w8a8_per_row());
+    assert_eq!("w8a8-b32768".parse::<LayerScheme>().unwrap().to_string(), "w8a8-row");
     assert_eq!("int4".parse::<LayerScheme>().unwrap(), LayerScheme::weight(Bits::B4));
     assert_eq!("FP32".parse::<LayerScheme>().unwrap(), LayerScheme::F32);
     assert_eq!("nf4".parse::<LayerScheme>().unwrap(), LayerScheme::Codebook { codebook: Codebook::Nf4, group: 64 });

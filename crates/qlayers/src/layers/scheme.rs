@@ -52,6 +52,13 @@ impl LayerScheme {
         Self::W8A8 { act_block: 64, weight_per_block: false }
     }
 
+    /// W8A8 with per-channel weights and one activation scale per row (`w8a8-row`), the classic dynamic W8A8:
+    /// one float step per output instead of one per block, the fastest W8A8 for long inputs, a little less
+    /// accurate where a row's values differ in range along K.
+    pub const fn w8a8_per_row() -> Self {
+        Self::W8A8 { act_block: MAX_BLOCK, weight_per_block: false }
+    }
+
     /// Symmetric weight-only quantization with groups of 32.
     pub const fn weight(bits: Bits) -> Self {
         Self::Weight { bits, group: 32, symmetric: true }
@@ -127,13 +134,17 @@ impl LayerScheme {
 }
 
 /// The canonical name, which [`LayerScheme::from_str`](std::str::FromStr) reads back: `f32`, `w8a8-b64`
-/// (`-pb` for per-block weight scales), `int4-g32`, `int4-g32-asym`, `nf4-g64`, `kmeans-g64`.
+/// (`-pb` for per-block weight scales), `w8a8-row` (one activation scale per row), `int4-g32`, `int4-g32-asym`, `nf4-g64`, `kmeans-g64`.
 impl std::fmt::Display for LayerScheme {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::F32 => write!(f, "f32"),
             Self::W8A8 { act_block, weight_per_block } => {
-                write!(f, "w8a8-b{act_block}{}", if *weight_per_block { "-pb" } else { "" })
+                match *act_block >= MAX_BLOCK {
+                    true => write!(f, "w8a8-row")?,
+                    false => write!(f, "w8a8-b{act_block}")?,
+                }
+                write!(f, "{}", if *weight_per_block { "-pb" } else { "" })
             }
             Self::Weight { bits, group, symmetric } => {
                 write!(f, "int{}-g{group}{}", bits.count(), if *symmetric { "" } else { "-asym" })
@@ -145,7 +156,7 @@ impl std::fmt::Display for LayerScheme {
 }
 
 /// Parses a scheme name: `f32` (or `fp32`); `int8` or `w8a8` (W8A8, activation blocks of 64), `w8a8-b32`,
-/// `w8a8-b64-pb`; `int8-g32`, `int4`, `int4-g64`, `int4-g32-asym`, `int2` (weight schemes; groups of 32 unless
+/// `w8a8-b64-pb`, `w8a8-row` (one activation scale per row); `int8-g32`, `int4`, `int4-g64`, `int4-g32-asym`, `int2` (weight schemes; groups of 32 unless
 /// `-gN` says otherwise; symmetric unless `-asym`); `nf4`, `nf4-g32`, `kmeans`, `kmeans-g128` (codebook schemes;
 /// groups of 64 unless `-gN` says otherwise).
 impl std::str::FromStr for LayerScheme {
@@ -155,7 +166,7 @@ impl std::str::FromStr for LayerScheme {
         let lower = name.trim().to_ascii_lowercase();
         let bad = || {
             QuantError::InvalidScheme(format!(
-                "unknown scheme {name:?}: expected f32, int8, w8a8[-bN][-pb], int8-gN, int4[-gN][-asym], \
+                "unknown scheme {name:?}: expected f32, int8, w8a8[-bN|-row][-pb], int8-gN, int4[-gN][-asym], \
                  int2[-gN][-asym], nf4[-gN] or kmeans[-gN]"
             ))
         };
@@ -173,6 +184,7 @@ impl std::str::FromStr for LayerScheme {
                 for part in rest {
                     match part {
                         "pb" => weight_per_block = true,
+                        "row" => act_block = MAX_BLOCK,
                         _ => act_block = number(part, 'b')?,
                     }
                 }
