@@ -223,13 +223,21 @@ fn qconv2d_matches_candle_conv2d() {
         let b = randn(&[cout], 0.1, 30 + i as u64);
         let x = randn(&[2, cin, 9, 11], 1.0, 40 + i as u64);
         let reference = Conv2d::new(w.clone(), Some(b.clone()), config).forward(&x).unwrap();
-        for scheme in
-            [LayerScheme::w8a8(), LayerScheme::W8A8 { act_block: 16, weight_per_block: false }, LayerScheme::F32]
-        {
+        for scheme in [
+            LayerScheme::w8a8(),
+            LayerScheme::w8a8_per_row(),
+            LayerScheme::W8A8 { act_block: 16, weight_per_block: false },
+            LayerScheme::F32,
+        ] {
             let layer = QConv2d::new(&w, Some(&b), config, scheme).unwrap();
             let y = layer.forward(&x).unwrap();
             assert_eq!(y.dims(), reference.dims(), "{config:?}");
             let err = relative_error(&y, &reference);
+            let Conv2dConfig { padding, stride, dilation, groups, .. } = config;
+            println!(
+                "conv {ksize}x{ksize} padding {padding} stride {stride} dilation {dilation} groups {groups}, {scheme}: \
+                 relative error vs candle_nn::Conv2d {err:.5}"
+            );
             assert!(err < 0.01, "{config:?} {scheme}: relative error {err}");
         }
     }
