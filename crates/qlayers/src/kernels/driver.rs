@@ -320,7 +320,7 @@ const HUGE_OUTPUT_BYTES: usize = 4 << 20;
 
 /// An uninitialized buffer of `len` floats: every element is written by exactly one tile, so no memset. A large
 /// output is fresh memory at every call (the allocator returns it to the system when it is freed), and faulting it
-/// in 4 KB pages costs as much as a third of the multiplication; on Linux its 2 MB-aligned interior is marked for
+/// in 4 KB pages costs up to a quarter of the call (768 x 3072 at M = 4096); on Linux its 2 MB-aligned interior is marked for
 /// huge pages first, so that it faults in 2 MB at a time.
 fn output_buffer(len: usize) -> Vec<std::mem::MaybeUninit<f32>> {
     let mut out: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(len);
@@ -341,7 +341,8 @@ fn output_buffer(len: usize) -> Vec<std::mem::MaybeUninit<f32>> {
 }
 
 /// Runs every tile of `rows` x `panels`: panels outer, so a panel stays in cache while the row tiles pass.
-/// `fetch` (possibly empty) is asked for into L2 a little before each tile, spread evenly over them.
+/// `fetch` (possibly empty) is brought into L2 meanwhile: each tile gets an equal share, which it asks for a cache
+/// line every four dot steps.
 #[inline(always)]
 unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
     job: &Job<'_>,
