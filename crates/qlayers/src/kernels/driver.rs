@@ -73,7 +73,7 @@ macro_rules! level {
 
             /// Runs the tiles of `rows` x `panels`.
             $(#[target_feature(enable = $features)])?
-            pub(super) unsafe fn run(job: &Job<'_>, rows: Range<usize>, panels: Range<usize>, fetch: &[u8]) {
+            pub(super) unsafe fn run(job: &Job<'_>, rows: Range<usize>, panels: Range<usize>, fetch: &[f32]) {
                 run_tiles::<$simd, $mr, $nv>(job, rows, panels, fetch)
             }
 
@@ -242,14 +242,14 @@ impl PackedWeights {
         let chunk_rows = |c: usize| c * rows_per_chunk..((c + 1) * rows_per_chunk).min(m);
         let next = std::sync::atomic::AtomicUsize::new(0);
         let claim = || next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let first_error = std::sync::Mutex::new(None);
+        let first_error = FirstError::default();
         parallel_for(num_threads(), |_| {
             let mut chunk = claim();
             while chunk < chunks {
                 let rows = chunk_rows(chunk);
                 // SAFETY: this thread claimed the chunk, so no other touches its rows.
                 if let Err(err) = unsafe { self.quantize_chunk(x, rows.clone(), job.acts) } {
-                    first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(err);
+                    first_error.keep(err);
                     // Later chunks are not worth computing: the call fails.
                     next.store(chunks, std::sync::atomic::Ordering::Relaxed);
                     return;
@@ -263,35 +263,26 @@ impl PackedWeights {
                     false => &[],
                 };
                 // SAFETY: as in `run_split`; the chunk's rows were quantized just above.
-                unsafe {
-                    let fetch = std::slice::from_raw_parts(fetch.as_ptr().cast::<u8>(), std::mem::size_of_val(fetch));
-                    on_level!(self.isa, level => level::run(job, rows, 0..self.panels(), fetch))
-                }
+                unsafe { on_level!(self.isa, level => level::run(job, rows, 0..self.panels(), fetch)) }
                 chunk = following;
             }
         });
-        match first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(err) => Err(err),
-            None => Ok(()),
-        }
+        first_error.into_result()
     }
 
     /// Quantizes all `m` rows of activations into `acts`, in parallel chunks of rows.
     fn quantize_activations(&self, x: &[f32], m: usize, acts: ActivationBuffers) -> Result<()> {
         // About 64 K values per task, and at least one task per thread when there are enough rows.
         let rows_per_task = (64 * 1024 / self.blocks.k).clamp(1, m.div_ceil(num_threads()));
-        let first_error = std::sync::Mutex::new(None);
+        let first_error = FirstError::default();
         parallel_for(m.div_ceil(rows_per_task), |t| {
             let rows = t * rows_per_task..((t + 1) * rows_per_task).min(m);
             // SAFETY: each task writes its own rows.
             if let Err(err) = unsafe { self.quantize_chunk(x, rows, acts) } {
-                first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(err);
+                first_error.keep(err);
             }
         });
-        match first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(err) => Err(err),
-            None => Ok(()),
-        }
+        first_error.into_result()
     }
 
     /// Quantizes input rows `rows` into their place in `acts`.
@@ -312,6 +303,25 @@ impl PackedWeights {
         };
         let x = &x[rows.start * blocks.k..rows.end * blocks.k];
         on_level!(self.isa, level => level::quantize(x, blocks, rows.start, out))
+    }
+}
+
+/// The first error the tasks of one parallel region met (the one the call reports).
+#[derive(Default)]
+struct FirstError(std::sync::Mutex<Option<QuantError>>);
+
+impl FirstError {
+    /// Keeps `err` unless an earlier one is kept.
+    fn keep(&self, err: QuantError) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(err);
+    }
+
+    /// `Err` with the kept error, if any.
+    fn into_result(self) -> Result<()> {
+        match self.0.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
     }
 }
 
@@ -348,7 +358,7 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
     job: &Job<'_>,
     rows: Range<usize>,
     panels: Range<usize>,
-    fetch: &[u8],
+    fetch: &[f32],
 ) {
     let w = job.w;
     let blocks = &w.blocks;
@@ -358,7 +368,7 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
         last_padded: blocks.padded_len(blocks.count - 1),
         bits: w.bits.count() as usize,
         per_block: w.per_block,
-        uniform_zero_offset: w.uniform_zero_offset,
+        shared_zero_offset: w.uniform_zero_offset.is_some(),
         has_mins: !w.mins.is_empty() || !w.half_mins.is_empty(),
         half: w.half_params(),
         lookup: w.lookup.as_ref().map(|table| S::load_table16(table.as_ptr())),
@@ -370,7 +380,8 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
     // Partial sums of every tile of the task between K chunks.
     let row_tiles = rows.len().div_ceil(MR);
     let mut partial = if chunks > 1 { vec![0f32; panels.len() * row_tiles * MR * nr] } else { Vec::new() };
-    let fetch_per_tile = fetch.len().div_ceil(chunks * panels.len() * row_tiles).next_multiple_of(64).max(64);
+    // Each tile's share of `fetch`, in whole cache lines of 16 floats.
+    let fetch_per_tile = fetch.len().div_ceil(chunks * panels.len() * row_tiles).next_multiple_of(16).max(16);
     let mut fetch = fetch.chunks(fetch_per_tile);
     for chunk in 0..chunks {
         let chunk_blocks = chunk * blocks_per_chunk..((chunk + 1) * blocks_per_chunk).min(blocks.count);
@@ -396,8 +407,8 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
                     blocks: chunk_blocks.clone(),
                     partial: partial.as_mut_ptr().wrapping_add((pi * row_tiles + ti) * MR * nr),
                     streams_weights: ti == 0,
-                    fetch: tile_fetch.as_ptr(),
-                    fetch_end: tile_fetch.as_ptr_range().end,
+                    fetch: tile_fetch.as_ptr().cast(),
+                    fetch_end: tile_fetch.as_ptr_range().end.cast(),
                 };
                 dispatch_tile::<S, MR, NV>((rows.end - m0).min(MR), &t, &geo);
             }

@@ -64,8 +64,9 @@ pub(crate) struct BlockGeometry<S: Int8Simd> {
     pub bits: usize,
     /// Whether weight scales and zero offsets are per block (else per column, applied once at the end).
     pub per_block: bool,
-    /// The zero offset of every column and block, when they are all equal (symmetric weights).
-    pub uniform_zero_offset: Option<i32>,
+    /// Whether every column and block has the same zero offset (symmetric weights): the activations' block
+    /// parameters then hold its correction.
+    pub shared_zero_offset: bool,
     /// Whether the weights have per-block minimums (`w = (u - z) * scale + min`).
     pub has_mins: bool,
     /// Whether per-block scales and minimums are f16.
@@ -113,9 +114,9 @@ pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const
         // The integer sums start at the zero-point correction `-zero_offset * sum(x)`, so that after the dot
         // products they hold the exact `sum (u - z) * q` with no subtraction per accumulator. A shared zero
         // offset's correction was computed with the codes.
-        let mut acc: [[S::I; NV]; ROWS] = match geo.uniform_zero_offset {
-            Some(_) => std::array::from_fn(|m| [S::splat_i((*x_params.add(m)).correction); NV]),
-            None => {
+        let mut acc: [[S::I; NV]; ROWS] = match geo.shared_zero_offset {
+            true => std::array::from_fn(|m| [S::splat_i((*x_params.add(m)).correction); NV]),
+            false => {
                 let zero_offsets: [S::I; NV] =
                     std::array::from_fn(|v| S::load_i16(t.w_zero_offsets.add(params + v * S::LANES)));
                 std::array::from_fn(|m| {
