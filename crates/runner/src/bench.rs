@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use swap::Embedder;
+use swap::{Embedder, Plan};
 
 use crate::baseline::CandleBert;
 use crate::model_args::{apply_threads, plan_for, resolve, Family, DEFAULT_MODEL};
@@ -21,6 +21,12 @@ pub struct BenchArgs {
     /// `fp32,w8a8,int8,int4` for Llama.
     #[arg(long, value_delimiter = ',')]
     pub(crate) quant: Option<Vec<String>>,
+    /// A plan file (TOML or JSON, as `quantize --auto` writes) to time beside the presets; repeatable.
+    #[arg(long)]
+    pub(crate) plan: Vec<PathBuf>,
+    /// A pre-quantized checkpoint folder of the same model (`runner quantize --out`) to time as saved; repeatable.
+    #[arg(long)]
+    pub(crate) checkpoint: Vec<PathBuf>,
     /// Texts per batch.
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -48,6 +54,45 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// One variant of the model to time: a preset or scheme (`--quant`), a plan file (`--plan`) or a pre-quantized
+/// checkpoint (`--checkpoint`).
+pub(crate) struct Variant {
+    /// The name its row is printed under.
+    pub(crate) name: String,
+    /// The folder or file to load.
+    pub(crate) path: PathBuf,
+    /// The plan to quantize with while loading; `None` runs a checkpoint as saved.
+    pub(crate) plan: Option<Plan>,
+}
+
+/// The variants `args` asks for on the model at `path`: every `--quant` name (else `defaults`), read by `preset`,
+/// then every `--plan` file and every `--checkpoint` folder, which must hold a model of the same family.
+pub(crate) fn variants(
+    args: &BenchArgs,
+    path: &std::path::Path,
+    family: Family,
+    defaults: &[&str],
+    preset: impl Fn(&str) -> Result<Plan>,
+) -> Result<Vec<Variant>> {
+    let names = args.quant.clone().unwrap_or_else(|| defaults.iter().map(|n| n.to_string()).collect());
+    let mut variants = names
+        .into_iter()
+        .map(|name| Ok(Variant { plan: Some(preset(&name)?), path: path.to_path_buf(), name }))
+        .collect::<Result<Vec<_>>>()?;
+    for file in &args.plan {
+        let plan = Plan::from_file(file).with_context(|| format!("reading the plan {}", file.display()))?;
+        variants.push(Variant { name: format!("plan {}", file.display()), path: path.to_path_buf(), plan: Some(plan) });
+    }
+    for dir in &args.checkpoint {
+        let (checkpoint, kind) = resolve(&dir.display().to_string())?;
+        if kind != family {
+            bail!("the checkpoint {} is not a model of the same family as {}", dir.display(), path.display());
+        }
+        variants.push(Variant { name: format!("checkpoint {}", dir.display()), path: checkpoint, plan: None });
+    }
+    Ok(variants)
 }
 
 /// A model under test.
@@ -103,17 +148,17 @@ fn bench_bert(args: &BenchArgs, dir: PathBuf) -> Result<()> {
     if args.batch == 0 || args.seq < 2 || args.short_seq < 2 || iters == 0 {
         bail!("--batch and --iters must be at least 1, --seq and --short-seq at least 2");
     }
-    let quant = args.quant.clone().unwrap_or_else(|| vec!["fp32".into(), "int8".into()]);
+    let variants = variants(args, &dir, Family::Bert, &["fp32", "int8"], plan_for)?;
     let mut contenders: Vec<(String, f64, Contender)> = Vec::new();
     if !args.no_baseline {
         let start = Instant::now();
         let model = CandleBert::load(&dir)?;
         contenders.push(("candle-transformers fp32".into(), ms(start), Contender::Candle(Box::new(model))));
     }
-    for name in &quant {
+    for Variant { name, path, plan } in variants {
         let start = Instant::now();
-        let embedder = Embedder::open(&dir, Some(plan_for(name)?)).with_context(|| format!("loading {name}"))?;
-        contenders.push((name.clone(), ms(start), Contender::Ours(Box::new(embedder))));
+        let embedder = Embedder::open(&path, plan).with_context(|| format!("loading {name}"))?;
+        contenders.push((name, ms(start), Contender::Ours(Box::new(embedder))));
     }
     let max_len = match &contenders.iter().find_map(|(_, _, c)| if let Contender::Ours(e) = c { Some(e) } else { None })
     {
@@ -205,6 +250,7 @@ pub(crate) fn print_machine(machine: &serde_json::Value) {
 
 fn print_table(machine: &serde_json::Value, rows: &[Row], args: &BenchArgs, iters: usize) {
     print_machine(machine);
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(26);
     println!(
         "median of {} runs of {} x {} tokens, {} runs of 1 x {}",
         iters,
@@ -214,7 +260,7 @@ fn print_table(machine: &serde_json::Value, rows: &[Row], args: &BenchArgs, iter
         args.short_seq
     );
     println!(
-        "{:<26} {:>9} {:>10} {:>11} {:>10} {:>8} {:>9} {:>11}",
+        "{:<width$} {:>9} {:>10} {:>11} {:>10} {:>8} {:>9} {:>11}",
         "scheme",
         "load ms",
         "memory MB",
@@ -222,12 +268,13 @@ fn print_table(machine: &serde_json::Value, rows: &[Row], args: &BenchArgs, iter
         "tokens/s",
         "vs fp32",
         "vs candle",
-        format!("ms 1x{}", args.short_seq)
+        format!("ms 1x{}", args.short_seq),
+        width = width
     );
     let ratio = |r: Option<f64>| r.map_or_else(|| "-".to_string(), |r| format!("{r:.2}x"));
     for r in rows {
         println!(
-            "{:<26} {:>9.0} {:>10.1} {:>11.1} {:>10.0} {:>8} {:>9} {:>11.2}",
+            "{:<width$} {:>9.0} {:>10.1} {:>11.1} {:>10.0} {:>8} {:>9} {:>11.2}",
             r.name,
             r.load_ms,
             r.memory_bytes as f64 / 1e6,
@@ -235,7 +282,8 @@ fn print_table(machine: &serde_json::Value, rows: &[Row], args: &BenchArgs, iter
             r.tokens_per_s,
             ratio(r.speedup_vs_fp32),
             ratio(r.speedup_vs_candle),
-            r.short_ms
+            r.short_ms,
+            width = width
         );
     }
 }

@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use swap::models::llama::{argmax, LlamaModel};
 use swap::{Generator, Plan};
 
-use crate::bench::{machine, median, ms, print_machine, token_ids, BenchArgs};
+use crate::bench::{machine, median, ms, print_machine, token_ids, variants, BenchArgs, Variant};
+use crate::model_args::Family;
 
 /// One row of the results.
 #[derive(serde::Serialize)]
@@ -29,13 +30,13 @@ pub fn run(args: &BenchArgs, path: &Path) -> Result<()> {
     if iters == 0 || args.prompt_tokens == 0 || args.decode_tokens == 0 {
         bail!("--iters, --prompt-tokens and --decode-tokens must be at least 1");
     }
-    let names = args.quant.clone().unwrap_or_else(|| ["fp32", "w8a8", "int8", "int4"].map(String::from).to_vec());
-    let mut contenders: Vec<(String, Plan, f64, LlamaModel)> = Vec::new();
-    for name in &names {
-        let plan = Plan::llama_preset(name)?;
+    let variants = variants(args, path, Family::Llama, &["fp32", "w8a8", "int8", "int4"], Plan::llama_preset)?;
+    let mut contenders: Vec<(String, String, f64, LlamaModel)> = Vec::new();
+    for Variant { name, path, plan } in variants {
+        let shown = plan.as_ref().map_or_else(|| "as saved".to_string(), Plan::to_string);
         let start = Instant::now();
-        let generator = Generator::open(path, Some(plan.clone())).with_context(|| format!("loading {name}"))?;
-        contenders.push((name.clone(), plan, ms(start), generator.into_model()));
+        let generator = Generator::open(&path, plan).with_context(|| format!("loading {name}"))?;
+        contenders.push((name, shown, ms(start), generator.into_model()));
     }
     let config = contenders[0].3.config().clone();
     if args.prompt_tokens + args.decode_tokens > config.context_length {
@@ -68,13 +69,13 @@ pub fn run(args: &BenchArgs, path: &Path) -> Result<()> {
     }
     let prefill: Vec<f64> = prefill.iter_mut().map(|t| median(t)).collect();
     let decode: Vec<f64> = decode.iter_mut().map(|t| median(t)).collect();
-    let fp32 = names.iter().position(|n| n == "fp32");
+    let fp32 = contenders.iter().position(|(n, ..)| n == "fp32");
     let rows: Vec<Row> = contenders
         .iter()
         .enumerate()
         .map(|(i, (name, plan, load_ms, model))| Row {
             name: name.clone(),
-            plan: plan.to_string(),
+            plan: plan.clone(),
             load_ms: *load_ms,
             linear_bytes: model.linear_bytes(),
             prefill_tokens_per_s: prefill[i],
@@ -95,14 +96,15 @@ pub fn run(args: &BenchArgs, path: &Path) -> Result<()> {
         "median of {iters} runs: prefill of {} tokens, then {} tokens decoded one at a time",
         args.prompt_tokens, args.decode_tokens
     );
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(8);
     println!(
-        "{:<8} {:>9} {:>16} {:>17} {:>8} {:>16} {:>8}",
+        "{:<width$} {:>9} {:>16} {:>17} {:>8} {:>16} {:>8}",
         "scheme", "load ms", "weights MB/token", "prefill tokens/s", "vs fp32", "decode tokens/s", "vs fp32"
     );
     let ratio = |r: Option<f64>| r.map_or_else(|| "-".to_string(), |r| format!("{r:.2}x"));
     for r in &rows {
         println!(
-            "{:<8} {:>9.0} {:>16.1} {:>17.1} {:>8} {:>16.1} {:>8}",
+            "{:<width$} {:>9.0} {:>16.1} {:>17.1} {:>8} {:>16.1} {:>8}",
             r.name,
             r.load_ms,
             r.linear_bytes as f64 / 1e6,

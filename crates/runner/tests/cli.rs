@@ -69,6 +69,34 @@ fn bench_times_every_scheme_in_one_run() {
         assert!(r["batch_ms"].as_f64().unwrap() > 0.0 && r["memory_bytes"].as_u64().unwrap() > 0, "{r}");
     }
     assert!(v["results"][2]["memory_bytes"].as_u64() < v["results"][1]["memory_bytes"].as_u64());
+    // The default int8 plan keeps the token-embedding table in int8 too: MiniLM's parameters fit in 30 MB.
+    assert!(v["results"][2]["memory_bytes"].as_u64().unwrap() <= 30_000_000, "{}", v["results"][2]);
+}
+
+#[test]
+fn bench_times_plan_files_and_checkpoints_beside_presets() {
+    let model = minilm();
+    let dir = Scratch::new("bench-plan");
+    let plan = dir.join("plan.toml");
+    std::fs::write(&plan, "default = \"w8a8-b64\"\n[[rules]]\npattern = \"*.value\"\nscheme = \"w8a8-b32-pb\"\n")
+        .unwrap();
+    let ckpt = dir.join("ckpt");
+    ok(&["quantize", "--model", &model, "--quant", "int8", "--out", &ckpt]);
+    fn bench<'a>(model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["bench", "--model", model, "--batch", "2", "--seq", "16", "--iters", "1", "--no-baseline"];
+        args.extend_from_slice(extra);
+        args
+    }
+    let out = ok(&bench(&model, &["--quant", "fp32", "--plan", &plan, "--checkpoint", &ckpt, "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = v["results"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["fp32".to_string(), format!("plan {plan}"), format!("checkpoint {ckpt}")]);
+    // The checkpoint runs as saved: the default int8 plan's memory, below the fp32 model's.
+    assert!(v["results"][2]["memory_bytes"].as_u64() < v["results"][0]["memory_bytes"].as_u64());
+    assert!(fails(&bench(&model, &["--plan", "/no/such/plan.toml"])).contains("reading the plan /no/such/plan.toml"));
+    let gguf = workspace().join("models/cache/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let err = fails(&bench(&model, &["--checkpoint", &gguf.display().to_string()]));
+    assert!(err.contains("not a model of the same family"), "{err}");
 }
 
 #[test]
