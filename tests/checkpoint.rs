@@ -39,7 +39,8 @@ fn round_trip(plan: Plan, tag: &str) -> Scratch {
 #[test]
 fn int8_checkpoint_round_trips_without_fp32_weights() {
     let out = round_trip(Plan::bert_int8(), "int8");
-    // Every Linear weight is stored as codes: the only float `.weight` tensors left are embeddings and norms.
+    // Every Linear weight and the token-embedding table are stored as codes: the only float `.weight` tensors
+    // left are the position and token-type embeddings and the norms.
     let tensors = unsafe { MmapedSafetensors::new(out.path().join("model.safetensors")) }.unwrap();
     let mut codes = 0;
     for (name, view) in tensors.tensors() {
@@ -47,10 +48,13 @@ fn int8_checkpoint_round_trips_without_fp32_weights() {
             assert_eq!(view.dtype(), Dtype::I8, "{name}");
             codes += 1;
         } else if name.ends_with(".weight") {
-            assert!(name.contains("embeddings") || name.contains("LayerNorm"), "float weight {name} in the checkpoint");
+            assert!(
+                name.contains("position_embeddings") || name.contains("token_type") || name.contains("LayerNorm"),
+                "float weight {name} in the checkpoint"
+            );
         }
     }
-    assert_eq!(codes, 6 * 6);
+    assert_eq!(codes, 6 * 6 + 1);
     // The side files travel with it, and config.json records the plan and every layer.
     for f in ["tokenizer.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json"] {
         assert!(out.path().join(f).exists(), "{f} was not copied");
@@ -60,7 +64,8 @@ fn int8_checkpoint_round_trips_without_fp32_weights() {
     let qc = &config["quantization_config"];
     assert_eq!(qc["quant_method"], "qinfer");
     assert_eq!(qc["layers"]["encoder.layer.0.attention.self.query"], "w8a8-b32-pb");
-    assert_eq!(qc["layers"].as_object().unwrap().len(), 36);
+    assert_eq!(qc["layers"]["embeddings.word_embeddings"], "int8-g32");
+    assert_eq!(qc["layers"].as_object().unwrap().len(), 36 + 1);
 }
 
 #[test]

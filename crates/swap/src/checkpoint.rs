@@ -93,6 +93,11 @@ pub(crate) struct QuantizedLayers {
 }
 
 impl QuantizedLayers {
+    /// The stored scheme of `name`, if the checkpoint lists it.
+    pub(crate) fn get(&self, name: &str) -> Option<LayerScheme> {
+        self.layers.get(name).copied()
+    }
+
     /// The stored scheme of `name`.
     pub(crate) fn scheme_for(&self, name: &str) -> Result<LayerScheme> {
         self.layers

@@ -363,6 +363,24 @@ impl QuantLoader {
             progress(name);
         }
         let scheme = self.scheme_for(name)?;
+        self.read_params(name, scheme, in_dim, out_dim)
+    }
+
+    /// Reads the token-embedding table `name` (weight `name.weight`, `[rows, width]`) under its scheme: the
+    /// plan's [`Plan::embedding_scheme`] for float checkpoints, the stored one for quantized checkpoints (f32 where
+    /// they list none). A quantized table is saved with a checkpoint like a quantized layer.
+    pub fn table_params(&self, name: &str, rows: usize, width: usize) -> Result<LinearParams> {
+        let scheme = match &self.source {
+            Source::Float(plan) => plan.embedding_scheme()?,
+            Source::Quantized(layers) => layers.get(name).unwrap_or(LayerScheme::F32),
+            Source::Quanto(_) => LayerScheme::F32,
+        };
+        self.read_params(name, scheme, width, rows)
+    }
+
+    /// Reads `name.weight` (`[out_dim, in_dim]`) and `name.bias` if present, quantized per `scheme`; records them
+    /// and, when quantized, the scheme.
+    fn read_params(&self, name: &str, scheme: LayerScheme, in_dim: usize, out_dim: usize) -> Result<LinearParams> {
         let bias_name = format!("{name}.bias");
         let bias = if self.contains(&bias_name) { Some(self.read_float(&bias_name, &[out_dim])?) } else { None };
         let weight = match (&self.source, scheme) {

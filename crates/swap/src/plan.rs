@@ -15,6 +15,9 @@
 //! scheme = "f32"
 //! ```
 //!
+//! `embeddings = "int8-g32"` stores the token-embedding table in int8 as well (rows dequantized as tokens gather
+//! them); without it the table stays f32. `default`, rules and exclusions speak of Linear layers only.
+//!
 //! Patterns are globs over the layer's dotted name: `*` matches any run of characters (dots included), `?` one
 //! character. Scheme names are those of [`qlayers::LayerScheme`].
 
@@ -46,20 +49,29 @@ pub struct Plan {
     /// Per-layer overrides; the first match wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
+    /// Scheme of the token-embedding table: a symmetric int8 weight scheme (`int8-gN`); f32 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<String>,
 }
 
 impl Plan {
     /// Every layer gets `scheme`.
     pub fn uniform(scheme: LayerScheme) -> Self {
-        Self { default: scheme.to_string(), exclude: Vec::new(), rules: Vec::new() }
+        Self { default: scheme.to_string(), exclude: Vec::new(), rules: Vec::new(), embeddings: None }
     }
 
     /// The default int8 plan for BERT: W8A8 with activation blocks of 32 and weight scales per channel and block
     /// of 32 (cosine 0.9997 mean, 0.9994 min to fp32 on all-MiniLM-L6-v2; per-channel weights with blocks of 64 give
-    /// 0.9993 / 0.9988).
+    /// 0.9993 / 0.9988), and the token-embedding table in int8 with a scale per 32 values ([`Plan::INT8_TABLE`]):
+    /// it is most of a small encoder's bytes (47 of MiniLM's 60 MB in f32).
     pub fn bert_int8() -> Self {
-        Self::uniform(LayerScheme::W8A8 { act_block: 32, weight_per_block: true })
+        let mut plan = Self::uniform(LayerScheme::W8A8 { act_block: 32, weight_per_block: true });
+        plan.embeddings = Some(Self::INT8_TABLE.to_string());
+        plan
     }
+
+    /// The embedding-table scheme of [`Plan::bert_int8`]: symmetric int8, one scale per 32 values of a row.
+    pub const INT8_TABLE: LayerScheme = LayerScheme::Weight { bits: qlayers::Bits::B8, group: 32, symmetric: true };
 
     /// A Llama plan: every layer gets `body`, except `lm_head`, which gets int8 weights (groups of 32) whenever the
     /// body is quantized, as llama.cpp does: at batch 1 the head is a fifth of SmolLM2's bytes, and 4 bits there
@@ -124,7 +136,18 @@ impl Plan {
         if self.exclude.iter().any(String::is_empty) {
             bail!("an exclusion is an empty pattern");
         }
+        self.embedding_scheme()?;
         Ok(())
+    }
+
+    /// The scheme of the token-embedding table: f32, or the symmetric int8 weight scheme `embeddings` names.
+    pub fn embedding_scheme(&self) -> Result<LayerScheme> {
+        let Some(name) = &self.embeddings else { return Ok(LayerScheme::F32) };
+        let scheme = parse_scheme(name).context("embeddings scheme")?;
+        match scheme {
+            LayerScheme::F32 | LayerScheme::Weight { bits: qlayers::Bits::B8, symmetric: true, .. } => Ok(scheme),
+            other => bail!("embeddings = {other:?}: an embedding table is f32 or symmetric int8 (int8-gN)"),
+        }
     }
 
     /// The scheme of the layer named `name` (dotted, as in the checkpoint: `encoder.layer.0.attention.self.query`).
@@ -223,6 +246,19 @@ mod tests {
         plan.rules.insert(0, Rule { pattern: "lm_head".into(), scheme: "f32".into() });
         assert_eq!(plan.scheme_for("lm_head").unwrap(), LayerScheme::F32);
         assert!(Plan::llama_preset("int3").is_err());
+    }
+
+    #[test]
+    fn embedding_tables_take_f32_or_symmetric_int8() {
+        assert_eq!(Plan::uniform(LayerScheme::w8a8()).embedding_scheme().unwrap(), LayerScheme::F32);
+        assert_eq!(Plan::bert_int8().embedding_scheme().unwrap(), Plan::INT8_TABLE);
+        let plan = Plan::parse("default = \"w8a8-b64\"\nembeddings = \"int8-g64\"").unwrap();
+        assert_eq!(plan.embedding_scheme().unwrap().to_string(), "int8-g64");
+        assert_eq!(Plan::parse(&plan.to_toml()).unwrap(), plan);
+        for bad in ["int4-g32", "w8a8-b64", "int8-g32-asym", "nope"] {
+            let err = Plan::parse(&format!("default = \"int8\"\nembeddings = \"{bad}\"")).unwrap_err();
+            assert!(format!("{err:#}").contains("embeddings"), "{bad}: {err:#}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use qlayers::QLinear;
 use serde::Deserialize;
 
 use super::attention::{attention, QkvLayout};
+use super::embedding::EmbeddingTable;
 use super::ops::{Activation, LayerNormParams};
 use super::projection::Projection;
 use crate::loader::QuantLoader;
@@ -95,8 +96,8 @@ struct Layer {
 pub struct BertModel {
     config: BertConfig,
     activation: Activation,
-    /// `[vocab, hidden]`.
-    word_embeddings: Vec<f32>,
+    /// `[vocab, hidden]`, f32 or int8 per the plan.
+    word_embeddings: EmbeddingTable,
     /// `[positions, hidden]`.
     position_embeddings: Vec<f32>,
     /// `[type_vocab, hidden]`; every token is type 0.
@@ -108,14 +109,16 @@ pub struct BertModel {
 impl BertModel {
     /// Builds the model, quantizing each layer as it is read.
     pub fn load(config: BertConfig, loader: &QuantLoader) -> Result<Self> {
-        let prefix = if loader.contains("embeddings.word_embeddings.weight") { "" } else { "bert." };
+        let prefix = if loader.contains("embeddings.position_embeddings.weight") { "" } else { "bert." };
         let h = config.hidden_size;
         let activation = Activation::from_name(&config.hidden_act).context("checked by BertConfig::from_json")?;
         let embedding = |name: &str, rows: usize| -> Result<Vec<f32>> {
             Ok(loader.tensor(&format!("{prefix}embeddings.{name}.weight"), &[rows, h])?.flatten_all()?.to_vec1()?)
         };
         let norm = |name: &str| layer_norm(loader, &format!("{prefix}{name}"), h, config.layer_norm_eps);
-        let word_embeddings = embedding("word_embeddings", config.vocab_size)?;
+        let word_name = format!("{prefix}embeddings.word_embeddings");
+        let word_params = loader.table_params(&word_name, config.vocab_size, h)?;
+        let word_embeddings = EmbeddingTable::from_params(&word_name, word_params, config.vocab_size, h)?;
         let position_embeddings = embedding("position_embeddings", config.max_position_embeddings)?;
         let token_type_embeddings = embedding("token_type_embeddings", config.type_vocab_size)?;
         let embeddings_norm = norm("embeddings.LayerNorm")?;
@@ -148,11 +151,11 @@ impl BertModel {
         &self.config
     }
 
-    /// Bytes of the f32 embedding tables and layer norms (the parts no plan quantizes).
+    /// Bytes of the embedding tables (the token table f32 or int8 per the plan, the others f32) and layer norms.
     pub fn embedding_bytes(&self) -> usize {
-        let tables = self.word_embeddings.len() + self.position_embeddings.len() + self.token_type_embeddings.len();
+        let tables = self.position_embeddings.len() + self.token_type_embeddings.len();
         let norms = 2 * self.config.hidden_size * (1 + 2 * self.layers.len());
-        4 * (tables + norms)
+        self.word_embeddings.storage_bytes() + 4 * (tables + norms)
     }
 
     /// Hidden states of every token of every sequence: `[sum of lengths, hidden]`, sequence after sequence.
@@ -171,13 +174,14 @@ impl BertModel {
         let starts: Vec<usize> = lens.iter().scan(0, |at, &len| Some(std::mem::replace(at, *at + len))).collect();
         let rows: usize = lens.iter().sum();
         let h = self.config.hidden_size;
-        let mut hidden = Vec::with_capacity(rows * h);
+        let mut hidden = vec![0f32; rows * h];
+        let mut out = hidden.chunks_exact_mut(h);
         for ids in sequences {
-            for (pos, &id) in ids.iter().enumerate() {
-                let word = &self.word_embeddings[id as usize * h..][..h];
+            for (pos, (&id, row)) in ids.iter().zip(out.by_ref()).enumerate() {
+                self.word_embeddings.row_into(id as usize, row);
                 let position = &self.position_embeddings[pos * h..][..h];
                 let token_type = &self.token_type_embeddings[..h];
-                hidden.extend(word.iter().zip(position).zip(token_type).map(|((w, p), t)| w + p + t));
+                row.iter_mut().zip(position).zip(token_type).for_each(|((v, p), t)| *v = *v + p + t);
             }
         }
         self.embeddings_norm.apply(&mut hidden, None);

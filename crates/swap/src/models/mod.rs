@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod bert;
+mod embedding;
 mod lanes;
 pub mod llama;
 pub mod ops;
