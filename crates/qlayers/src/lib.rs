@@ -18,7 +18,6 @@
 pub mod error;
 pub mod kernels;
 pub mod layers;
-pub mod memory;
 pub mod pack;
 pub mod quant;
 pub mod threads;

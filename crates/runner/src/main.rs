@@ -41,7 +41,6 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    qlayers::memory::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Embed(args) => embed::run(args),
