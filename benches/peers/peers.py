@@ -575,22 +575,24 @@ def main(argv=None) -> int:
     short_iters = 5 * args.iters
     log(f"timing {len(variants)} variants: {args.iters} x [{args.batch} x {args.seq}], "
         f"{short_iters} x [1 x {args.short_seq}], {args.threads} threads")
+    def timed_ms(variant, inputs):
+        """One call's milliseconds, after the untimed pause that lets the previous engine's threads go idle."""
+        if pause:
+            time.sleep(pause)
+        t0 = time.perf_counter()
+        variant.embed(inputs)
+        return (time.perf_counter() - t0) * 1e3
+
     t_all = time.perf_counter()
     for rnd in range(short_iters + 1):
         for i, v in enumerate(variants):
             if rnd <= args.iters:
-                if pause:
-                    time.sleep(pause)
-                t0 = time.perf_counter()
-                v.embed(batch_in[i])
+                ms = timed_ms(v, batch_in[i])
                 if rnd > 0:
-                    batch_times[i].append((time.perf_counter() - t0) * 1e3)
-            if pause:
-                time.sleep(pause)
-            t0 = time.perf_counter()
-            v.embed(short_in[i])
+                    batch_times[i].append(ms)
+            ms = timed_ms(v, short_in[i])
             if rnd > 0:
-                short_times[i].append((time.perf_counter() - t0) * 1e3)
+                short_times[i].append(ms)
         if rnd == 0:
             log(f"warm-up round done in {time.perf_counter() - t_all:.1f} s")
     log(f"timing done in {time.perf_counter() - t_all:.1f} s")
