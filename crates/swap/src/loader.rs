@@ -379,7 +379,7 @@ impl QuantLoader {
     }
 
     /// Reads `name.weight` (`[out_dim, in_dim]`) and `name.bias` if present, quantized per `scheme`; records them
-    /// and, when quantized, the scheme.
+    /// and the scheme (which a checkpoint lists for the layer).
     fn read_params(&self, name: &str, scheme: LayerScheme, in_dim: usize, out_dim: usize) -> Result<LinearParams> {
         let bias_name = format!("{name}.bias");
         let bias = if self.contains(&bias_name) { Some(self.read_float(&bias_name, &[out_dim])?) } else { None };
