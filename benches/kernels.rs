@@ -5,6 +5,8 @@
 //! `cargo bench --bench kernels` (all of it takes about 6 minutes on 2 cores); pass a filter to run a part,
 //! for example `cargo bench --bench kernels -- int4/1x`.
 //!
+//! `f32/MxKxN` groups time the f32 GEMM of `qlayers` (`FloatWeights`) against candle's f32 matmul.
+//!
 //! Groups are named `scheme/MxKxN`, with functions `qlayers`, `candle_f32`, `candle_q8_0` and `candle_q4_0`
 //! (W8A8 groups, `w8a8` with 64-value activation blocks and `w8a8-row` with one scale per row, have all four, `int8` groups the Q8_0 baseline, `int4` groups the Q4_0 one). Throughput is
 //! `2 M N K` operations per call, so criterion's "elem/s" reads as ops/s.
@@ -19,12 +21,12 @@ use std::time::Duration;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput};
-use qlayers::kernels::{selected_isa, Isa, PackedWeights, ISA_ENV};
+use qlayers::kernels::{selected_isa, FloatWeights, Isa, PackedWeights, ISA_ENV};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 mod common;
-use common::{cases, RandomWeights, Scheme};
+use common::{cases, f32_cases, RandomWeights, Scheme};
 
 /// Weights of M = 1 cases are cycled through a ring of matrices at least this large in all.
 const RING_BYTES: usize = 64 << 20;
@@ -144,6 +146,41 @@ fn kernels(c: &mut Criterion) {
                 },
             );
         }
+        group.finish();
+    }
+    for (m, k, n) in f32_cases() {
+        let mut group = c.benchmark_group(format!("f32/{m}x{k}x{n}"));
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_millis(2500))
+            .sampling_mode(SamplingMode::Flat)
+            .throughput(Throughput::Elements((2 * m * n * k) as u64));
+        let mut rng = StdRng::seed_from_u64((m * k) as u64);
+        let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1f32..1.0)).collect();
+        let x_tensor = Tensor::from_slice(&x, (m, k), &Device::Cpu).expect("input tensor");
+        bench_ring(
+            &mut group,
+            "qlayers",
+            || {
+                let w = f32_weight(k, n).flatten_all().and_then(|w| w.to_vec1::<f32>()).expect("weight values");
+                ring(m, || FloatWeights::new(isa, &w, n, k).expect("pack"), FloatWeights::storage_bytes)
+            },
+            |w| {
+                black_box(w.matmul(black_box(&x), m, None).expect("qlayers f32 matmul"));
+            },
+        );
+        bench_ring(
+            &mut group,
+            "candle_f32",
+            || {
+                let w = f32_weight(k, n);
+                ring(m, || w.copy().expect("copy"), |w| w.elem_count() * 4)
+            },
+            |w| {
+                black_box(x_tensor.matmul(&w.t().expect("t")).expect("f32 matmul"));
+            },
+        );
         group.finish();
     }
 }

@@ -10,6 +10,9 @@
 //!   and candle's `QMatMul` with Q8_0 and Q4_0. For M = 1 (decoding), each call takes the next of a ring of
 //!   weight matrices that together exceed 64 MB, so the weights come from DRAM, as they do in a real model.
 //!
+//! - the f32 peak (independent FMAs on 12 accumulators of the level's widest vectors) and every f32 shape: the
+//!   median time of the `qlayers` f32 GEMM and of candle's f32 matmul.
+//!
 //! Set `QLAYERS_ISA` to force a kernel level; `REPORT_BUDGET_MS` (default 400) is the time spent measuring one
 //! kernel at one shape.
 
@@ -19,13 +22,13 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use qlayers::kernels::{selected_isa, Isa, ISA_ENV};
+use qlayers::kernels::{selected_isa, FloatWeights, Isa, ISA_ENV};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 #[path = "../benches/common/mod.rs"]
 mod common;
-use common::{cases, RandomWeights, Scheme};
+use common::{cases, f32_cases, RandomWeights, Scheme};
 
 /// Weights of M = 1 cases are cycled through a ring of matrices at least this large in all (`REPORT_RING_MB`
 /// overrides it; 0 reuses one matrix, so that it stays in cache).
@@ -165,10 +168,103 @@ fn int8_peak_gops(threads: usize) -> Option<f64> {
     }
 }
 
+/// f32 flops per second of `threads` threads running independent FMAs at the widest level `isa` has (AVX-512 or
+/// AVX2), or `None` on the portable level.
+fn f32_peak_gflops(isa: Isa, threads: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let lanes = match isa {
+            Isa::Avx512Vnni => 16,
+            Isa::Avx2 => 8,
+            Isa::Reference => return None,
+        };
+        const ITERS: u64 = 20_000_000;
+        let mut best = f64::INFINITY;
+        for _ in 0..5 {
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    // SAFETY: the CPU supports the level (`isa` is one it supports), hence its FMA.
+                    s.spawn(move || match lanes {
+                        16 => black_box(unsafe { x86::fma512_loop(black_box(ITERS)) }),
+                        _ => black_box(unsafe { x86::fma256_loop(black_box(ITERS)) }),
+                    });
+                }
+            });
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        // 12 instructions per iteration, `lanes` multiply-adds each, 2 flops per multiply-add.
+        Some((threads as u64 * ITERS * 12 * lanes * 2) as f64 / best / 1e9)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, threads);
+        None
+    }
+}
+
+/// Seconds per call of the `qlayers` f32 GEMM and of candle's f32 matmul at one shape.
+fn f32_times(isa: Isa, m: usize, k: usize, n: usize, budget: Duration) -> Result<(f64, f64)> {
+    let mut rng = StdRng::seed_from_u64((m * k * n) as u64);
+    let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1f32..1.0)).collect();
+    let w = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
+    let len = ring_len(m, n * k * 4);
+    let values = w.flatten_all()?.to_vec1::<f32>()?;
+    let ours = {
+        let ring: Vec<FloatWeights> =
+            (0..len).map(|_| FloatWeights::new(isa, &values, n, k)).collect::<qlayers::Result<_>>()?;
+        measure(ring.len(), budget, |i| {
+            black_box(ring[i % ring.len()].matmul(&x, m, None)?);
+            Ok(())
+        })?
+    };
+    let candle = {
+        let x = Tensor::from_slice(&x, (m, k), &Device::Cpu)?;
+        let ring: Vec<Tensor> = (0..len).map(|_| w.copy()).collect::<candle_core::Result<_>>()?;
+        measure(ring.len(), budget, |i| {
+            black_box(x.matmul(&ring[i % ring.len()].t()?)?);
+            Ok(())
+        })?
+    };
+    Ok((ours, candle))
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
     use std::hint::black_box;
+
+    /// `iters` rounds of 12 independent 512-bit FMAs.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma512_loop(iters: u64) -> f32 {
+        let (a, b) = (_mm512_set1_ps(black_box(0.999)), _mm512_set1_ps(black_box(0.001)));
+        let mut acc = [_mm512_setzero_ps(); 12];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm512_fmadd_ps(*v, a, b);
+            }
+        }
+        acc.iter().map(|&v| _mm512_reduce_add_ps(v)).sum()
+    }
+
+    /// `iters` rounds of 12 independent 256-bit FMAs.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn fma256_loop(iters: u64) -> f32 {
+        let (a, b) = (_mm256_set1_ps(black_box(0.999)), _mm256_set1_ps(black_box(0.001)));
+        let mut acc = [_mm256_setzero_ps(); 12];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm256_fmadd_ps(*v, a, b);
+            }
+        }
+        let mut lanes = [0f32; 8];
+        acc.iter()
+            .map(|&v| {
+                _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+                lanes.iter().sum::<f32>()
+            })
+            .sum()
+    }
 
     /// `iters` rounds of 12 independent `vpdpbusd`.
     #[target_feature(enable = "avx512f,avx512vnni")]
@@ -307,6 +403,24 @@ fn main() -> Result<()> {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (scheme, m, k, n, t, f, q8, q4) in raw {
         println!("| {} | {m} | {k} | {n} | {} | {} | {} | {} |", scheme.name(), ms(t), ms(f), ms(q8), ms(q4));
+    }
+    println!();
+    let f32_peak = f32_peak_gflops(isa, all_threads);
+    match f32_peak {
+        Some(peak) => println!("f32 GEMM (f32 peak at this level: {peak:.0} GFLOPS on {all_threads} threads):"),
+        None => println!("f32 GEMM (f32 peak not measured on the portable level):"),
+    }
+    println!();
+    println!("| M | K | N | qlayers ms | candle f32 ms | x vs candle | GFLOPS | % of f32 peak |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (m, k, n) in f32_cases() {
+        if !format!("f32/{m}x{k}x{n}").contains(&filter) {
+            continue;
+        }
+        let (ours, theirs) = f32_times(isa, m, k, n, budget)?;
+        let gflops = 2.0 * (m * n * k) as f64 / ours / 1e9;
+        let peak = f32_peak.map_or("-".into(), |p| format!("{:.0}%", 100.0 * gflops / p));
+        println!("| {m} | {k} | {n} | {} | {} | {:.2} | {gflops:.1} | {peak} |", ms(ours), ms(theirs), theirs / ours);
     }
     eprintln!("\n(report took {:.0} s)", started.elapsed().as_secs_f64());
     Ok(())

@@ -49,6 +49,19 @@ pub fn cases() -> Vec<(Scheme, usize, usize, usize)> {
     cases
 }
 
+/// The shapes of the f32 GEMM, `(m, k, n)`: the BERT-like layers of a 32 x 128 batch, and the Llama-like ones at
+/// M = 1 and M = 256.
+pub fn f32_cases() -> Vec<(usize, usize, usize)> {
+    let mut cases: Vec<_> = [(384, 384), (384, 1536), (1536, 384), (768, 768), (768, 3072), (3072, 768)]
+        .into_iter()
+        .map(|(k, n)| (4096, k, n))
+        .collect();
+    for m in [1, 256] {
+        cases.extend([(576, 576), (576, 1536), (1536, 576)].map(|(k, n)| (m, k, n)));
+    }
+    cases
+}
+
 /// Random symmetric codes and scales of an `[n, k]` weight in one scheme.
 pub struct RandomWeights {
     n: usize,

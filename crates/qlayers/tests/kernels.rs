@@ -2,7 +2,7 @@
 //! on random shapes that include M = 1, odd K and N, and sizes that are not multiples of the tiles, for every code
 //! width and for 4-bit codes looked up in random tables.
 
-use qlayers::kernels::{Isa, PackedWeights, WeightCodes};
+use qlayers::kernels::{FloatWeights, Isa, PackedWeights, WeightCodes};
 use qlayers::Bits;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -419,6 +419,72 @@ fn thread_count_does_not_change_results() {
     qlayers::threads::set_num_threads(2);
     let two = w.matmul(&x, m, None).unwrap();
     assert_bit_identical(&one, &two, "1 vs 2 threads");
+}
+
+/// The scalar model of the f32 kernels: one chain of fused multiply-adds over K in order, from zero, then the bias.
+fn expected_f32(w: &[f32], n: usize, k: usize, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    let mut y = vec![0f32; m * n];
+    for r in 0..m {
+        for c in 0..n {
+            let dot = (0..k).fold(0f32, |acc, j| x[r * k + j].mul_add(w[c * k + j], acc));
+            y[r * n + c] = dot + bias.map_or(0.0, |b| b[c]);
+        }
+    }
+    y
+}
+
+#[test]
+fn every_level_matches_the_scalar_f32_formula_bit_for_bit() {
+    let mut rng = StdRng::seed_from_u64(17);
+    // Beyond the shared shapes: K over several chunks at every level, and rows over several row chunks.
+    let extra = [(7, 1000, 65), (13, 129, 97), (200, 256, 40), (1, 1536, 33)];
+    let mut checked = 0;
+    for &(m, k, n) in SHAPES.iter().chain(&extra) {
+        let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1f32..1.0)).collect();
+        let bias: Option<Vec<f32>> =
+            rng.random_bool(0.5).then(|| (0..n).map(|_| rng.random_range(-1f32..1.0)).collect());
+        let x = random_input(&mut rng, m, k);
+        let expected = expected_f32(&w, n, k, &x, m, bias.as_deref());
+        for isa in Isa::supported() {
+            let packed = FloatWeights::new(isa, &w, n, k).unwrap();
+            let y = packed.matmul(&x, m, bias.as_deref()).unwrap();
+            assert_bit_identical(&y, &expected, &format!("f32 {isa} m={m} k={k} n={n}"));
+            checked += 1;
+        }
+    }
+    assert!(checked >= SHAPES.len() + 4, "ran {checked} comparisons");
+}
+
+#[test]
+fn an_f32_row_does_not_depend_on_its_batch_or_the_thread_count() {
+    let mut rng = StdRng::seed_from_u64(19);
+    let (m, k, n) = (37, 300, 70);
+    let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1f32..1.0)).collect();
+    let x = random_input(&mut rng, m, k);
+    for isa in Isa::supported() {
+        let packed = FloatWeights::new(isa, &w, n, k).unwrap();
+        let batch = packed.matmul(&x, m, None).unwrap();
+        for r in [0, 7, 36] {
+            let alone = packed.matmul(&x[r * k..(r + 1) * k], 1, None).unwrap();
+            assert_bit_identical(&alone, &batch[r * n..(r + 1) * n], &format!("f32 {isa} row {r}"));
+        }
+        qlayers::threads::set_num_threads(1);
+        let one = packed.matmul(&x, m, None).unwrap();
+        qlayers::threads::set_num_threads(2);
+        assert_bit_identical(&one, &batch, &format!("f32 {isa} 1 vs 2 threads"));
+    }
+}
+
+#[test]
+fn f32_weights_reject_bad_shapes() {
+    assert!(FloatWeights::new(Isa::Reference, &[1.0; 5], 2, 3).unwrap_err().to_string().contains("shape mismatch"));
+    assert!(FloatWeights::new(Isa::Reference, &[], 0, 3).is_err());
+    let packed = FloatWeights::new(Isa::Reference, &[1.0; 6], 2, 3).unwrap();
+    assert!(packed.matmul(&[1.0; 5], 2, None).unwrap_err().to_string().contains("shape mismatch"));
+    assert!(packed.matmul(&[1.0; 3], 1, Some(&[0.0; 3])).unwrap_err().to_string().contains("shape mismatch"));
+    assert!(packed.matmul(&[], 0, None).unwrap().is_empty());
+    // Non-finite input propagates, as in any f32 matmul.
+    assert!(packed.matmul(&[f32::NAN, 0.0, 0.0], 1, None).unwrap()[0].is_nan());
 }
 
 #[test]

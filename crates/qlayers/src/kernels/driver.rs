@@ -5,6 +5,8 @@ use std::ops::Range;
 
 use super::activations::{quantize_rows, BlockParams, QuantizedActivations, RowsOut};
 use super::blocks::KBlocks;
+use super::float::{FloatJob, FLOAT_CHUNK_BYTES};
+use super::float_tile::{float_tile, FloatTile};
 use super::isa::Isa;
 use super::microkernel::{tile, BlockGeometry, Tile};
 use super::packed::{PackedWeights, PanelLayout};
@@ -62,7 +64,10 @@ impl ActivationBuffers {
 /// Declares a level's entry points: functions compiled with its target features, into which the generic driver,
 /// micro-kernel and quantizer are inlined, so that each level gets code vectorized for it.
 macro_rules! level {
-    ($module:ident, $simd:ty, mr = $mr:literal, nv = $nv:literal $(, features = $features:literal)?) => {
+    (
+        $module:ident, $simd:ty, mr = $mr:literal, nv = $nv:literal, float_mr = $fmr:literal, float_nv = $fnv:literal
+        $(, features = $features:literal)?
+    ) => {
         mod $module {
             use super::*;
 
@@ -70,6 +75,16 @@ macro_rules! level {
             pub(super) const MR: usize = $mr;
             /// Columns of the micro-tile.
             pub(super) const NR: usize = $nv * <$simd as Int8Simd>::LANES;
+            /// Rows of the float micro-tile.
+            pub(super) const FLOAT_MR: usize = $fmr;
+            /// Columns of the float micro-tile (and of a float panel).
+            pub(super) const FLOAT_NR: usize = $fnv * <$simd as Int8Simd>::LANES;
+
+            /// Runs the float tiles of `rows` x `panels`.
+            $(#[target_feature(enable = $features)])?
+            pub(super) unsafe fn run_float(job: &FloatJob<'_>, rows: Range<usize>, panels: Range<usize>) {
+                run_float_tiles::<$simd, $fmr, $fnv>(job, rows, panels)
+            }
 
             /// Runs the tiles of `rows` x `panels`.
             $(#[target_feature(enable = $features)])?
@@ -95,15 +110,27 @@ macro_rules! level {
     };
 }
 
-level!(reference_level, Reference, mr = 4, nv = 1);
+// Float tiles: 6 x 2 vectors keeps 12 sums, 2 weight vectors and a broadcast in the 16 registers of AVX2, with
+// two weight loads and six broadcasts per twelve multiply-adds.
+level!(reference_level, Reference, mr = 4, nv = 1, float_mr = 4, float_nv = 1);
 #[cfg(target_arch = "x86_64")]
-level!(avx2_level, super::super::x86::avx2::Avx2, mr = 4, nv = 2, features = "avx2,fma,f16c");
+level!(
+    avx2_level,
+    super::super::x86::avx2::Avx2,
+    mr = 4,
+    nv = 2,
+    float_mr = 6,
+    float_nv = 2,
+    features = "avx2,fma,f16c"
+);
 #[cfg(target_arch = "x86_64")]
 level!(
     avx512_level,
     super::super::x86::avx512::Avx512Vnni,
     mr = 6,
     nv = 2,
+    float_mr = 6,
+    float_nv = 2,
     features = "avx512f,avx512bw,avx512vl,avx512vnni"
 );
 
@@ -141,6 +168,47 @@ impl Isa {
     fn tile_rows(self) -> usize {
         on_level!(self, level => level::MR)
     }
+
+    /// Columns of this level's float panels.
+    pub(crate) fn float_panel_width(self) -> usize {
+        on_level!(self, level => level::FLOAT_NR)
+    }
+
+    /// Rows of this level's float micro-tile.
+    pub(crate) fn float_tile_rows(self) -> usize {
+        on_level!(self, level => level::FLOAT_MR)
+    }
+
+    /// Runs the float tiles of `rows` x `panels` of `job`.
+    ///
+    /// # Safety
+    /// The CPU supports this level, `job.w` is packed for it, and no other thread writes these tiles meanwhile.
+    pub(crate) unsafe fn run_float(self, job: &FloatJob<'_>, rows: Range<usize>, panels: Range<usize>) {
+        on_level!(self, level => level::run_float(job, rows, panels))
+    }
+}
+
+/// Splits an `m`-row output of `panels` panels into tasks of row chunks and panel ranges and runs `task` on each,
+/// in parallel: a row chunk's input (`row_bytes` a row) stays in L2 while its task walks its panels, and there are
+/// enough tasks for every thread even when there are few rows.
+pub(crate) fn for_each_task(
+    m: usize,
+    mr: usize,
+    row_bytes: usize,
+    panels: usize,
+    task: impl Fn(Range<usize>, Range<usize>) + Sync,
+) {
+    let rows_per_chunk = (ROW_CHUNK_BYTES / row_bytes).max(mr).next_multiple_of(mr).min(m.next_multiple_of(mr));
+    let row_chunks = m.div_ceil(rows_per_chunk);
+    let wanted_tasks = 4 * num_threads();
+    let panel_splits = wanted_tasks.div_ceil(row_chunks).clamp(1, panels);
+    let panels_per_task = panels.div_ceil(panel_splits);
+    let panel_tasks = panels.div_ceil(panels_per_task);
+    parallel_for(row_chunks * panel_tasks, |t| {
+        let (rc, pc) = (t / panel_tasks, t % panel_tasks);
+        let rows = rc * rows_per_chunk..((rc + 1) * rows_per_chunk).min(m);
+        task(rows, pc * panels_per_task..((pc + 1) * panels_per_task).min(panels));
+    });
 }
 
 impl PackedWeights {
@@ -214,22 +282,10 @@ impl PackedWeights {
     /// Runs every tile of `job`, whose activations are all quantized, as tasks of row chunks and panel ranges:
     /// enough tasks for every thread even when there are few rows.
     fn run_split(&self, m: usize, job: &Job<'_>) {
-        let mr = self.isa.tile_rows();
-        let rows_per_chunk =
-            (ROW_CHUNK_BYTES / self.blocks.padded_k).max(mr).next_multiple_of(mr).min(m.next_multiple_of(mr));
-        let row_chunks = m.div_ceil(rows_per_chunk);
-        let panels = self.panels();
-        let wanted_tasks = 4 * num_threads();
-        let panel_splits = wanted_tasks.div_ceil(row_chunks).clamp(1, panels);
-        let panels_per_task = panels.div_ceil(panel_splits);
-        let panel_tasks = panels.div_ceil(panels_per_task);
-        parallel_for(row_chunks * panel_tasks, |task| {
-            let (rc, pc) = (task / panel_tasks, task % panel_tasks);
-            let rows = rc * rows_per_chunk..((rc + 1) * rows_per_chunk).min(m);
-            let panel_range = pc * panels_per_task..((pc + 1) * panels_per_task).min(panels);
+        for_each_task(m, self.isa.tile_rows(), self.blocks.padded_k, self.panels(), |rows, panels| {
             // SAFETY: the level is supported (checked when the weights were packed); every row was quantized
             // before; tasks write disjoint tiles.
-            unsafe { on_level!(self.isa, level => level::run(job, rows, panel_range, &[])) }
+            unsafe { on_level!(self.isa, level => level::run(job, rows, panels, &[])) }
         });
     }
 
@@ -332,7 +388,7 @@ const HUGE_OUTPUT_BYTES: usize = 4 << 20;
 /// output is fresh memory at every call (the allocator returns it to the system when it is freed), and faulting it
 /// in 4 KB pages costs up to a quarter of the call (768 x 3072 at M = 4096); on Linux its 2 MB-aligned interior is marked for
 /// huge pages first, so that it faults in 2 MB at a time.
-fn output_buffer(len: usize) -> Vec<std::mem::MaybeUninit<f32>> {
+pub(crate) fn output_buffer(len: usize) -> Vec<std::mem::MaybeUninit<f32>> {
     let mut out: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(len);
     // SAFETY: MaybeUninit needs no initialization.
     unsafe { out.set_len(len) };
@@ -440,5 +496,62 @@ unsafe fn dispatch_tile<S: Int8Simd, const MR: usize, const NV: usize>(rows: usi
         7 if MR >= 7 => by_bits!(7),
         _ if MR >= 8 => by_bits!(8),
         _ => unreachable!("a tile has at most {MR} rows"),
+    }
+}
+
+/// Runs every float tile of `rows` x `panels`, K chunk by K chunk: a panel's chunk stays in L1 while the row tiles
+/// pass, and each tile keeps its running sums in a partial buffer between chunks.
+#[inline(always)]
+unsafe fn run_float_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
+    job: &FloatJob<'_>,
+    rows: Range<usize>,
+    panels: Range<usize>,
+) {
+    let w = job.w;
+    let nr = NV * S::LANES;
+    let k_chunk = (FLOAT_CHUNK_BYTES / (4 * nr)).max(1);
+    let chunks = w.k.div_ceil(k_chunk);
+    let row_tiles = rows.len().div_ceil(MR);
+    let mut partial = if chunks > 1 { vec![0f32; panels.len() * row_tiles * MR * nr] } else { Vec::new() };
+    let weights = w.panels.as_ptr().cast::<f32>();
+    for chunk in 0..chunks {
+        let k0 = chunk * k_chunk;
+        let steps = k_chunk.min(w.k - k0);
+        for (pi, p) in panels.clone().enumerate() {
+            let col0 = p * nr;
+            for (ti, m0) in rows.clone().step_by(MR).enumerate() {
+                let t = FloatTile {
+                    a: job.x.as_ptr().add(m0 * w.k + k0),
+                    lda: w.k,
+                    w: weights.add((p * w.k + k0) * nr),
+                    steps,
+                    bias: job.bias.as_ptr().add(col0),
+                    out: job.out.get().add(m0 * w.n + col0),
+                    ldo: w.n,
+                    cols: nr.min(w.n - col0),
+                    partial: partial.as_mut_ptr().wrapping_add((pi * row_tiles + ti) * MR * nr),
+                    first: chunk == 0,
+                    last: chunk + 1 == chunks,
+                };
+                dispatch_float_tile::<S, MR, NV>((rows.end - m0).min(MR), &t);
+            }
+        }
+    }
+}
+
+/// Picks the float tile instantiation for `rows` rows (at most `MR`).
+#[inline(always)]
+unsafe fn dispatch_float_tile<S: Int8Simd, const MR: usize, const NV: usize>(rows: usize, t: &FloatTile) {
+    debug_assert!(rows >= 1 && rows <= MR);
+    match rows {
+        1 => float_tile::<S, 1, NV>(t),
+        2 => float_tile::<S, 2, NV>(t),
+        3 => float_tile::<S, 3, NV>(t),
+        4 => float_tile::<S, 4, NV>(t),
+        5 if MR >= 5 => float_tile::<S, 5, NV>(t),
+        6 if MR >= 6 => float_tile::<S, 6, NV>(t),
+        7 if MR >= 7 => float_tile::<S, 7, NV>(t),
+        _ if MR >= 8 => float_tile::<S, 8, NV>(t),
+        _ => unreachable!("a float tile has at most {MR} rows"),
     }
 }

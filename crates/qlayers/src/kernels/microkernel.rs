@@ -281,7 +281,7 @@ pub(crate) fn prefetch(p: *const u8, bytes: usize) {
 /// `p`, hidden from the optimizer: row pointers computed as `base + m * stride` are otherwise folded back into that
 /// sum and re-derived at every step (an add per row and step), instead of living in their own registers.
 #[inline(always)]
-fn opaque<T>(p: *const T) -> *const T {
+pub(crate) fn opaque<T>(p: *const T) -> *const T {
     p.with_addr(opaque_addr(p.addr()))
 }
 

@@ -9,10 +9,16 @@
 //! `y[m][n] = bias[n] + sum_g s_x[m][g] * s_w[n][g] * sum_{k in g} (u[n][k] - z[n][g]) * q[m][k]`.
 //! Codebook weights fit the same formula: their 4-bit codes are looked up in a 16-entry table of 8-bit codes
 //! `u = L + 128` (zero point 128) inside the micro-kernel, then multiplied as 8-bit codes.
+//!
+//! f32 weights ([`FloatWeights`], `float.rs`) run on the same driver's task split and levels, with their own
+//! micro-kernel (`float_tile.rs`): one chain of fused multiply-adds per output over K in order, so every level gives
+//! the same bits.
 
 mod activations;
 mod blocks;
 mod driver;
+mod float;
+mod float_tile;
 mod isa;
 mod microkernel;
 mod packed;
@@ -22,5 +28,6 @@ mod simd;
 mod x86;
 
 pub use blocks::MAX_BLOCK;
+pub use float::FloatWeights;
 pub use isa::{cpu_name, selected_isa, Isa, ISA_ENV};
 pub use packed::{PackedWeights, WeightCodes};

@@ -272,7 +272,7 @@ pub(crate) struct CacheAligned {
 
 impl CacheAligned {
     /// `len` zero bytes.
-    fn zeroed(len: usize) -> Self {
+    pub(crate) fn zeroed(len: usize) -> Self {
         Self { lines: vec![Line([0; 64]); len.div_ceil(64)], len }
     }
 
@@ -290,5 +290,11 @@ impl CacheAligned {
     fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: `lines` holds at least `len` initialized bytes, and `Line` is plain bytes.
         unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
+    }
+
+    /// The first `len / 4` floats, mutably (every bit pattern is a float).
+    pub(crate) fn as_mut_f32(&mut self) -> &mut [f32] {
+        // SAFETY: the lines are 64-byte aligned and hold at least `len` initialized bytes; any 4 bytes are an f32.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len / 4) }
     }
 }

@@ -8,15 +8,16 @@ use super::int_weights::pack_qtensor;
 use super::scheme::LayerScheme;
 use super::smoothing::InputRange;
 use crate::error::{QuantError, Result};
-use crate::kernels::PackedWeights;
+use crate::kernels::{selected_isa, FloatWeights, PackedWeights};
 use crate::quant::QTensor;
 
 /// A linear layer `y = x W^T + b` whose weights are quantized per a [`LayerScheme`].
 ///
 /// It implements [`candle_core::Module`], so it stands wherever `candle_nn::Linear` stands: any input of shape
-/// `[..., in_features]` and any float dtype (computed in f32 and returned in the input's dtype). Integer schemes
-/// run the fused kernels of [`crate::kernels`] on the CPU; on other devices the op reports that it has no kernel
-/// there (the `CustomOp1` hooks are where CUDA and Metal kernels plug in).
+/// `[..., in_features]` and any float dtype (computed in f32 and returned in the input's dtype). On the CPU, integer
+/// schemes run the fused kernels of [`crate::kernels`] and f32 weights its f32 GEMM; f32 weights on other devices
+/// run candle's matmul, and integer schemes there report that the op has no kernel (the `CustomOp1` hooks are
+/// where CUDA and Metal kernels plug in).
 #[derive(Debug, Clone)]
 pub struct QLinear {
     scheme: LayerScheme,
@@ -29,8 +30,19 @@ pub struct QLinear {
 
 #[derive(Debug, Clone)]
 enum Kind {
-    F32(candle_nn::Linear),
+    /// f32 weights on a device other than the CPU: candle's matmul.
+    Candle(candle_nn::Linear),
+    /// f32 weights packed for the CPU f32 GEMM.
+    Float(Box<FloatLinear>),
+    /// Integer codes for the fused dequant-matmul kernels.
     Int(Box<IntLinear>),
+}
+
+/// The f32 form on the CPU: packed weights and the bias, as a candle custom op.
+#[derive(Debug, Clone)]
+pub(crate) struct FloatLinear {
+    pub(crate) weights: FloatWeights,
+    pub(crate) bias: Option<Vec<f32>>,
 }
 
 /// The integer form: packed weights and the bias, as a candle custom op.
@@ -66,7 +78,12 @@ impl QLinear {
         };
         check_bias(bias, out_features)?;
         let kind = match scheme.weight_scheme(in_features)? {
-            None => Kind::F32(candle_nn::Linear::new(weight.clone(), bias.cloned())),
+            None if weight.device().is_cpu() => {
+                let values = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let weights = FloatWeights::new(selected_isa()?, &values, out_features, in_features)?;
+                Kind::Float(Box::new(FloatLinear { weights, bias: bias_values(bias)? }))
+            }
+            None => Kind::Candle(candle_nn::Linear::new(weight.clone(), bias.cloned())),
             Some((weight_scheme, block)) => {
                 let q = QTensor::quantize(weight, weight_scheme)?;
                 let weights = pack_qtensor(&q, block, scheme.half_params())?;
@@ -95,7 +112,7 @@ impl QLinear {
         let mut layer = Self::new(&weight.to_dtype(DType::F32)?.broadcast_mul(&s)?, bias, scheme)?;
         match &mut layer.kind {
             Kind::Int(int) => int.input_scale = Some(factors.iter().map(|f| 1.0 / f).collect()),
-            Kind::F32(_) => {
+            Kind::Float(_) | Kind::Candle(_) => {
                 return Err(QuantError::InvalidScheme("smoothing applies to integer schemes, not f32".into()))
             }
         }
@@ -164,8 +181,9 @@ impl QLinear {
         }
         match &self.kind {
             Kind::Int(int) => int.matmul(x, m),
-            Kind::F32(linear) => {
-                let x = Tensor::from_slice(x, (m, self.in_features), &candle_core::Device::Cpu)?;
+            Kind::Float(float) => float.weights.matmul(x, m, float.bias.as_deref()),
+            Kind::Candle(linear) => {
+                let x = Tensor::from_slice(x, (m, self.in_features), linear.weight().device())?;
                 Ok(linear.forward(&x)?.flatten_all()?.to_vec1()?)
             }
         }
@@ -175,7 +193,8 @@ impl QLinear {
     /// a codebook's 16-byte table, bias).
     pub fn storage_bytes(&self) -> usize {
         match &self.kind {
-            Kind::F32(l) => tensor_bytes(l.weight()) + l.bias().map_or(0, tensor_bytes),
+            Kind::Candle(l) => tensor_bytes(l.weight()) + l.bias().map_or(0, tensor_bytes),
+            Kind::Float(float) => float.weights.storage_bytes() + 4 * float.bias.as_ref().map_or(0, Vec::len),
             Kind::Int(int) => {
                 let vectors = int.bias.as_ref().map_or(0, Vec::len) + int.input_scale.as_ref().map_or(0, Vec::len);
                 int.weights.storage_bytes() + 4 * vectors
@@ -190,21 +209,26 @@ impl Module for QLinear {
             observer.observe(&x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?, self.in_features);
         }
         match &self.kind {
-            Kind::F32(linear) => linear.forward(x),
-            Kind::Int(int) => {
-                if x.dims().last() != Some(&self.in_features) {
-                    return Err(QuantError::ShapeMismatch {
-                        what: "QLinear input's last dimension vs in_features",
-                        left: x.dims().to_vec(),
-                        right: vec![self.in_features],
-                    }
-                    .into());
-                }
-                let dtype = x.dtype();
-                let y = x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(int.as_ref())?;
-                y.to_dtype(dtype)
-            }
+            Kind::Candle(linear) => linear.forward(x),
+            Kind::Float(float) => self.apply_op(x, float.as_ref()),
+            Kind::Int(int) => self.apply_op(x, int.as_ref()),
         }
+    }
+}
+
+impl QLinear {
+    /// Runs `op` (the layer's own kernels) on `x` in f32, returning the input's dtype.
+    fn apply_op(&self, x: &Tensor, op: &impl CustomOp1) -> candle_core::Result<Tensor> {
+        if x.dims().last() != Some(&self.in_features) {
+            return Err(QuantError::ShapeMismatch {
+                what: "QLinear input's last dimension vs in_features",
+                left: x.dims().to_vec(),
+                right: vec![self.in_features],
+            }
+            .into());
+        }
+        let dtype = x.dtype();
+        x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(op)?.to_dtype(dtype)
     }
 }
 
@@ -214,15 +238,35 @@ impl CustomOp1 for IntLinear {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(storage, layout)?;
-        let dims = layout.dims();
-        let k = self.weights.k();
-        let m = x.len() / k;
-        let y = self.matmul(x, m)?;
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("checked by forward") = self.weights.n();
-        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
+        cpu_linear(storage, layout, self.weights.k(), self.weights.n(), |x, m| self.matmul(x, m))
     }
+}
+
+impl CustomOp1 for FloatLinear {
+    fn name(&self) -> &'static str {
+        "qlinear-f32"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (k, n) = (self.weights.k(), self.weights.n());
+        cpu_linear(storage, layout, k, n, |x, m| self.weights.matmul(x, m, self.bias.as_deref()))
+    }
+}
+
+/// A linear op's CPU forward: `matmul(x, m)` over the `m` rows of `k` values of a contiguous f32 input, shaped as
+/// the input with its last dimension `n`.
+fn cpu_linear(
+    storage: &CpuStorage,
+    layout: &Layout,
+    k: usize,
+    n: usize,
+    matmul: impl Fn(&[f32], usize) -> Result<Vec<f32>>,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let x = contiguous_f32(storage, layout)?;
+    let y = matmul(x, x.len() / k)?;
+    let mut out_dims = layout.dims().to_vec();
+    *out_dims.last_mut().expect("checked by forward") = n;
+    Ok((CpuStorage::F32(y), Shape::from(out_dims)))
 }
 
 /// The f32 values of a contiguous tensor (the layers' `forward` makes inputs contiguous f32 first).

@@ -1,0 +1,129 @@
+//! f32 weights packed into the float micro-kernel's panels, and their matmul on the shared driver.
+//!
+//! Columns of the output (rows of the `[n, k]` weight) are grouped into panels of `nr` columns; inside a panel
+//! each K value stores its `nr` weights, one per column (zeros past the last column). A task multiplies a chunk of
+//! rows by a range of panels, K chunk by K chunk, so that a panel's chunk stays in L1 while the row tiles pass.
+
+use super::isa::Isa;
+use super::packed::CacheAligned;
+use crate::error::{QuantError, Result};
+use crate::threads::SharedMut;
+
+/// Bytes of one panel's K chunk: it stays in L1 beside the row tiles' input.
+pub(crate) const FLOAT_CHUNK_BYTES: usize = 16 * 1024;
+
+/// f32 weights of an `[n, k]` matrix in the panel layout of one kernel level.
+#[derive(Debug, Clone)]
+pub struct FloatWeights {
+    pub(crate) isa: Isa,
+    pub(crate) n: usize,
+    pub(crate) k: usize,
+    /// Columns per panel.
+    pub(crate) nr: usize,
+    /// Panels one after another, `[panel][k][nr]`, starting on a cache line.
+    pub(crate) panels: CacheAligned,
+}
+
+/// What every task of one float matmul reads.
+pub(crate) struct FloatJob<'a> {
+    pub w: &'a FloatWeights,
+    pub x: &'a [f32],
+    /// Bias padded to whole panels (zeros where the layer has none).
+    pub bias: &'a [f32],
+    pub out: SharedMut<f32>,
+}
+
+impl FloatWeights {
+    /// Packs `weight` (`n` rows of `k` values, row-major: PyTorch's Linear layout) for the kernels of `isa`, which
+    /// must be supported by this CPU.
+    pub fn new(isa: Isa, weight: &[f32], n: usize, k: usize) -> Result<Self> {
+        if !isa.is_supported() {
+            return Err(QuantError::InvalidScheme(format!("kernel level {isa} is not supported by this CPU")));
+        }
+        if weight.len() != n * k || n == 0 || k == 0 {
+            return Err(QuantError::ShapeMismatch {
+                what: "f32 weight vs [n, k] (both at least 1)",
+                left: vec![weight.len()],
+                right: vec![n, k],
+            });
+        }
+        let nr = isa.float_panel_width();
+        let panel_count = n.div_ceil(nr);
+        let mut panels = CacheAligned::zeroed(panel_count * k * nr * 4);
+        let values = panels.as_mut_f32();
+        for (row, weights) in weight.chunks_exact(k).enumerate() {
+            let (panel, column) = (row / nr, row % nr);
+            let panel = &mut values[panel * k * nr..][..k * nr];
+            for (kk, &w) in weights.iter().enumerate() {
+                panel[kk * nr + column] = w;
+            }
+        }
+        Ok(Self { isa, n, k, nr, panels })
+    }
+
+    /// Output features.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Input features.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The kernel level the weights are packed for.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Bytes the packed weights take.
+    pub fn storage_bytes(&self) -> usize {
+        self.panels.len()
+    }
+
+    /// Number of panels.
+    pub(crate) fn panel_count(&self) -> usize {
+        self.n.div_ceil(self.nr)
+    }
+
+    /// `y = x W^T + bias` for `x` of `m` rows of `k` values, row-major; returns `m x n` values, row-major. Each
+    /// output is one chain of fused multiply-adds over K in order plus the bias, so every level gives the same
+    /// bits and each row's result depends on that row alone. Non-finite input propagates, as in any f32 matmul.
+    pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Result<Vec<f32>> {
+        let (n, k) = (self.n, self.k);
+        if x.len() != m * k {
+            return Err(QuantError::ShapeMismatch {
+                what: "matmul input vs [m, k]",
+                left: vec![x.len()],
+                right: vec![m, k],
+            });
+        }
+        if let Some(b) = bias {
+            if b.len() != n {
+                return Err(QuantError::ShapeMismatch {
+                    what: "bias vs output features",
+                    left: vec![b.len()],
+                    right: vec![n],
+                });
+            }
+        }
+        if m == 0 {
+            return Ok(Vec::new());
+        }
+        let mut padded_bias = vec![0f32; self.panel_count() * self.nr];
+        if let Some(b) = bias {
+            padded_bias[..n].copy_from_slice(b);
+        }
+        let mut out = super::driver::output_buffer(m * n);
+        let job = FloatJob { w: self, x, bias: &padded_bias, out: SharedMut(out.as_mut_ptr().cast::<f32>()) };
+        let mr = self.isa.float_tile_rows();
+        super::driver::for_each_task(m, mr, 4 * k, self.panel_count(), |rows, panels| {
+            // SAFETY: the level is supported (checked when the weights were packed); tasks write disjoint tiles.
+            unsafe { self.isa.run_float(&job, rows, panels) }
+        });
+        let mut out = std::mem::ManuallyDrop::new(out);
+        // SAFETY: the tasks covered every row and column, so every element is initialized; MaybeUninit<f32> has the
+        // layout of f32.
+        Ok(unsafe { Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), out.len(), out.capacity()) })
+    }
+}
