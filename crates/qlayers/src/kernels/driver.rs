@@ -217,66 +217,70 @@ impl PackedWeights {
     /// Activations are quantized to int8 per row and K block on the fly; each row's result depends on that row
     /// alone. Errors on NaN or infinite input, or on sizes that do not match.
     pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Result<Vec<f32>> {
-        let (n, k) = (self.n, self.blocks.k);
-        if x.len() != m * k {
-            return Err(QuantError::ShapeMismatch {
-                what: "matmul input vs [m, k]",
-                left: vec![x.len()],
-                right: vec![m, k],
-            });
-        }
-        if let Some(b) = bias {
-            if b.len() != n {
-                return Err(QuantError::ShapeMismatch {
-                    what: "bias vs output features",
-                    left: vec![b.len()],
-                    right: vec![n],
-                });
-            }
-        }
+        check_matmul(x, m, self.blocks.k, self.n, bias)?;
+        let mut out = output_buffer(m * self.n);
+        // SAFETY: `out` holds `m * n` floats.
+        unsafe { self.matmul_to(x, m, bias, out.as_mut_ptr().cast::<f32>())? };
+        // SAFETY: the call covered every row and column, so every element is initialized.
+        Ok(unsafe { assume_init(out) })
+    }
+
+    /// [`PackedWeights::matmul`] into `out` (`m x n` values, overwritten): a caller that keeps its buffers from
+    /// call to call spares the fresh pages a new output costs.
+    pub fn matmul_into(&self, x: &[f32], m: usize, bias: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+        check_matmul(x, m, self.blocks.k, self.n, bias)?;
+        check_output(out, m, self.n)?;
+        // SAFETY: `out` holds `m * n` floats.
+        unsafe { self.matmul_to(x, m, bias, out.as_mut_ptr()) }
+    }
+
+    /// The matmul of checked operands into `out`, with this thread's activation buffers.
+    ///
+    /// # Safety
+    /// `out` is valid for writes of `m * n` floats, and nothing else accesses them during the call.
+    unsafe fn matmul_to(&self, x: &[f32], m: usize, bias: Option<&[f32]>, out: *mut f32) -> Result<()> {
         if m == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         ACTIVATIONS.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut acts) => self.matmul_with(x, m, bias, &mut acts),
+            Ok(mut acts) => self.matmul_with(x, m, bias, &mut acts, out),
             // Only a matmul nested inside another on the same thread finds the buffers taken.
-            Err(_) => self.matmul_with(x, m, bias, &mut QuantizedActivations::default()),
+            Err(_) => self.matmul_with(x, m, bias, &mut QuantizedActivations::default(), out),
         })
     }
 
-    /// [`PackedWeights::matmul`] with `acts` as the activation buffers: quantizes every row, then splits the
-    /// output into tasks of row chunks and panel ranges.
-    fn matmul_with(
+    /// The matmul with `acts` as the activation buffers: quantizes every row, then splits the output into tasks
+    /// of row chunks and panel ranges.
+    ///
+    /// # Safety
+    /// As [`PackedWeights::matmul_to`].
+    unsafe fn matmul_with(
         &self,
         x: &[f32],
         m: usize,
         bias: Option<&[f32]>,
         acts: &mut QuantizedActivations,
-    ) -> Result<Vec<f32>> {
-        let n = self.n;
+        out: *mut f32,
+    ) -> Result<()> {
         acts.resize(m, &self.blocks);
         let acts = ActivationBuffers::new(acts, m);
-        let mut out = output_buffer(m * n);
         let mut padded_bias = vec![0f32; self.panels() * self.nr];
         if let Some(b) = bias {
-            padded_bias[..n].copy_from_slice(b);
+            padded_bias[..self.n].copy_from_slice(b);
         }
-        let job = Job { w: self, acts, bias: &padded_bias, out: SharedMut(out.as_mut_ptr().cast::<f32>()) };
+        let job = Job { w: self, acts, bias: &padded_bias, out: SharedMut(out) };
         let mr = self.isa.tile_rows();
         let stream_rows = (STREAM_INPUT_BYTES / (4 * self.blocks.k)).max(mr).next_multiple_of(mr);
         // Streaming pays where each row's multiplication is long enough to hide the next rows' input; small
         // weights (which stay in L2 anyway) multiply faster after one parallel quantizing pass.
         let streams = self.blocks.k * self.n >= STREAM_MIN_WEIGHTS && m.div_ceil(stream_rows) >= 4 * num_threads();
         if streams {
-            self.run_streamed(x, m, &job, stream_rows)?;
+            self.run_streamed(x, m, &job, stream_rows)
         } else {
             self.quantize_activations(x, m, acts)?;
             self.run_split(m, &job);
+            Ok(())
         }
-        let mut out = std::mem::ManuallyDrop::new(out);
-        // SAFETY: the tasks above covered every row and column, so every element is initialized; MaybeUninit<f32>
-        // has the layout of f32.
-        Ok(unsafe { Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), out.len(), out.capacity()) })
     }
 
     /// Runs every tile of `job`, whose activations are all quantized, as tasks of row chunks and panel ranges:
@@ -379,6 +383,43 @@ impl FirstError {
             None => Ok(()),
         }
     }
+}
+
+/// Checks a matmul's operands: `x` holds `m` rows of `k` values, and the bias, if any, `n` values.
+pub(crate) fn check_matmul(x: &[f32], m: usize, k: usize, n: usize, bias: Option<&[f32]>) -> Result<()> {
+    if x.len() != m * k {
+        return Err(QuantError::ShapeMismatch {
+            what: "matmul input vs [m, k]",
+            left: vec![x.len()],
+            right: vec![m, k],
+        });
+    }
+    match bias {
+        Some(b) if b.len() != n => {
+            Err(QuantError::ShapeMismatch { what: "bias vs output features", left: vec![b.len()], right: vec![n] })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks that a caller's output buffer holds `m x n` values.
+pub(crate) fn check_output(out: &[f32], m: usize, n: usize) -> Result<()> {
+    match out.len() == m * n {
+        true => Ok(()),
+        false => {
+            Err(QuantError::ShapeMismatch { what: "matmul output vs [m, n]", left: vec![out.len()], right: vec![m, n] })
+        }
+    }
+}
+
+/// The buffer as initialized floats.
+///
+/// # Safety
+/// Every element of `out` has been written.
+pub(crate) unsafe fn assume_init(out: Vec<std::mem::MaybeUninit<f32>>) -> Vec<f32> {
+    let mut out = std::mem::ManuallyDrop::new(out);
+    // SAFETY: MaybeUninit<f32> has the layout of f32, and the caller vouches that every element is initialized.
+    unsafe { Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), out.len(), out.capacity()) }
 }
 
 /// Outputs at least this large ask for transparent huge pages.

@@ -4,6 +4,7 @@
 //! each K value stores its `nr` weights, one per column (zeros past the last column). A task multiplies a chunk of
 //! rows by a range of panels, K chunk by K chunk, so that a panel's chunk stays in L1 while the row tiles pass.
 
+use super::driver::{assume_init, check_matmul, check_output, for_each_task, output_buffer};
 use super::isa::Isa;
 use super::packed::CacheAligned;
 use crate::error::{QuantError, Result};
@@ -90,40 +91,41 @@ impl FloatWeights {
     /// output is one chain of fused multiply-adds over K in order plus the bias, so every level gives the same
     /// bits and each row's result depends on that row alone. Non-finite input propagates, as in any f32 matmul.
     pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Result<Vec<f32>> {
-        let (n, k) = (self.n, self.k);
-        if x.len() != m * k {
-            return Err(QuantError::ShapeMismatch {
-                what: "matmul input vs [m, k]",
-                left: vec![x.len()],
-                right: vec![m, k],
-            });
-        }
-        if let Some(b) = bias {
-            if b.len() != n {
-                return Err(QuantError::ShapeMismatch {
-                    what: "bias vs output features",
-                    left: vec![b.len()],
-                    right: vec![n],
-                });
-            }
-        }
+        check_matmul(x, m, self.k, self.n, bias)?;
+        let mut out = output_buffer(m * self.n);
+        // SAFETY: `out` holds `m * n` floats.
+        unsafe { self.matmul_to(x, m, bias, out.as_mut_ptr().cast::<f32>()) };
+        // SAFETY: the call covered every row and column, so every element is initialized.
+        Ok(unsafe { assume_init(out) })
+    }
+
+    /// [`FloatWeights::matmul`] into `out` (`m x n` values, overwritten): a caller that keeps its buffers from
+    /// call to call spares the fresh pages a new output costs.
+    pub fn matmul_into(&self, x: &[f32], m: usize, bias: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+        check_matmul(x, m, self.k, self.n, bias)?;
+        check_output(out, m, self.n)?;
+        // SAFETY: `out` holds `m * n` floats.
+        unsafe { self.matmul_to(x, m, bias, out.as_mut_ptr()) };
+        Ok(())
+    }
+
+    /// The matmul of checked operands into `out`.
+    ///
+    /// # Safety
+    /// `out` is valid for writes of `m * n` floats, and nothing else accesses them during the call.
+    unsafe fn matmul_to(&self, x: &[f32], m: usize, bias: Option<&[f32]>, out: *mut f32) {
         if m == 0 {
-            return Ok(Vec::new());
+            return;
         }
         let mut padded_bias = vec![0f32; self.panel_count() * self.nr];
         if let Some(b) = bias {
-            padded_bias[..n].copy_from_slice(b);
+            padded_bias[..self.n].copy_from_slice(b);
         }
-        let mut out = super::driver::output_buffer(m * n);
-        let job = FloatJob { w: self, x, bias: &padded_bias, out: SharedMut(out.as_mut_ptr().cast::<f32>()) };
-        let mr = self.isa.float_tile_rows();
-        super::driver::for_each_task(m, mr, 4 * k, self.panel_count(), |rows, panels| {
-            // SAFETY: the level is supported (checked when the weights were packed); tasks write disjoint tiles.
+        let job = FloatJob { w: self, x, bias: &padded_bias, out: SharedMut(out) };
+        for_each_task(m, self.isa.float_tile_rows(), 4 * self.k, self.panel_count(), |rows, panels| {
+            // SAFETY: the level is supported (checked when the weights were packed); tasks write disjoint tiles of
+            // `out`, which the caller vouches for.
             unsafe { self.isa.run_float(&job, rows, panels) }
         });
-        let mut out = std::mem::ManuallyDrop::new(out);
-        // SAFETY: the tasks covered every row and column, so every element is initialized; MaybeUninit<f32> has the
-        // layout of f32.
-        Ok(unsafe { Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), out.len(), out.capacity()) })
     }
 }

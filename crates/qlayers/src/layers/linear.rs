@@ -56,14 +56,23 @@ pub(crate) struct IntLinear {
 
 impl IntLinear {
     fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
-        match &self.input_scale {
+        match self.scaled_input(x) {
             None => self.weights.matmul(x, m, self.bias.as_deref()),
-            Some(scale) => {
-                let scaled: Vec<f32> =
-                    x.chunks_exact(scale.len()).flat_map(|row| row.iter().zip(scale).map(|(v, s)| v * s)).collect();
-                self.weights.matmul(&scaled, m, self.bias.as_deref())
-            }
+            Some(scaled) => self.weights.matmul(&scaled, m, self.bias.as_deref()),
         }
+    }
+
+    fn matmul_into(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+        match self.scaled_input(x) {
+            None => self.weights.matmul_into(x, m, self.bias.as_deref(), out),
+            Some(scaled) => self.weights.matmul_into(&scaled, m, self.bias.as_deref(), out),
+        }
+    }
+
+    /// Each input row divided by the smoothing factors, when the layer has them.
+    fn scaled_input(&self, x: &[f32]) -> Option<Vec<f32>> {
+        let scale = self.input_scale.as_ref()?;
+        Some(x.chunks_exact(scale.len()).flat_map(|row| row.iter().zip(scale).map(|(v, s)| v * s)).collect())
     }
 }
 
@@ -169,6 +178,31 @@ impl QLinear {
     /// `m` rows of `out_features`. The same kernels as [`Module::forward`], without building tensors around them
     /// (for model code that keeps its activations in buffers).
     pub fn forward_f32(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        self.check_input(x, m)?;
+        match &self.kind {
+            Kind::Int(int) => int.matmul(x, m),
+            Kind::Float(float) => float.weights.matmul(x, m, float.bias.as_deref()),
+            Kind::Candle(linear) => candle_rows(linear, x, m, self.in_features),
+        }
+    }
+
+    /// [`QLinear::forward_f32`] into `out`, resized to `m * out_features` and overwritten: model code that keeps
+    /// its buffers from layer to layer and call to call spares the fresh pages each new output costs.
+    pub fn forward_into(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
+        self.check_input(x, m)?;
+        out.resize(m * self.out_features, 0.0);
+        match &self.kind {
+            Kind::Int(int) => int.matmul_into(x, m, out),
+            Kind::Float(float) => float.weights.matmul_into(x, m, float.bias.as_deref(), out),
+            Kind::Candle(linear) => {
+                out.copy_from_slice(&candle_rows(linear, x, m, self.in_features)?);
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks that `x` holds `m` rows of `in_features` values, and records them when calibration asked for it.
+    fn check_input(&self, x: &[f32], m: usize) -> Result<()> {
         if x.len() != m * self.in_features {
             return Err(QuantError::ShapeMismatch {
                 what: "QLinear input length vs m x in_features",
@@ -179,14 +213,7 @@ impl QLinear {
         if let Some(observer) = &self.observer {
             observer.observe(x, self.in_features);
         }
-        match &self.kind {
-            Kind::Int(int) => int.matmul(x, m),
-            Kind::Float(float) => float.weights.matmul(x, m, float.bias.as_deref()),
-            Kind::Candle(linear) => {
-                let x = Tensor::from_slice(x, (m, self.in_features), linear.weight().device())?;
-                Ok(linear.forward(&x)?.flatten_all()?.to_vec1()?)
-            }
-        }
+        Ok(())
     }
 
     /// Bytes the layer's parameters take in memory (weights in their kernel layout, scales, zero points, minimums,
@@ -275,6 +302,12 @@ pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> ca
         (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
         _ => candle_core::bail!("quantized layers take contiguous f32 input"),
     }
+}
+
+/// `linear` (candle's, on its device) applied to `m` rows of `k` values.
+fn candle_rows(linear: &candle_nn::Linear, x: &[f32], m: usize, k: usize) -> Result<Vec<f32>> {
+    let x = Tensor::from_slice(x, (m, k), linear.weight().device())?;
+    Ok(linear.forward(&x)?.flatten_all()?.to_vec1()?)
 }
 
 /// Checks that a bias, if any, has one value per output feature.

@@ -42,8 +42,27 @@ pub fn attention(
     starts: &[usize],
     lens: &[usize],
 ) -> Vec<f32> {
+    let mut out = vec![0f32; rows * heads * head_dim];
+    attention_into(qkv, layout, heads, head_dim, starts, lens, &mut out);
+    out
+}
+
+/// [`attention`] into `out` (`[rows, heads * head_dim]`), reusing its memory: the rows of every sequence are
+/// overwritten, the others left as they are.
+pub fn attention_into(
+    qkv: &[f32],
+    layout: QkvLayout,
+    heads: usize,
+    head_dim: usize,
+    starts: &[usize],
+    lens: &[usize],
+    out: &mut [f32],
+) {
     let width = heads * head_dim;
-    let mut out = vec![0f32; rows * width];
+    assert!(
+        starts.iter().zip(lens).all(|(&s, &l)| (s + l) * width <= out.len()),
+        "every sequence's rows lie inside the output"
+    );
     let shared = SharedMut(out.as_mut_ptr());
     let work: usize = lens.iter().map(|&len| 2 * len * len * width).sum();
     parallel_for_work(starts.len() * heads, work, |task| {
@@ -52,7 +71,24 @@ pub fn attention(
         // SAFETY: task (b, h) writes only columns h * head_dim.. of sequence b's rows.
         unsafe { head(qkv, layout, seq, width, shared.get()) };
     });
-    out
+}
+
+/// Copies `len` floats from `src` to `dst` a vector at a time: rows here are a few dozen floats, too short for a
+/// call to `memcpy` (hundreds of thousands of them a batch) to pay.
+///
+/// # Safety
+/// `src` is valid for reads and `dst` for writes of `len` floats, and they do not overlap.
+#[inline(always)]
+unsafe fn copy_row<L: F32Lanes>(src: *const f32, dst: *mut f32, len: usize) {
+    let mut i = 0;
+    while i + L::N <= len {
+        L::load(src.add(i)).store(dst.add(i));
+        i += L::N;
+    }
+    while i < len {
+        *dst.add(i) = *src.add(i);
+        i += 1;
+    }
 }
 
 /// One sequence's rows and one head's columns.
@@ -102,7 +138,7 @@ unsafe fn head_generic<L: F32Lanes>(qkv: &[f32], l: QkvLayout, s: Sequence, widt
         for (i, &v) in row(j, l.k).iter().enumerate() {
             keys_t[i * keys_len + j] = v;
         }
-        values[j * dims..j * dims + d].copy_from_slice(row(j, l.v));
+        copy_row::<L>(row(j, l.v).as_ptr(), values[j * dims..].as_mut_ptr(), d);
     }
     let scale = 1.0 / (d as f32).sqrt();
     let mut queries = vec![0f32; len * d];
@@ -113,7 +149,7 @@ unsafe fn head_generic<L: F32Lanes>(qkv: &[f32], l: QkvLayout, s: Sequence, widt
     head.attend::<L>(
         &queries,
         |_| len,
-        |i, context| std::ptr::copy_nonoverlapping(context.as_ptr(), out.add((first + i) * width + col), d),
+        |i, context| copy_row::<L>(context.as_ptr(), out.add((first + i) * width + col), d),
     );
 }
 
@@ -210,11 +246,10 @@ impl Head<'_> {
             }
             for (b, acc) in acc.iter().enumerate() {
                 let dst = context.as_mut_ptr().add(b * dims + c0);
-                acc[0].store(dst);
-                acc[1].store(dst.add(L::N));
-                for c in 0..2 * L::N {
-                    *dst.add(c) *= inv[b];
-                }
+                // `0 + acc * inv`, rounded once: the product.
+                let inv = L::splat(inv[b]);
+                L::zero().add_mul(acc[0], inv).store(dst);
+                L::zero().add_mul(acc[1], inv).store(dst.add(L::N));
             }
         }
     }

@@ -5,7 +5,7 @@ use candle_core::{DType, Tensor};
 use qlayers::QLinear;
 use serde::Deserialize;
 
-use super::attention::{attention, QkvLayout};
+use super::attention::{attention_into, QkvLayout};
 use super::embedding::EmbeddingTable;
 use super::ops::{Activation, LayerNormParams};
 use super::projection::Projection;
@@ -104,6 +104,20 @@ pub struct BertModel {
     token_type_embeddings: Vec<f32>,
     embeddings_norm: LayerNormParams,
     layers: Vec<Layer>,
+    /// Activation buffers of finished calls, taken by the next ones: every layer of every call then writes into
+    /// memory it already has instead of faulting in fresh pages (tens of MB a layer for a batch). There are as many
+    /// as calls have run at once, each as large as the largest batch it served.
+    workspaces: std::sync::Mutex<Vec<Workspace>>,
+}
+
+/// One call's activation buffers, reused from layer to layer.
+#[derive(Default)]
+struct Workspace {
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    attended: Vec<f32>,
+    inner: Vec<f32>,
+    out: Vec<f32>,
 }
 
 impl BertModel {
@@ -143,6 +157,7 @@ impl BertModel {
             token_type_embeddings,
             embeddings_norm,
             layers,
+            workspaces: Default::default(),
         })
     }
 
@@ -185,10 +200,15 @@ impl BertModel {
             }
         }
         self.embeddings_norm.apply(&mut hidden, None);
-        for layer in &self.layers {
-            hidden = self.layer_forward(layer, hidden, rows, &starts, &lens)?;
-        }
-        Ok(hidden)
+        let pool = || self.workspaces.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ws = pool().pop().unwrap_or_default();
+        let result = self.layers.iter().try_for_each(|layer| {
+            self.layer_forward(layer, &hidden, rows, &starts, &lens, &mut ws)?;
+            std::mem::swap(&mut hidden, &mut ws.out);
+            Ok(())
+        });
+        pool().push(ws);
+        result.map(|()| hidden)
     }
 
     /// Hidden states `[batch, seq, hidden]` for token ids `[batch, seq]` (u32), where sequence `b` holds
@@ -213,25 +233,29 @@ impl BertModel {
         Ok(Tensor::from_vec(padded, (batch, seq, h), input_ids.device())?)
     }
 
+    /// One encoder layer over `hidden` (`rows` tokens); its output goes to `ws.out`.
     fn layer_forward(
         &self,
         layer: &Layer,
-        hidden: Vec<f32>,
+        hidden: &[f32],
         rows: usize,
         starts: &[usize],
         lens: &[usize],
-    ) -> Result<Vec<f32>> {
+        ws: &mut Workspace,
+    ) -> Result<()> {
         let (h, heads) = (self.config.hidden_size, self.config.num_attention_heads);
-        let qkv = layer.qkv.forward(&hidden, rows)?;
+        layer.qkv.forward_into(hidden, rows, &mut ws.qkv)?;
         let layout = QkvLayout { row_stride: 3 * h, q: 0, k: h, v: 2 * h };
-        let context = attention(&qkv, layout, rows, heads, h / heads, starts, lens);
-        let mut attended = layer.attention_out.forward_f32(&context, rows)?;
-        layer.attention_norm.apply(&mut attended, Some(&hidden));
-        let mut inner = layer.intermediate.forward_f32(&attended, rows)?;
-        self.activation.apply(&mut inner, self.config.intermediate_size);
-        let mut out = layer.output.forward_f32(&inner, rows)?;
-        layer.output_norm.apply(&mut out, Some(&attended));
-        Ok(out)
+        // The sequences cover every row, so every row of the context is written.
+        ws.context.resize(rows * h, 0.0);
+        attention_into(&ws.qkv, layout, heads, h / heads, starts, lens, &mut ws.context);
+        layer.attention_out.forward_into(&ws.context, rows, &mut ws.attended)?;
+        layer.attention_norm.apply(&mut ws.attended, Some(hidden));
+        layer.intermediate.forward_into(&ws.attended, rows, &mut ws.inner)?;
+        self.activation.apply(&mut ws.inner, self.config.intermediate_size);
+        layer.output.forward_into(&ws.inner, rows, &mut ws.out)?;
+        layer.output_norm.apply(&mut ws.out, Some(&ws.attended));
+        Ok(())
     }
 }
 

@@ -1,5 +1,6 @@
 //! A few f32 vector operations, one implementation per instruction set, so that the attention kernel is written
-//! once. Multiply and add are never fused: every level computes the same bits as the portable one.
+//! once. Multiply-adds are fused at every level (the portable one through `f32::mul_add`), so every level computes
+//! the same bits.
 
 /// A vector of `N` f32 lanes.
 pub trait F32Lanes: Copy {
@@ -11,7 +12,7 @@ pub trait F32Lanes: Copy {
     unsafe fn load(src: *const f32) -> Self;
     /// `v` in every lane.
     unsafe fn splat(v: f32) -> Self;
-    /// `self + a * b`, rounded after the multiply and after the add.
+    /// `self + a * b`, rounded once (a fused multiply-add).
     unsafe fn add_mul(self, a: Self, b: Self) -> Self;
     /// Writes the lanes to `dst` (unaligned).
     unsafe fn store(self, dst: *mut f32);
@@ -78,7 +79,7 @@ impl F32Lanes for Portable {
         Self([v; 8])
     }
     unsafe fn add_mul(self, a: Self, b: Self) -> Self {
-        Self(std::array::from_fn(|i| self.0[i] + a.0[i] * b.0[i]))
+        Self(std::array::from_fn(|i| a.0[i].mul_add(b.0[i], self.0[i])))
     }
     unsafe fn store(self, dst: *mut f32) {
         std::ptr::write_unaligned(dst.cast(), self.0)
@@ -114,7 +115,7 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn add_mul(self, a: Self, b: Self) -> Self {
-            Self(_mm256_add_ps(self.0, _mm256_mul_ps(a.0, b.0)))
+            Self(_mm256_fmadd_ps(a.0, b.0, self.0))
         }
         #[inline(always)]
         unsafe fn store(self, dst: *mut f32) {
@@ -142,7 +143,7 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn add_mul(self, a: Self, b: Self) -> Self {
-            Self(_mm512_add_ps(self.0, _mm512_mul_ps(a.0, b.0)))
+            Self(_mm512_fmadd_ps(a.0, b.0, self.0))
         }
         #[inline(always)]
         unsafe fn store(self, dst: *mut f32) {

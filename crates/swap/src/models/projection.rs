@@ -54,6 +54,19 @@ impl Projection {
         }
     }
 
+    /// [`Projection::forward`] into `out` (resized and overwritten), reusing its memory.
+    pub(crate) fn forward_into(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<()> {
+        match self {
+            Self::Fused(layer) => Ok(layer.forward_into(x, rows, out)?),
+            Self::Separate(_) => {
+                let joined = self.forward(x, rows)?;
+                out.clear();
+                out.extend_from_slice(&joined);
+                Ok(())
+            }
+        }
+    }
+
     /// Parameter bytes in memory.
     pub(crate) fn storage_bytes(&self) -> usize {
         match self {
