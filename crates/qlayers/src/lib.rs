@@ -15,6 +15,7 @@
 //! # Ok::<(), qlayers::QuantError>(())
 //! ```
 
+pub mod activation;
 pub mod error;
 pub mod kernels;
 pub mod layers;
@@ -22,6 +23,7 @@ pub mod pack;
 pub mod quant;
 pub mod threads;
 
+pub use activation::Activation;
 pub use error::{QuantError, Result};
 pub use kernels::{Isa, PackedWeights, WeightCodes};
 pub use layers::{LayerScheme, QConv2d, QLinear};

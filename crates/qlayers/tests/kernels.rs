@@ -3,7 +3,7 @@
 //! width and for 4-bit codes looked up in random tables.
 
 use qlayers::kernels::{FloatWeights, Isa, PackedWeights, WeightCodes};
-use qlayers::Bits;
+use qlayers::{Activation, Bits};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -476,6 +476,31 @@ fn an_f32_row_does_not_depend_on_its_batch_or_the_thread_count() {
 }
 
 #[test]
+fn every_level_applies_the_activation_epilogue_as_a_separate_pass_would() {
+    let mut rng = StdRng::seed_from_u64(23);
+    for &(m, k, n) in &[(1, 64, 33), (7, 300, 70), (13, 1000, 65)] {
+        let x = random_input(&mut rng, m, k);
+        let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-0.1f32..0.1)).collect();
+        let case = Case::random(&mut rng, n, k, Bits::B8, 64, false);
+        for activation in [Activation::GeluErf, Activation::GeluTanh, Activation::Relu] {
+            let mut float_expected = expected_f32(&w, n, k, &x, m, None);
+            activation.apply_all(&mut float_expected);
+            let mut int_expected = case.expected(&x, m);
+            activation.apply_all(&mut int_expected);
+            for isa in Isa::supported() {
+                let what = format!("{isa} m={m} k={k} n={n} {activation:?}");
+                let mut out = vec![f32::NAN; m * n];
+                FloatWeights::new(isa, &w, n, k).unwrap().matmul_into(&x, m, None, Some(activation), &mut out).unwrap();
+                assert_bit_identical(&out, &float_expected, &format!("f32 {what}"));
+                let packed = PackedWeights::new(isa, &case.codes()).unwrap();
+                packed.matmul_into(&x, m, case.bias.as_deref(), Some(activation), &mut out).unwrap();
+                assert_bit_identical(&out, &int_expected, &format!("int8 {what}"));
+            }
+        }
+    }
+}
+
+#[test]
 fn f32_weights_reject_bad_shapes() {
     assert!(FloatWeights::new(Isa::Reference, &[1.0; 5], 2, 3).unwrap_err().to_string().contains("shape mismatch"));
     assert!(FloatWeights::new(Isa::Reference, &[], 0, 3).is_err());
@@ -483,6 +508,12 @@ fn f32_weights_reject_bad_shapes() {
     assert!(packed.matmul(&[1.0; 5], 2, None).unwrap_err().to_string().contains("shape mismatch"));
     assert!(packed.matmul(&[1.0; 3], 1, Some(&[0.0; 3])).unwrap_err().to_string().contains("shape mismatch"));
     assert!(packed.matmul(&[], 0, None).unwrap().is_empty());
+    let mut short = vec![0.0; 3];
+    assert!(packed
+        .matmul_into(&[1.0; 6], 2, None, None, &mut short)
+        .unwrap_err()
+        .to_string()
+        .contains("shape mismatch"));
     // Non-finite input propagates, as in any f32 matmul.
     assert!(packed.matmul(&[f32::NAN, 0.0, 0.0], 1, None).unwrap()[0].is_nan());
 }

@@ -5,13 +5,14 @@ use std::ops::Range;
 
 use super::activations::{quantize_rows, BlockParams, QuantizedActivations, RowsOut};
 use super::blocks::KBlocks;
-use super::float::{FloatJob, FLOAT_CHUNK_BYTES};
+use super::float::FloatJob;
 use super::float_tile::{float_tile, FloatTile};
 use super::isa::Isa;
 use super::microkernel::{tile, BlockGeometry, Tile};
 use super::packed::{PackedWeights, PanelLayout};
 use super::reference::Reference;
 use super::simd::Int8Simd;
+use crate::activation::Activation;
 use crate::error::{QuantError, Result};
 use crate::threads::{num_threads, parallel_for, SharedMut};
 
@@ -42,6 +43,8 @@ pub(crate) struct Job<'a> {
     acts: ActivationBuffers,
     /// Bias padded to whole panels (zeros where the layer has none).
     bias: &'a [f32],
+    /// Applied to the outputs as they are stored, when given.
+    activation: Option<Activation>,
     out: SharedMut<f32>,
 }
 
@@ -220,32 +223,48 @@ impl PackedWeights {
         check_matmul(x, m, self.blocks.k, self.n, bias)?;
         let mut out = output_buffer(m * self.n);
         // SAFETY: `out` holds `m * n` floats.
-        unsafe { self.matmul_to(x, m, bias, out.as_mut_ptr().cast::<f32>())? };
+        unsafe { self.matmul_to(x, m, bias, None, out.as_mut_ptr().cast::<f32>())? };
         // SAFETY: the call covered every row and column, so every element is initialized.
         Ok(unsafe { assume_init(out) })
     }
 
-    /// [`PackedWeights::matmul`] into `out` (`m x n` values, overwritten): a caller that keeps its buffers from
-    /// call to call spares the fresh pages a new output costs.
-    pub fn matmul_into(&self, x: &[f32], m: usize, bias: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+    /// [`PackedWeights::matmul`] into `out` (`m x n` values, overwritten), with `activation` applied to each
+    /// output as it is stored: a caller that keeps its buffers from call to call spares the fresh pages a new
+    /// output costs, and an activation here spares a pass over the output.
+    pub fn matmul_into(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        activation: Option<Activation>,
+        out: &mut [f32],
+    ) -> Result<()> {
         check_matmul(x, m, self.blocks.k, self.n, bias)?;
         check_output(out, m, self.n)?;
         // SAFETY: `out` holds `m * n` floats.
-        unsafe { self.matmul_to(x, m, bias, out.as_mut_ptr()) }
+        unsafe { self.matmul_to(x, m, bias, activation, out.as_mut_ptr()) }
     }
 
     /// The matmul of checked operands into `out`, with this thread's activation buffers.
     ///
     /// # Safety
     /// `out` is valid for writes of `m * n` floats, and nothing else accesses them during the call.
-    unsafe fn matmul_to(&self, x: &[f32], m: usize, bias: Option<&[f32]>, out: *mut f32) -> Result<()> {
+    unsafe fn matmul_to(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        activation: Option<Activation>,
+        out: *mut f32,
+    ) -> Result<()> {
         if m == 0 {
             return Ok(());
         }
+        let job = |acts: &mut QuantizedActivations| self.matmul_with(x, m, bias, activation, acts, out);
         ACTIVATIONS.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut acts) => self.matmul_with(x, m, bias, &mut acts, out),
+            Ok(mut acts) => job(&mut acts),
             // Only a matmul nested inside another on the same thread finds the buffers taken.
-            Err(_) => self.matmul_with(x, m, bias, &mut QuantizedActivations::default(), out),
+            Err(_) => job(&mut QuantizedActivations::default()),
         })
     }
 
@@ -259,6 +278,7 @@ impl PackedWeights {
         x: &[f32],
         m: usize,
         bias: Option<&[f32]>,
+        activation: Option<Activation>,
         acts: &mut QuantizedActivations,
         out: *mut f32,
     ) -> Result<()> {
@@ -268,7 +288,7 @@ impl PackedWeights {
         if let Some(b) = bias {
             padded_bias[..self.n].copy_from_slice(b);
         }
-        let job = Job { w: self, acts, bias: &padded_bias, out: SharedMut(out) };
+        let job = Job { w: self, acts, bias: &padded_bias, activation, out: SharedMut(out) };
         let mr = self.isa.tile_rows();
         let stream_rows = (STREAM_INPUT_BYTES / (4 * self.blocks.k)).max(mr).next_multiple_of(mr);
         // Streaming pays where each row's multiplication is long enough to hide the next rows' input; small
@@ -506,6 +526,7 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
                     streams_weights: ti == 0,
                     fetch: tile_fetch.as_ptr().cast(),
                     fetch_end: tile_fetch.as_ptr_range().end.cast(),
+                    activation: job.activation,
                 };
                 dispatch_tile::<S, MR, NV>((rows.end - m0).min(MR), &t, &geo);
             }
@@ -550,7 +571,7 @@ unsafe fn run_float_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
 ) {
     let w = job.w;
     let nr = NV * S::LANES;
-    let k_chunk = (FLOAT_CHUNK_BYTES / (4 * nr)).max(1);
+    let k_chunk = w.k_chunk();
     let chunks = w.k.div_ceil(k_chunk);
     let row_tiles = rows.len().div_ceil(MR);
     let mut partial = if chunks > 1 { vec![0f32; panels.len() * row_tiles * MR * nr] } else { Vec::new() };
@@ -573,6 +594,7 @@ unsafe fn run_float_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
                     partial: partial.as_mut_ptr().wrapping_add((pi * row_tiles + ti) * MR * nr),
                     first: chunk == 0,
                     last: chunk + 1 == chunks,
+                    activation: job.activation,
                 };
                 dispatch_float_tile::<S, MR, NV>((rows.end - m0).min(MR), &t);
             }

@@ -7,6 +7,7 @@
 use super::driver::{assume_init, check_matmul, check_output, for_each_task, output_buffer};
 use super::isa::Isa;
 use super::packed::CacheAligned;
+use crate::activation::Activation;
 use crate::error::{QuantError, Result};
 use crate::threads::SharedMut;
 
@@ -31,6 +32,8 @@ pub(crate) struct FloatJob<'a> {
     pub x: &'a [f32],
     /// Bias padded to whole panels (zeros where the layer has none).
     pub bias: &'a [f32],
+    /// Applied to the outputs as they are stored, when given.
+    pub activation: Option<Activation>,
     pub out: SharedMut<f32>,
 }
 
@@ -87,6 +90,11 @@ impl FloatWeights {
         self.n.div_ceil(self.nr)
     }
 
+    /// K values a panel's chunk holds ([`FLOAT_CHUNK_BYTES`] of weights).
+    pub(crate) fn k_chunk(&self) -> usize {
+        (FLOAT_CHUNK_BYTES / (4 * self.nr)).max(1)
+    }
+
     /// `y = x W^T + bias` for `x` of `m` rows of `k` values, row-major; returns `m x n` values, row-major. Each
     /// output is one chain of fused multiply-adds over K in order plus the bias, so every level gives the same
     /// bits and each row's result depends on that row alone. Non-finite input propagates, as in any f32 matmul.
@@ -94,18 +102,25 @@ impl FloatWeights {
         check_matmul(x, m, self.k, self.n, bias)?;
         let mut out = output_buffer(m * self.n);
         // SAFETY: `out` holds `m * n` floats.
-        unsafe { self.matmul_to(x, m, bias, out.as_mut_ptr().cast::<f32>()) };
+        unsafe { self.matmul_to(x, m, bias, None, out.as_mut_ptr().cast::<f32>()) };
         // SAFETY: the call covered every row and column, so every element is initialized.
         Ok(unsafe { assume_init(out) })
     }
 
-    /// [`FloatWeights::matmul`] into `out` (`m x n` values, overwritten): a caller that keeps its buffers from
-    /// call to call spares the fresh pages a new output costs.
-    pub fn matmul_into(&self, x: &[f32], m: usize, bias: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+    /// [`FloatWeights::matmul`] into `out` (`m x n` values, overwritten), with `activation` applied to each
+    /// output as it is stored (see [`crate::PackedWeights::matmul_into`]).
+    pub fn matmul_into(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        activation: Option<Activation>,
+        out: &mut [f32],
+    ) -> Result<()> {
         check_matmul(x, m, self.k, self.n, bias)?;
         check_output(out, m, self.n)?;
         // SAFETY: `out` holds `m * n` floats.
-        unsafe { self.matmul_to(x, m, bias, out.as_mut_ptr()) };
+        unsafe { self.matmul_to(x, m, bias, activation, out.as_mut_ptr()) };
         Ok(())
     }
 
@@ -113,7 +128,14 @@ impl FloatWeights {
     ///
     /// # Safety
     /// `out` is valid for writes of `m * n` floats, and nothing else accesses them during the call.
-    unsafe fn matmul_to(&self, x: &[f32], m: usize, bias: Option<&[f32]>, out: *mut f32) {
+    unsafe fn matmul_to(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        activation: Option<Activation>,
+        out: *mut f32,
+    ) {
         if m == 0 {
             return;
         }
@@ -121,7 +143,7 @@ impl FloatWeights {
         if let Some(b) = bias {
             padded_bias[..self.n].copy_from_slice(b);
         }
-        let job = FloatJob { w: self, x, bias: &padded_bias, out: SharedMut(out) };
+        let job = FloatJob { w: self, x, bias: &padded_bias, activation, out: SharedMut(out) };
         for_each_task(m, self.isa.float_tile_rows(), 4 * self.k, self.panel_count(), |rows, panels| {
             // SAFETY: the level is supported (checked when the weights were packed); tasks write disjoint tiles of
             // `out`, which the caller vouches for.

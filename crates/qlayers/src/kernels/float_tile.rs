@@ -1,12 +1,13 @@
 //! The f32 micro-kernel: one tile of `ROWS` rows and one panel of `NV` vectors of columns, over one chunk of K.
 //!
 //! Every output is one chain of fused multiply-adds over K in order, from zero, with the bias added once at the
-//! end: `y = (fma(x[k-1], w[k-1], ... fma(x[0], w[0], 0))) + bias`. Each level computes exactly these operations,
+//! end (and the layer's activation, if any, applied to that): `y = (fma(x[k-1], w[k-1], ... fma(x[0], w[0], 0))) + bias`. Each level computes exactly these operations,
 //! so every level gives the same bits, and splitting K into chunks (the chain's value is stored and reloaded
 //! between them) changes nothing.
 
 use super::microkernel::opaque;
 use super::simd::Int8Simd;
+use crate::activation::Activation;
 
 /// Everything one float tile needs; pointers are valid for the tile's rows, the panel's chunk and the columns.
 pub(crate) struct FloatTile {
@@ -32,6 +33,8 @@ pub(crate) struct FloatTile {
     pub first: bool,
     /// Whether the chunk is the last of K (the sums plus the bias go to `out`).
     pub last: bool,
+    /// Applied to the outputs as they are stored, when given.
+    pub activation: Option<Activation>,
 }
 
 /// Computes one float tile: `sums[m][j] = fma(x[m][k], w[k][j], sums[m][j])` for each K value of the chunk.
@@ -79,6 +82,9 @@ pub(crate) unsafe fn float_tile<S: Int8Simd, const ROWS: usize, const NV: usize>
         }
         if t.cols != nr {
             std::ptr::copy_nonoverlapping(clipped.as_ptr(), out, t.cols);
+        }
+        if let Some(activation) = t.activation {
+            activation.apply_all(std::slice::from_raw_parts_mut(out, t.cols));
         }
     }
 }

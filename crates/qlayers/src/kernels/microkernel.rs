@@ -5,6 +5,7 @@
 
 use super::activations::BlockParams;
 use super::simd::Int8Simd;
+use crate::activation::Activation;
 
 /// Everything one tile needs; pointers are valid for the tile's rows, panel and columns.
 pub(crate) struct Tile {
@@ -50,6 +51,8 @@ pub(crate) struct Tile {
     pub fetch: *const u8,
     /// End of `fetch`.
     pub fetch_end: *const u8,
+    /// Applied to the outputs as they are stored, when given.
+    pub activation: Option<Activation>,
 }
 
 /// What every tile of one matmul shares: block geometry, the form of the weight parameters and the lookup table.
@@ -195,6 +198,9 @@ unsafe fn store_tile<S: Int8Simd, const ROWS: usize, const NV: usize>(
         }
         if t.cols != nr {
             std::ptr::copy_nonoverlapping(clipped.as_ptr(), out, t.cols);
+        }
+        if let Some(activation) = t.activation {
+            activation.apply_all(std::slice::from_raw_parts_mut(out, t.cols));
         }
     }
 }

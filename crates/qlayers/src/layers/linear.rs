@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::int_weights::pack_qtensor;
 use super::scheme::LayerScheme;
 use super::smoothing::InputRange;
+use crate::activation::Activation;
 use crate::error::{QuantError, Result};
 use crate::kernels::{selected_isa, FloatWeights, PackedWeights};
 use crate::quant::QTensor;
@@ -62,10 +63,10 @@ impl IntLinear {
         }
     }
 
-    fn matmul_into(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+    fn matmul_into(&self, x: &[f32], m: usize, activation: Option<Activation>, out: &mut [f32]) -> Result<()> {
         match self.scaled_input(x) {
-            None => self.weights.matmul_into(x, m, self.bias.as_deref(), out),
-            Some(scaled) => self.weights.matmul_into(&scaled, m, self.bias.as_deref(), out),
+            None => self.weights.matmul_into(x, m, self.bias.as_deref(), activation, out),
+            Some(scaled) => self.weights.matmul_into(&scaled, m, self.bias.as_deref(), activation, out),
         }
     }
 
@@ -186,16 +187,21 @@ impl QLinear {
         }
     }
 
-    /// [`QLinear::forward_f32`] into `out`, resized to `m * out_features` and overwritten: model code that keeps
-    /// its buffers from layer to layer and call to call spares the fresh pages each new output costs.
-    pub fn forward_into(&self, x: &[f32], m: usize, out: &mut Vec<f32>) -> Result<()> {
+    /// [`QLinear::forward_f32`] into `out`, resized to `m * out_features` and overwritten, with `activation`
+    /// applied to each output: model code that keeps its buffers from layer to layer and call to call spares the
+    /// fresh pages each new output costs, and the activation, applied as the kernels store their outputs, spares
+    /// a pass over them.
+    pub fn forward_into(&self, x: &[f32], m: usize, activation: Option<Activation>, out: &mut Vec<f32>) -> Result<()> {
         self.check_input(x, m)?;
         out.resize(m * self.out_features, 0.0);
         match &self.kind {
-            Kind::Int(int) => int.matmul_into(x, m, out),
-            Kind::Float(float) => float.weights.matmul_into(x, m, float.bias.as_deref(), out),
+            Kind::Int(int) => int.matmul_into(x, m, activation, out),
+            Kind::Float(float) => float.weights.matmul_into(x, m, float.bias.as_deref(), activation, out),
             Kind::Candle(linear) => {
                 out.copy_from_slice(&candle_rows(linear, x, m, self.in_features)?);
+                if let Some(activation) = activation {
+                    activation.apply_all(out);
+                }
                 Ok(())
             }
         }

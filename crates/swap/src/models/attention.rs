@@ -11,7 +11,7 @@ use qlayers::threads::{parallel_for_work, SharedMut};
 use super::lanes::{fold_lanes, level, F32Lanes, Level, Portable};
 #[cfg(target_arch = "x86_64")]
 use super::lanes::{Avx2, Avx512};
-use super::ops::exp;
+use qlayers::activation::exp;
 
 /// Where the queries, keys and values of token `t` of sequence `b` start: `(b * seq + t) * row_stride + offset`.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +71,21 @@ pub fn attention_into(
         // SAFETY: task (b, h) writes only columns h * head_dim.. of sequence b's rows.
         unsafe { head(qkv, layout, seq, width, shared.get()) };
     });
+}
+
+/// Rows of a sequence fetched ahead of the one being laid out.
+const ROWS_AHEAD: usize = 4;
+
+/// Asks for the cache lines of the `len` floats at `p` (a hint: it never faults).
+#[inline(always)]
+fn prefetch_floats(p: *const f32, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..len).step_by(16) {
+        // SAFETY: a prefetch reads nothing architecturally and never faults.
+        unsafe { std::arch::x86_64::_mm_prefetch(p.wrapping_add(line).cast::<i8>(), std::arch::x86_64::_MM_HINT_T0) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
 }
 
 /// Copies `len` floats from `src` to `dst` a vector at a time: rows here are a few dozen floats, too short for a
@@ -134,16 +149,31 @@ unsafe fn head_generic<L: F32Lanes>(qkv: &[f32], l: QkvLayout, s: Sequence, widt
     let dims = d.next_multiple_of(PAD);
     let mut keys_t = vec![0f32; d * keys_len];
     let mut values = vec![0f32; len * dims];
-    for j in 0..len {
-        for (i, &v) in row(j, l.k).iter().enumerate() {
-            keys_t[i * keys_len + j] = v;
-        }
-        copy_row::<L>(row(j, l.v).as_ptr(), values[j * dims..].as_mut_ptr(), d);
-    }
-    let scale = 1.0 / (d as f32).sqrt();
     let mut queries = vec![0f32; len * d];
-    for (t, dst) in queries.chunks_exact_mut(d).enumerate() {
-        dst.iter_mut().zip(row(t, l.q)).for_each(|(q, &v)| *q = v * scale);
+    let scale = 1.0 / (d as f32).sqrt();
+    // One pass over the sequence's rows. Each holds this head's queries, keys and values as three short pieces a
+    // few KB apart, a pattern the hardware prefetchers miss: the rows a few steps ahead are asked for explicitly.
+    for j in 0..len {
+        if j + ROWS_AHEAD < len {
+            for offset in [l.q, l.k, l.v] {
+                prefetch_floats(row(j + ROWS_AHEAD, offset).as_ptr(), d);
+            }
+        }
+        let (q, k, v) = (row(j, l.q).as_ptr(), row(j, l.k).as_ptr(), row(j, l.v).as_ptr());
+        for i in 0..d {
+            // SAFETY: `i * keys_len + j < d * keys_len`, and the rows hold `d` values each.
+            *keys_t.as_mut_ptr().add(i * keys_len + j) = *k.add(i);
+        }
+        copy_row::<L>(v, values.as_mut_ptr().add(j * dims), d);
+        let dst = queries.as_mut_ptr().add(j * d);
+        let mut c = 0;
+        while c + L::N <= d {
+            L::exact_product(L::load(q.add(c)), L::splat(scale)).store(dst.add(c));
+            c += L::N;
+        }
+        for c in c..d {
+            *dst.add(c) = *q.add(c) * scale;
+        }
     }
     let head = Head { keys_t: &keys_t, values: &values, keys_len, dims, d };
     head.attend::<L>(
@@ -246,10 +276,9 @@ impl Head<'_> {
             }
             for (b, acc) in acc.iter().enumerate() {
                 let dst = context.as_mut_ptr().add(b * dims + c0);
-                // `0 + acc * inv`, rounded once: the product.
                 let inv = L::splat(inv[b]);
-                L::zero().add_mul(acc[0], inv).store(dst);
-                L::zero().add_mul(acc[1], inv).store(dst.add(L::N));
+                L::exact_product(acc[0], inv).store(dst);
+                L::exact_product(acc[1], inv).store(dst.add(L::N));
             }
         }
     }

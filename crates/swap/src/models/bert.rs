@@ -7,7 +7,9 @@ use serde::Deserialize;
 
 use super::attention::{attention_into, QkvLayout};
 use super::embedding::EmbeddingTable;
-use super::ops::{Activation, LayerNormParams};
+use qlayers::Activation;
+
+use super::ops::LayerNormParams;
 use super::projection::Projection;
 use crate::loader::QuantLoader;
 
@@ -249,11 +251,11 @@ impl BertModel {
         // The sequences cover every row, so every row of the context is written.
         ws.context.resize(rows * h, 0.0);
         attention_into(&ws.qkv, layout, heads, h / heads, starts, lens, &mut ws.context);
-        layer.attention_out.forward_into(&ws.context, rows, &mut ws.attended)?;
+        layer.attention_out.forward_into(&ws.context, rows, None, &mut ws.attended)?;
         layer.attention_norm.apply(&mut ws.attended, Some(hidden));
-        layer.intermediate.forward_into(&ws.attended, rows, &mut ws.inner)?;
-        self.activation.apply(&mut ws.inner, self.config.intermediate_size);
-        layer.output.forward_into(&ws.inner, rows, &mut ws.out)?;
+        // The activation is applied by the kernels as they store the intermediate layer's outputs.
+        layer.intermediate.forward_into(&ws.attended, rows, Some(self.activation), &mut ws.inner)?;
+        layer.output.forward_into(&ws.inner, rows, None, &mut ws.out)?;
         layer.output_norm.apply(&mut ws.out, Some(&ws.attended));
         Ok(())
     }

@@ -16,6 +16,13 @@ pub trait F32Lanes: Copy {
     unsafe fn add_mul(self, a: Self, b: Self) -> Self;
     /// Writes the lanes to `dst` (unaligned).
     unsafe fn store(self, dst: *mut f32);
+
+    /// `a * b`, as a plain multiply rounds it: `-0 + a * b` rounded once (adding `-0` changes no value, not even
+    /// the sign of a zero).
+    #[inline(always)]
+    unsafe fn exact_product(a: Self, b: Self) -> Self {
+        Self::splat(-0.0).add_mul(a, b)
+    }
 }
 
 /// The vector level of the float kernels.

@@ -57,7 +57,7 @@ impl Projection {
     /// [`Projection::forward`] into `out` (resized and overwritten), reusing its memory.
     pub(crate) fn forward_into(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) -> Result<()> {
         match self {
-            Self::Fused(layer) => Ok(layer.forward_into(x, rows, out)?),
+            Self::Fused(layer) => Ok(layer.forward_into(x, rows, None, out)?),
             Self::Separate(_) => {
                 let joined = self.forward(x, rows)?;
                 out.clear();
