@@ -5,7 +5,7 @@
 //! so every level gives the same bits, and splitting K into chunks (the chain's value is stored and reloaded
 //! between them) changes nothing.
 
-use super::microkernel::opaque;
+use super::microkernel::{opaque, store_output_row};
 use super::simd::Int8Simd;
 use crate::activation::Activation;
 
@@ -70,21 +70,8 @@ pub(crate) unsafe fn float_tile<S: Int8Simd, const ROWS: usize, const NV: usize>
     }
     let bias: [S::F; NV] = std::array::from_fn(|v| S::load_f(t.bias.add(v * S::LANES)));
     for (m, row) in acc.iter().enumerate() {
-        let out = t.out.add(m * t.ldo);
-        let mut clipped = [0f32; 64];
-        for (v, &acc) in row.iter().enumerate() {
-            // `acc * 1 + bias` rounds once, as `acc + bias` does.
-            let value = S::fma_f(acc, S::splat_f(1.0), bias[v]);
-            match t.cols == nr {
-                true => S::store_f(out.add(v * S::LANES), value),
-                false => S::store_f(clipped.as_mut_ptr().add(v * S::LANES), value),
-            }
-        }
-        if t.cols != nr {
-            std::ptr::copy_nonoverlapping(clipped.as_ptr(), out, t.cols);
-        }
-        if let Some(activation) = t.activation {
-            activation.apply_all(std::slice::from_raw_parts_mut(out, t.cols));
-        }
+        // `acc * 1 + bias` rounds once, as `acc + bias` does.
+        let values = std::array::from_fn(|v| S::fma_f(row[v], S::splat_f(1.0), bias[v]));
+        store_output_row::<S, NV>(values, t.out.add(m * t.ldo), t.cols, t.activation);
     }
 }

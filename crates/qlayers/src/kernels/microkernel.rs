@@ -179,29 +179,39 @@ unsafe fn store_tile<S: Int8Simd, const ROWS: usize, const NV: usize>(
     geo: &BlockGeometry<S>,
     accf: &[[S::F; NV]; ROWS],
 ) {
-    let nr = NV * S::LANES;
     let final_scales: [S::F; NV] = match geo.per_block {
         true => [S::splat_f(1.0); NV],
         false => std::array::from_fn(|v| S::load_f(t.w_scales.add(v * S::LANES))),
     };
     let bias: [S::F; NV] = std::array::from_fn(|v| S::load_f(t.bias.add(v * S::LANES)));
     for (m, row) in accf.iter().enumerate() {
-        let out = t.out.add(m * t.ldo);
+        let values = std::array::from_fn(|v| S::fma_f(row[v], final_scales[v], bias[v]));
+        store_output_row::<S, NV>(values, t.out.add(m * t.ldo), t.cols, t.activation);
+    }
+}
+
+/// Writes one row of a tile's outputs, the first `cols` of its `NV` vectors (all of them in a full panel), then
+/// applies `activation` to them while they are in L1.
+#[inline(always)]
+pub(crate) unsafe fn store_output_row<S: Int8Simd, const NV: usize>(
+    values: [S::F; NV],
+    out: *mut f32,
+    cols: usize,
+    activation: Option<Activation>,
+) {
+    if cols == NV * S::LANES {
+        for (v, &value) in values.iter().enumerate() {
+            S::store_f(out.add(v * S::LANES), value);
+        }
+    } else {
         let mut clipped = [0f32; 64];
-        for (v, &acc) in row.iter().enumerate() {
-            let value = S::fma_f(acc, final_scales[v], bias[v]);
-            if t.cols == nr {
-                S::store_f(out.add(v * S::LANES), value);
-            } else {
-                S::store_f(clipped.as_mut_ptr().add(v * S::LANES), value);
-            }
+        for (v, &value) in values.iter().enumerate() {
+            S::store_f(clipped.as_mut_ptr().add(v * S::LANES), value);
         }
-        if t.cols != nr {
-            std::ptr::copy_nonoverlapping(clipped.as_ptr(), out, t.cols);
-        }
-        if let Some(activation) = t.activation {
-            activation.apply_all(std::slice::from_raw_parts_mut(out, t.cols));
-        }
+        std::ptr::copy_nonoverlapping(clipped.as_ptr(), out, cols);
+    }
+    if let Some(activation) = activation {
+        activation.apply_all(std::slice::from_raw_parts_mut(out, cols));
     }
 }
 
