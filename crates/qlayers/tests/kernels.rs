@@ -436,8 +436,9 @@ fn expected_f32(w: &[f32], n: usize, k: usize, x: &[f32], m: usize, bias: Option
 #[test]
 fn every_level_matches_the_scalar_f32_formula_bit_for_bit() {
     let mut rng = StdRng::seed_from_u64(17);
-    // Beyond the shared shapes: K over several chunks at every level, and rows over several row chunks.
-    let extra = [(7, 1000, 65), (13, 129, 97), (200, 256, 40), (1, 1536, 33)];
+    // Beyond the shared shapes: long K, K over several chunks at every level (a chunk holds up to 8192 values),
+    // and rows over several row chunks.
+    let extra = [(7, 1000, 65), (13, 129, 97), (200, 256, 40), (1, 1536, 33), (3, 8300, 20), (1, 16500, 17)];
     let mut checked = 0;
     for &(m, k, n) in SHAPES.iter().chain(&extra) {
         let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1f32..1.0)).collect();

@@ -561,7 +561,7 @@ unsafe fn dispatch_tile<S: Int8Simd, const MR: usize, const NV: usize>(rows: usi
     }
 }
 
-/// Runs every float tile of `rows` x `panels`, K chunk by K chunk: a panel's chunk stays in L1 while the row tiles
+/// Runs every float tile of `rows` x `panels`, K chunk by K chunk: a panel's chunk stays in L2 while the row tiles
 /// pass, and each tile keeps its running sums in a partial buffer between chunks.
 #[inline(always)]
 unsafe fn run_float_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
