@@ -77,6 +77,10 @@ pub(crate) unsafe fn quantize_rows<S: Int8Simd>(
 }
 
 /// Quantizes one row block by block, its padding included; on a non-finite value returns its index in the row.
+///
+/// # Safety
+/// The caller is compiled with `S`'s instruction set; `codes` holds the padded row and `params(g)` is valid for
+/// writing block `g`'s parameters, for every block.
 #[inline(always)]
 unsafe fn quantize_row<S: Int8Simd>(
     row: &[f32],
@@ -120,6 +124,10 @@ unsafe fn quantize_row<S: Int8Simd>(
 
 /// Quantizes one block, `vectors` whole vectors at `x` followed by `tail` (a zero-padded partial vector) if any,
 /// into codes at `out`; returns its scale and code sum, or `None` if it holds NaN or an infinity.
+///
+/// # Safety
+/// The caller is compiled with `S`'s instruction set; `x` holds `vectors` vectors and `out` room for their codes
+/// and the tail's.
 #[inline(always)]
 unsafe fn quantize_block<S: Int8Simd>(
     x: *const f32,

@@ -84,18 +84,28 @@ macro_rules! level {
             pub(super) const FLOAT_NR: usize = $fnv * <$simd as Int8Simd>::LANES;
 
             /// Runs the float tiles of `rows` x `panels`.
+            ///
+            /// # Safety
+            /// The CPU supports this level, `job.w` is packed for it, and no other thread writes these tiles.
             $(#[target_feature(enable = $features)])?
             pub(super) unsafe fn run_float(job: &FloatJob<'_>, rows: Range<usize>, panels: Range<usize>) {
                 run_float_tiles::<$simd, $fmr, $fnv>(job, rows, panels)
             }
 
             /// Runs the tiles of `rows` x `panels`.
+            ///
+            /// # Safety
+            /// The CPU supports this level, `job.w` is packed for it, the rows' activations are quantized, and no
+            /// other thread writes these tiles.
             $(#[target_feature(enable = $features)])?
             pub(super) unsafe fn run(job: &Job<'_>, rows: Range<usize>, panels: Range<usize>, fetch: &[f32]) {
                 run_tiles::<$simd, $mr, $nv>(job, rows, panels, fetch)
             }
 
             /// Quantizes activation rows.
+            ///
+            /// # Safety
+            /// The CPU supports this level.
             $(#[target_feature(enable = $features)])?
             pub(super) unsafe fn quantize(x: &[f32], blocks: &KBlocks, first_row: usize, out: RowsOut<'_>) -> Result<()> {
                 quantize_rows::<$simd>(x, blocks, first_row, out)
@@ -470,6 +480,10 @@ pub(crate) fn output_buffer(len: usize) -> Vec<std::mem::MaybeUninit<f32>> {
 /// Runs every tile of `rows` x `panels`: panels outer, so a panel stays in cache while the row tiles pass.
 /// `fetch` (possibly empty) is brought into L2 meanwhile: each tile gets an equal share, which it asks for a cache
 /// line every four dot steps.
+///
+/// # Safety
+/// the CPU supports the instruction set `S` was built for (the caller runs inside a function compiled with its target features); `job`'s buffers cover `rows` and `panels`, the rows' activations are quantized, and no other
+/// thread writes these tiles meanwhile.
 #[inline(always)]
 unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
     job: &Job<'_>,
@@ -535,6 +549,9 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
 }
 
 /// Picks the tile instantiation for `rows` rows (at most `MR`), the weights' bit width and their lookup table.
+///
+/// # Safety
+/// As [`tile`]; `rows` is 1 to `MR`.
 #[inline(always)]
 unsafe fn dispatch_tile<S: Int8Simd, const MR: usize, const NV: usize>(rows: usize, t: &Tile, geo: &BlockGeometry<S>) {
     macro_rules! by_bits {
@@ -563,6 +580,10 @@ unsafe fn dispatch_tile<S: Int8Simd, const MR: usize, const NV: usize>(rows: usi
 
 /// Runs every float tile of `rows` x `panels`, K chunk by K chunk: a panel's chunk stays in L2 while the row tiles
 /// pass, and each tile keeps its running sums in a partial buffer between chunks.
+///
+/// # Safety
+/// the CPU supports the instruction set `S` was built for (the caller runs inside a function compiled with its target features); `job`'s input, bias and output cover `rows` and `panels`, and no other thread writes these
+/// tiles meanwhile.
 #[inline(always)]
 unsafe fn run_float_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
     job: &FloatJob<'_>,
@@ -603,6 +624,9 @@ unsafe fn run_float_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
 }
 
 /// Picks the float tile instantiation for `rows` rows (at most `MR`).
+///
+/// # Safety
+/// As [`float_tile`]; `rows` is 1 to `MR`.
 #[inline(always)]
 unsafe fn dispatch_float_tile<S: Int8Simd, const MR: usize, const NV: usize>(rows: usize, t: &FloatTile) {
     debug_assert!(rows >= 1 && rows <= MR);

@@ -38,6 +38,10 @@ pub(crate) struct FloatTile {
 }
 
 /// Computes one float tile: `sums[m][j] = fma(x[m][k], w[k][j], sums[m][j])` for each K value of the chunk.
+///
+/// # Safety
+/// the CPU supports the instruction set `S` was built for (the caller runs inside a function compiled with its target features); every pointer of `t` is valid for the tile's `ROWS` rows, the panel's `NV` vectors of
+/// columns and the chunk's `steps` K values, and no other thread touches the tile's output or partial sums meanwhile.
 #[inline(always)]
 pub(crate) unsafe fn float_tile<S: Int8Simd, const ROWS: usize, const NV: usize>(t: &FloatTile) {
     let nr = NV * S::LANES;

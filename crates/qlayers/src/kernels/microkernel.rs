@@ -87,6 +87,10 @@ pub(crate) struct BlockGeometry<S: Int8Simd> {
 /// `acc = fma(exact as f32, x_scale * w_scale, acc)` with per-block ones, then with minimums
 /// `acc = fma(x_scale * sum(x) as f32, min, acc)`. At the end
 /// `out = fma(acc, w_scale, bias)` (per column) or `fma(acc, 1, bias)` (per block).
+///
+/// # Safety
+/// the CPU supports the instruction set `S` was built for (the caller runs inside a function compiled with its target features); every pointer of `t` is valid for the tile's `ROWS` rows, its panel and its K blocks, and no
+/// other thread touches the tile's output or partial sums meanwhile.
 #[inline(always)]
 pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const BITS: usize, const LOOKUP: bool>(
     t: &Tile,
@@ -173,6 +177,9 @@ pub(crate) unsafe fn tile<S: Int8Simd, const ROWS: usize, const NV: usize, const
 }
 
 /// Applies the final scale and bias and writes the tile, clipping to `cols` columns.
+///
+/// # Safety
+/// As [`tile`].
 #[inline(always)]
 unsafe fn store_tile<S: Int8Simd, const ROWS: usize, const NV: usize>(
     t: &Tile,
@@ -192,6 +199,10 @@ unsafe fn store_tile<S: Int8Simd, const ROWS: usize, const NV: usize>(
 
 /// Writes one row of a tile's outputs, the first `cols` of its `NV` vectors (all of them in a full panel), then
 /// applies `activation` to them while they are in L1.
+///
+/// # Safety
+/// the CPU supports the instruction set `S` was built for (the caller runs inside a function compiled with its target features); `out` is valid for writes of `cols` floats (`cols` at most `NV * S::LANES`), which no other
+/// thread touches meanwhile.
 #[inline(always)]
 pub(crate) unsafe fn store_output_row<S: Int8Simd, const NV: usize>(
     values: [S::F; NV],
@@ -224,6 +235,9 @@ struct Cursor<const ROWS: usize> {
 /// Accumulates `steps` steps of 4 K values (a multiple of 4) from `at`, and moves it past them:
 /// `acc[m][v] += dot(row m, panel vector v)`; with `LOOKUP`, 4-bit codes are first looked up in `table`; with
 /// `PREFETCH`, weights are asked for ahead of their use.
+///
+/// # Safety
+/// the CPU supports the instruction set `S` was built for (the caller runs inside a function compiled with its target features); the rows and the panel at `at` hold `4 * steps` more K values.
 #[inline(always)]
 unsafe fn dot_block<
     S: Int8Simd,
@@ -340,6 +354,9 @@ impl Fetch {
 }
 
 /// One step of 4 K values: row `m`'s 4 activation bytes are at `rows[m] + offset`.
+///
+/// # Safety
+/// the CPU supports the instruction set `S` was built for (the caller runs inside a function compiled with its target features); each `rows[m] + offset` is valid for reading 4 bytes.
 #[inline(always)]
 unsafe fn step<S: Int8Simd, const ROWS: usize, const NV: usize, const WIDE: bool>(
     rows: &[*const i8; ROWS],

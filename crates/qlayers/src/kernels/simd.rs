@@ -4,8 +4,11 @@
 //! An integer vector holds `LANES` i32 lanes; as weights or activations it holds `4 * LANES` bytes, four
 //! consecutive K values per lane.
 
-/// Vector primitives of one instruction set. Every method is `#[inline(always)]` and `unsafe`: callers run inside a
-/// function compiled with the instruction set's target features, and pass pointers valid for one vector.
+/// Vector primitives of one instruction set. Every method is `#[inline(always)]` and `unsafe`.
+///
+/// # Safety
+/// For every method: the caller runs inside a function compiled with the instruction set's target features (on a
+/// CPU that has them), and every pointer it passes is valid for one vector of the access the method names.
 pub(crate) trait Int8Simd {
     /// i32 lanes per vector.
     const LANES: usize;

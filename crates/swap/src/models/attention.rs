@@ -115,6 +115,11 @@ struct Sequence {
     d: usize,
 }
 
+/// One sequence and head at the best vector level.
+///
+/// # Safety
+/// `out` is valid for writes of the sequence's rows (`width` floats apart) and no other thread writes columns
+/// `s.col..s.col + s.d` of them meanwhile; `qkv` holds the sequence's rows.
 unsafe fn head(qkv: &[f32], l: QkvLayout, s: Sequence, width: usize, out: *mut f32) {
     match level() {
         #[cfg(target_arch = "x86_64")]
@@ -127,18 +132,29 @@ unsafe fn head(qkv: &[f32], l: QkvLayout, s: Sequence, width: usize, out: *mut f
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+/// [`head_generic`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU has AVX-512F, and as [`head`].
 unsafe fn head_avx512(qkv: &[f32], l: QkvLayout, s: Sequence, width: usize, out: *mut f32) {
     head_generic::<Avx512>(qkv, l, s, width, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+/// [`head_generic`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA, and as [`head`].
 unsafe fn head_avx2(qkv: &[f32], l: QkvLayout, s: Sequence, width: usize, out: *mut f32) {
     head_generic::<Avx2>(qkv, l, s, width, out)
 }
 
 /// One sequence and head. Each query's sums run in the same order whether it is computed in a block or alone,
 /// and lanes never mix, so the result is the same at every level and whatever the batch.
+///
+/// # Safety
+/// The CPU supports `L`'s instructions (the caller is compiled with them), and as [`head`].
 #[inline(always)]
 unsafe fn head_generic<L: F32Lanes>(qkv: &[f32], l: QkvLayout, s: Sequence, width: usize, out: *mut f32) {
     let Sequence { first, len, col, d } = s;
@@ -199,6 +215,9 @@ impl Head<'_> {
     /// that never decreases with `i`), and its context row (`dims` long, `d` of them meaningful) goes to
     /// `emit(i, row)`. Queries run in blocks of [`QUERY_BLOCK`]; each one's sums run in the same order whatever its
     /// block, so the result is the same computed in a block or alone.
+    ///
+    /// # Safety
+    /// The CPU supports `L`'s instructions, and `emit` may be handed rows of `dims` floats.
     #[inline(always)]
     unsafe fn attend<L: F32Lanes>(
         &self,
@@ -228,6 +247,10 @@ impl Head<'_> {
     /// The context rows of the `B` scaled queries at `queries` (`B x d`) into `context` (`B x dims`), using
     /// `scores` (`B x keys_len`) as scratch; query `b` sees the first `visible[b]` keys (the last sees the most).
     /// Two vectors of keys (or dims) per pass: `2B` independent sums.
+    ///
+    /// # Safety
+    /// The CPU supports `L`'s instructions; `queries` holds `B x d` floats, `scores` and `context` the sizes
+    /// above, and `visible[b]` is at most the head's keys.
     #[inline(always)]
     unsafe fn block<L: F32Lanes, const B: usize>(
         &self,
@@ -384,6 +407,11 @@ impl KvHeads {
     }
 }
 
+/// One query head of [`KvHeads::causal_attention`] at the best vector level.
+///
+/// # Safety
+/// `out` is valid for writes of `q`'s rows (`width` floats apart) and no other thread writes columns
+/// `col..col + d` of them meanwhile.
 unsafe fn causal_head(head: &Head, q: &[f32], col: usize, width: usize, past: usize, out: *mut f32) {
     match level() {
         #[cfg(target_arch = "x86_64")]
@@ -396,17 +424,28 @@ unsafe fn causal_head(head: &Head, q: &[f32], col: usize, width: usize, past: us
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+/// [`causal_head_generic`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU has AVX-512F, and as [`causal_head`].
 unsafe fn causal_head_avx512(head: &Head, q: &[f32], col: usize, width: usize, past: usize, out: *mut f32) {
     causal_head_generic::<Avx512>(head, q, col, width, past, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+/// [`causal_head_generic`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA, and as [`causal_head`].
 unsafe fn causal_head_avx2(head: &Head, q: &[f32], col: usize, width: usize, past: usize, out: *mut f32) {
     causal_head_generic::<Avx2>(head, q, col, width, past, out)
 }
 
 /// One query head: its columns `col..col + d` of every row of `q`, the query of row `i` at position `past + i`.
+///
+/// # Safety
+/// The CPU supports `L`'s instructions (the caller is compiled with them), and as [`causal_head`].
 #[inline(always)]
 unsafe fn causal_head_generic<L: F32Lanes>(
     head: &Head,

@@ -3,6 +3,10 @@
 //! the same bits.
 
 /// A vector of `N` f32 lanes.
+///
+/// # Safety
+/// For every method: the caller runs inside a function compiled with the level's target features (on a CPU that
+/// has them), and every pointer it passes is valid for `N` floats.
 pub trait F32Lanes: Copy {
     /// Lanes per vector.
     const N: usize;

@@ -42,12 +42,20 @@ fn for_each_row<O: RowOp>(data: &mut [f32], width: usize, op: &O) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+/// `op` over `rows`, compiled for AVX-512.
+///
+/// # Safety
+/// The CPU has AVX-512F.
 unsafe fn rows_avx512<O: RowOp>(op: &O, first: usize, rows: &mut [f32]) {
     op.rows(first, rows)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+/// `op` over `rows`, compiled for AVX2.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
 unsafe fn rows_avx2<O: RowOp>(op: &O, first: usize, rows: &mut [f32]) {
     op.rows(first, rows)
 }
