@@ -96,21 +96,54 @@ fn bench_ring<T>(
     });
 }
 
+/// The benchmark group `name/MxKxN` (10 flat samples, 1 s of warm-up, 2.5 s of measurement, `2 M N K`
+/// operations a call) and its random input, as values and as a tensor.
+fn shape_group<'c>(
+    c: &'c mut Criterion,
+    name: &str,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> (BenchmarkGroup<'c, criterion::measurement::WallTime>, Vec<f32>, Tensor) {
+    let mut group = c.benchmark_group(format!("{name}/{m}x{k}x{n}"));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_millis(2500))
+        .sampling_mode(SamplingMode::Flat)
+        .throughput(Throughput::Elements((2 * m * n * k) as u64));
+    let mut rng = StdRng::seed_from_u64((m * k) as u64);
+    let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1f32..1.0)).collect();
+    let x_tensor = Tensor::from_slice(&x, (m, k), &Device::Cpu).expect("input tensor");
+    (group, x, x_tensor)
+}
+
+/// candle's f32 matmul of `x` by a random `[n, k]` weight (a ring of them at M = 1), as `candle_f32`.
+fn bench_candle_f32(
+    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    m: usize,
+    k: usize,
+    n: usize,
+    x: &Tensor,
+) {
+    bench_ring(
+        group,
+        "candle_f32",
+        || {
+            let w = f32_weight(k, n);
+            ring(m, || w.copy().expect("copy"), |w| w.elem_count() * 4)
+        },
+        |w| {
+            black_box(x.matmul(&w.t().expect("t")).expect("f32 matmul"));
+        },
+    );
+}
+
 fn kernels(c: &mut Criterion) {
     let isa = if std::env::var_os(ISA_ENV).is_some() { selected_isa().expect(ISA_ENV) } else { Isa::best() };
     eprintln!("qlayers kernel level: {isa} (supported: {:?})", Isa::supported());
     for (scheme, m, k, n) in cases() {
-        let mut group = c.benchmark_group(format!("{}/{m}x{k}x{n}", scheme.name()));
-        group
-            .sample_size(10)
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_millis(2500))
-            .sampling_mode(SamplingMode::Flat)
-            .throughput(Throughput::Elements((2 * m * n * k) as u64));
-        let mut rng = StdRng::seed_from_u64((m * k) as u64);
-        let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1f32..1.0)).collect();
-        let x_tensor = Tensor::from_slice(&x, (m, k), &Device::Cpu).expect("input tensor");
-
+        let (mut group, x, x_tensor) = shape_group(c, scheme.name(), m, k, n);
         bench_ring(
             &mut group,
             "qlayers",
@@ -119,17 +152,7 @@ fn kernels(c: &mut Criterion) {
                 black_box(w.matmul(black_box(&x), m, None).expect("qlayers matmul"));
             },
         );
-        bench_ring(
-            &mut group,
-            "candle_f32",
-            || {
-                let w = f32_weight(k, n);
-                ring(m, || w.copy().expect("copy"), |w| w.elem_count() * 4)
-            },
-            |w| {
-                black_box(x_tensor.matmul(&w.t().expect("t")).expect("f32 matmul"));
-            },
-        );
+        bench_candle_f32(&mut group, m, k, n, &x_tensor);
         for &(id, dtype) in ggml_baselines(scheme) {
             bench_ring(
                 &mut group,
@@ -149,16 +172,7 @@ fn kernels(c: &mut Criterion) {
         group.finish();
     }
     for (m, k, n) in f32_cases() {
-        let mut group = c.benchmark_group(format!("f32/{m}x{k}x{n}"));
-        group
-            .sample_size(10)
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_millis(2500))
-            .sampling_mode(SamplingMode::Flat)
-            .throughput(Throughput::Elements((2 * m * n * k) as u64));
-        let mut rng = StdRng::seed_from_u64((m * k) as u64);
-        let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1f32..1.0)).collect();
-        let x_tensor = Tensor::from_slice(&x, (m, k), &Device::Cpu).expect("input tensor");
+        let (mut group, x, x_tensor) = shape_group(c, "f32", m, k, n);
         bench_ring(
             &mut group,
             "qlayers",
@@ -170,17 +184,7 @@ fn kernels(c: &mut Criterion) {
                 black_box(w.matmul(black_box(&x), m, None).expect("qlayers f32 matmul"));
             },
         );
-        bench_ring(
-            &mut group,
-            "candle_f32",
-            || {
-                let w = f32_weight(k, n);
-                ring(m, || w.copy().expect("copy"), |w| w.elem_count() * 4)
-            },
-            |w| {
-                black_box(x_tensor.matmul(&w.t().expect("t")).expect("f32 matmul"));
-            },
-        );
+        bench_candle_f32(&mut group, m, k, n, &x_tensor);
         group.finish();
     }
 }

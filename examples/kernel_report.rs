@@ -139,6 +139,26 @@ fn qlayers_time(
     Ok((t, bytes))
 }
 
+/// Iterations of a peak measurement's loop.
+#[cfg(target_arch = "x86_64")]
+const PEAK_ITERS: u64 = 20_000_000;
+
+/// The shortest of 5 wall times of `threads` threads each running `work` once.
+#[cfg(target_arch = "x86_64")]
+fn best_of_5(threads: usize, work: impl Fn() -> f32 + Sync) -> f64 {
+    (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(|| black_box(work()));
+                }
+            });
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
 /// Int8 multiply-adds per second of `threads` threads running independent `vpdpbusd`, or `None` without VNNI.
 fn int8_peak_gops(threads: usize) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
@@ -146,20 +166,10 @@ fn int8_peak_gops(threads: usize) -> Option<f64> {
         if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")) {
             return None;
         }
-        const ITERS: u64 = 20_000_000;
-        let mut best = f64::INFINITY;
-        for _ in 0..5 {
-            let start = Instant::now();
-            std::thread::scope(|s| {
-                for _ in 0..threads {
-                    // SAFETY: the CPU supports AVX-512 F and VNNI (checked above).
-                    s.spawn(|| black_box(unsafe { x86::dpbusd_loop(black_box(ITERS)) }));
-                }
-            });
-            best = best.min(start.elapsed().as_secs_f64());
-        }
+        // SAFETY: the CPU supports AVX-512 F and VNNI (checked above).
+        let best = best_of_5(threads, || black_box(unsafe { x86::dpbusd_loop(black_box(PEAK_ITERS)) }) as f32);
         // 12 instructions per iteration, 64 multiply-adds each, 2 ops per multiply-add.
-        Some((threads as u64 * ITERS * 12 * 64 * 2) as f64 / best / 1e9)
+        Some((threads as u64 * PEAK_ITERS * 12 * 64 * 2) as f64 / best / 1e9)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -178,23 +188,13 @@ fn f32_peak_gflops(isa: Isa, threads: usize) -> Option<f64> {
             Isa::Avx2 => 8,
             Isa::Reference => return None,
         };
-        const ITERS: u64 = 20_000_000;
-        let mut best = f64::INFINITY;
-        for _ in 0..5 {
-            let start = Instant::now();
-            std::thread::scope(|s| {
-                for _ in 0..threads {
-                    // SAFETY: the CPU supports the level (`isa` is one it supports), hence its FMA.
-                    s.spawn(move || match lanes {
-                        16 => black_box(unsafe { x86::fma512_loop(black_box(ITERS)) }),
-                        _ => black_box(unsafe { x86::fma256_loop(black_box(ITERS)) }),
-                    });
-                }
-            });
-            best = best.min(start.elapsed().as_secs_f64());
-        }
+        // SAFETY: the CPU supports the level (`isa` is one it supports), hence its FMA.
+        let best = best_of_5(threads, || match lanes {
+            16 => black_box(unsafe { x86::fma512_loop(black_box(PEAK_ITERS)) }),
+            _ => black_box(unsafe { x86::fma256_loop(black_box(PEAK_ITERS)) }),
+        });
         // 12 instructions per iteration, `lanes` multiply-adds each, 2 flops per multiply-add.
-        Some((threads as u64 * ITERS * 12 * lanes * 2) as f64 / best / 1e9)
+        Some((threads as u64 * PEAK_ITERS * 12 * lanes * 2) as f64 / best / 1e9)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -231,11 +231,8 @@ impl PackedWeights {
     /// alone. Errors on NaN or infinite input, or on sizes that do not match.
     pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Result<Vec<f32>> {
         check_matmul(x, m, self.blocks.k, self.n, bias)?;
-        let mut out = output_buffer(m * self.n);
-        // SAFETY: `out` holds `m * n` floats.
-        unsafe { self.matmul_to(x, m, bias, None, out.as_mut_ptr().cast::<f32>())? };
-        // SAFETY: the call covered every row and column, so every element is initialized.
-        Ok(unsafe { assume_init(out) })
+        // SAFETY: the matmul writes every one of the `m * n` outputs.
+        unsafe { with_fresh_output(m * self.n, |out| self.matmul_to(x, m, bias, None, out)) }
     }
 
     /// [`PackedWeights::matmul`] into `out` (`m x n` values, overwritten), with `activation` applied to each
@@ -442,14 +439,18 @@ pub(crate) fn check_output(out: &[f32], m: usize, n: usize) -> Result<()> {
     }
 }
 
-/// The buffer as initialized floats.
+/// A new buffer of `len` floats (see [`output_buffer`]) filled by `fill`, which is handed its start.
 ///
 /// # Safety
-/// Every element of `out` has been written.
-pub(crate) unsafe fn assume_init(out: Vec<std::mem::MaybeUninit<f32>>) -> Vec<f32> {
-    let mut out = std::mem::ManuallyDrop::new(out);
-    // SAFETY: MaybeUninit<f32> has the layout of f32, and the caller vouches that every element is initialized.
-    unsafe { Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), out.len(), out.capacity()) }
+/// `fill`, when it returns `Ok`, has written every one of the `len` floats.
+pub(crate) unsafe fn with_fresh_output(len: usize, fill: impl FnOnce(*mut f32) -> Result<()>) -> Result<Vec<f32>> {
+    let mut out = std::mem::ManuallyDrop::new(output_buffer(len));
+    if let Err(err) = fill(out.as_mut_ptr().cast::<f32>()) {
+        std::mem::ManuallyDrop::into_inner(out);
+        return Err(err);
+    }
+    // SAFETY: MaybeUninit<f32> has the layout of f32, and `fill` wrote every element.
+    Ok(unsafe { Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), out.len(), out.capacity()) })
 }
 
 /// Outputs at least this large ask for transparent huge pages.
@@ -459,7 +460,7 @@ const HUGE_OUTPUT_BYTES: usize = 4 << 20;
 /// output is fresh memory at every call (the allocator returns it to the system when it is freed), and faulting it
 /// in 4 KB pages costs up to a quarter of the call (768 x 3072 at M = 4096); on Linux its 2 MB-aligned interior is marked for
 /// huge pages first, so that it faults in 2 MB at a time.
-pub(crate) fn output_buffer(len: usize) -> Vec<std::mem::MaybeUninit<f32>> {
+fn output_buffer(len: usize) -> Vec<std::mem::MaybeUninit<f32>> {
     let mut out: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(len);
     // SAFETY: MaybeUninit needs no initialization.
     unsafe { out.set_len(len) };

@@ -4,7 +4,7 @@
 //! each K value stores its `nr` weights, one per column (zeros past the last column). A task multiplies a chunk of
 //! rows by a range of panels, K chunk by K chunk, so that a panel's chunk stays in L2 while the row tiles pass.
 
-use super::driver::{assume_init, check_matmul, check_output, for_each_task, output_buffer};
+use super::driver::{check_matmul, check_output, for_each_task, with_fresh_output};
 use super::isa::Isa;
 use super::packed::CacheAligned;
 use crate::activation::Activation;
@@ -103,11 +103,13 @@ impl FloatWeights {
     /// bits and each row's result depends on that row alone. Non-finite input propagates, as in any f32 matmul.
     pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Result<Vec<f32>> {
         check_matmul(x, m, self.k, self.n, bias)?;
-        let mut out = output_buffer(m * self.n);
-        // SAFETY: `out` holds `m * n` floats.
-        unsafe { self.matmul_to(x, m, bias, None, out.as_mut_ptr().cast::<f32>()) };
-        // SAFETY: the call covered every row and column, so every element is initialized.
-        Ok(unsafe { assume_init(out) })
+        // SAFETY: the matmul writes every one of the `m * n` outputs.
+        unsafe {
+            with_fresh_output(m * self.n, |out| {
+                self.matmul_to(x, m, bias, None, out);
+                Ok(())
+            })
+        }
     }
 
     /// [`FloatWeights::matmul`] into `out` (`m x n` values, overwritten), with `activation` applied to each

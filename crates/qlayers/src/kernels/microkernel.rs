@@ -296,9 +296,10 @@ unsafe fn dot_block<
 /// the kernel otherwise waits on every new line of the panel.
 const PREFETCH_LOADS: usize = 16;
 
-/// Asks for the `bytes` at `p` (which may lie past the panel: a prefetch never faults) to be brought into L1.
+/// Asks for the `bytes` at `p` (which may lie past the end of a buffer: a prefetch never faults) to be brought into
+/// L1, a cache line at a time; does nothing where there is no prefetch instruction.
 #[inline(always)]
-pub(crate) fn prefetch(p: *const u8, bytes: usize) {
+pub fn prefetch(p: *const u8, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
     for line in (0..bytes).step_by(64) {
         // SAFETY: a prefetch is a hint; it reads nothing architecturally and never faults.

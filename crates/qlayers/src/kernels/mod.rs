@@ -30,4 +30,5 @@ mod x86;
 pub use blocks::MAX_BLOCK;
 pub use float::FloatWeights;
 pub use isa::{cpu_name, selected_isa, Isa, ISA_ENV};
+pub use microkernel::prefetch;
 pub use packed::{PackedWeights, WeightCodes};

@@ -6,6 +6,7 @@
 //! - [`KvHeads`]: a decoder's key/value cache kept in the kernel's layout, with causal attention of new queries over
 //!   it (grouped-query heads read their shared key/value head).
 
+use qlayers::kernels::prefetch;
 use qlayers::threads::{parallel_for_work, SharedMut};
 
 use super::lanes::{fold_lanes, level, F32Lanes, Level, Portable};
@@ -75,18 +76,6 @@ pub fn attention_into(
 
 /// Rows of a sequence fetched ahead of the one being laid out.
 const ROWS_AHEAD: usize = 4;
-
-/// Asks for the cache lines of the `len` floats at `p` (a hint: it never faults).
-#[inline(always)]
-fn prefetch_floats(p: *const f32, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for line in (0..len).step_by(16) {
-        // SAFETY: a prefetch reads nothing architecturally and never faults.
-        unsafe { std::arch::x86_64::_mm_prefetch(p.wrapping_add(line).cast::<i8>(), std::arch::x86_64::_MM_HINT_T0) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, len);
-}
 
 /// Copies `len` floats from `src` to `dst` a vector at a time: rows here are a few dozen floats, too short for a
 /// call to `memcpy` (hundreds of thousands of them a batch) to pay.
@@ -172,7 +161,7 @@ unsafe fn head_generic<L: F32Lanes>(qkv: &[f32], l: QkvLayout, s: Sequence, widt
     for j in 0..len {
         if j + ROWS_AHEAD < len {
             for offset in [l.q, l.k, l.v] {
-                prefetch_floats(row(j + ROWS_AHEAD, offset).as_ptr(), d);
+                prefetch(row(j + ROWS_AHEAD, offset).as_ptr().cast(), 4 * d);
             }
         }
         let (q, k, v) = (row(j, l.q).as_ptr(), row(j, l.k).as_ptr(), row(j, l.v).as_ptr());
