@@ -26,7 +26,7 @@ const TEXTS: [&str; 6] = [
 
 #[test]
 fn bert_losses_order_the_schemes_and_the_float_plan_is_exact() {
-    let probe = Probe::bert(&common::minilm_dir(), &TEXTS).unwrap();
+    let probe = Probe::embedder(&common::minilm_dir(), &TEXTS).unwrap();
     assert_eq!(probe.layers().len(), 36, "6 Linear layers in each of 6 blocks");
     assert_eq!(probe.layers()[0].name, "encoder.layer.0.attention.self.query");
     // The float plan reproduces the float embeddings (cosines of identical vectors, up to f64 rounding).
@@ -61,7 +61,7 @@ fn bert_losses_order_the_schemes_and_the_float_plan_is_exact() {
 
 #[test]
 fn the_automatic_bert_plan_meets_its_target_in_fewer_bytes_than_int8() {
-    let probe = Probe::bert(&common::minilm_dir(), &TEXTS).unwrap();
+    let probe = Probe::embedder(&common::minilm_dir(), &TEXTS).unwrap();
     let schemes = [scheme("w8a8-b32-pb"), scheme("w8a8-b64"), scheme("int4-g32")];
     let table = sensitivity(&probe, probe.layers(), &candidates(&schemes), true, |_, _, _| {}).unwrap();
     let target: Target = "cosine>=0.999".parse().unwrap();

@@ -9,7 +9,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use common::{corpus, minilm_dir, Scratch};
 use qlayers::{Bits, Granularity, LayerScheme, LinearScheme, QTensor};
 use safetensors::Dtype;
-use swap::checkpoint::quantize_bert;
+use swap::export::quantize_encoder;
 use swap::{Embedder, Plan};
 
 fn texts() -> Vec<String> {
@@ -24,7 +24,7 @@ fn embed(e: &Embedder) -> Vec<Vec<f32>> {
 /// Saves `plan`, reloads the checkpoint and checks the embeddings are bit-identical to quantizing on load.
 fn round_trip(plan: Plan, tag: &str) -> Scratch {
     let out = Scratch::new(tag);
-    let report = quantize_bert(&minilm_dir(), plan.clone(), out.path(), |_, _, _| {}).unwrap();
+    let report = quantize_encoder(&minilm_dir(), plan.clone(), out.path(), |_, _, _| {}).unwrap();
     assert!(report.saved_bytes < report.source_bytes, "{} !< {}", report.saved_bytes, report.source_bytes);
     let direct = Embedder::load(&minilm_dir(), plan.clone()).unwrap();
     let saved = Embedder::open(out.path(), None).unwrap();
@@ -71,7 +71,7 @@ fn int8_checkpoint_round_trips_without_fp32_weights() {
 #[test]
 fn loading_a_checkpoint_is_faster_than_quantizing_on_load() {
     let out = Scratch::new("load-speed");
-    quantize_bert(&minilm_dir(), Plan::bert_int8(), out.path(), |_, _, _| {}).unwrap();
+    quantize_encoder(&minilm_dir(), Plan::bert_int8(), out.path(), |_, _, _| {}).unwrap();
     let best = |f: &dyn Fn()| {
         (0..3)
             .map(|_| {
@@ -115,7 +115,7 @@ fn packed_int4_and_mixed_plans_round_trip() {
 #[test]
 fn corrupt_and_mismatched_checkpoints_are_clear_errors() {
     let out = Scratch::new("corrupt");
-    quantize_bert(&minilm_dir(), Plan::bert_int8(), out.path(), |_, _, _| {}).unwrap();
+    quantize_encoder(&minilm_dir(), Plan::bert_int8(), out.path(), |_, _, _| {}).unwrap();
     let weights = out.path().join("model.safetensors");
     let config_path = out.path().join("config.json");
     let config = std::fs::read_to_string(&config_path).unwrap();
@@ -123,7 +123,7 @@ fn corrupt_and_mismatched_checkpoints_are_clear_errors() {
 
     // Re-quantizing a checkpoint is refused.
     let again = Scratch::new("again");
-    let err = quantize_bert(out.path(), Plan::bert_int8(), again.path(), |_, _, _| {}).unwrap_err();
+    let err = quantize_encoder(out.path(), Plan::bert_int8(), again.path(), |_, _, _| {}).unwrap_err();
     assert!(format!("{err:#}").contains("already quantized"), "{err:#}");
 
     // A layer's scheme in config.json that does not match its codes.

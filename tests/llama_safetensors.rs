@@ -12,7 +12,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::llama as candle_llama;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use swap::checkpoint::quantize_llama;
+use swap::export::quantize_llama;
 use swap::models::llama::{LlamaConfig, LlamaModel};
 use swap::{Plan, QuantLoader};
 

@@ -186,7 +186,7 @@ fn generation_is_reproducible_and_bounded() {
 fn an_int4_checkpoint_of_the_gguf_file_loads_to_the_same_model() {
     let out = common::Scratch::new("smollm2-int4");
     let plan = Plan::llama_preset("int4").unwrap();
-    let report = swap::checkpoint::quantize_llama(&common::smollm2_gguf(), plan, out.path(), |_, _, _| {}).unwrap();
+    let report = swap::export::quantize_llama(&common::smollm2_gguf(), plan, out.path(), |_, _, _| {}).unwrap();
     println!("GGUF {:.1} MB -> checkpoint {:.1} MB", report.source_bytes as f64 / 1e6, report.saved_bytes as f64 / 1e6);
     let saved = Generator::open(out.path(), None).unwrap();
     let prompt = saved.encode("The capital of France is").unwrap();

@@ -154,6 +154,8 @@ class ModelInfo:
         self.folder = folder
         self.config = json.loads((folder / "config.json").read_text())
         self.vocab = int(self.config["vocab_size"])
+        # BERT and RoBERTa take token types; MPNet and DistilBERT have none (their configs have no type vocabulary).
+        self.uses_types = "type_vocab_size" in self.config
         sbert = folder / "sentence_bert_config.json"
         max_seq = 256
         if sbert.exists():
@@ -206,8 +208,8 @@ def load_torch_model(folder: Path, attn: str | None = None):
     return model.eval()
 
 
-def export_onnx(folder: Path, out: Path, seq: int) -> None:
-    """fp32 ONNX: (input_ids, attention_mask, token_type_ids) -> last_hidden_state, dynamic batch and sequence."""
+def export_onnx(folder: Path, out: Path, seq: int, uses_types: bool) -> None:
+    """fp32 ONNX: (input_ids, attention_mask[, token_type_ids]) -> last_hidden_state, dynamic batch and sequence."""
     import torch
 
     class Encoder(torch.nn.Module):
@@ -215,10 +217,9 @@ def export_onnx(folder: Path, out: Path, seq: int) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.model(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
 
     # Eager attention: the plain MatMul/Softmax pattern that ONNX Runtime's and OpenVINO's fusions recognise.
     wrapper = Encoder(load_torch_model(folder, attn="eager")).eval()
@@ -226,7 +227,8 @@ def export_onnx(folder: Path, out: Path, seq: int) -> None:
     mask = torch.ones((2, seq), dtype=torch.long)
     mask[1, seq // 2 :] = 0  # a padded row, so that the mask path cannot be traced away
     types = torch.zeros((2, seq), dtype=torch.long)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
+    names = ["input_ids", "attention_mask", "token_type_ids"][: 3 if uses_types else 2]
+    inputs = (ids, mask, types)[: len(names)]
     out.parent.mkdir(parents=True, exist_ok=True)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
@@ -234,7 +236,7 @@ def export_onnx(folder: Path, out: Path, seq: int) -> None:
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                wrapper, (ids, mask, types), str(out), input_names=names, output_names=["last_hidden_state"],
+                wrapper, inputs, str(out), input_names=names, output_names=["last_hidden_state"],
                 dynamic_axes=axes, opset_version=17, do_constant_folding=True, dynamo=False,
             )
             how = "TorchScript exporter"
@@ -245,7 +247,7 @@ def export_onnx(folder: Path, out: Path, seq: int) -> None:
             batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence", max=4096)
             shapes = {n: {0: batch, 1: sequence} for n in names}
             prog = torch.onnx.export(
-                wrapper, (ids, mask, types), None, input_names=names, output_names=["last_hidden_state"],
+                wrapper, inputs, None, input_names=names, output_names=["last_hidden_state"],
                 dynamic_shapes=shapes, dynamo=True, external_data=False,
             )
             prog.save(str(out))
@@ -284,11 +286,12 @@ class Variant:
 class TorchVariant(Variant):
     engine = "torch"
 
-    def __init__(self, model, precision: str):
+    def __init__(self, model, precision: str, uses_types: bool):
         import torch
 
         self.model = model
         self.precision = precision
+        self.uses_types = uses_types
         buf = io.BytesIO()
         torch.save(model.state_dict(), buf)
         self.memory_bytes = buf.getbuffer().nbytes
@@ -303,7 +306,8 @@ class TorchVariant(Variant):
 
         ids, mask, types = prepared
         with torch.inference_mode():
-            hidden = self.model(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+            extra = {"token_type_ids": types} if self.uses_types else {}
+            hidden = self.model(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
             return pool_torch(hidden, mask)
 
 
@@ -426,18 +430,18 @@ def build_variants(args, info: ModelInfo, vers: dict, calib: list[str]) -> list[
     if "torch" in engines:
         t0 = time.perf_counter()
         model = load_torch_model(info.folder)
-        variants.append(TorchVariant(model, "fp32"))
+        variants.append(TorchVariant(model, "fp32", info.uses_types))
         qmodel = torch.ao.quantization.quantize_dynamic(
             load_torch_model(info.folder), {torch.nn.Linear}, dtype=torch.qint8
         ).eval()
-        variants.append(TorchVariant(qmodel, "int8"))
+        variants.append(TorchVariant(qmodel, "int8", info.uses_types))
         log(f"torch: loaded and quantized in {time.perf_counter() - t0:.1f} s "
             f"(quantized engine {torch.backends.quantized.engine})")
 
     onnx_fp32 = work / "ort-fp32" / "model.onnx"
     if ("ort" in engines or "openvino" in engines) and not onnx_fp32.exists():
         t0 = time.perf_counter()
-        export_onnx(info.folder, onnx_fp32, min(16, info.max_seq_length))
+        export_onnx(info.folder, onnx_fp32, min(16, info.max_seq_length), info.uses_types)
         log(f"onnx export: {time.perf_counter() - t0:.1f} s")
 
     if "ort" in engines:
@@ -621,7 +625,7 @@ def main(argv=None) -> int:
             own = next((e for v, e in zip(variants, embeddings) if v.engine == "torch" and v.precision == "fp32"),
                        None)
             if own is None:
-                own = np.concatenate([TorchVariant(load_torch_model(info.folder), "fp32").embed_np(*e)
+                own = np.concatenate([TorchVariant(load_torch_model(info.folder), "fp32", info.uses_types).embed_np(*e)
                                       for e in encoded])
             ref = own
         ref = np.asarray(ref, dtype=np.float32)

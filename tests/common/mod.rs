@@ -11,6 +11,25 @@ pub fn minilm_dir() -> PathBuf {
     dir
 }
 
+/// all-mpnet-base-v2 as `models/fetch mpnet` leaves it; a missing model fails the test (CI fetches it first).
+pub fn mpnet_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/cache/all-mpnet-base-v2");
+    assert!(dir.join("model.safetensors").exists(), "{} is missing: run models/fetch mpnet", dir.display());
+    dir
+}
+
+/// The texts and embeddings of a reference file of JSON lines (`{"text", "embedding"}`).
+pub fn reference_embeddings(jsonl: &str) -> (Vec<String>, Vec<Vec<f32>>) {
+    let mut texts = Vec::new();
+    let mut embeddings = Vec::new();
+    for line in jsonl.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        texts.push(row["text"].as_str().unwrap().to_string());
+        embeddings.push(row["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect());
+    }
+    (texts, embeddings)
+}
+
 /// An empty scratch folder under the system temp dir, removed when dropped.
 pub struct Scratch(pub PathBuf);
 

@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use swap::{Embedder, Plan};
+use swap::{Embedder, ModelKind, Plan, Task};
 
 use crate::baseline::CandleBert;
-use crate::model_args::{apply_threads, plan_for, resolve, Family, DEFAULT_MODEL};
+use crate::model_args::{apply_threads, encoder_preset, resolve, DEFAULT_MODEL};
 
 /// Options of `runner bench`.
 #[derive(Args, Debug)]
@@ -72,7 +72,7 @@ pub(crate) struct Variant {
 pub(crate) fn variants(
     args: &BenchArgs,
     path: &std::path::Path,
-    family: Family,
+    task: Task,
     defaults: &[&str],
     preset: impl Fn(&str) -> Result<Plan>,
 ) -> Result<Vec<Variant>> {
@@ -87,8 +87,8 @@ pub(crate) fn variants(
     }
     for dir in &args.checkpoint {
         let (checkpoint, kind) = resolve(&dir.display().to_string())?;
-        if kind != family {
-            bail!("the checkpoint {} is not a model of the same family as {}", dir.display(), path.display());
+        if kind != task {
+            bail!("the checkpoint {} does {kind}, not {task} like {}", dir.display(), path.display());
         }
         variants.push(Variant { name: format!("checkpoint {}", dir.display()), path: checkpoint, plan: None });
     }
@@ -136,21 +136,24 @@ struct Row {
 /// Loads every contender, then times them in interleaved rounds so that machine noise falls on all alike.
 pub fn run(args: BenchArgs) -> Result<()> {
     apply_threads(args.threads)?;
-    let (path, family) = resolve(&args.model)?;
-    match family {
-        Family::Llama => crate::bench_llama::run(&args, &path),
-        Family::Bert => bench_bert(&args, path),
+    let (path, task) = resolve(&args.model)?;
+    match task {
+        Task::Generation => crate::bench_llama::run(&args, &path),
+        Task::Embedding => bench_encoder(&args, path),
+        Task::Reranking => bail!("{} is a reranker; bench times embedders and generators", args.model),
     }
 }
 
-fn bench_bert(args: &BenchArgs, dir: PathBuf) -> Result<()> {
+fn bench_encoder(args: &BenchArgs, dir: PathBuf) -> Result<()> {
     let iters = args.iters.unwrap_or(10);
     if args.batch == 0 || args.seq < 2 || args.short_seq < 2 || iters == 0 {
         bail!("--batch and --iters must be at least 1, --seq and --short-seq at least 2");
     }
-    let variants = variants(args, &dir, Family::Bert, &["fp32", "int8"], plan_for)?;
+    let kind = ModelKind::of_folder(&dir)?.0;
+    let variants = variants(args, &dir, Task::Embedding, &["fp32", "int8"], |name| encoder_preset(name, kind))?;
     let mut contenders: Vec<(String, f64, Contender)> = Vec::new();
-    if !args.no_baseline {
+    // candle-transformers' baseline reads BERT only.
+    if !args.no_baseline && kind.arch.model_types.contains(&"bert") {
         let start = Instant::now();
         let model = CandleBert::load(&dir)?;
         contenders.push(("candle-transformers fp32".into(), ms(start), Contender::Candle(Box::new(model))));

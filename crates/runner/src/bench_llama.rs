@@ -6,10 +6,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use swap::models::llama::{argmax, LlamaModel};
-use swap::{Generator, Plan};
+use swap::{Generator, Plan, Task};
 
 use crate::bench::{machine, median, ms, print_machine, token_ids, variants, BenchArgs, Variant};
-use crate::model_args::Family;
 
 /// One row of the results.
 #[derive(serde::Serialize)]
@@ -30,7 +29,7 @@ pub fn run(args: &BenchArgs, path: &Path) -> Result<()> {
     if iters == 0 || args.prompt_tokens == 0 || args.decode_tokens == 0 {
         bail!("--iters, --prompt-tokens and --decode-tokens must be at least 1");
     }
-    let variants = variants(args, path, Family::Llama, &["fp32", "w8a8", "int8", "int4"], Plan::llama_preset)?;
+    let variants = variants(args, path, Task::Generation, &["fp32", "w8a8", "int8", "int4"], Plan::llama_preset)?;
     let mut contenders: Vec<(String, String, f64, LlamaModel)> = Vec::new();
     for Variant { name, path, plan } in variants {
         let shown = plan.as_ref().map_or_else(|| "as saved".to_string(), Plan::to_string);

@@ -32,7 +32,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let texts = read_texts(&args)?;
+    let texts = read_texts(&args.texts, args.input.as_ref())?;
     if texts.is_empty() {
         bail!("no text to embed: pass texts, --input FILE, or lines on standard input");
     }
@@ -40,12 +40,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         bail!("text #{i} (line {}) is empty: there is nothing to embed", i + 1);
     }
     let embedder = args.model.load()?;
-    let mut out: Box<dyn Write> = match &args.output {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
-        )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-    };
+    let mut out = open_output(args.output.as_ref())?;
     let mut index = 0;
     for chunk in texts.chunks(args.batch) {
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
@@ -61,6 +56,16 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     Ok(())
 }
 
+/// A buffered writer on `path`, or on standard output.
+pub(crate) fn open_output(path: Option<&PathBuf>) -> Result<Box<dyn Write>> {
+    Ok(match path {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    })
+}
+
 /// One output line (fields in this order; floats printed as the shortest text that reads back to the same f32).
 #[derive(serde::Serialize)]
 struct Line {
@@ -69,11 +74,12 @@ struct Line {
     embedding: Vec<f32>,
 }
 
-fn read_texts(args: &EmbedArgs) -> Result<Vec<String>> {
-    if !args.texts.is_empty() {
-        return Ok(args.texts.clone());
+/// The texts of the command line, else the lines of `input` (a file, or standard input for `-` or none).
+pub(crate) fn read_texts(texts: &[String], input: Option<&PathBuf>) -> Result<Vec<String>> {
+    if !texts.is_empty() {
+        return Ok(texts.to_vec());
     }
-    let reader: Box<dyn BufRead> = match &args.input {
+    let reader: Box<dyn BufRead> = match input {
         Some(path) if path.as_os_str() != "-" => Box::new(std::io::BufReader::new(
             std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
         )),

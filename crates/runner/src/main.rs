@@ -1,4 +1,5 @@
-//! `runner`: the command-line front end of the engine (embed, generate, quantize, bench, eval, serve).
+//! `runner`: the command-line front end of the engine (embed, rerank, generate, quantize, bench, eval, inspect,
+//! serve).
 
 mod baseline;
 mod bench;
@@ -9,12 +10,13 @@ mod generate;
 mod inspect;
 mod model_args;
 mod quantize;
+mod rerank;
 mod serve;
 
 use clap::{Parser, Subcommand};
 
-/// Quantized BERT embeddings and Llama generation on candle: embed texts, generate text, quantize checkpoints,
-/// compare fp32 with int8 and int4, inspect what each layer's quantization costs, serve embeddings over HTTP.
+/// Quantized encoders and Llama generation on candle: embed texts, rerank documents, generate text, quantize
+/// checkpoints, compare fp32 with int8 and int4, inspect what each layer's quantization costs, serve over HTTP.
 #[derive(Parser)]
 #[command(name = "runner", version, about)]
 struct Cli {
@@ -26,6 +28,9 @@ struct Cli {
 enum Command {
     /// Embed texts; one JSON object per text (`index`, `tokens`, `embedding`).
     Embed(embed::EmbedArgs),
+    /// Score documents against a query with a cross-encoder; one JSON object per document (`index`, `score`), best
+    /// first.
+    Rerank(rerank::RerankArgs),
     /// Generate text with a Llama model (GGUF file or Hugging Face folder), streamed, with tokens/s at the end.
     Generate(generate::GenerateArgs),
     /// Write a pre-quantized checkpoint folder.
@@ -44,6 +49,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Embed(args) => embed::run(args),
+        Command::Rerank(args) => rerank::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Quantize(args) => quantize::run(args),
         Command::Bench(args) => bench::run(args),

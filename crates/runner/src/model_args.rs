@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::Args;
-use swap::{Embedder, Generator, ModelFiles, Plan, ResolveOptions, SENTENCE_BERT_FILES};
+use swap::{Embedder, Generator, ModelFiles, ModelKind, Plan, Reranker, ResolveOptions, Task, SENTENCE_BERT_FILES};
 
 /// Default embedding model: the folder `models/fetch minilm` fills.
 pub const DEFAULT_MODEL: &str = "models/cache/all-MiniLM-L6-v2";
@@ -17,38 +17,23 @@ const LLAMA_FILES: ModelFiles<'static> = ModelFiles {
     optional: &["tokenizer_config.json", "generation_config.json"],
 };
 
-/// The two model families the runner drives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    /// BERT sentence embeddings.
-    Bert,
-    /// Llama text generation.
-    Llama,
-}
-
-/// A `--model` argument resolved to a local path and its family: a GGUF file is a Llama; a folder is a Llama when
-/// its `config.json` says `"model_type": "llama"`, else a BERT.
-pub fn resolve(model: &str) -> Result<(PathBuf, Family)> {
+/// A `--model` argument resolved to a local path and the task of the model there: a GGUF file generates; a folder
+/// does what its `config.json` says (see [`ModelKind::of_config`]: an unsupported architecture is an error here).
+pub fn resolve(model: &str) -> Result<(PathBuf, Task)> {
     let path = Path::new(model);
     if path.is_file() {
-        return Ok((path.to_path_buf(), Family::Llama));
+        return Ok((path.to_path_buf(), Task::Generation));
     }
-    let is_llama = |dir: &Path| {
-        std::fs::read_to_string(dir.join("config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|c| c["model_type"] == "llama")
-    };
     if path.is_dir() {
-        let family = if is_llama(path) { Family::Llama } else { Family::Bert };
-        return Ok((path.to_path_buf(), family));
+        return Ok((path.to_path_buf(), ModelKind::of_folder(path)?.0.task));
     }
-    // A Hub id: fetch the files both families need, then look.
+    // A Hub id: fetch the files every encoder needs, then look.
     let dir = swap::resolve_model(model, &SENTENCE_BERT_FILES, &ResolveOptions::default())?;
-    if is_llama(&dir) {
-        return Ok((swap::resolve_model(model, &LLAMA_FILES, &ResolveOptions::default())?, Family::Llama));
+    let task = ModelKind::of_folder(&dir)?.0.task;
+    if task == Task::Generation {
+        return Ok((swap::resolve_model(model, &LLAMA_FILES, &ResolveOptions::default())?, task));
     }
-    Ok((dir, Family::Bert))
+    Ok((dir, task))
 }
 
 /// `--quant` / `--plan` and `--threads`, shared by every model command.
@@ -68,11 +53,12 @@ pub struct QuantArgs {
 }
 
 impl QuantArgs {
-    /// The plan `--quant` (read as a preset of `family`) or `--plan` names, or `None` when neither is given.
-    pub fn plan_for(&self, family: Family) -> Result<Option<Plan>> {
+    /// The plan `--quant` (read as a preset of the model at `path`, which does `task`) or `--plan` names, or `None`
+    /// when neither is given.
+    pub fn plan_for(&self, path: &Path, task: Task) -> Result<Option<Plan>> {
         match (&self.quant, &self.plan) {
-            (Some(name), _) if family == Family::Llama => Ok(Some(Plan::llama_preset(name)?)),
-            (Some(name), _) => Ok(Some(plan_for(name)?)),
+            (Some(name), _) if task == Task::Generation => Ok(Some(Plan::llama_preset(name)?)),
+            (Some(name), _) => Ok(Some(encoder_preset(name, ModelKind::of_folder(path)?.0)?)),
             (None, Some(path)) => Ok(Some(Plan::from_file(path)?)),
             (None, None) => Ok(None),
         }
@@ -93,18 +79,15 @@ impl LlmArgs {
     /// Applies `--threads`, then loads the model with the chosen plan.
     pub fn load(&self) -> Result<Generator> {
         apply_threads(self.quant.threads)?;
-        let (path, family) = resolve(&self.model)?;
-        if family != Family::Llama {
-            bail!(
-                "{} is not a Llama model (a GGUF file or a folder whose config.json has model_type llama)",
-                self.model
-            );
+        let (path, task) = resolve(&self.model)?;
+        if task != Task::Generation {
+            bail!("{} does {task}, not text generation (that takes a GGUF file or a Llama folder)", self.model);
         }
-        Generator::open(&path, self.quant.plan_for(Family::Llama)?)
+        Generator::open(&path, self.quant.plan_for(&path, Task::Generation)?)
     }
 }
 
-/// `--model` (a BERT folder or Hub id, or for `quantize` also a Llama) and the quantization options.
+/// `--model` (an encoder folder or Hub id, or for `quantize` also a Llama) and the quantization options.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// A model folder in Hugging Face layout or a Hub id (`owner/name[@revision]`).
@@ -122,7 +105,10 @@ impl ModelArgs {
 
     /// The plan `--quant` or `--plan` names, or `None` when neither is given.
     pub fn plan(&self) -> Result<Option<Plan>> {
-        self.quant.plan_for(Family::Bert)
+        if self.quant.quant.is_none() && self.quant.plan.is_none() {
+            return Ok(None);
+        }
+        self.quant.plan_for(&self.dir()?, Task::Embedding)
     }
 
     /// Loads the model with the chosen plan (int8 when none is given and the checkpoint is not pre-quantized).
@@ -135,6 +121,11 @@ impl ModelArgs {
         Embedder::open(&self.dir()?, plan)
     }
 
+    /// Loads the model as a reranker with the chosen plan.
+    pub fn load_reranker(&self) -> Result<Reranker> {
+        Reranker::open(&self.dir()?, self.plan()?)
+    }
+
     /// The model's local folder (a Hub id is resolved through the hf-hub cache, downloading what is missing
     /// unless `HF_HUB_OFFLINE=1`).
     pub fn dir(&self) -> Result<PathBuf> {
@@ -142,10 +133,11 @@ impl ModelArgs {
     }
 }
 
-/// The plan a `--quant` name stands for: `fp32`, `int8` (the default BERT plan) or one scheme for every layer.
-pub fn plan_for(name: &str) -> Result<Plan> {
+/// The plan a `--quant` name stands for on an encoder of `kind`: `int8` (its architecture's default plan, a
+/// reranker's head in f32) or one scheme for every layer (`fp32`, `w8a8-row`, ...).
+pub fn encoder_preset(name: &str, kind: ModelKind) -> Result<Plan> {
     match name.trim().to_ascii_lowercase().as_str() {
-        "int8" => Ok(Plan::bert_int8()),
+        "int8" => Ok(kind.default_plan()),
         _ => Ok(Plan::uniform(name.parse()?)),
     }
 }

@@ -6,10 +6,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use swap::analysis::{auto_plan, Candidate, Target};
-use swap::Plan;
+use swap::{ModelKind, Plan, Task};
 
 use crate::inspect::{candidate_schemes, measure, CalibrationData};
-use crate::model_args::{resolve, Family, ModelArgs};
+use crate::model_args::{resolve, ModelArgs};
 
 /// Options of `runner quantize`. `--model` may also be a Llama (a GGUF file or an HF folder); `--quant` then takes
 /// the Llama presets (`int8`, `int4`, `int2`: int8 `lm_head`).
@@ -41,15 +41,14 @@ pub struct QuantizeArgs {
 /// Quantizes the float model per the plan and saves it, printing sizes before and after.
 pub fn run(args: QuantizeArgs) -> Result<()> {
     args.model.apply_threads()?;
-    let (src, family) = resolve(&args.model.model)?;
+    let (src, task) = resolve(&args.model.model)?;
     if src.canonicalize().ok() == args.out.canonicalize().ok() {
         bail!("--out must differ from the model folder");
     }
-    let plan = match (args.model.quant.plan_for(family)?, family) {
-        _ if args.auto => automatic(&args, family)?,
-        (Some(plan), _) => plan,
-        (None, Family::Llama) => Plan::llama_preset("int8")?,
-        (None, Family::Bert) => Plan::bert_int8(),
+    let plan = match args.model.quant.plan_for(&src, task)? {
+        _ if args.auto => automatic(&args, task)?,
+        Some(plan) => plan,
+        None => default_plan(&src, task)?,
     };
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} layers  {msg}").expect("a valid progress template"),
@@ -60,9 +59,9 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         progress.set_position(done as u64);
         progress.set_message(name.to_string());
     };
-    let report = match family {
-        Family::Bert => swap::checkpoint::quantize_bert(&src, plan.clone(), &args.out, on_layer)?,
-        Family::Llama => swap::checkpoint::quantize_llama(&src, plan.clone(), &args.out, on_layer)?,
+    let report = match task {
+        Task::Embedding | Task::Reranking => swap::export::quantize_encoder(&src, plan.clone(), &args.out, on_layer)?,
+        Task::Generation => swap::export::quantize_llama(&src, plan.clone(), &args.out, on_layer)?,
     };
     bar.finish_and_clear();
     println!("plan      {plan}");
@@ -78,19 +77,17 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
 }
 
 /// Measures every layer's sensitivity, finds the automatic plan, compares it with uniform int8 and saves it.
-fn automatic(args: &QuantizeArgs, family: Family) -> Result<Plan> {
+fn automatic(args: &QuantizeArgs, task: Task) -> Result<Plan> {
     let target = args.target.context("--auto needs --target")?;
     // Before the measurement, which takes minutes.
-    target.check_fits(family == Family::Bert)?;
+    target.check_fits(task)?;
     let probe = args.calibration.probe(&args.model.model)?;
     let candidates: Vec<Candidate> =
-        candidate_schemes(&args.candidates, probe.is_bert())?.into_iter().map(Candidate::from).collect();
+        candidate_schemes(&args.candidates, probe.task())?.into_iter().map(Candidate::from).collect();
     let table = measure(&probe, &candidates, true, None)?;
     let found = auto_plan(&probe, &table, target)?;
-    let int8 = match family {
-        Family::Bert => Plan::bert_int8(),
-        Family::Llama => Plan::llama_preset("int8")?,
-    };
+    let (src, _) = resolve(&args.model.model)?;
+    let int8 = default_plan(&src, task)?;
     let uniform = probe.evaluate(&int8)?;
     let float = probe.float();
     let mb = |bytes: usize| bytes as f64 / 1e6;
@@ -109,6 +106,15 @@ fn automatic(args: &QuantizeArgs, family: Family) -> Result<Plan> {
     save_plan(&plan_path, &found.plan)?;
     println!("plan saved   {}", plan_path.display());
     Ok(found.plan)
+}
+
+/// The plan a float model at `src` gets by default: [`Plan::llama_int8`] for a generator (a GGUF file has no
+/// `config.json`), else its architecture's.
+fn default_plan(src: &Path, task: Task) -> Result<Plan> {
+    match task {
+        Task::Generation => Ok(Plan::llama_int8()),
+        Task::Embedding | Task::Reranking => Ok(ModelKind::of_folder(src)?.0.default_plan()),
+    }
 }
 
 fn save_plan(path: &Path, plan: &Plan) -> Result<()> {

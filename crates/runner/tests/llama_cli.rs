@@ -122,7 +122,7 @@ fn bad_generation_requests_get_clear_errors() {
     assert!(fails(&[&generate[..], &["--prompt", "  "]].concat()).contains("the prompt is empty"));
     assert!(fails(&[&generate[..], &["--prompt", "x", "--temperature=-1"]].concat()).contains("temperature"));
     assert!(fails(&[&generate[..], &["--prompt", "x", "--top-p", "1.5"]].concat()).contains("top-p"));
-    assert!(fails(&["generate", "--model", &minilm(), "--prompt", "x"]).contains("not a Llama model"));
+    assert!(fails(&["generate", "--model", &minilm(), "--prompt", "x"]).contains("not text generation"));
     let dir = Scratch::new("bad-gguf");
     let truncated = dir.join("truncated.gguf");
     let bytes = std::fs::read(&model).unwrap();

@@ -77,8 +77,12 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Self {
+        Self::start_model(&minilm(), &[&["--quant", "int8"][..], extra].concat())
+    }
+
+    fn start_model(model: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_runner"))
-            .args(["serve", "--model", &minilm(), "--quant", "int8", "--port", "0"])
+            .args(["serve", "--model", model, "--port", "0"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -621,4 +625,102 @@ fn sigterm_finishes_the_requests_in_flight_then_exits_0() {
     let mut idle = Server::start(&[]);
     idle.signal("INT");
     assert_eq!(idle.exit_status(Duration::from_secs(10)).code(), Some(0));
+}
+
+fn fixture(name: &str) -> String {
+    workspace().join("tests/fixtures/architectures").join(name).display().to_string()
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// A reranker over both rerank APIs: the scores of transformers (raw, or through the sigmoid), best first, the
+/// texts and documents given back when asked, `top_n`; `/info` names the task.
+#[test]
+fn reranker_serves_tei_and_cohere_rerank() {
+    let _shared = EXCLUSIVE.read().unwrap_or_else(PoisonError::into_inner);
+    let model = fixture("bert-reranker");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{model}/reference.json")).unwrap()).unwrap();
+    let pairs = reference["pairs"].as_array().unwrap();
+    let (query, documents): (&str, Vec<&str>) = (
+        pairs[0][0].as_str().unwrap(),
+        pairs.iter().filter(|p| p[0] == pairs[0][0]).map(|p| p[1].as_str().unwrap()).collect(),
+    );
+    let expected: Vec<f32> = floats(&reference["scores"])[..documents.len()].to_vec();
+    let server = Server::start_model(&model, &["--quant", "fp32"]);
+    let info = server.call("GET", "/info", &[], b"").json();
+    assert_eq!((info["task"].as_str(), info["model_type"].as_str()), (Some("reranking"), Some("BERT")), "{info}");
+
+    let reply =
+        server.post("/rerank", &json!({"query": query, "texts": documents, "raw_scores": true, "return_text": true}));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let ranks = reply.json();
+    let ranks = ranks.as_array().unwrap();
+    assert_eq!(ranks.len(), documents.len());
+    let scores: Vec<f32> = ranks.iter().map(|r| r["score"].as_f64().unwrap() as f32).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first: {scores:?}");
+    for r in ranks {
+        let index = r["index"].as_u64().unwrap() as usize;
+        assert!((r["score"].as_f64().unwrap() as f32 - expected[index]).abs() <= 1e-4, "{r}");
+        assert_eq!(r["text"], documents[index]);
+    }
+    let plain = server.post("/rerank", &json!({"query": query, "texts": documents})).json();
+    for (raw, rel) in ranks.iter().zip(plain.as_array().unwrap()) {
+        assert_eq!(raw["index"], rel["index"]);
+        assert!(rel.get("text").is_none());
+        let want = sigmoid(raw["score"].as_f64().unwrap() as f32);
+        assert!((rel["score"].as_f64().unwrap() as f32 - want).abs() < 1e-6);
+    }
+
+    let docs = json!([documents[0], {"text": documents[1]}]);
+    let reply =
+        server.post("/v1/rerank", &json!({"query": query, "documents": docs, "top_n": 1, "return_documents": true}));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let v = reply.json();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1);
+    let best = if expected[0] >= expected[1] { 0 } else { 1 };
+    assert_eq!(results[0]["index"], best);
+    assert_eq!(results[0]["document"], json!({"text": documents[best]}));
+    assert!((results[0]["relevance_score"].as_f64().unwrap() as f32 - sigmoid(expected[best])).abs() < 1e-4);
+    assert_eq!(v["model"], "bert-reranker");
+    assert!(v["usage"]["total_tokens"].as_u64().unwrap() > 0);
+}
+
+/// Bad rerank requests, and requests of the other task, are 4xx errors that say why.
+#[test]
+fn rerank_and_embedding_routes_refuse_the_other_task() {
+    let _shared = EXCLUSIVE.read().unwrap_or_else(PoisonError::into_inner);
+    let reranker = Server::start_model(&fixture("xlm-roberta-reranker"), &[]);
+    let bad = |path: &str, body: Value| {
+        let reply = reranker.post(path, &body);
+        (reply.status, reply.error())
+    };
+    let (status, (code, message)) = bad("/rerank", json!({"query": "q", "texts": []}));
+    assert_eq!((status, code.as_str()), (400, "empty_input"), "{message}");
+    let (status, (_, message)) = bad("/rerank", json!({"query": " ", "texts": ["a"]}));
+    assert!(status == 400 && message.contains("`query` is empty"), "{message}");
+    let (status, (_, message)) = bad("/v1/rerank", json!({"query": "q", "documents": ["a", ""]}));
+    assert!(status == 400 && message.contains("`documents[1]` is empty"), "{message}");
+    let (status, (_, message)) = bad("/v1/rerank", json!({"query": "q", "documents": [{"title": "a"}]}));
+    assert!(status == 400 && message.contains("no string field `text`"), "{message}");
+    let (status, (code, _)) = bad("/v1/rerank", json!({"model": "other", "query": "q", "documents": ["a"]}));
+    assert_eq!((status, code.as_str()), (404, "model_not_found"));
+    let long = "word ".repeat(400);
+    let (status, (code, _)) = bad("/rerank", json!({"query": "q", "texts": [long]}));
+    assert_eq!((status, code.as_str()), (413, "input_too_long"));
+    assert_eq!(reranker.post("/rerank", &json!({"query": "q", "texts": [long], "truncate": true})).status, 200);
+    let (status, (code, message)) = bad("/v1/embeddings", json!({"input": "a", "model": "xlm-roberta-reranker"}));
+    assert_eq!((status, code.as_str()), (400, "wrong_task"));
+    assert!(message.contains("/rerank"), "{message}");
+    assert_eq!(bad("/embed", json!({"inputs": "a"})).1 .0, "wrong_task");
+
+    let embedder = Server::start_model(&fixture("bert-cls"), &[]);
+    let reply = embedder.post("/rerank", &json!({"query": "q", "texts": ["a"]}));
+    assert_eq!(reply.status, 400);
+    let (code, message) = reply.error();
+    assert_eq!(code, "wrong_task");
+    assert!(message.contains("/v1/embeddings"), "{message}");
 }

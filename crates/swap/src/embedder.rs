@@ -1,4 +1,5 @@
-//! The sentence-transformers pipeline around a BERT model: tokenize, encode, pool, normalize.
+//! The sentence-transformers pipeline around an encoder of any registered architecture: tokenize, encode, pool,
+//! normalize.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,10 +9,12 @@ use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use qlayers::LayerScheme;
 use serde::Deserialize;
-use tokenizers::{Tokenizer, TruncationParams};
+use tokenizers::Tokenizer;
 
+use crate::arch::{ModelKind, Task};
+use crate::encoder_folder::EncoderFolder;
 use crate::loader::{LayerReport, QuantLoader};
-use crate::models::bert::{BertConfig, BertModel};
+use crate::models::TextEncoder;
 use crate::plan::Plan;
 
 /// How token embeddings become one sentence embedding (`1_Pooling/config.json`).
@@ -61,7 +64,7 @@ struct ModuleEntry {
 
 impl PipelineConfig {
     /// Reads `modules.json`, the pooling config and `sentence_bert_config.json` of `dir`; a folder without them is a
-    /// plain BERT model: mean pooling, no normalisation, the model's position count as length.
+    /// plain encoder: mean pooling, no normalisation, the model's longest sequence as length.
     pub fn read(dir: &Path, model_positions: usize) -> Result<Self> {
         let read = |name: &str| -> Result<Option<String>> {
             let path = dir.join(name);
@@ -100,10 +103,13 @@ impl PipelineConfig {
     }
 }
 
-/// Turns texts into sentence embeddings with a (quantized) BERT model.
+/// Turns texts into sentence embeddings with a (quantized) encoder.
 pub struct Embedder {
     tokenizer: Tokenizer,
-    model: BertModel,
+    kind: ModelKind,
+    /// The `config.json` text, from which [`Embedder::with_loader`] rebuilds the encoder.
+    config: String,
+    model: Box<dyn TextEncoder>,
     pipeline: PipelineConfig,
     layers: Vec<LayerReport>,
     dir: PathBuf,
@@ -135,9 +141,11 @@ impl Embedder {
     /// This pipeline and tokenizer over the model `loader` builds (for example one that observes its inputs or
     /// smooths its layers).
     pub fn with_loader(&self, loader: &QuantLoader) -> Result<Self> {
-        let model = BertModel::load(self.model.config().clone(), loader)?;
+        let model = self.kind.encoder(&self.config, loader)?;
         Ok(Self {
             tokenizer: self.tokenizer.clone(),
+            kind: self.kind,
+            config: self.config.clone(),
             model,
             pipeline: self.pipeline.clone(),
             layers: loader.report(),
@@ -146,24 +154,12 @@ impl Embedder {
     }
 
     fn open_with(dir: &Path, plan: Option<Plan>, record: bool) -> Result<(Self, QuantLoader)> {
-        let config_text = std::fs::read_to_string(dir.join("config.json"))
-            .with_context(|| format!("{} has no readable config.json", dir.display()))?;
-        let config_json: serde_json::Value = serde_json::from_str(&config_text).context("config.json is not JSON")?;
-        let config = BertConfig::from_json(&config_text)?;
-        let mut loader = QuantLoader::open_folder(dir, &config_json, plan, Plan::bert_int8)?;
-        if record {
-            loader = loader.recording();
-        }
-        let model = BertModel::load(config.clone(), &loader).context("the weights do not match config.json")?;
-        let pipeline = PipelineConfig::read(dir, config.max_position_embeddings)?;
-        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", dir.join("tokenizer.json").display()))?;
-        tokenizer
-            .with_truncation(Some(TruncationParams { max_length: pipeline.max_seq_length, ..Default::default() }))
-            .map_err(|e| anyhow::anyhow!("tokenizer truncation: {e}"))?;
-        // Sequences run unpadded (see `BertModel::forward_packed`).
-        tokenizer.with_padding(None);
-        let embedder = Self { tokenizer, model, pipeline, layers: loader.report(), dir: dir.to_path_buf() };
+        let EncoderFolder { kind, config, model, mut tokenizer, loader } =
+            EncoderFolder::open(dir, plan, record, Task::Embedding)?;
+        let pipeline = PipelineConfig::read(dir, model.max_tokens())?;
+        crate::encoder_folder::truncate_at(&mut tokenizer, pipeline.max_seq_length)?;
+        let layers = loader.report();
+        let embedder = Self { tokenizer, kind, config, model, pipeline, layers, dir: dir.to_path_buf() };
         Ok((embedder, loader))
     }
 
@@ -174,7 +170,17 @@ impl Embedder {
 
     /// Width of the embeddings.
     pub fn dimensions(&self) -> usize {
-        self.model.config().hidden_size
+        self.model.hidden_size()
+    }
+
+    /// The architecture and task of the model.
+    pub fn kind(&self) -> ModelKind {
+        self.kind
+    }
+
+    /// Token ids the model knows (`0..vocab_size`).
+    pub fn vocab_size(&self) -> usize {
+        self.model.vocab_size()
     }
 
     /// What each quantizable layer became.
@@ -232,6 +238,23 @@ impl Embedder {
         self.pool_sequences(&sequences.iter().map(Vec::as_slice).collect::<Vec<_>>())
     }
 
+    /// The encoder's last hidden states of each sequence (tokenized, special tokens included): `len x hidden` values
+    /// per sequence, token after token, before pooling.
+    pub fn token_embeddings(&self, sequences: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let refs: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
+        let hidden = self.model.forward_packed(&refs, None)?;
+        let width = self.dimensions();
+        let mut rest = hidden.as_slice();
+        Ok(sequences
+            .iter()
+            .map(|ids| {
+                let (rows, tail) = rest.split_at(ids.len() * width);
+                rest = tail;
+                rows.to_vec()
+            })
+            .collect())
+    }
+
     /// Tokenizes with the pipeline's truncation.
     fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
         let encodings =
@@ -244,7 +267,7 @@ impl Embedder {
         if sequences.is_empty() {
             return Ok(Vec::new());
         }
-        let hidden = self.model.forward_packed(sequences)?;
+        let hidden = self.model.forward_packed(sequences, None)?;
         let width = self.dimensions();
         let mut rows = hidden.as_slice();
         Ok(sequences
@@ -260,11 +283,6 @@ impl Embedder {
     /// The tokenizer (with the pipeline's truncation set; no padding).
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
-    }
-
-    /// The model's configuration.
-    pub fn config(&self) -> &BertConfig {
-        self.model.config()
     }
 }
 

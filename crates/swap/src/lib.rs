@@ -1,10 +1,13 @@
-//! `swap`: builds BERT and Llama models whose layers are quantized while their weights are read, following a
-//! [`Plan`] of which layer gets which scheme.
+//! `swap`: builds encoders (embedders, rerankers) and Llama models whose layers are quantized while their weights
+//! are read, following a [`Plan`] of which layer gets which scheme. [`arch`] is the registry of architectures.
 
 pub mod analysis;
+pub mod arch;
 pub mod checkpoint;
 pub mod embedder;
+mod encoder_folder;
 pub mod eval;
+pub mod export;
 pub mod generator;
 pub mod gguf_tokenizer;
 pub mod gguf_weights;
@@ -12,12 +15,15 @@ pub mod loader;
 pub mod models;
 pub mod plan;
 pub mod quanto;
+pub mod reranker;
 pub mod sampling;
 pub mod source;
 
+pub use arch::{ModelKind, Task};
 pub use embedder::{normalize, Embedder, PipelineConfig, Pooling};
 pub use generator::{Generation, Generator, StopReason, TextStream};
 pub use loader::{LayerReport, QuantLoader};
 pub use plan::Plan;
+pub use reranker::{ranked, sigmoid, PairTokens, Reranker};
 pub use sampling::{Sampler, Sampling};
 pub use source::{resolve_model, ModelFiles, ModelSource, ResolveOptions, SENTENCE_BERT_FILES};

@@ -84,6 +84,11 @@ impl Plan {
         plan
     }
 
+    /// The default Llama int8 plan: int8 weights in groups of 16 (see [`Plan::llama_preset`]), int8 `lm_head`.
+    pub fn llama_int8() -> Self {
+        Self::llama(LayerScheme::Weight { bits: qlayers::Bits::B8, group: 16, symmetric: true })
+    }
+
     /// The `lm_head` scheme of [`Plan::llama`].
     pub const LLAMA_HEAD: LayerScheme = LayerScheme::Weight { bits: qlayers::Bits::B8, group: 32, symmetric: true };
 
@@ -94,7 +99,7 @@ impl Plan {
     pub fn llama_preset(name: &str) -> Result<Self> {
         let lower = name.trim().to_ascii_lowercase();
         let body = match lower.as_str() {
-            "int8" => "int8-g16",
+            "int8" => return Ok(Self::llama_int8()),
             "int4" => "int4-g32-asym",
             "int2" => "int2-g32-asym",
             other => other,

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use swap::analysis::Probe;
+use swap::Task;
 
-use crate::model_args::{apply_threads, resolve, Family, DEFAULT_MODEL};
+use crate::model_args::{apply_threads, resolve, DEFAULT_MODEL};
 
 /// The built-in calibration text: 48 short sentences on varied topics, one per line.
 const DEFAULT_CALIBRATION: &str = include_str!("calibration.txt");
@@ -33,8 +34,8 @@ const WEIGHT_ONLY_SCHEMES: &[&str] = &[
 /// The default candidates: for BERT, W8A8 with per-channel weights (the "int8 per channel") and with
 /// per-block weights (the default BERT plan's); for Llama, the `int8` preset's int8 in groups of 16; then the
 /// weight-only schemes.
-pub(super) fn default_schemes(bert: bool) -> Vec<&'static str> {
-    let int8: &[&str] = if bert { &["w8a8-b64", "w8a8-b32-pb"] } else { &["int8-g16"] };
+pub(super) fn default_schemes(task: Task) -> Vec<&'static str> {
+    let int8: &[&str] = if task == Task::Embedding { &["w8a8-b64", "w8a8-b32-pb"] } else { &["int8-g16"] };
     int8.iter().chain(WEIGHT_ONLY_SCHEMES).copied().collect()
 }
 
@@ -81,16 +82,17 @@ impl CalibrationData {
             Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
             None => DEFAULT_CALIBRATION.to_string(),
         };
-        let (path, family) = resolve(model)?;
-        match family {
-            Family::Bert => {
+        let (path, task) = resolve(model)?;
+        match task {
+            Task::Embedding => {
                 let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(self.texts).collect();
                 if lines.is_empty() {
                     bail!("the calibration text has no non-empty line");
                 }
-                Probe::bert(&path, &lines)
+                Probe::embedder(&path, &lines)
             }
-            Family::Llama => Probe::llama(&path, &text, self.max_tokens),
+            Task::Generation => Probe::llama(&path, &text, self.max_tokens),
+            Task::Reranking => bail!("{model} is a reranker; sensitivity is measured on embedders and generators"),
         }
     }
 

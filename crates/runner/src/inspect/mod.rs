@@ -14,7 +14,7 @@ use qlayers::LayerScheme;
 use serde::Serialize;
 use swap::analysis::{sensitivity, Candidate, Evaluation, LayerSensitivity, LayerShape, Probe};
 use swap::plan::glob_match;
-use swap::Plan;
+use swap::{Plan, Task};
 
 use calibration::default_schemes;
 pub use calibration::{CalibrationArgs, CalibrationData};
@@ -69,7 +69,7 @@ struct Report<'a> {
 pub fn run(args: InspectArgs) -> Result<()> {
     let probe = args.calibration.probe()?;
     let mut candidates: Vec<Candidate> =
-        candidate_schemes(&args.schemes, probe.is_bert())?.into_iter().map(Candidate::from).collect();
+        candidate_schemes(&args.schemes, probe.task())?.into_iter().map(Candidate::from).collect();
     if let Some(alpha) = args.smooth {
         let w8a8 =
             candidates.iter().filter(|c| matches!(c.scheme, LayerScheme::W8A8 { .. })).copied().collect::<Vec<_>>();
@@ -110,9 +110,9 @@ pub fn run(args: InspectArgs) -> Result<()> {
 }
 
 /// The schemes named (or the defaults of the model family), parsed.
-pub fn candidate_schemes(names: &[String], bert: bool) -> Result<Vec<LayerScheme>> {
+pub fn candidate_schemes(names: &[String], task: Task) -> Result<Vec<LayerScheme>> {
     let names: Vec<&str> = match names.is_empty() {
-        true => default_schemes(bert),
+        true => default_schemes(task),
         false => names.iter().map(String::as_str).collect(),
     };
     let schemes = names.iter().map(|n| Ok(n.trim().parse::<LayerScheme>()?)).collect::<Result<Vec<_>>>()?;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use svgplot::{BarChart, Histogram, Overlay, Series};
 use swap::analysis::{grid_levels, weight_round_trip, LayerSensitivity, Probe};
+use swap::Task;
 
 /// Losses below this are drawn at it on the log axis of the sensitivity chart (a layer can even improve the
 /// metric by chance, a loss below 0).
@@ -30,7 +31,7 @@ pub fn write_all(dir: &Path, probe: &Probe, table: &[LayerSensitivity], layer: O
         })
     };
     if table.iter().all(|l| l.results.iter().all(|r| r.loss.is_some())) {
-        let (what, unit) = match probe.is_bert() {
+        let (what, unit) = match probe.task() == Task::Embedding {
             true => ("1 - mean cosine to the float embeddings", "1 - cosine"),
             false => ("KL divergence of next-token distributions from the float model", "KL (nats)"),
         };

@@ -1,4 +1,5 @@
-//! The bounded queue in front of the model and the worker thread that packs queued inputs into batches.
+//! The bounded queue in front of the model (an embedder or a reranker) and the worker thread that packs queued
+//! inputs into batches.
 //!
 //! A request is admitted only while fewer than `max_concurrent` are admitted and unanswered ([`Batcher::admit`]);
 //! otherwise it is turned away at once. Admitted requests send their token sequences to one worker thread, which
@@ -11,18 +12,36 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
-use swap::Embedder;
+use swap::{Embedder, PairTokens, Reranker};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
 use super::metrics::Metrics;
 
-/// Pooled (not yet normalised) embeddings of one request's sequences, in order, or why the model failed.
+/// What the worker runs.
+pub enum ServedModel {
+    /// Pooled embeddings of single texts.
+    Embedder(Box<Embedder>),
+    /// Raw scores of (query, document) pairs.
+    Reranker(Arc<Reranker>),
+}
+
+impl ServedModel {
+    /// One row per sequence: an embedder's pooled (not yet normalised) embedding, a reranker's `[score]`.
+    fn run(&self, batch: &[PairTokens]) -> Result<Vec<Vec<f32>>> {
+        match self {
+            Self::Embedder(e) => e.pool_token_ids(&batch.iter().map(|s| s.ids.clone()).collect::<Vec<_>>()),
+            Self::Reranker(r) => Ok(r.score_tokens(batch)?.into_iter().map(|s| vec![s]).collect()),
+        }
+    }
+}
+
+/// The model's rows for one request's sequences, in order, or why the model failed.
 type Reply = std::result::Result<Vec<Vec<f32>>, String>;
 
 /// One request's work for the model.
 struct Job {
-    sequences: Vec<Vec<u32>>,
+    sequences: Vec<PairTokens>,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -40,10 +59,10 @@ pub struct Admission {
 }
 
 impl Batcher {
-    /// Moves `embedder` onto a new worker thread, which runs until every [`Batcher`] and [`Admission`] is dropped
+    /// Moves `model` onto a new worker thread, which runs until every [`Batcher`] and [`Admission`] is dropped
     /// and the jobs already sent are answered; join the returned handle to wait for that.
     pub fn start(
-        embedder: Embedder,
+        model: ServedModel,
         max_batch_tokens: usize,
         max_concurrent: usize,
         metrics: Arc<Metrics>,
@@ -51,7 +70,7 @@ impl Batcher {
         let (jobs, queue) = mpsc::channel(max_concurrent);
         let worker = std::thread::Builder::new()
             .name("model".into())
-            .spawn(move || work(&embedder, queue, max_batch_tokens, &metrics))
+            .spawn(move || work(&model, queue, max_batch_tokens, &metrics))
             .context("cannot start the model thread")?;
         let batcher = Self { admission: Arc::new(Semaphore::new(max_concurrent)), capacity: max_concurrent, jobs };
         Ok((batcher, worker))
@@ -77,8 +96,8 @@ impl Batcher {
 }
 
 impl Admission {
-    /// The pooled embeddings of `sequences` (each within the model's length), in order.
-    pub async fn pool(self, sequences: Vec<Vec<u32>>) -> std::result::Result<Vec<Vec<f32>>, ApiError> {
+    /// The model's rows for `sequences` (each within the model's length), in order (see [`ServedModel`]).
+    pub async fn run(self, sequences: Vec<PairTokens>) -> std::result::Result<Vec<Vec<f32>>, ApiError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || ApiError::internal("the model worker has stopped");
         self.jobs.send(Job { sequences, reply }).await.map_err(|_| stopped())?;
@@ -86,7 +105,7 @@ impl Admission {
     }
 }
 
-/// A queued job and the embeddings computed for it so far.
+/// A queued job and the rows computed for it so far.
 struct Pending {
     job: Job,
     /// Sequences handed to a batch so far (taken out of `job.sequences`).
@@ -97,7 +116,7 @@ struct Pending {
 
 /// The worker loop: wait for work, take everything queued, run batches of up to `max_batch_tokens` tokens (at
 /// least one sequence each) in arrival order, answer each job once all its sequences are done.
-fn work(embedder: &Embedder, mut queue: mpsc::Receiver<Job>, max_batch_tokens: usize, metrics: &Metrics) {
+fn work(model: &ServedModel, mut queue: mpsc::Receiver<Job>, max_batch_tokens: usize, metrics: &Metrics) {
     let mut pending: VecDeque<Pending> = VecDeque::new();
     loop {
         if pending.is_empty() {
@@ -115,7 +134,7 @@ fn work(embedder: &Embedder, mut queue: mpsc::Receiver<Job>, max_batch_tokens: u
         let (mut batch, mut owners, mut tokens) = (Vec::new(), Vec::new(), 0);
         'fill: for (index, p) in pending.iter_mut().enumerate() {
             while p.scheduled < p.job.sequences.len() {
-                let len = p.job.sequences[p.scheduled].len();
+                let len = p.job.sequences[p.scheduled].ids.len();
                 if !batch.is_empty() && tokens + len > max_batch_tokens {
                     break 'fill;
                 }
@@ -130,7 +149,7 @@ fn work(embedder: &Embedder, mut queue: mpsc::Receiver<Job>, max_batch_tokens: u
         }
         metrics.record_batch(batch.len(), tokens);
         // A panic in the model answers this batch's requests with an error and leaves the server running.
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| embedder.pool_token_ids(&batch)))
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| model.run(&batch)))
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the model panicked")));
         match result {
             Ok(rows) => rows.into_iter().zip(&owners).for_each(|(row, &index)| pending[index].done.push(row)),

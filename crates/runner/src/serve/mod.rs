@@ -1,10 +1,12 @@
-//! `runner serve`: an embeddings HTTP server speaking OpenAI's `/v1/embeddings` and text-embeddings-inference's
-//! `/embed`, with dynamic batching, a bounded queue and graceful shutdown.
+//! `runner serve`: an HTTP server for embedding models (OpenAI's `/v1/embeddings`, text-embeddings-inference's
+//! `/embed`) and rerankers (text-embeddings-inference's `/rerank`, Cohere's and Jina's `/v1/rerank`), with dynamic
+//! batching, a bounded queue and graceful shutdown.
 
 mod api;
 mod batcher;
 mod error;
 mod metrics;
+mod rerank_api;
 mod routes;
 
 use std::collections::BTreeMap;
@@ -18,9 +20,10 @@ use serde_json::json;
 
 use crate::model_args::ModelArgs;
 use api::Limits;
-use batcher::Batcher;
+use batcher::{Batcher, ServedModel};
 use metrics::Metrics;
-use routes::AppState;
+use routes::{AppState, Served};
+use swap::{Embedder, Reranker, Task};
 
 /// Options of `runner serve`.
 #[derive(Args, Debug)]
@@ -67,50 +70,83 @@ pub fn run(args: ServeArgs) -> Result<()> {
         bail!("--api-key must not be empty");
     }
     let plan = args.model.plan()?;
-    let embedder = args.model.load_with(plan.clone())?;
-    let limits = Limits {
-        max_inputs: args.max_inputs,
-        max_input_tokens: embedder.pipeline().max_seq_length,
-        vocab_size: embedder.config().vocab_size,
-    };
+    let dir = args.model.dir()?;
     let name = model_name(&args.model.model);
+    let (kind, _) = swap::ModelKind::of_folder(&dir)?;
+    let (model, served, limits, layers, mut info) = match kind.task {
+        Task::Embedding => {
+            let embedder = Embedder::open(&dir, plan.clone())?;
+            let limits = Limits {
+                max_inputs: args.max_inputs,
+                max_input_tokens: embedder.pipeline().max_seq_length,
+                vocab_size: embedder.vocab_size(),
+            };
+            let info = json!({
+                "dimensions": embedder.dimensions(),
+                "pooling": format!("{:?}", embedder.pipeline().pooling).to_lowercase(),
+                "normalize": embedder.pipeline().normalize,
+            });
+            let served = Served::Embedder {
+                tokenizer: Box::new(embedder.tokenizer().clone()),
+                normalize: embedder.pipeline().normalize,
+                dimensions: embedder.dimensions(),
+            };
+            let layers = embedder.layers().to_vec();
+            (ServedModel::Embedder(Box::new(embedder)), served, limits, layers, info)
+        }
+        Task::Reranking => {
+            let reranker = Arc::new(Reranker::open(&dir, plan.clone())?);
+            let limits = Limits {
+                max_inputs: args.max_inputs,
+                max_input_tokens: reranker.max_tokens(),
+                vocab_size: reranker.vocab_size(),
+            };
+            let layers = reranker.layers().to_vec();
+            let served = Served::Reranker(Arc::clone(&reranker));
+            (ServedModel::Reranker(reranker), served, limits, layers, json!({}))
+        }
+        Task::Generation => {
+            bail!("{} is a text generator; `serve` runs embedding models and rerankers", args.model.model)
+        }
+    };
     let mut schemes = BTreeMap::<String, usize>::new();
-    for layer in embedder.layers() {
+    for layer in &layers {
         *schemes.entry(layer.scheme.to_string()).or_default() += 1;
     }
-    let info = json!({
-        "model_id": name,
-        "model_dir": embedder.dir().display().to_string(),
-        "quantization": {"plan": plan, "layer_schemes": schemes},
-        "dimensions": embedder.dimensions(),
-        "max_input_length": limits.max_input_tokens,
-        "pooling": format!("{:?}", embedder.pipeline().pooling).to_lowercase(),
-        "normalize": embedder.pipeline().normalize,
-        "max_batch_tokens": args.max_batch_tokens,
-        "max_concurrent_requests": args.max_concurrent,
-        "max_client_batch_size": args.max_inputs,
-        "max_body_bytes": args.max_body_bytes,
-        "version": env!("CARGO_PKG_VERSION"),
-    });
+    info.as_object_mut().context("info is an object")?.extend(
+        json!({
+            "model_id": name,
+            "model_dir": dir.display().to_string(),
+            "model_type": kind.arch.name,
+            "task": kind.task.to_string(),
+            "quantization": {"plan": plan, "layer_schemes": schemes},
+            "max_input_length": limits.max_input_tokens,
+            "max_batch_tokens": args.max_batch_tokens,
+            "max_concurrent_requests": args.max_concurrent,
+            "max_client_batch_size": args.max_inputs,
+            "max_body_bytes": args.max_body_bytes,
+            "version": env!("CARGO_PKG_VERSION"),
+        })
+        .as_object()
+        .context("an object")?
+        .clone(),
+    );
     eprintln!(
-        "runner serve: {name}, {} dimensions, up to {} tokens per input, layers {}",
-        embedder.dimensions(),
+        "runner serve: {name} ({} {}), up to {} tokens per input, layers {}",
+        kind.arch.name,
+        kind.task,
         limits.max_input_tokens,
         serde_json::to_string(&info["quantization"]["layer_schemes"])?
     );
 
     let metrics = Arc::new(Metrics::default());
-    let tokenizer = embedder.tokenizer().clone();
-    let (normalize, dimensions) = (embedder.pipeline().normalize, embedder.dimensions());
-    let (batcher, worker) = Batcher::start(embedder, args.max_batch_tokens, args.max_concurrent, Arc::clone(&metrics))?;
+    let (batcher, worker) = Batcher::start(model, args.max_batch_tokens, args.max_concurrent, Arc::clone(&metrics))?;
     let state = Arc::new(AppState {
         batcher,
-        tokenizer,
+        served,
         limits,
         max_body_bytes: args.max_body_bytes,
         model_names: vec![name, args.model.model.clone()],
-        normalize,
-        dimensions,
         info,
         api_key: args.api_key,
         metrics,

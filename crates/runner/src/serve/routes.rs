@@ -12,29 +12,42 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::Value;
+use swap::{PairTokens, Reranker};
 use tokenizers::Tokenizer;
 
 use super::api::{self, EmbedRequest, EmbeddingsRequest, EmbeddingsResponse, Input, Limits};
 use super::batcher::Batcher;
 use super::error::ApiError;
 use super::metrics::Metrics;
+use super::rerank_api::{self, CohereRerankRequest, CohereRerankResponse, TeiRank, TeiRerankRequest};
+
+/// What the server's model does, and what its routes need of it.
+pub enum Served {
+    /// Embeddings: `/v1/embeddings` and `/embed`.
+    Embedder {
+        /// The model's tokenizer (truncating to its maximum, as `runner embed` does).
+        tokenizer: Box<Tokenizer>,
+        /// Whether the model's pipeline L2-normalises its embeddings.
+        normalize: bool,
+        /// Width of the embeddings.
+        dimensions: usize,
+    },
+    /// Cross-encoder scores: `/rerank` and `/v1/rerank` (the reranker here tokenizes the pairs).
+    Reranker(Arc<Reranker>),
+}
 
 /// What the handlers share.
 pub struct AppState {
     /// The queue to the model.
     pub batcher: Batcher,
-    /// The model's tokenizer (truncating to its maximum, as `runner embed` does).
-    pub tokenizer: Tokenizer,
+    /// The model's task.
+    pub served: Served,
     /// Per-request limits.
     pub limits: Limits,
     /// The most bytes a request body may have.
     pub max_body_bytes: usize,
-    /// Names the `model` field of `/v1/embeddings` may take; the first is the one reported.
+    /// Names the `model` field of `/v1/embeddings` and `/v1/rerank` may take; the first is the one reported.
     pub model_names: Vec<String>,
-    /// Whether the model's pipeline L2-normalises its embeddings.
-    pub normalize: bool,
-    /// Width of the embeddings.
-    pub dimensions: usize,
     /// The body of `GET /info`.
     pub info: Value,
     /// `--api-key`.
@@ -43,11 +56,14 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
 }
 
-/// The router: the embedding routes, `/health`, `/info`, `/metrics`, JSON errors for unknown paths and methods.
+/// The router: the embedding and rerank routes (those of the other task answer 400), `/health`, `/info`,
+/// `/metrics`, JSON errors for unknown paths and methods.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/embeddings", post(embeddings))
         .route("/embed", post(embed))
+        .route("/rerank", post(rerank))
+        .route("/v1/rerank", post(v1_rerank))
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(metrics))
@@ -94,23 +110,19 @@ async fn embeddings(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<EmbeddingsResponse>, ApiError> {
+    let (_, normalize, dimensions) = embedder(&state)?;
     let request: EmbeddingsRequest = api::parse_body(&body.map_err(|e| body_error(&state, e))?)?;
-    if !state.model_names.contains(&request.model) {
-        return Err(ApiError::not_found(
-            "model_not_found",
-            format!("this server runs model `{}`, not `{}`", state.model_names[0], request.model),
-        ));
-    }
-    if let Some(d) = request.dimensions.filter(|&d| d == 0 || d > state.dimensions) {
+    check_model(&state, Some(&request.model))?;
+    if let Some(d) = request.dimensions.filter(|&d| d == 0 || d > dimensions) {
         return Err(ApiError::bad_request(
             "invalid_dimensions",
-            format!("`dimensions` is {d}; this model gives 1 to {} dimensions", state.dimensions),
+            format!("`dimensions` is {d}; this model gives 1 to {dimensions} dimensions"),
         ));
     }
     let inputs = api::parse_inputs(&request.input, "input", state.limits.max_inputs)?;
     // Texts too long for the model are cut, as `runner embed` and sentence-transformers do.
     let (pooled, tokens) = run_model(&state, inputs, true, "input").await?;
-    let rows = api::finish(pooled, request.dimensions, state.normalize);
+    let rows = api::finish(pooled, request.dimensions, normalize);
     let format = request.encoding_format.unwrap_or_default();
     Ok(Json(EmbeddingsResponse::new(rows, format, &state.model_names[0], tokens)))
 }
@@ -120,6 +132,7 @@ async fn embed(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
+    embedder(&state)?;
     let request: EmbedRequest = api::parse_body(&body.map_err(|e| body_error(&state, e))?)?;
     let inputs = api::parse_inputs(&request.inputs, "inputs", state.limits.max_inputs)?;
     let (pooled, _) = run_model(&state, inputs, request.truncate.unwrap_or(false), "inputs").await?;
@@ -137,12 +150,102 @@ async fn run_model(
     let admission = state.batcher.admit()?;
     let shared = Arc::clone(state);
     let sequences = tokio::task::spawn_blocking(move || {
-        api::to_sequences(inputs, &shared.tokenizer, &shared.limits, truncate, field)
+        let (tokenizer, _, _) = embedder(&shared)?;
+        api::to_sequences(inputs, tokenizer, &shared.limits, truncate, field)
     })
     .await
     .map_err(|e| ApiError::internal(format!("tokenization failed: {e}")))??;
     let tokens = sequences.iter().map(Vec::len).sum();
-    Ok((admission.pool(sequences).await?, tokens))
+    let sequences = sequences.into_iter().map(|ids| PairTokens { ids, ..Default::default() }).collect();
+    Ok((admission.run(sequences).await?, tokens))
+}
+
+/// `POST /rerank`, text-embeddings-inference's API: every text scored against the query, best first.
+async fn rerank(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Vec<TeiRank>>, ApiError> {
+    reranker(&state)?;
+    let request: TeiRerankRequest = api::parse_body(&body.map_err(|e| body_error(&state, e))?)?;
+    if let Some(direction) = request.truncation_direction.as_deref().filter(|d| !d.eq_ignore_ascii_case("right")) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("`truncation_direction` {direction:?} is not supported here: pairs are cut on the right"),
+        ));
+    }
+    rerank_api::check_inputs(&request.query, &request.texts, "texts", state.limits.max_inputs)?;
+    let (scores, _) = score_pairs(&state, request.query, request.texts.clone(), request.truncate, "texts").await?;
+    Ok(Json(rerank_api::tei_response(&scores, request.texts, request.raw_scores, request.return_text)))
+}
+
+/// `POST /v1/rerank`, the Cohere / Jina API: the best `top_n` documents with relevance scores in (0, 1).
+async fn v1_rerank(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<CohereRerankResponse>, ApiError> {
+    reranker(&state)?;
+    let request: CohereRerankRequest = api::parse_body(&body.map_err(|e| body_error(&state, e))?)?;
+    check_model(&state, request.model.as_deref())?;
+    let documents = rerank_api::document_texts(&request.documents)?;
+    rerank_api::check_inputs(&request.query, &documents, "documents", state.limits.max_inputs)?;
+    // Pairs too long for the model are cut, as Cohere's API does.
+    let (scores, tokens) = score_pairs(&state, request.query, documents.clone(), true, "documents").await?;
+    let (top_n, back) = (request.top_n, request.return_documents);
+    Ok(Json(rerank_api::cohere_response(&scores, documents, top_n, back, &state.model_names[0], tokens)))
+}
+
+/// Takes a place in the queue, tokenizes the pairs off the async threads, and waits for their raw scores and
+/// token count.
+async fn score_pairs(
+    state: &Arc<AppState>,
+    query: String,
+    documents: Vec<String>,
+    truncate: bool,
+    field: &'static str,
+) -> Result<(Vec<f32>, usize), ApiError> {
+    let admission = state.batcher.admit()?;
+    let shared = Arc::clone(state);
+    let pairs = tokio::task::spawn_blocking(move || {
+        rerank_api::to_pairs(reranker(&shared)?, &query, &documents, truncate, field)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("tokenization failed: {e}")))??;
+    let tokens = pairs.iter().map(|p| p.ids.len()).sum();
+    let rows = admission.run(pairs).await?;
+    Ok((rows.into_iter().map(|row| row[0]).collect(), tokens))
+}
+
+/// The embedder's tokenizer, normalisation and width, or a 400 that says this server reranks.
+fn embedder(state: &AppState) -> Result<(&Tokenizer, bool, usize), ApiError> {
+    match &state.served {
+        Served::Embedder { tokenizer, normalize, dimensions } => Ok((tokenizer, *normalize, *dimensions)),
+        Served::Reranker(_) => Err(ApiError::bad_request(
+            "wrong_task",
+            format!("this server runs the reranker `{}`: POST /rerank or /v1/rerank", state.model_names[0]),
+        )),
+    }
+}
+
+/// The reranker, or a 400 that says this server embeds.
+fn reranker(state: &AppState) -> Result<&Reranker, ApiError> {
+    match &state.served {
+        Served::Reranker(r) => Ok(r),
+        Served::Embedder { .. } => Err(ApiError::bad_request(
+            "wrong_task",
+            format!("this server runs the embedding model `{}`: POST /v1/embeddings or /embed", state.model_names[0]),
+        )),
+    }
+}
+
+/// A request's `model` must be one of this server's names when given.
+fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
+    match model {
+        Some(name) if !state.model_names.iter().any(|n| n == name) => Err(ApiError::not_found(
+            "model_not_found",
+            format!("this server runs model `{}`, not `{name}`", state.model_names[0]),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A body that could not be read: over `--max-body-bytes` (413) or cut off.

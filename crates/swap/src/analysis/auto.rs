@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::probe::{Evaluation, Probe, Quality};
 use super::sensitivity::LayerSensitivity;
+use crate::arch::Task;
 use crate::plan::{Plan, Rule};
 
 /// What an automatic plan must reach.
@@ -36,10 +37,15 @@ impl Target {
         }
     }
 
-    /// Checks that the target fits the model family: a cosine for BERT, a perplexity for a Llama.
-    pub fn check_fits(&self, bert: bool) -> Result<()> {
-        if matches!(self, Self::CosineAtLeast(_)) != bert {
-            bail!("target {self} does not fit this model: BERT takes cosine>=C, Llama ppl<=+P%");
+    /// Checks that the target fits the model's task: a cosine for an embedder, a perplexity for a generator.
+    pub fn check_fits(&self, task: Task) -> Result<()> {
+        let fits = match task {
+            Task::Embedding => matches!(self, Self::CosineAtLeast(_)),
+            Task::Generation => !matches!(self, Self::CosineAtLeast(_)),
+            Task::Reranking => bail!("automatic plans measure embedders and generators; a reranker is neither"),
+        };
+        if !fits {
+            bail!("target {self} does not fit this model: embedders take cosine>=C, generators ppl<=+P%");
         }
         Ok(())
     }
@@ -117,7 +123,7 @@ const MAX_ROUNDS: usize = 10;
 /// The cheapest plan over the measured candidates of `table` that meets `target` on `probe`.
 pub fn auto_plan(probe: &Probe, table: &[LayerSensitivity], target: Target) -> Result<AutoPlan> {
     let float = probe.float().quality;
-    target.check_fits(probe.is_bert())?;
+    target.check_fits(probe.task())?;
     if let Some(missing) = probe.layers().iter().find(|l| !table.iter().any(|t| t.layer.name == l.name)) {
         bail!("the sensitivity table has no row for layer {}: measure every layer", missing.name);
     }

@@ -9,6 +9,7 @@ use candle_core::Tensor;
 use qlayers::LayerScheme;
 use serde::Serialize;
 
+use crate::arch::Task;
 use crate::embedder::Embedder;
 use crate::eval::Agreement;
 use crate::generator::Generator;
@@ -83,7 +84,7 @@ pub struct Evaluation {
 
 /// The model and what it is scored on.
 enum Model {
-    Bert { embedder: Box<Embedder>, sequences: Vec<Vec<u32>>, reference: Vec<Vec<f32>> },
+    Embedder { embedder: Box<Embedder>, sequences: Vec<Vec<u32>>, reference: Vec<Vec<f32>> },
     Llama { model: Box<LlamaModel>, ids: Vec<u32>, reference: Vec<f32> },
 }
 
@@ -98,8 +99,9 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// A BERT folder (float weights) scored by the cosine of its embeddings of `texts` to the float model's.
-    pub fn bert(dir: &Path, texts: &[&str]) -> Result<Self> {
+    /// An embedding model folder (float weights) scored by the cosine of its embeddings of `texts` to the float
+    /// model's.
+    pub fn embedder(dir: &Path, texts: &[&str]) -> Result<Self> {
         if texts.is_empty() {
             bail!("calibration needs at least one text");
         }
@@ -113,7 +115,7 @@ impl Probe {
         let observing = QuantLoader::from_tensors(Arc::clone(&tensors), Plan::uniform(LayerScheme::F32)).observing();
         embedder.with_loader(&observing)?.embed_token_ids(&sequences)?;
         let input_ranges = Arc::new(observing.input_ranges());
-        let model = Model::Bert { embedder: Box::new(embedder), sequences, reference };
+        let model = Model::Embedder { embedder: Box::new(embedder), sequences, reference };
         Ok(Self { model, tensors, layers, float, input_ranges })
     }
 
@@ -158,9 +160,12 @@ impl Probe {
         self.float
     }
 
-    /// Whether the model is a BERT (else a Llama).
-    pub fn is_bert(&self) -> bool {
-        matches!(self.model, Model::Bert { .. })
+    /// What the model does: [`Task::Embedding`] (scored by cosine) or [`Task::Generation`] (by perplexity).
+    pub fn task(&self) -> Task {
+        match self.model {
+            Model::Embedder { .. } => Task::Embedding,
+            Model::Llama { .. } => Task::Generation,
+        }
     }
 
     /// The plan that quantizes layer `name` alone with `scheme` (every other layer in f32).
@@ -185,13 +190,13 @@ impl Probe {
     pub fn evaluate_with(&self, plan: &Plan, smoothing: Option<f32>) -> Result<Evaluation> {
         let mut loader = QuantLoader::from_tensors(Arc::clone(&self.tensors), plan.clone());
         if let Some(alpha) = smoothing {
-            if !self.is_bert() {
+            if self.task() != Task::Embedding {
                 bail!("smoothing applies to W8A8 layers, which Llama plans do not use");
             }
             loader = loader.with_smoothing(Arc::clone(&self.input_ranges), alpha);
         }
         match &self.model {
-            Model::Bert { embedder, sequences, reference } => {
+            Model::Embedder { embedder, sequences, reference } => {
                 let quantized = embedder.with_loader(&loader)?;
                 let agreement = Agreement::between(&quantized.embed_token_ids(sequences)?, reference);
                 Ok(Evaluation {

@@ -32,8 +32,41 @@ const PAD: usize = 32;
 /// Queries computed together: their accumulators are independent chains, and they share each key and value load.
 const QUERY_BLOCK: usize = 4;
 
-/// `softmax(q k^T / sqrt(d)) v` for every sequence and head; sequence `b` holds rows `starts[b]..starts[b] +
+/// An additive attention bias that depends only on the distance from query to key, one table per head (MPNet's
+/// relative position buckets, looked up once for every distance).
+#[derive(Debug, Clone)]
+pub struct RelativeBias {
+    /// `[heads][2 * span - 1]`: the bias of key `j` for query `i` is at `span - 1 + j - i`.
+    values: Vec<f32>,
+    span: usize,
+}
+
+impl RelativeBias {
+    /// The bias table of `heads` heads for sequences of up to `span` tokens, `bias(head, key - query)` for every
+    /// distance.
+    pub fn new(heads: usize, span: usize, bias: impl Fn(usize, isize) -> f32) -> Self {
+        let distances = 2 * span - 1;
+        let values = (0..heads * distances)
+            .map(|i| bias(i / distances, (i % distances) as isize - (span as isize - 1)))
+            .collect();
+        Self { values, span }
+    }
+
+    /// The longest sequence the table covers.
+    pub fn span(&self) -> usize {
+        self.span
+    }
+
+    /// Head `h`'s row.
+    fn head(&self, h: usize) -> &[f32] {
+        let distances = 2 * self.span - 1;
+        &self.values[h * distances..][..distances]
+    }
+}
+
+/// `softmax(q k^T / sqrt(d) + bias) v` for every sequence and head; sequence `b` holds rows `starts[b]..starts[b] +
 /// lens[b]` of `qkv`. Returns `[rows, heads * head_dim]` (rows of `qkv`), zero in rows no sequence covers.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     qkv: &[f32],
     layout: QkvLayout,
@@ -42,14 +75,16 @@ pub fn attention(
     head_dim: usize,
     starts: &[usize],
     lens: &[usize],
+    bias: Option<&RelativeBias>,
 ) -> Vec<f32> {
     let mut out = vec![0f32; rows * heads * head_dim];
-    attention_into(qkv, layout, heads, head_dim, starts, lens, &mut out);
+    attention_into(qkv, layout, heads, head_dim, starts, lens, bias, &mut out);
     out
 }
 
 /// [`attention`] into `out` (`[rows, heads * head_dim]`), reusing its memory: the rows of every sequence are
 /// overwritten, the others left as they are.
+#[allow(clippy::too_many_arguments)]
 pub fn attention_into(
     qkv: &[f32],
     layout: QkvLayout,
@@ -57,6 +92,7 @@ pub fn attention_into(
     head_dim: usize,
     starts: &[usize],
     lens: &[usize],
+    bias: Option<&RelativeBias>,
     out: &mut [f32],
 ) {
     let width = heads * head_dim;
@@ -64,11 +100,13 @@ pub fn attention_into(
         starts.iter().zip(lens).all(|(&s, &l)| (s + l) * width <= out.len()),
         "every sequence's rows lie inside the output"
     );
+    assert!(bias.is_none_or(|b| lens.iter().all(|&l| l <= b.span())), "the bias covers every sequence");
     let shared = SharedMut(out.as_mut_ptr());
     let work: usize = lens.iter().map(|&len| 2 * len * len * width).sum();
     parallel_for_work(starts.len() * heads, work, |task| {
         let (b, h) = (task / heads, task % heads);
-        let seq = Sequence { first: starts[b], len: lens[b], col: h * head_dim, d: head_dim };
+        let bias = bias.map(|b| (b.head(h), b.span));
+        let seq = Sequence { first: starts[b], len: lens[b], col: h * head_dim, d: head_dim, bias };
         // SAFETY: task (b, h) writes only columns h * head_dim.. of sequence b's rows.
         unsafe { head(qkv, layout, seq, width, shared.get()) };
     });
@@ -97,11 +135,13 @@ unsafe fn copy_row<L: F32Lanes>(src: *const f32, dst: *mut f32, len: usize) {
 
 /// One sequence's rows and one head's columns.
 #[derive(Clone, Copy)]
-struct Sequence {
+struct Sequence<'a> {
     first: usize,
     len: usize,
     col: usize,
     d: usize,
+    /// The head's row of a [`RelativeBias`] and its span.
+    bias: Option<(&'a [f32], usize)>,
 }
 
 /// One sequence and head at the best vector level.
@@ -146,7 +186,7 @@ unsafe fn head_avx2(qkv: &[f32], l: QkvLayout, s: Sequence, width: usize, out: *
 /// The CPU supports `L`'s instructions (the caller is compiled with them), and as [`head`].
 #[inline(always)]
 unsafe fn head_generic<L: F32Lanes>(qkv: &[f32], l: QkvLayout, s: Sequence, width: usize, out: *mut f32) {
-    let Sequence { first, len, col, d } = s;
+    let Sequence { first, len, col, d, bias } = s;
     let row = |t: usize, offset: usize| &qkv[(first + t) * l.row_stride + offset + col..][..d];
     // Keys transposed to [d][padded len] so that a query's scores against a vector of keys are one vector sum;
     // values copied to [len][padded d]. Padding is zeros.
@@ -180,7 +220,7 @@ unsafe fn head_generic<L: F32Lanes>(qkv: &[f32], l: QkvLayout, s: Sequence, widt
             *dst.add(c) = *q.add(c) * scale;
         }
     }
-    let head = Head { keys_t: &keys_t, values: &values, keys_len, dims, d };
+    let head = Head { keys_t: &keys_t, values: &values, keys_len, dims, d, bias };
     head.attend::<L>(
         &queries,
         |_| len,
@@ -197,6 +237,8 @@ struct Head<'a> {
     /// Stride of the values: `d` padded to [`PAD`].
     dims: usize,
     d: usize,
+    /// Added to the scores: the bias of key `j` for query `i` is `row[span - 1 + j - i]`.
+    bias: Option<(&'a [f32], usize)>,
 }
 
 impl Head<'_> {
@@ -222,9 +264,10 @@ impl Head<'_> {
             let q = queries[i * self.d..].as_ptr();
             let block = if i + QUERY_BLOCK <= n { QUERY_BLOCK } else { 1 };
             if block == QUERY_BLOCK {
-                self.block::<L, QUERY_BLOCK>(q, std::array::from_fn(|b| visible(i + b)), &mut scores, &mut context);
+                let visible = std::array::from_fn(|b| visible(i + b));
+                self.block::<L, QUERY_BLOCK>(q, i, visible, &mut scores, &mut context);
             } else {
-                self.block::<L, 1>(q, [visible(i)], &mut scores, &mut context);
+                self.block::<L, 1>(q, i, [visible(i)], &mut scores, &mut context);
             }
             for b in 0..block {
                 emit(i + b, &context[b * self.dims..][..self.dims]);
@@ -233,8 +276,9 @@ impl Head<'_> {
         }
     }
 
-    /// The context rows of the `B` scaled queries at `queries` (`B x d`) into `context` (`B x dims`), using
-    /// `scores` (`B x keys_len`) as scratch; query `b` sees the first `visible[b]` keys (the last sees the most).
+    /// The context rows of the `B` scaled queries at `queries` (`B x d`, the sequence's queries `first..`) into
+    /// `context` (`B x dims`), using `scores` (`B x keys_len`) as scratch; query `b` sees the first `visible[b]`
+    /// keys (the last sees the most).
     /// Two vectors of keys (or dims) per pass: `2B` independent sums.
     ///
     /// # Safety
@@ -244,6 +288,7 @@ impl Head<'_> {
     unsafe fn block<L: F32Lanes, const B: usize>(
         &self,
         queries: *const f32,
+        first: usize,
         visible: [usize; B],
         scores: &mut [f32],
         context: &mut [f32],
@@ -269,6 +314,11 @@ impl Head<'_> {
         let mut inv = [0f32; B];
         for (b, inv) in inv.iter_mut().enumerate() {
             let (seen, unseen) = scores[b * keys_len..][..len].split_at_mut(visible[b]);
+            if let Some((row, span)) = self.bias {
+                // Key j's bias for query first + b is at span - 1 + j - (first + b).
+                let row = &row[span - 1 - (first + b)..][..seen.len()];
+                seen.iter_mut().zip(row).for_each(|(s, &bias)| *s += bias);
+            }
             let max = fold_lanes(seen, f32::NEG_INFINITY, f32::max, f32::max);
             seen.iter_mut().for_each(|s| *s = exp(*s - max));
             *inv = 1.0 / fold_lanes(seen, 0.0, |a, b| a + b, |a, b| a + b);
@@ -388,6 +438,7 @@ impl KvHeads {
                 keys_len: self.capacity,
                 dims: self.dims,
                 d,
+                bias: None,
             };
             // SAFETY: task h writes only columns h * d.. of every row.
             unsafe { causal_head(&head, q, h * d, width, past, shared.get()) };
@@ -465,7 +516,7 @@ mod tests {
         let width = heads * d;
         let qkv: Vec<f32> = (0..2 * seq * 3 * width).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
         let layout = QkvLayout { row_stride: 3 * width, q: 0, k: width, v: 2 * width };
-        let out = attention(&qkv, layout, 2 * seq, heads, d, &[0, seq], &[3, 5]);
+        let out = attention(&qkv, layout, 2 * seq, heads, d, &[0, seq], &[3, 5], None);
         // Sequence 0 has 3 tokens: compare with a direct computation over those.
         for h in 0..heads {
             for i in 0..3 {
@@ -489,7 +540,7 @@ mod tests {
         }
         // Padding rows are zero, and a sequence alone gives the same bits as in the batch.
         assert!(out[3 * width..5 * width].iter().all(|&v| v == 0.0));
-        let alone = attention(&qkv[seq * 3 * width..], layout, seq, heads, d, &[0], &[5]);
+        let alone = attention(&qkv[seq * 3 * width..], layout, seq, heads, d, &[0], &[5], None);
         assert_eq!(alone, out[seq * width..].to_vec());
     }
 
@@ -547,7 +598,7 @@ mod tests {
             let run = |f: unsafe fn(&[f32], QkvLayout, Sequence, usize, *mut f32)| {
                 let mut out = vec![0f32; len * width];
                 for h in 0..heads {
-                    let seq = Sequence { first: 0, len, col: h * d, d };
+                    let seq = Sequence { first: 0, len, col: h * d, d, bias: None };
                     unsafe { f(&qkv, layout, seq, width, out.as_mut_ptr()) };
                 }
                 out
@@ -569,6 +620,7 @@ mod tests {
                         keys_len: cache.capacity,
                         dims: cache.dims,
                         d,
+                        bias: None,
                     };
                     unsafe { f(&head, &queries, h * d, width, len - len.min(3), out.as_mut_ptr()) };
                 }

@@ -1,0 +1,109 @@
+//! `runner embed`, `runner rerank` and `runner quantize` on every encoder architecture's tiny random-weight
+//! fixture (`tests/fixtures/architectures`), against the reference outputs of transformers and
+//! sentence-transformers stored beside each.
+
+mod common;
+
+use common::{embeddings, fails, ok, workspace, Scratch};
+use serde_json::Value;
+
+fn fixture(name: &str) -> String {
+    workspace().join("tests/fixtures/architectures").join(name).display().to_string()
+}
+
+fn reference(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(format!("{}/reference.json", fixture(name))).unwrap()).unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    dot / (a.iter().map(|x| x * x).sum::<f32>().sqrt() * b.iter().map(|x| x * x).sum::<f32>().sqrt())
+}
+
+#[test]
+fn embed_matches_sentence_transformers_on_every_embedder() {
+    for name in ["bert-cls", "xlm-roberta", "distilbert", "mpnet"] {
+        let reference = reference(name);
+        let texts: Vec<&str> =
+            reference["inputs"].as_array().unwrap().iter().map(|i| i["text"].as_str().unwrap()).collect();
+        let model = fixture(name);
+        let out = ok(&[&["embed", "--model", &model, "--quant", "fp32"][..], &texts].concat());
+        for (i, (ours, theirs)) in embeddings(&out).iter().zip(reference["embeddings"].as_array().unwrap()).enumerate()
+        {
+            let c = cosine(ours, &floats(theirs));
+            assert!(c >= 0.99999, "{name}: embedding {i}: cosine {c}");
+        }
+    }
+}
+
+/// The pairs of a reranker fixture grouped by query: (query, [(pair index, document)]).
+fn queries(reference: &Value) -> Vec<(String, Vec<(usize, String)>)> {
+    let mut groups: Vec<(String, Vec<(usize, String)>)> = Vec::new();
+    for (i, pair) in reference["pairs"].as_array().unwrap().iter().enumerate() {
+        let (query, document) = (pair[0].as_str().unwrap().to_string(), pair[1].as_str().unwrap().to_string());
+        match groups.iter_mut().find(|(q, _)| *q == query) {
+            Some((_, docs)) => docs.push((i, document)),
+            None => groups.push((query, vec![(i, document)])),
+        }
+    }
+    groups
+}
+
+#[test]
+fn rerank_prints_transformers_scores_best_first() {
+    for name in ["bert-reranker", "xlm-roberta-reranker"] {
+        let reference = reference(name);
+        let expected = floats(&reference["scores"]);
+        let model = fixture(name);
+        for (query, docs) in queries(&reference) {
+            let texts: Vec<&str> = docs.iter().map(|(_, d)| d.as_str()).collect();
+            let args = ["rerank", "--model", &model, "--quant", "fp32", "--raw-scores", "--query", &query];
+            let lines: Vec<Value> =
+                ok(&[&args[..], &texts].concat()).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            assert_eq!(lines.len(), docs.len(), "{name}");
+            let scores: Vec<f32> = lines.iter().map(|l| l["score"].as_f64().unwrap() as f32).collect();
+            assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{name}: not best first: {scores:?}");
+            for line in &lines {
+                let (index, score) = (line["index"].as_u64().unwrap() as usize, line["score"].as_f64().unwrap() as f32);
+                let want = expected[docs[index].0];
+                assert!((score - want).abs() <= 1e-4, "{name}: {query:?} doc {index}: {score} vs {want}");
+            }
+            // Without --raw-scores: the sigmoid of the same scores, in the same order.
+            let relevance: Vec<Value> = ok(&[&args[..5], &args[6..], &texts].concat())
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            for (raw, rel) in lines.iter().zip(&relevance) {
+                assert_eq!(raw["index"], rel["index"]);
+                let sigmoid = 1.0 / (1.0 + (-raw["score"].as_f64().unwrap()).exp());
+                assert!((rel["score"].as_f64().unwrap() - sigmoid).abs() < 1e-6);
+            }
+        }
+    }
+}
+
+#[test]
+fn quantized_reranker_checkpoints_score_as_quantizing_on_load() {
+    let dir = Scratch::new("rerank-ckpt");
+    let out = dir.join("xlmr-int8");
+    let model = fixture("xlm-roberta-reranker");
+    ok(&["quantize", "--model", &model, "--out", &out]);
+    let args = ["--query", "What is the capital of France?", "Paris is the capital of France.", "Berlin is big."];
+    assert_eq!(
+        ok(&[&["rerank", "--model", &out][..], &args].concat()),
+        ok(&[&["rerank", "--model", &model][..], &args].concat())
+    );
+}
+
+#[test]
+fn bad_rerank_requests_are_clear_errors() {
+    let model = fixture("bert-reranker");
+    assert!(fails(&["rerank", "--model", &model, "--query", " ", "a"]).contains("--query is empty"));
+    assert!(fails(&["rerank", "--model", &model, "--query", "q", "a", ""]).contains("document #1"));
+    assert!(fails(&["rerank", "--model", &fixture("bert-cls"), "--query", "q", "a"]).contains("run it with `embed`"));
+    assert!(fails(&["embed", "--model", &model, "a"]).contains("run it with `rerank`"));
+}

@@ -1,0 +1,89 @@
+//! Opening an encoder checkpoint folder (float, pre-quantized or optimum-quanto) for one task: its architecture
+//! from the registry, its weights through a [`QuantLoader`], its tokenizer. The embedder and the reranker start here.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::arch::{ModelKind, Task};
+use crate::loader::QuantLoader;
+use crate::models::TextEncoder;
+use crate::plan::Plan;
+
+/// An encoder read from a folder.
+pub(crate) struct EncoderFolder {
+    /// Its architecture and task.
+    pub kind: ModelKind,
+    /// The `config.json` text.
+    pub config: String,
+    /// The encoder, quantized per the plan.
+    pub model: Box<dyn TextEncoder>,
+    /// `tokenizer.json`, with no padding (sequences run unpadded) and truncation at the model's longest sequence.
+    pub tokenizer: Tokenizer,
+    /// The loader the encoder was read through (a task head is read through it too).
+    pub loader: QuantLoader,
+}
+
+impl EncoderFolder {
+    /// Opens `dir` for `task` (a checkpoint of another task is an error that says which command runs it): a float
+    /// model is quantized per `plan` (the kind's default plan when `None`); `record` keeps every tensor read.
+    pub(crate) fn open(dir: &Path, plan: Option<Plan>, record: bool, task: Task) -> Result<Self> {
+        let (kind, config) = ModelKind::of_folder(dir)?;
+        if kind.task != task {
+            let command = |task: Task| match task {
+                Task::Embedding => "embed",
+                Task::Reranking => "rerank",
+                Task::Generation => "generate",
+            };
+            bail!(
+                "{} is a {} {} model: run it with `{}`, not `{}`",
+                dir.display(),
+                kind.arch.name,
+                kind.task,
+                command(kind.task),
+                command(task)
+            );
+        }
+        let config_json: serde_json::Value = serde_json::from_str(&config)?;
+        let mut loader = QuantLoader::open_folder(dir, &config_json, plan, || kind.default_plan())?;
+        if record {
+            loader = loader.recording();
+        }
+        let model = kind.encoder(&config, &loader)?;
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", dir.join("tokenizer.json").display()))?;
+        tokenizer.with_padding(None);
+        truncate_at(&mut tokenizer, model.max_tokens())?;
+        Ok(Self { kind, config, model, tokenizer, loader })
+    }
+}
+
+/// Makes `tokenizer` truncate inputs (a pair: the longer part first) to `max_length` tokens, special tokens included.
+pub(crate) fn truncate_at(tokenizer: &mut Tokenizer, max_length: usize) -> Result<()> {
+    tokenizer
+        .with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
+        .map_err(|e| anyhow::anyhow!("tokenizer truncation: {e}"))?;
+    Ok(())
+}
+
+/// Tokenizer classes whose inputs include `token_type_ids` in transformers (`model_input_names`); the others,
+/// and `tokenizers`-backed configs without a class, feed the model input ids alone (every token type 0).
+const CLASSES_WITH_TOKEN_TYPES: [&str; 4] =
+    ["BertTokenizer", "BertTokenizerFast", "ElectraTokenizer", "ElectraTokenizerFast"];
+
+/// Whether the model was given token types with its input ids, as transformers decides from `tokenizer_config.json`
+/// (its `model_input_names`, else its `tokenizer_class`): a cross-encoder then sees its document as segment 1.
+pub(crate) fn uses_token_types(dir: &Path) -> Result<bool> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.exists() {
+        return Ok(false);
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let config: serde_json::Value = serde_json::from_str(&text).context("tokenizer_config.json is not JSON")?;
+    if let Some(names) = config.get("model_input_names").and_then(|n| n.as_array()) {
+        return Ok(names.iter().any(|n| n == "token_type_ids"));
+    }
+    let class = config.get("tokenizer_class").and_then(|c| c.as_str()).unwrap_or_default();
+    Ok(CLASSES_WITH_TOKEN_TYPES.contains(&class))
+}

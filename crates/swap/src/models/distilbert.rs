@@ -1,0 +1,121 @@
+//! DistilBERT (`DistilBertModel`): BERT's post-norm encoder under other weight names, with no token types.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use super::embedding::{EmbeddingShape, InputEmbeddings};
+use super::encoder::{
+    activation, check_sequences, packed_ranges, weights_prefix, EncoderShape, EncoderStack, LayerNames,
+};
+use super::TextEncoder;
+use crate::loader::QuantLoader;
+
+/// The fields of a DistilBERT `config.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DistilBertConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Width of the hidden states.
+    pub dim: usize,
+    /// Encoder layers.
+    pub n_layers: usize,
+    /// Attention heads per layer.
+    pub n_heads: usize,
+    /// Width of the feed-forward layer.
+    pub hidden_dim: usize,
+    /// Activation of the feed-forward layer.
+    #[serde(default = "default_act")]
+    pub activation: String,
+    /// Positions the model knows.
+    pub max_position_embeddings: usize,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+
+/// DistilBERT's layer norm epsilon (fixed in its code, not in the config).
+const EPS: f64 = 1e-12;
+
+/// The weight names of a DistilBERT layer.
+const NAMES: LayerNames = LayerNames {
+    qkv: ["attention.q_lin", "attention.k_lin", "attention.v_lin"],
+    attention_out: "attention.out_lin",
+    attention_norm: "sa_layer_norm",
+    intermediate: "ffn.lin1",
+    output: "ffn.lin2",
+    output_norm: "output_layer_norm",
+};
+
+impl DistilBertConfig {
+    /// Parses and checks a `config.json`.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let config: Self = serde_json::from_str(text).context("config.json is not a DistilBERT config")?;
+        if config.dim == 0 || config.n_heads == 0 || !config.dim.is_multiple_of(config.n_heads) {
+            bail!("dim {} is not a multiple of n_heads {}", config.dim, config.n_heads);
+        }
+        activation(&config.activation)?;
+        Ok(config)
+    }
+}
+
+/// A DistilBERT encoder whose Linear layers are quantized per the loader's plan.
+pub struct DistilBertModel {
+    config: DistilBertConfig,
+    embeddings: InputEmbeddings,
+    encoder: EncoderStack,
+}
+
+impl DistilBertModel {
+    /// Builds the model, quantizing each layer as it is read (weights under `distilbert.` or no prefix).
+    pub fn load(config: DistilBertConfig, loader: &QuantLoader) -> Result<Self> {
+        let prefix = weights_prefix(loader, &["", "distilbert."])?;
+        let shape = EmbeddingShape {
+            vocab: config.vocab_size,
+            width: config.dim,
+            positions: config.max_position_embeddings,
+            types: 0,
+            offset: 0,
+            eps: EPS,
+        };
+        let embeddings = InputEmbeddings::load(loader, &format!("{prefix}embeddings."), shape)?;
+        let shape = EncoderShape {
+            hidden: config.dim,
+            intermediate: config.hidden_dim,
+            heads: config.n_heads,
+            layers: config.n_layers,
+            eps: EPS,
+        };
+        let act = activation(&config.activation)?;
+        let encoder = EncoderStack::load(loader, &format!("{prefix}transformer.layer"), NAMES, shape, act)?;
+        Ok(Self { config, embeddings, encoder })
+    }
+}
+
+impl TextEncoder for DistilBertModel {
+    fn forward_packed(&self, sequences: &[&[u32]], token_types: Option<&[&[u32]]>) -> Result<Vec<f32>> {
+        check_sequences(sequences, self.config.vocab_size, self.max_tokens())?;
+        if token_types.is_some_and(|t| t.iter().flat_map(|t| t.iter()).any(|&t| t != 0)) {
+            bail!("DistilBERT has no token types");
+        }
+        let hidden = self.embeddings.embed(sequences, None)?;
+        let (starts, lens) = packed_ranges(sequences);
+        self.encoder.forward(hidden, &starts, &lens, None)
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.config.dim
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn max_tokens(&self) -> usize {
+        self.embeddings.max_tokens()
+    }
+
+    fn embedding_bytes(&self) -> usize {
+        self.embeddings.storage_bytes() + self.encoder.norm_bytes()
+    }
+}

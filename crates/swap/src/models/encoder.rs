@@ -1,0 +1,207 @@
+//! The post-norm transformer encoder block that BERT, RoBERTa, DistilBERT and MPNet share: fused Q/K/V
+//! projection, bidirectional attention over each sequence's own tokens, output projection, residual + layer norm,
+//! feed-forward with its activation in the matmul epilogue, residual + layer norm. Families differ in their weight
+//! names ([`LayerNames`]) and, for MPNet, an additive relative-position bias ([`RelativeBias`]).
+
+use anyhow::{Context, Result};
+use qlayers::{Activation, QLinear};
+
+use super::attention::{attention_into, QkvLayout, RelativeBias};
+use super::ops::LayerNormParams;
+use super::projection::Projection;
+use crate::loader::QuantLoader;
+
+/// Where one layer's weights are, relative to the layer's prefix (`encoder.layer.3`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerNames {
+    /// Query, key and value projections.
+    pub qkv: [&'static str; 3],
+    /// The attention output projection.
+    pub attention_out: &'static str,
+    /// The layer norm after attention.
+    pub attention_norm: &'static str,
+    /// The feed-forward input projection.
+    pub intermediate: &'static str,
+    /// The feed-forward output projection.
+    pub output: &'static str,
+    /// The layer norm after the feed-forward.
+    pub output_norm: &'static str,
+}
+
+/// The shape of an encoder stack.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EncoderShape {
+    /// Width of the hidden states.
+    pub hidden: usize,
+    /// Width of the feed-forward layer.
+    pub intermediate: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Layers.
+    pub layers: usize,
+    /// Layer norm epsilon.
+    pub eps: f64,
+}
+
+struct Layer {
+    /// Q, K and V: `[rows, 3h]`, each row's queries, keys and values side by side.
+    qkv: Projection,
+    attention_out: QLinear,
+    attention_norm: LayerNormParams,
+    intermediate: QLinear,
+    output: QLinear,
+    output_norm: LayerNormParams,
+}
+
+/// A stack of post-norm encoder layers whose Linear layers are quantized per the loader's plan.
+pub(crate) struct EncoderStack {
+    shape: EncoderShape,
+    activation: Activation,
+    layers: Vec<Layer>,
+    /// Activation buffers of finished calls, taken by the next ones: every layer of every call then writes into
+    /// memory it already has instead of faulting in fresh pages (tens of MB a layer for a batch). There are as many
+    /// as calls have run at once, each as large as the largest batch it served.
+    workspaces: std::sync::Mutex<Vec<Workspace>>,
+}
+
+/// One call's activation buffers, reused from layer to layer.
+#[derive(Default)]
+struct Workspace {
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    attended: Vec<f32>,
+    inner: Vec<f32>,
+    out: Vec<f32>,
+}
+
+impl EncoderStack {
+    /// Reads layers `{prefix}.0` .. of `shape` with the weight names `names`.
+    pub(crate) fn load(
+        loader: &QuantLoader,
+        prefix: &str,
+        names: LayerNames,
+        shape: EncoderShape,
+        activation: Activation,
+    ) -> Result<Self> {
+        let (h, inner) = (shape.hidden, shape.intermediate);
+        let layers = (0..shape.layers)
+            .map(|i| {
+                let p = format!("{prefix}.{i}");
+                let qkv_names = names.qkv.map(|n| format!("{p}.{n}"));
+                let fused = fused_name(&qkv_names);
+                Ok(Layer {
+                    qkv: Projection::load(loader, &qkv_names, h, &[h; 3], &fused)?,
+                    attention_out: loader.linear(&format!("{p}.{}", names.attention_out), h, h)?,
+                    attention_norm: layer_norm(loader, &format!("{p}.{}", names.attention_norm), h, shape.eps)?,
+                    intermediate: loader.linear(&format!("{p}.{}", names.intermediate), h, inner)?,
+                    output: loader.linear(&format!("{p}.{}", names.output), inner, h)?,
+                    output_norm: layer_norm(loader, &format!("{p}.{}", names.output_norm), h, shape.eps)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { shape, activation, layers, workspaces: Default::default() })
+    }
+
+    /// Bytes of the layer norms (the Linear layers are in the loader's report).
+    pub(crate) fn norm_bytes(&self) -> usize {
+        4 * 4 * self.shape.hidden * self.layers.len()
+    }
+
+    /// Runs every layer over `hidden` (`[rows, h]`, sequence `b` at rows `starts[b]..starts[b] + lens[b]`), with
+    /// `bias` added to the attention scores when given.
+    pub(crate) fn forward(
+        &self,
+        mut hidden: Vec<f32>,
+        starts: &[usize],
+        lens: &[usize],
+        bias: Option<&RelativeBias>,
+    ) -> Result<Vec<f32>> {
+        let rows = hidden.len() / self.shape.hidden;
+        let pool = || self.workspaces.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ws = pool().pop().unwrap_or_default();
+        let result = self.layers.iter().try_for_each(|layer| {
+            self.layer_forward(layer, &hidden, rows, starts, lens, bias, &mut ws)?;
+            std::mem::swap(&mut hidden, &mut ws.out);
+            Ok(())
+        });
+        pool().push(ws);
+        result.map(|()| hidden)
+    }
+
+    /// One layer over `hidden` (`rows` tokens); its output goes to `ws.out`.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        hidden: &[f32],
+        rows: usize,
+        starts: &[usize],
+        lens: &[usize],
+        bias: Option<&RelativeBias>,
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        let (h, heads) = (self.shape.hidden, self.shape.heads);
+        layer.qkv.forward_into(hidden, rows, &mut ws.qkv)?;
+        let layout = QkvLayout { row_stride: 3 * h, q: 0, k: h, v: 2 * h };
+        // The sequences cover every row, so every row of the context is written.
+        ws.context.resize(rows * h, 0.0);
+        attention_into(&ws.qkv, layout, heads, h / heads, starts, lens, bias, &mut ws.context);
+        layer.attention_out.forward_into(&ws.context, rows, None, &mut ws.attended)?;
+        layer.attention_norm.apply(&mut ws.attended, Some(hidden));
+        // The activation is applied by the kernels as they store the intermediate layer's outputs.
+        layer.intermediate.forward_into(&ws.attended, rows, Some(self.activation), &mut ws.inner)?;
+        layer.output.forward_into(&ws.inner, rows, None, &mut ws.out)?;
+        layer.output_norm.apply(&mut ws.out, Some(&ws.attended));
+        Ok(())
+    }
+}
+
+/// The name a fused projection is reported under: `p.attention.self.{query,key,value}`.
+fn fused_name(names: &[String; 3]) -> String {
+    let first = &names[0];
+    let cut = first.rfind('.').map_or(0, |i| i + 1);
+    let leaves: Vec<&str> = names.iter().map(|n| &n[cut..]).collect();
+    format!("{}{{{}}}", &first[..cut], leaves.join(","))
+}
+
+/// The prefix under which a checkpoint holds an encoder's weights: the first of `prefixes` (`""`, `"bert."`, ...)
+/// whose position table (always f32, even in a quantized checkpoint) is there.
+pub(crate) fn weights_prefix(loader: &QuantLoader, prefixes: &[&'static str]) -> Result<&'static str> {
+    let table = "embeddings.position_embeddings.weight";
+    prefixes.iter().copied().find(|p| loader.contains(&format!("{p}{table}"))).with_context(|| {
+        let names: Vec<String> = prefixes.iter().map(|p| format!("{p}{table}")).collect();
+        format!("the checkpoint has none of {}", names.join(", "))
+    })
+}
+
+/// Reads layer norm `name` (`name.weight`, `name.bias`, both `[h]`).
+pub(crate) fn layer_norm(loader: &QuantLoader, name: &str, h: usize, eps: f64) -> Result<LayerNormParams> {
+    let weight = loader.tensor(&format!("{name}.weight"), &[h])?.to_vec1()?;
+    let bias = loader.tensor(&format!("{name}.bias"), &[h])?.to_vec1()?;
+    Ok(LayerNormParams { weight, bias, eps: eps as f32 })
+}
+
+/// The token ranges of packed sequences: where each starts and how long each is.
+pub(crate) fn packed_ranges(sequences: &[&[u32]]) -> (Vec<usize>, Vec<usize>) {
+    let lens: Vec<usize> = sequences.iter().map(|s| s.len()).collect();
+    let starts: Vec<usize> = lens.iter().scan(0, |at, &len| Some(std::mem::replace(at, *at + len))).collect();
+    (starts, lens)
+}
+
+/// Checks that every sequence holds 1 to `positions` ids below `vocab`.
+pub(crate) fn check_sequences(sequences: &[&[u32]], vocab: usize, positions: usize) -> Result<()> {
+    for (i, ids) in sequences.iter().enumerate() {
+        if ids.is_empty() || ids.len() > positions {
+            anyhow::bail!("sequence #{i} has {} tokens; the model takes 1 to {positions}", ids.len());
+        }
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            anyhow::bail!("sequence #{i} holds token id {id}, outside the vocabulary of {vocab}");
+        }
+    }
+    Ok(())
+}
+
+/// The activation `name` stands for, or an error naming it.
+pub(crate) fn activation(name: &str) -> Result<Activation> {
+    Activation::from_name(name).with_context(|| format!("unsupported activation {name:?}"))
+}
