@@ -115,6 +115,49 @@ fn mpnet_matches_sentence_transformers() {
 }
 
 #[test]
+fn modernbert_matches_sentence_transformers() {
+    check_embedder("modernbert");
+}
+
+#[test]
+fn qwen3_used_as_an_embedder_matches_sentence_transformers() {
+    check_embedder("qwen3-embedding");
+}
+
+/// `config_sentence_transformers.json` prompts go before the text when named (and the default one when none is),
+/// as sentence-transformers' `encode(prompt_name=...)` does; an unknown name is an error that lists them.
+#[test]
+fn named_prompts_go_before_the_text() {
+    let dir = std::env::temp_dir().join(format!("qinfer-prompts-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    for entry in std::fs::read_dir(fixture("qwen3-embedding")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy(fixture("qwen3-embedding").join("1_Pooling/config.json"), dir.join("1_Pooling/config.json")).unwrap();
+    let prompt = "Instruct: Given a question, find passages that answer it\nQuery:";
+    let write = |default: Option<&str>| {
+        let config = serde_json::json!({"prompts": {"query": prompt, "document": ""}, "default_prompt_name": default});
+        std::fs::write(dir.join("config_sentence_transformers.json"), config.to_string()).unwrap();
+        Embedder::load(&dir, Plan::uniform(qlayers::LayerScheme::F32)).unwrap()
+    };
+    let embedder = write(None);
+    let text = "What runs quantized models?";
+    let with_prompt = embedder.embed_with_prompt(&[text], Some("query")).unwrap();
+    assert_eq!(with_prompt, embedder.embed(&[&format!("{prompt}{text}")]).unwrap());
+    assert_ne!(with_prompt, embedder.embed(&[text]).unwrap());
+    assert_eq!(embedder.embed_with_prompt(&[text], Some("document")).unwrap(), embedder.embed(&[text]).unwrap());
+    let err = embedder.embed_with_prompt(&[text], Some("passage")).unwrap_err().to_string();
+    assert!(err.contains("\"passage\"") && err.contains("document, query"), "{err}");
+    // A default prompt applies when none is named.
+    let defaulted = write(Some("query"));
+    assert_eq!(defaulted.embed(&[text]).unwrap(), with_prompt);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bert_reranker_matches_transformers() {
     check_reranker("bert-reranker");
 }
@@ -157,7 +200,8 @@ fn bert_reranker_sees_segments_when_its_tokenizer_gives_them() {
 /// same outputs, bit for bit, as quantizing while loading.
 #[test]
 fn every_architecture_round_trips_through_a_checkpoint() {
-    for name in ["bert-cls", "xlm-roberta", "distilbert", "mpnet", "bert-reranker", "xlm-roberta-reranker"] {
+    let names = ["bert-cls", "xlm-roberta", "distilbert", "mpnet", "modernbert", "qwen3-embedding", "bert-reranker"];
+    for name in names.into_iter().chain(["xlm-roberta-reranker"]) {
         let out = std::env::temp_dir().join(format!("qinfer-ckpt-{name}-{}", std::process::id()));
         swap::export::quantize_encoder(
             &fixture(name),

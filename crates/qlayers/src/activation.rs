@@ -1,4 +1,4 @@
-//! Feed-forward activations (GELU in both forms, ReLU) and the float functions behind them, written as plain
+//! Feed-forward activations (GELU in both forms, ReLU, SiLU) and the float functions behind them, written as plain
 //! scalar code without branches on the value, so that loops over them vectorize. One definition serves the model
 //! code's own passes and the kernels' epilogues, which therefore give the same bits.
 
@@ -11,6 +11,8 @@ pub enum Activation {
     GeluTanh,
     /// `max(x, 0)`.
     Relu,
+    /// `x * sigmoid(x)`: `silu`, `swish` (the gate of SwiGLU).
+    Silu,
 }
 
 impl Activation {
@@ -20,6 +22,7 @@ impl Activation {
             "gelu" => Some(Self::GeluErf),
             "gelu_new" | "gelu_pytorch_tanh" => Some(Self::GeluTanh),
             "relu" => Some(Self::Relu),
+            "silu" | "swish" => Some(Self::Silu),
             _ => None,
         }
     }
@@ -32,6 +35,7 @@ impl Activation {
             Self::GeluErf => values.iter_mut().for_each(|v| *v = gelu_erf(*v)),
             Self::GeluTanh => values.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
             Self::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Self::Silu => values.iter_mut().for_each(|v| *v = silu(*v)),
         }
     }
 }
@@ -40,6 +44,12 @@ impl Activation {
 #[inline(always)]
 pub fn gelu_erf(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// `x / (1 + e^-x)`.
+#[inline(always)]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
 }
 
 /// `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, with `tanh(u) = 1 - 2 / (e^{2u} + 1)`.

@@ -483,7 +483,7 @@ fn every_level_applies_the_activation_epilogue_as_a_separate_pass_would() {
         let x = random_input(&mut rng, m, k);
         let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-0.1f32..0.1)).collect();
         let case = Case::random(&mut rng, n, k, Bits::B8, 64, false);
-        for activation in [Activation::GeluErf, Activation::GeluTanh, Activation::Relu] {
+        for activation in [Activation::GeluErf, Activation::GeluTanh, Activation::Relu, Activation::Silu] {
             let mut float_expected = expected_f32(&w, n, k, &x, m, None);
             activation.apply_all(&mut float_expected);
             let mut int_expected = case.expected(&x, m);

@@ -22,6 +22,10 @@ pub struct EmbedArgs {
     /// Texts per batch.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Put the model's prompt of this name before each text (`config_sentence_transformers.json`'s `prompts`, such
+    /// as `query` for Qwen3-Embedding); without it, the model's default prompt if it names one.
+    #[arg(long)]
+    prompt_name: Option<String>,
     /// Texts to embed; without them (and without --input) texts are read from standard input, one per line.
     texts: Vec<String>,
 }
@@ -45,7 +49,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     for chunk in texts.chunks(args.batch) {
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
         // Tokenized once: the counts and the embeddings come from the same ids.
-        let ids = embedder.encode(&refs)?;
+        let ids = embedder.encode_with_prompt(&refs, args.prompt_name.as_deref())?;
         for (embedding, ids) in embedder.embed_token_ids(&ids)?.into_iter().zip(&ids) {
             let tokens = ids.len();
             writeln!(out, "{}", serde_json::to_string(&Line { index, tokens, embedding })?)?;

@@ -26,7 +26,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn embed_matches_sentence_transformers_on_every_embedder() {
-    for name in ["bert-cls", "xlm-roberta", "distilbert", "mpnet"] {
+    for name in ["bert-cls", "xlm-roberta", "distilbert", "mpnet", "modernbert", "qwen3-embedding"] {
         let reference = reference(name);
         let texts: Vec<&str> =
             reference["inputs"].as_array().unwrap().iter().map(|i| i["text"].as_str().unwrap()).collect();

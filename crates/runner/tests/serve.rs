@@ -724,3 +724,46 @@ fn rerank_and_embedding_routes_refuse_the_other_task() {
     assert_eq!(code, "wrong_task");
     assert!(message.contains("/v1/embeddings"), "{message}");
 }
+
+/// A model with `config_sentence_transformers.json` prompts: `prompt_name` on both embedding routes puts the prompt
+/// before each text, exactly as `runner embed --prompt-name` does; an unknown name is a 400 that lists them.
+#[test]
+fn prompt_names_reach_both_embedding_apis() {
+    let _shared = EXCLUSIVE.read().unwrap_or_else(PoisonError::into_inner);
+    let dir = std::env::temp_dir().join(format!("runner-serve-prompts-{}", std::process::id()));
+    let source = PathBuf::from(fixture("qwen3-embedding"));
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy(source.join("1_Pooling/config.json"), dir.join("1_Pooling/config.json")).unwrap();
+    let prompt = "Instruct: find passages that answer the question\nQuery:";
+    std::fs::write(dir.join("config_sentence_transformers.json"), json!({"prompts": {"query": prompt}}).to_string())
+        .unwrap();
+    let model = dir.display().to_string();
+    let text = "Which engine runs quantized models?";
+    let cli = |extra: &[&str]| -> Vec<f32> {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_runner")).args(["embed", "--model", &model]).args(extra).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        floats(&serde_json::from_slice::<Value>(&out.stdout).unwrap()["embedding"])
+    };
+    let with_prompt = cli(&["--prompt-name", "query", text]);
+    assert_eq!(with_prompt, cli(&[&format!("{prompt}{text}")]));
+    let server = Server::start_model(&model, &[]);
+    let name = dir.file_name().unwrap().to_str().unwrap();
+    let v1 = server.post("/v1/embeddings", &json!({"model": name, "input": [text], "prompt_name": "query"})).json();
+    assert_same(&[floats(&v1["data"][0]["embedding"])], std::slice::from_ref(&with_prompt), "/v1/embeddings");
+    let tei = server.post("/embed", &json!({"inputs": text, "prompt_name": "query"})).json();
+    assert_same(&[floats(&tei[0])], &[with_prompt], "/embed");
+    let reply = server.post("/embed", &json!({"inputs": text, "prompt_name": "passage"}));
+    assert_eq!(reply.status, 400);
+    let (code, message) = reply.error();
+    assert_eq!(code, "invalid_prompt_name");
+    assert!(message.contains("[query]"), "{message}");
+    assert_eq!(server.call("GET", "/info", &[], b"").json()["prompts"]["query"], prompt);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -9,6 +9,8 @@ use crate::loader::QuantLoader;
 use crate::models::bert::{BertConfig, BertModel};
 use crate::models::distilbert::{DistilBertConfig, DistilBertModel};
 use crate::models::heads::{ClassifierNames, SequenceClassifier};
+use crate::models::llama::{LlamaConfig, LlamaModel};
+use crate::models::modernbert::{ModernBertConfig, ModernBertModel};
 use crate::models::mpnet::{MpnetConfig, MpnetModel};
 use crate::models::TextEncoder;
 use crate::plan::Plan;
@@ -43,14 +45,16 @@ pub struct Architecture {
     pub name: &'static str,
     /// The `model_type`s of `config.json` it reads.
     pub model_types: &'static [&'static str],
-    /// Builds its encoder (`None`: a generator, which [`crate::Generator`] loads).
-    encoder: Option<EncoderBuilder>,
+    /// Builds its encoder (for a decoder, its body without the head; [`crate::Generator`] loads it whole).
+    encoder: EncoderBuilder,
     /// The weights of its `*ForSequenceClassification` head (`None`: no reranker head).
     classifier: Option<ClassifierNames>,
     /// The number of Linear layers of its encoder, from `config.json` (for progress reports).
     linear_layers: fn(&str) -> Result<usize>,
     /// The int8 plan a float checkpoint runs when none is given.
     int8_plan: fn() -> Plan,
+    /// A decoder: it generates, unless its class is a bare `*Model`, which embeds (Qwen3-Embedding).
+    decoder: bool,
 }
 
 /// Every architecture the engine runs.
@@ -58,42 +62,56 @@ pub const ARCHITECTURES: &[Architecture] = &[
     Architecture {
         name: "BERT",
         model_types: &["bert"],
-        encoder: Some(bert),
+        encoder: bert,
         classifier: Some(ClassifierNames::BERT),
         linear_layers: |c| Ok(BertConfig::from_json(c)?.linear_layers()),
         int8_plan: Plan::bert_int8,
+        decoder: false,
     },
     Architecture {
         name: "RoBERTa",
         model_types: &["roberta", "xlm-roberta", "camembert"],
-        encoder: Some(bert),
+        encoder: bert,
         classifier: Some(ClassifierNames::ROBERTA),
         linear_layers: |c| Ok(BertConfig::from_json(c)?.linear_layers()),
         int8_plan: Plan::bert_int8,
+        decoder: false,
     },
     Architecture {
         name: "DistilBERT",
         model_types: &["distilbert"],
-        encoder: Some(distilbert),
+        encoder: distilbert,
         classifier: None,
         linear_layers: |c| Ok(6 * DistilBertConfig::from_json(c)?.n_layers),
         int8_plan: Plan::bert_int8,
+        decoder: false,
     },
     Architecture {
         name: "MPNet",
         model_types: &["mpnet"],
-        encoder: Some(mpnet),
+        encoder: mpnet,
         classifier: None,
         linear_layers: |c| Ok(MpnetConfig::from_json(c)?.linear_layers()),
         int8_plan: crate::models::mpnet::int8_plan,
+        decoder: false,
+    },
+    Architecture {
+        name: "ModernBERT",
+        model_types: &["modernbert"],
+        encoder: modernbert,
+        classifier: None,
+        linear_layers: |c| Ok(ModernBertConfig::from_json(c)?.linear_layers()),
+        int8_plan: Plan::bert_int8,
+        decoder: false,
     },
     Architecture {
         name: "Llama",
-        model_types: &["llama"],
-        encoder: None,
+        model_types: &crate::models::llama::MODEL_TYPES,
+        encoder: decoder,
         classifier: None,
-        linear_layers: |c| Ok(crate::models::llama::LlamaConfig::from_hf_json(c)?.linear_layers().len()),
+        linear_layers: |c| Ok(7 * LlamaConfig::from_hf_json(c)?.num_layers),
         int8_plan: Plan::llama_int8,
+        decoder: true,
     },
 ];
 
@@ -103,6 +121,14 @@ fn bert(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
 
 fn mpnet(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
     Ok(Box::new(MpnetModel::load(MpnetConfig::from_json(config)?, loader)?))
+}
+
+fn modernbert(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
+    Ok(Box::new(ModernBertModel::load(ModernBertConfig::from_json(config)?, loader)?))
+}
+
+fn decoder(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
+    Ok(Box::new(LlamaModel::load_body(LlamaConfig::from_hf_json(config)?, loader)?))
 }
 
 fn distilbert(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
@@ -126,10 +152,10 @@ impl std::fmt::Debug for ModelKind {
 
 impl ModelKind {
     /// The architecture and task of a `config.json`: `model_type` picks the architecture (`bert` when absent), the
-    /// class in `architectures` the task (`*ForSequenceClassification`: reranking; `*ForCausalLM`, or any class of
-    /// a family without an encoder: generation; an encoder's bare model or other head, such as the `*ForMaskedLM`
-    /// many sentence-transformers checkpoints name: embedding, from the encoder's weights). An unknown
-    /// `model_type` is an error naming what the engine supports.
+    /// class in `architectures` the task: for a decoder, a bare `*Model` embeds and anything else generates; for an
+    /// encoder, `*ForSequenceClassification` reranks and anything else (the bare model, or the `*ForMaskedLM` many
+    /// sentence-transformers checkpoints name) embeds, from the encoder's weights. An unknown `model_type` is an
+    /// error naming what the engine supports.
     pub fn of_config(config: &serde_json::Value) -> Result<Self> {
         let model_type = config.get("model_type").and_then(|t| t.as_str()).unwrap_or("bert");
         let Some(arch) = ARCHITECTURES.iter().find(|a| a.model_types.contains(&model_type)) else {
@@ -139,16 +165,17 @@ impl ModelKind {
             );
         };
         let class = config.get("architectures").and_then(|a| a.get(0)).and_then(|c| c.as_str()).unwrap_or_default();
-        let task = if class.ends_with("ForSequenceClassification") {
+        let task = if arch.decoder {
+            // `Qwen3Model`: the body alone, an embedder; `*ForCausalLM` (or no class at all): a generator.
+            match class.ends_with("Model") {
+                true => Task::Embedding,
+                false => Task::Generation,
+            }
+        } else if class.ends_with("ForSequenceClassification") {
             if arch.classifier.is_none() {
                 bail!("{class}: {} has no sequence-classification head here; rerankers are BERT or RoBERTa", arch.name);
             }
             Task::Reranking
-        } else if class.ends_with("ForCausalLM") || arch.encoder.is_none() {
-            if arch.encoder.is_some() {
-                bail!("{class}: {} runs here as an encoder, not a text generator", arch.name);
-            }
-            Task::Generation
         } else {
             // A bare model, or a pre-training head (`*ForMaskedLM`) that sentence-transformers ignores too.
             Task::Embedding
@@ -178,8 +205,7 @@ impl ModelKind {
 
     /// Builds the encoder of `config` (this kind's `config.json`) from `loader`.
     pub fn encoder(&self, config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
-        let build = self.arch.encoder.with_context(|| format!("{} is not an encoder", self.arch.name))?;
-        build(config, loader).context("the weights do not match config.json")
+        (self.arch.encoder)(config, loader).context("the weights do not match config.json")
     }
 
     /// Builds the reranker head of an encoder of width `hidden` from `loader`.

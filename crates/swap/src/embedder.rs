@@ -1,7 +1,7 @@
 //! The sentence-transformers pipeline around an encoder of any registered architecture: tokenize, encode, pool,
 //! normalize.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,6 +26,8 @@ pub enum Pooling {
     Cls,
     /// Element-wise maximum over the attended tokens.
     Max,
+    /// The last token (a decoder used as an embedder, whose last token has seen all the others).
+    LastToken,
 }
 
 /// The sentence-transformers settings of a model folder.
@@ -37,6 +39,10 @@ pub struct PipelineConfig {
     pub normalize: bool,
     /// Longest input in tokens; longer texts are truncated.
     pub max_seq_length: usize,
+    /// Named prompts put before a text (`config_sentence_transformers.json`: `"query": "Instruct: ...\nQuery:"`).
+    pub prompts: BTreeMap<String, String>,
+    /// The prompt used when none is named.
+    pub default_prompt_name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +53,16 @@ struct PoolingFile {
     pooling_mode_mean_tokens: bool,
     #[serde(default)]
     pooling_mode_max_tokens: bool,
+    #[serde(default)]
+    pooling_mode_lasttoken: bool,
+}
+
+#[derive(Deserialize)]
+struct SentenceTransformersFile {
+    #[serde(default)]
+    prompts: BTreeMap<String, String>,
+    #[serde(default)]
+    default_prompt_name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -83,11 +99,15 @@ impl PipelineConfig {
             None => Pooling::Mean,
             Some(text) => {
                 let p: PoolingFile = serde_json::from_str(&text).context("bad pooling config.json")?;
-                match (p.pooling_mode_mean_tokens, p.pooling_mode_cls_token, p.pooling_mode_max_tokens) {
-                    (true, false, false) => Pooling::Mean,
-                    (false, true, false) => Pooling::Cls,
-                    (false, false, true) => Pooling::Max,
-                    _ => bail!("the pooling config must select exactly one of mean, cls and max"),
+                let modes = [
+                    (p.pooling_mode_mean_tokens, Pooling::Mean),
+                    (p.pooling_mode_cls_token, Pooling::Cls),
+                    (p.pooling_mode_max_tokens, Pooling::Max),
+                    (p.pooling_mode_lasttoken, Pooling::LastToken),
+                ];
+                match modes.iter().filter(|(on, _)| *on).collect::<Vec<_>>()[..] {
+                    [(_, pooling)] => *pooling,
+                    _ => bail!("the pooling config must select exactly one of mean, cls, max and lasttoken"),
                 }
             }
         };
@@ -99,7 +119,18 @@ impl PipelineConfig {
             None => model_positions,
         }
         .min(model_positions);
-        Ok(Self { pooling, normalize, max_seq_length })
+        let (prompts, default_prompt_name) = match read("config_sentence_transformers.json")? {
+            Some(text) => {
+                let file: SentenceTransformersFile =
+                    serde_json::from_str(&text).context("bad config_sentence_transformers.json")?;
+                (file.prompts, file.default_prompt_name)
+            }
+            None => Default::default(),
+        };
+        if let Some(name) = default_prompt_name.as_ref().filter(|n| !prompts.contains_key(*n)) {
+            bail!("config_sentence_transformers.json: default_prompt_name {name:?} is not one of its prompts");
+        }
+        Ok(Self { pooling, normalize, max_seq_length, prompts, default_prompt_name })
     }
 }
 
@@ -204,12 +235,43 @@ impl Embedder {
     }
 
     /// The token ids of each text, special tokens included, truncated to `max_seq_length`, ready for
-    /// [`Embedder::embed_token_ids`]. An empty (or whitespace-only) text is an error.
+    /// [`Embedder::embed_token_ids`] (with the default prompt before it, if the pipeline names one). An empty (or
+    /// whitespace-only) text is an error.
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        self.encode_with_prompt(texts, None)
+    }
+
+    /// [`Embedder::encode`] with the prompt `prompt_name` (one of the pipeline's `prompts`) before each text, as
+    /// sentence-transformers' `encode(prompt_name=...)` does; `None` takes the default prompt, if any.
+    pub fn encode_with_prompt(&self, texts: &[&str], prompt_name: Option<&str>) -> Result<Vec<Vec<u32>>> {
         if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
             bail!("text #{i} is empty: there is nothing to embed");
         }
-        self.tokenize(texts)
+        match self.prompt(prompt_name)? {
+            "" => self.tokenize(texts),
+            prompt => self.tokenize(&texts.iter().map(|t| format!("{prompt}{t}")).collect::<Vec<_>>()),
+        }
+    }
+
+    /// The text of prompt `name` (`None`: the default prompt, or none); an unknown name is an error listing the
+    /// pipeline's prompts.
+    pub fn prompt(&self, name: Option<&str>) -> Result<&str> {
+        let prompts = &self.pipeline.prompts;
+        match name.or(self.pipeline.default_prompt_name.as_deref()) {
+            None => Ok(""),
+            Some(name) => prompts.get(name).map(String::as_str).with_context(|| {
+                let known: Vec<&str> = prompts.keys().map(String::as_str).collect();
+                match known.is_empty() {
+                    true => format!("prompt {name:?}: this model has no prompts"),
+                    false => format!("prompt {name:?} is not one of this model's prompts: {}", known.join(", ")),
+                }
+            }),
+        }
+    }
+
+    /// Embeds `texts` as one batch with the prompt `prompt_name` before each (see [`Embedder::encode_with_prompt`]).
+    pub fn embed_with_prompt(&self, texts: &[&str], prompt_name: Option<&str>) -> Result<Vec<Vec<f32>>> {
+        self.embed_token_ids(&self.encode_with_prompt(texts, prompt_name)?)
     }
 
     /// Embeds `texts` as one batch (sequences packed without padding); texts longer than `max_seq_length` tokens are
@@ -256,9 +318,9 @@ impl Embedder {
     }
 
     /// Tokenizes with the pipeline's truncation.
-    fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
-        let encodings =
-            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+    fn tokenize<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<u32>>> {
+        let texts: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+        let encodings = self.tokenizer.encode_batch(texts, true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
         Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
@@ -291,6 +353,7 @@ fn pool(tokens: &[f32], width: usize, pooling: Pooling) -> Vec<f32> {
     let mut rows = tokens.chunks_exact(width);
     match pooling {
         Pooling::Cls => rows.next().map_or_else(|| vec![0.0; width], <[f32]>::to_vec),
+        Pooling::LastToken => rows.next_back().map_or_else(|| vec![0.0; width], <[f32]>::to_vec),
         Pooling::Mean => {
             let mut sum = vec![0f32; width];
             let count = tokens.len() / width;

@@ -13,6 +13,7 @@ pub mod gguf_tokenizer;
 pub mod gguf_weights;
 pub mod loader;
 pub mod models;
+pub mod nn;
 pub mod plan;
 pub mod quanto;
 pub mod reranker;

@@ -26,6 +26,9 @@ pub struct EmbeddingsRequest {
     /// OpenAI's end-user id: accepted so that clients sending it work; not used.
     #[serde(default, rename = "user")]
     _user: Option<String>,
+    /// The model's prompt of this name before each text (see `GET /info`'s `prompts`).
+    #[serde(default)]
+    pub prompt_name: Option<String>,
 }
 
 /// How `/v1/embeddings` writes each embedding.
@@ -51,6 +54,9 @@ pub struct EmbedRequest {
     /// Cut inputs longer than the model's maximum instead of refusing them (default false).
     #[serde(default)]
     pub truncate: Option<bool>,
+    /// The model's prompt of this name before each text (see `GET /info`'s `prompts`).
+    #[serde(default)]
+    pub prompt_name: Option<String>,
 }
 
 /// One input: text to tokenize, or token ids (special tokens included, as the tokenizer adds them).
@@ -145,10 +151,11 @@ fn token_ids(items: &[Value], field: &str) -> Result<Vec<u32>, ApiError> {
 }
 
 /// The token sequences of `inputs`, each 1 to `max_input_tokens` ids long: texts are tokenized as `runner embed`
-/// does; an input longer than the maximum is cut when `truncate` is set, refused (413) otherwise.
+/// does, after `prompt`; an input longer than the maximum is cut when `truncate` is set, refused (413) otherwise.
 pub fn to_sequences(
     inputs: Vec<Input>,
     tokenizer: &Tokenizer,
+    prompt: &str,
     limits: &Limits,
     truncate: bool,
     field: &str,
@@ -163,10 +170,10 @@ pub fn to_sequences(
             ),
         )
     };
-    let texts: Vec<&str> = inputs
+    let texts: Vec<String> = inputs
         .iter()
         .filter_map(|input| match input {
-            Input::Text(text) => Some(text.as_str()),
+            Input::Text(text) => Some(format!("{prompt}{text}")),
             Input::Ids(_) => None,
         })
         .collect();

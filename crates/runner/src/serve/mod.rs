@@ -85,9 +85,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 "dimensions": embedder.dimensions(),
                 "pooling": format!("{:?}", embedder.pipeline().pooling).to_lowercase(),
                 "normalize": embedder.pipeline().normalize,
+                "prompts": embedder.pipeline().prompts,
+                "default_prompt_name": embedder.pipeline().default_prompt_name,
             });
             let served = Served::Embedder {
                 tokenizer: Box::new(embedder.tokenizer().clone()),
+                prompts: embedder.pipeline().prompts.clone(),
+                default_prompt: embedder.pipeline().default_prompt_name.clone(),
                 normalize: embedder.pipeline().normalize,
                 dimensions: embedder.dimensions(),
             };

@@ -1,5 +1,6 @@
 //! The HTTP routes, the API-key check and the per-request metrics.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,6 +28,10 @@ pub enum Served {
     Embedder {
         /// The model's tokenizer (truncating to its maximum, as `runner embed` does).
         tokenizer: Box<Tokenizer>,
+        /// The model's named prompts and the default one (`config_sentence_transformers.json`).
+        prompts: BTreeMap<String, String>,
+        /// The prompt used when a request names none.
+        default_prompt: Option<String>,
         /// Whether the model's pipeline L2-normalises its embeddings.
         normalize: bool,
         /// Width of the embeddings.
@@ -121,7 +126,8 @@ async fn embeddings(
     }
     let inputs = api::parse_inputs(&request.input, "input", state.limits.max_inputs)?;
     // Texts too long for the model are cut, as `runner embed` and sentence-transformers do.
-    let (pooled, tokens) = run_model(&state, inputs, true, "input").await?;
+    let prompt = prompt(&state, request.prompt_name.as_deref())?;
+    let (pooled, tokens) = run_model(&state, inputs, prompt, true, "input").await?;
     let rows = api::finish(pooled, request.dimensions, normalize);
     let format = request.encoding_format.unwrap_or_default();
     Ok(Json(EmbeddingsResponse::new(rows, format, &state.model_names[0], tokens)))
@@ -135,7 +141,8 @@ async fn embed(
     embedder(&state)?;
     let request: EmbedRequest = api::parse_body(&body.map_err(|e| body_error(&state, e))?)?;
     let inputs = api::parse_inputs(&request.inputs, "inputs", state.limits.max_inputs)?;
-    let (pooled, _) = run_model(&state, inputs, request.truncate.unwrap_or(false), "inputs").await?;
+    let prompt = prompt(&state, request.prompt_name.as_deref())?;
+    let (pooled, _) = run_model(&state, inputs, prompt, request.truncate.unwrap_or(false), "inputs").await?;
     Ok(Json(api::finish(pooled, None, request.normalize.unwrap_or(true))))
 }
 
@@ -144,6 +151,7 @@ async fn embed(
 async fn run_model(
     state: &Arc<AppState>,
     inputs: Vec<Input>,
+    prompt: String,
     truncate: bool,
     field: &'static str,
 ) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
@@ -151,7 +159,7 @@ async fn run_model(
     let shared = Arc::clone(state);
     let sequences = tokio::task::spawn_blocking(move || {
         let (tokenizer, _, _) = embedder(&shared)?;
-        api::to_sequences(inputs, tokenizer, &shared.limits, truncate, field)
+        api::to_sequences(inputs, tokenizer, &prompt, &shared.limits, truncate, field)
     })
     .await
     .map_err(|e| ApiError::internal(format!("tokenization failed: {e}")))??;
@@ -215,10 +223,25 @@ async fn score_pairs(
     Ok((rows.into_iter().map(|row| row[0]).collect(), tokens))
 }
 
+/// The text of the embedder's prompt `name` (`None`: the default prompt, or none), or a 400 naming the prompts.
+fn prompt(state: &AppState, name: Option<&str>) -> Result<String, ApiError> {
+    let Served::Embedder { prompts, default_prompt, .. } = &state.served else { return Ok(String::new()) };
+    match name.or(default_prompt.as_deref()) {
+        None => Ok(String::new()),
+        Some(name) => prompts.get(name).cloned().ok_or_else(|| {
+            let known: Vec<&str> = prompts.keys().map(String::as_str).collect();
+            ApiError::bad_request(
+                "invalid_prompt_name",
+                format!("`prompt_name` {name:?} is not one of this model's prompts: [{}]", known.join(", ")),
+            )
+        }),
+    }
+}
+
 /// The embedder's tokenizer, normalisation and width, or a 400 that says this server reranks.
 fn embedder(state: &AppState) -> Result<(&Tokenizer, bool, usize), ApiError> {
     match &state.served {
-        Served::Embedder { tokenizer, normalize, dimensions } => Ok((tokenizer, *normalize, *dimensions)),
+        Served::Embedder { tokenizer, normalize, dimensions, .. } => Ok((tokenizer, *normalize, *dimensions)),
         Served::Reranker(_) => Err(ApiError::bad_request(
             "wrong_task",
             format!("this server runs the reranker `{}`: POST /rerank or /v1/rerank", state.model_names[0]),

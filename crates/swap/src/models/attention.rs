@@ -6,6 +6,8 @@
 //! - [`KvHeads`]: a decoder's key/value cache kept in the kernel's layout, with causal attention of new queries over
 //!   it (grouped-query heads read their shared key/value head).
 
+use std::ops::Range;
+
 use qlayers::kernels::prefetch;
 use qlayers::threads::{parallel_for_work, SharedMut};
 
@@ -64,7 +66,16 @@ impl RelativeBias {
     }
 }
 
-/// `softmax(q k^T / sqrt(d) + bias) v` for every sequence and head; sequence `b` holds rows `starts[b]..starts[b] +
+/// What shapes a head's scores beyond `q k^T / sqrt(d)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttentionOptions<'a> {
+    /// Added to every score (MPNet's relative positions).
+    pub bias: Option<&'a RelativeBias>,
+    /// A token sees only the keys at most this far from it on either side (ModernBERT's local layers).
+    pub window: Option<usize>,
+}
+
+/// `softmax(q k^T / sqrt(d) + bias) v` over the keys each query sees, for every sequence and head; sequence `b` holds rows `starts[b]..starts[b] +
 /// lens[b]` of `qkv`. Returns `[rows, heads * head_dim]` (rows of `qkv`), zero in rows no sequence covers.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
@@ -75,10 +86,10 @@ pub fn attention(
     head_dim: usize,
     starts: &[usize],
     lens: &[usize],
-    bias: Option<&RelativeBias>,
+    options: AttentionOptions,
 ) -> Vec<f32> {
     let mut out = vec![0f32; rows * heads * head_dim];
-    attention_into(qkv, layout, heads, head_dim, starts, lens, bias, &mut out);
+    attention_into(qkv, layout, heads, head_dim, starts, lens, options, &mut out);
     out
 }
 
@@ -92,7 +103,7 @@ pub fn attention_into(
     head_dim: usize,
     starts: &[usize],
     lens: &[usize],
-    bias: Option<&RelativeBias>,
+    options: AttentionOptions,
     out: &mut [f32],
 ) {
     let width = heads * head_dim;
@@ -100,13 +111,14 @@ pub fn attention_into(
         starts.iter().zip(lens).all(|(&s, &l)| (s + l) * width <= out.len()),
         "every sequence's rows lie inside the output"
     );
+    let AttentionOptions { bias, window } = options;
     assert!(bias.is_none_or(|b| lens.iter().all(|&l| l <= b.span())), "the bias covers every sequence");
     let shared = SharedMut(out.as_mut_ptr());
     let work: usize = lens.iter().map(|&len| 2 * len * len * width).sum();
     parallel_for_work(starts.len() * heads, work, |task| {
         let (b, h) = (task / heads, task % heads);
         let bias = bias.map(|b| (b.head(h), b.span));
-        let seq = Sequence { first: starts[b], len: lens[b], col: h * head_dim, d: head_dim, bias };
+        let seq = Sequence { first: starts[b], len: lens[b], col: h * head_dim, d: head_dim, bias, window };
         // SAFETY: task (b, h) writes only columns h * head_dim.. of sequence b's rows.
         unsafe { head(qkv, layout, seq, width, shared.get()) };
     });
@@ -142,6 +154,8 @@ struct Sequence<'a> {
     d: usize,
     /// The head's row of a [`RelativeBias`] and its span.
     bias: Option<(&'a [f32], usize)>,
+    /// See [`AttentionOptions::window`].
+    window: Option<usize>,
 }
 
 /// One sequence and head at the best vector level.
@@ -186,7 +200,7 @@ unsafe fn head_avx2(qkv: &[f32], l: QkvLayout, s: Sequence, width: usize, out: *
 /// The CPU supports `L`'s instructions (the caller is compiled with them), and as [`head`].
 #[inline(always)]
 unsafe fn head_generic<L: F32Lanes>(qkv: &[f32], l: QkvLayout, s: Sequence, width: usize, out: *mut f32) {
-    let Sequence { first, len, col, d, bias } = s;
+    let Sequence { first, len, col, d, bias, window } = s;
     let row = |t: usize, offset: usize| &qkv[(first + t) * l.row_stride + offset + col..][..d];
     // Keys transposed to [d][padded len] so that a query's scores against a vector of keys are one vector sum;
     // values copied to [len][padded d]. Padding is zeros.
@@ -221,11 +235,13 @@ unsafe fn head_generic<L: F32Lanes>(qkv: &[f32], l: QkvLayout, s: Sequence, widt
         }
     }
     let head = Head { keys_t: &keys_t, values: &values, keys_len, dims, d, bias };
-    head.attend::<L>(
-        &queries,
-        |_| len,
-        |i, context| copy_row::<L>(context.as_ptr(), out.add((first + i) * width + col), d),
-    );
+    let visible = |i: usize| match window {
+        Some(w) => i.saturating_sub(w)..len.min(i + w + 1),
+        None => 0..len,
+    };
+    head.attend::<L>(&queries, visible, |i, context| {
+        copy_row::<L>(context.as_ptr(), out.add((first + i) * width + col), d)
+    });
 }
 
 /// One head's keys and values laid out for the blocks: keys transposed to `[d][keys_len]`, values `[keys][dims]`.
@@ -242,8 +258,8 @@ struct Head<'a> {
 }
 
 impl Head<'_> {
-    /// Attends every scaled query of `queries` (`[n][d]`): query `i` sees the first `visible(i)` keys (a count
-    /// that never decreases with `i`), and its context row (`dims` long, `d` of them meaningful) goes to
+    /// Attends every scaled query of `queries` (`[n][d]`): query `i` sees the keys `visible(i)` (ranges whose
+    /// starts and ends never decrease with `i`), and its context row (`dims` long, `d` of them meaningful) goes to
     /// `emit(i, row)`. Queries run in blocks of [`QUERY_BLOCK`]; each one's sums run in the same order whatever its
     /// block, so the result is the same computed in a block or alone.
     ///
@@ -253,7 +269,7 @@ impl Head<'_> {
     unsafe fn attend<L: F32Lanes>(
         &self,
         queries: &[f32],
-        visible: impl Fn(usize) -> usize,
+        visible: impl Fn(usize) -> Range<usize>,
         mut emit: impl FnMut(usize, &[f32]),
     ) {
         let n = queries.len() / self.d;
@@ -277,8 +293,8 @@ impl Head<'_> {
     }
 
     /// The context rows of the `B` scaled queries at `queries` (`B x d`, the sequence's queries `first..`) into
-    /// `context` (`B x dims`), using `scores` (`B x keys_len`) as scratch; query `b` sees the first `visible[b]`
-    /// keys (the last sees the most).
+    /// `context` (`B x dims`), using `scores` (`B x keys_len`) as scratch; query `b` sees the keys `visible[b]`
+    /// (the last block's reach the furthest).
     /// Two vectors of keys (or dims) per pass: `2B` independent sums.
     ///
     /// # Safety
@@ -289,12 +305,12 @@ impl Head<'_> {
         &self,
         queries: *const f32,
         first: usize,
-        visible: [usize; B],
+        visible: [Range<usize>; B],
         scores: &mut [f32],
         context: &mut [f32],
     ) {
         let (keys_len, dims, d) = (self.keys_len, self.dims, self.d);
-        let len = visible[B - 1];
+        let len = visible[B - 1].end;
         let (keys_t, values, sc) = (self.keys_t.as_ptr(), self.values.as_ptr(), scores.as_mut_ptr());
         for k0 in (0..len.next_multiple_of(2 * L::N)).step_by(2 * L::N) {
             let mut acc = [[L::zero(); 2]; B];
@@ -313,16 +329,19 @@ impl Head<'_> {
         }
         let mut inv = [0f32; B];
         for (b, inv) in inv.iter_mut().enumerate() {
-            let (seen, unseen) = scores[b * keys_len..][..len].split_at_mut(visible[b]);
+            let Range { start, end } = visible[b];
+            let (before, rest) = scores[b * keys_len..][..len].split_at_mut(start);
+            let (seen, unseen) = rest.split_at_mut(end - start);
             if let Some((row, span)) = self.bias {
                 // Key j's bias for query first + b is at span - 1 + j - (first + b).
-                let row = &row[span - 1 - (first + b)..][..seen.len()];
+                let row = &row[span - 1 + start - (first + b)..][..seen.len()];
                 seen.iter_mut().zip(row).for_each(|(s, &bias)| *s += bias);
             }
             let max = fold_lanes(seen, f32::NEG_INFINITY, f32::max, f32::max);
             seen.iter_mut().for_each(|s| *s = exp(*s - max));
             *inv = 1.0 / fold_lanes(seen, 0.0, |a, b| a + b, |a, b| a + b);
             // Keys a query does not see weigh exactly 0, adding nothing to its sums.
+            before.fill(0.0);
             unseen.fill(0.0);
         }
         let sc = scores.as_ptr();
@@ -501,7 +520,7 @@ unsafe fn causal_head_generic<L: F32Lanes>(
         q.chunks_exact(width).flat_map(|row| row[col..col + d].iter().map(|&v| v * scale)).collect();
     head.attend::<L>(
         &queries,
-        |i| past + i + 1,
+        |i| 0..past + i + 1,
         |i, context| std::ptr::copy_nonoverlapping(context.as_ptr(), out.add(i * width + col), d),
     );
 }
@@ -516,7 +535,7 @@ mod tests {
         let width = heads * d;
         let qkv: Vec<f32> = (0..2 * seq * 3 * width).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
         let layout = QkvLayout { row_stride: 3 * width, q: 0, k: width, v: 2 * width };
-        let out = attention(&qkv, layout, 2 * seq, heads, d, &[0, seq], &[3, 5], None);
+        let out = attention(&qkv, layout, 2 * seq, heads, d, &[0, seq], &[3, 5], AttentionOptions::default());
         // Sequence 0 has 3 tokens: compare with a direct computation over those.
         for h in 0..heads {
             for i in 0..3 {
@@ -540,7 +559,7 @@ mod tests {
         }
         // Padding rows are zero, and a sequence alone gives the same bits as in the batch.
         assert!(out[3 * width..5 * width].iter().all(|&v| v == 0.0));
-        let alone = attention(&qkv[seq * 3 * width..], layout, seq, heads, d, &[0], &[5], None);
+        let alone = attention(&qkv[seq * 3 * width..], layout, seq, heads, d, &[0], &[5], AttentionOptions::default());
         assert_eq!(alone, out[seq * width..].to_vec());
     }
 
@@ -588,6 +607,80 @@ mod tests {
         assert_eq!(cache.len(), n);
     }
 
+    /// `softmax(q k / sqrt(d) + bias(h, i, j))` over the keys within `window` of each query, in f64: `[len, heads * d]`.
+    fn direct(
+        qkv: &[f32],
+        len: usize,
+        heads: usize,
+        d: usize,
+        bias: &dyn Fn(usize, usize, usize) -> f64,
+        window: Option<usize>,
+    ) -> Vec<f64> {
+        let width = heads * d;
+        let at = |t: usize, part: usize, h: usize, c: usize| f64::from(qkv[t * 3 * width + part * width + h * d + c]);
+        let mut out = vec![0f64; len * width];
+        for h in 0..heads {
+            for i in 0..len {
+                let seen: Vec<usize> = (0..len).filter(|&j| window.is_none_or(|w| i.abs_diff(j) <= w)).collect();
+                let scores: Vec<f64> = seen
+                    .iter()
+                    .map(|&j| {
+                        (0..d).map(|c| at(i, 0, h, c) * at(j, 1, h, c)).sum::<f64>() / (d as f64).sqrt() + bias(h, i, j)
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = e.iter().sum();
+                for c in 0..d {
+                    out[i * width + h * d + c] = seen.iter().zip(&e).map(|(&j, e)| e / total * at(j, 2, h, c)).sum();
+                }
+            }
+        }
+        out
+    }
+
+    /// A relative-position bias and a local window (alone and together) against a direct computation, on lengths
+    /// shorter and longer than the window; each sequence gives the same bits alone as in a batch.
+    #[test]
+    fn biases_and_windows_match_a_direct_computation() {
+        let (heads, d) = (3, 16);
+        let width = heads * d;
+        let lens = [1, 5, 37];
+        let rows: usize = lens.iter().sum();
+        let qkv: Vec<f32> = (0..rows * 3 * width).map(|i| ((i * 7919 % 1009) as f32 / 500.0) - 1.0).collect();
+        let layout = QkvLayout { row_stride: 3 * width, q: 0, k: width, v: 2 * width };
+        let bias_of = |h: usize, distance: isize| ((h as isize * 7 + distance * 3) % 11) as f32 * 0.1;
+        let table = RelativeBias::new(heads, 40, bias_of);
+        let starts = [0, 1, 6];
+        for (bias, window) in [(false, Some(4)), (true, None), (true, Some(2)), (false, Some(0))] {
+            let options = AttentionOptions { bias: bias.then_some(&table), window };
+            let out = attention(&qkv, layout, rows, heads, d, &starts, &lens, options);
+            for (&start, &len) in starts.iter().zip(&lens) {
+                let part = &qkv[start * 3 * width..][..len * 3 * width];
+                let want = direct(
+                    part,
+                    len,
+                    heads,
+                    d,
+                    &|h, i, j| match bias {
+                        true => f64::from(bias_of(h, j as isize - i as isize)),
+                        false => 0.0,
+                    },
+                    window,
+                );
+                let got = &out[start * width..][..len * width];
+                for (k, (&g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(g) - w).abs() < 1e-5,
+                        "bias {bias} window {window:?} len {len} at {k}: {g} vs {w}"
+                    );
+                }
+                let alone = attention(part, layout, len, heads, d, &[0], &[len], options);
+                assert_eq!(alone, got.to_vec(), "bias {bias} window {window:?} len {len}");
+            }
+        }
+    }
+
     /// Every vector level gives the portable level's bits, on lengths that fill no block or pad exactly.
     #[test]
     fn every_level_matches_the_portable_one() {
@@ -595,15 +688,31 @@ mod tests {
             let width = heads * d;
             let qkv: Vec<f32> = (0..len * 3 * width).map(|i| ((i * 7919 % 1009) as f32 / 500.0) - 1.0).collect();
             let layout = QkvLayout { row_stride: 3 * width, q: 0, k: width, v: 2 * width };
-            let run = |f: unsafe fn(&[f32], QkvLayout, Sequence, usize, *mut f32)| {
+            let bias: Vec<f32> = (0..2 * len - 1).map(|i| (i % 7) as f32 * 0.2 - 0.5).collect();
+            let run_with = |f: unsafe fn(&[f32], QkvLayout, Sequence, usize, *mut f32),
+                            options: (bool, Option<usize>)| {
                 let mut out = vec![0f32; len * width];
                 for h in 0..heads {
-                    let seq = Sequence { first: 0, len, col: h * d, d, bias: None };
+                    let bias = options.0.then_some((bias.as_slice(), len));
+                    let seq = Sequence { first: 0, len, col: h * d, d, bias, window: options.1 };
                     unsafe { f(&qkv, layout, seq, width, out.as_mut_ptr()) };
                 }
                 out
             };
+            let run = |f| run_with(f, (false, None));
             let portable = run(head_generic::<Portable>);
+            for options in [(true, None), (false, Some(3)), (true, Some(1))] {
+                let portable = run_with(head_generic::<Portable>, options);
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                        assert_eq!(run_with(head_avx2, options), portable, "avx2 {options:?}, len {len}");
+                    }
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        assert_eq!(run_with(head_avx512, options), portable, "avx512 {options:?}, len {len}");
+                    }
+                }
+            }
             // The causal kernel over a cache of the same keys and values, the last 3 tokens as new queries.
             let mut cache = KvHeads::new(heads, d);
             let rows = |offset: usize| -> Vec<f32> {

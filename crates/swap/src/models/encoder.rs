@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use qlayers::{Activation, QLinear};
 
-use super::attention::{attention_into, QkvLayout, RelativeBias};
+use super::attention::{attention_into, AttentionOptions, QkvLayout, RelativeBias};
 use super::ops::LayerNormParams;
 use super::projection::Projection;
 use crate::loader::QuantLoader;
@@ -145,7 +145,8 @@ impl EncoderStack {
         let layout = QkvLayout { row_stride: 3 * h, q: 0, k: h, v: 2 * h };
         // The sequences cover every row, so every row of the context is written.
         ws.context.resize(rows * h, 0.0);
-        attention_into(&ws.qkv, layout, heads, h / heads, starts, lens, bias, &mut ws.context);
+        let options = AttentionOptions { bias, window: None };
+        attention_into(&ws.qkv, layout, heads, h / heads, starts, lens, options, &mut ws.context);
         layer.attention_out.forward_into(&ws.context, rows, None, &mut ws.attended)?;
         layer.attention_norm.apply(&mut ws.attended, Some(hidden));
         // The activation is applied by the kernels as they store the intermediate layer's outputs.
@@ -165,13 +166,18 @@ fn fused_name(names: &[String; 3]) -> String {
 }
 
 /// The prefix under which a checkpoint holds an encoder's weights: the first of `prefixes` (`""`, `"bert."`, ...)
-/// whose position table (always f32, even in a quantized checkpoint) is there.
-pub(crate) fn weights_prefix(loader: &QuantLoader, prefixes: &[&'static str]) -> Result<&'static str> {
-    let table = "embeddings.position_embeddings.weight";
-    prefixes.iter().copied().find(|p| loader.contains(&format!("{p}{table}"))).with_context(|| {
-        let names: Vec<String> = prefixes.iter().map(|p| format!("{p}{table}")).collect();
+/// under which it has `probe`, a float tensor that every checkpoint of the family stores as it is (quantized
+/// checkpoints rename the tensors they quantize).
+pub(crate) fn weights_prefix_of(loader: &QuantLoader, prefixes: &[&'static str], probe: &str) -> Result<&'static str> {
+    prefixes.iter().copied().find(|p| loader.contains(&format!("{p}{probe}"))).with_context(|| {
+        let names: Vec<String> = prefixes.iter().map(|p| format!("{p}{probe}")).collect();
         format!("the checkpoint has none of {}", names.join(", "))
     })
+}
+
+/// [`weights_prefix_of`] probed by the position table of BERT-style embeddings.
+pub(crate) fn weights_prefix(loader: &QuantLoader, prefixes: &[&'static str]) -> Result<&'static str> {
+    weights_prefix_of(loader, prefixes, "embeddings.position_embeddings.weight")
 }
 
 /// Reads layer norm `name` (`name.weight`, `name.bias`, both `[h]`).

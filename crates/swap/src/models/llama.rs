@@ -1,8 +1,11 @@
 //! A Llama-architecture decoder (RMSNorm, rotary positions, grouped-query attention, SwiGLU) on quantized layers,
 //! read through a [`QuantLoader`] by Hugging Face names: from a safetensors folder (float or pre-quantized) or from
-//! a GGUF file ([`crate::gguf_weights`]), each Linear quantized per the plan.
+//! a GGUF file ([`crate::gguf_weights`]), each Linear quantized per the plan. The same body runs Qwen2 (biases on
+//! Q, K and V, read when the checkpoint has them) and Qwen3 (an RMSNorm on each head's queries and keys, a head
+//! width of its own).
 //!
-//! A prompt runs at once (prefill); generation then runs one token at a time against a [`KvCache`].
+//! A prompt runs at once (prefill); generation then runs one token at a time against a [`KvCache`]. Without its
+//! head ([`LlamaModel::load_body`]) the model is a [`TextEncoder`]: a decoder used as an embedder.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,32 +18,12 @@ use serde::Deserialize;
 use super::attention::KvHeads;
 use super::ops::{swiglu, RmsNormParams};
 use super::projection::Projection;
+pub use super::rotary::RopeScaling;
+use super::rotary::Rotary;
+use super::TextEncoder;
 use crate::gguf_weights::GgufWeights;
 use crate::loader::QuantLoader;
 use crate::plan::Plan;
-
-/// How rotary frequencies are stretched for contexts longer than the model was trained on.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RopeScaling {
-    /// Frequencies as trained.
-    None,
-    /// Every frequency divided by `factor` (positions interpolated).
-    Linear {
-        /// The stretch.
-        factor: f32,
-    },
-    /// Llama 3's: low frequencies divided by `factor`, high ones kept, a smooth blend between.
-    Llama3 {
-        /// The stretch of the low frequencies.
-        factor: f32,
-        /// Wavelengths above `original_context / low_freq_factor` are stretched fully.
-        low_freq_factor: f32,
-        /// Wavelengths below `original_context / high_freq_factor` are kept.
-        high_freq_factor: f32,
-        /// The context the model was trained on.
-        original_context: f32,
-    },
-}
 
 /// The hyper-parameters of a Llama model.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +40,10 @@ pub struct LlamaConfig {
     pub num_heads: usize,
     /// Key/value heads (grouped-query attention when fewer than `num_heads`).
     pub num_kv_heads: usize,
+    /// Width of one head (`hidden_size / num_heads` unless the config says otherwise, as Qwen3's do).
+    pub head_dim: usize,
+    /// Whether each head's queries and keys pass an RMSNorm before the rotary (Qwen3).
+    pub qk_norm: bool,
     /// Rotary base frequency.
     pub rope_theta: f32,
     /// Rotary frequency scaling.
@@ -83,6 +70,7 @@ struct HfConfig {
     num_hidden_layers: usize,
     num_attention_heads: usize,
     num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
     #[serde(default = "default_theta")]
     rope_theta: f32,
     rope_scaling: Option<serde_json::Value>,
@@ -129,6 +117,8 @@ impl LlamaConfig {
             num_layers: int("block_count")?,
             num_heads,
             num_kv_heads: int("attention.head_count_kv").unwrap_or(num_heads),
+            head_dim: int("embedding_length")? / num_heads.max(1),
+            qk_norm: false,
             rope_theta: float("llama.rope.freq_base")?.unwrap_or(10_000.0),
             rope_scaling,
             rms_eps: get("llama.attention.layer_norm_rms_epsilon")?.to_f32()?,
@@ -158,11 +148,12 @@ impl LlamaConfig {
         }
     }
 
-    /// Reads an HF `config.json` of a Llama model (`model_type` "llama").
+    /// Reads an HF `config.json` of a Llama, Qwen2 or Qwen3 model (`model_type` `llama`, `qwen2`, `qwen3`).
     pub fn from_hf_json(text: &str) -> Result<Self> {
         let hf: HfConfig = serde_json::from_str(text).context("config.json is not a Llama config")?;
-        if let Some(kind) = hf.model_type.as_deref().filter(|&t| t != "llama") {
-            bail!("config.json describes a {kind:?} model, not a Llama");
+        let kind = hf.model_type.as_deref().unwrap_or("llama");
+        if !MODEL_TYPES.contains(&kind) {
+            bail!("config.json describes a {kind:?} model, not a Llama, Qwen2 or Qwen3");
         }
         let first_id = |v: &Option<serde_json::Value>| -> Option<u32> {
             match v.as_ref()? {
@@ -177,6 +168,8 @@ impl LlamaConfig {
             num_layers: hf.num_hidden_layers,
             num_heads: hf.num_attention_heads,
             num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
+            head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
+            qk_norm: kind == "qwen3",
             rope_theta: hf.rope_theta,
             rope_scaling: hf_rope_scaling(hf.rope_scaling.as_ref(), hf.max_position_embeddings)?,
             rms_eps: hf.rms_norm_eps,
@@ -211,6 +204,7 @@ impl LlamaConfig {
             "num_hidden_layers": self.num_layers,
             "num_attention_heads": self.num_heads,
             "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
             "rope_theta": self.rope_theta,
             "rope_scaling": rope_scaling,
             "rms_norm_eps": self.rms_eps,
@@ -224,8 +218,8 @@ impl LlamaConfig {
 
     fn validate(&self) -> Result<()> {
         let (heads, kv) = (self.num_heads, self.num_kv_heads);
-        if heads == 0 || !self.hidden_size.is_multiple_of(heads) || kv == 0 || !heads.is_multiple_of(kv) {
-            bail!("{heads} heads and {kv} key/value heads do not fit width {}", self.hidden_size);
+        if heads == 0 || self.head_dim == 0 || kv == 0 || !heads.is_multiple_of(kv) {
+            bail!("{heads} heads of width {} and {kv} key/value heads do not fit together", self.head_dim);
         }
         if !self.head_dim().is_multiple_of(2) {
             bail!("rotary positions need an even head width, got {}", self.head_dim());
@@ -238,7 +232,7 @@ impl LlamaConfig {
 
     /// Width of one head.
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_heads
+        self.head_dim
     }
 
     /// The HF name of every Linear layer, in the order they are read.
@@ -256,6 +250,9 @@ impl LlamaConfig {
         names
     }
 }
+
+/// The `model_type`s [`LlamaConfig::from_hf_json`] reads.
+pub const MODEL_TYPES: [&str; 3] = ["llama", "qwen2", "qwen3"];
 
 /// The `rope_scaling` object of an HF config.
 fn hf_rope_scaling(value: Option<&serde_json::Value>, context: usize) -> Result<RopeScaling> {
@@ -277,72 +274,10 @@ fn hf_rope_scaling(value: Option<&serde_json::Value>, context: usize) -> Result<
     })
 }
 
-/// Rotary frequencies of one head width, in HF's half-split layout: pair `i` is `(x[i], x[i + d/2])`.
-#[derive(Debug, Clone)]
-struct Rotary {
-    inv_freq: Vec<f32>,
-}
-
-impl Rotary {
-    fn new(config: &LlamaConfig) -> Self {
-        let d = config.head_dim();
-        let inv_freq = (0..d / 2)
-            .map(|i| {
-                let f = config.rope_theta.powf(-2.0 * i as f32 / d as f32);
-                match config.rope_scaling {
-                    RopeScaling::None => f,
-                    RopeScaling::Linear { factor } => f / factor,
-                    RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context } => {
-                        let wavelen = 2.0 * std::f32::consts::PI / f;
-                        if wavelen > original_context / low_freq_factor {
-                            f / factor
-                        } else if wavelen < original_context / high_freq_factor {
-                            f
-                        } else {
-                            let smooth =
-                                (original_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
-                            (1.0 - smooth) * f / factor + smooth * f
-                        }
-                    }
-                }
-            })
-            .collect();
-        Self { inv_freq }
-    }
-
-    /// `(cos, sin)` of every pair at positions `first..first + n`: `[n][d/2]` each.
-    fn table(&self, first: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
-        let (mut cos, mut sin) = (Vec::with_capacity(n * self.inv_freq.len()), Vec::new());
-        sin.reserve(cos.capacity());
-        for p in first..first + n {
-            for &f in &self.inv_freq {
-                let (s, c) = (p as f32 * f).sin_cos();
-                cos.push(c);
-                sin.push(s);
-            }
-        }
-        (cos, sin)
-    }
-
-    /// Rotates every head of every row of `x` (`[n, heads * d]`, row `r` at the table's position `r`).
-    fn apply(&self, x: &mut [f32], heads: usize, (cos, sin): &(Vec<f32>, Vec<f32>)) {
-        let half = self.inv_freq.len();
-        for (r, row) in x.chunks_exact_mut(heads * 2 * half).enumerate() {
-            let (cos, sin) = (&cos[r * half..][..half], &sin[r * half..][..half]);
-            for head in row.chunks_exact_mut(2 * half) {
-                let (a, b) = head.split_at_mut(half);
-                for i in 0..half {
-                    let (x0, x1) = (a[i], b[i]);
-                    a[i] = x0 * cos[i] - x1 * sin[i];
-                    b[i] = x1 * cos[i] + x0 * sin[i];
-                }
-            }
-        }
-    }
-}
-
 struct Block {
     attn_norm: RmsNormParams,
+    /// Qwen3's RMSNorms over each head's queries and keys (`head_dim` wide).
+    qk_norm: Option<(RmsNormParams, RmsNormParams)>,
     /// Queries, keys and values side by side.
     qkv: Projection,
     o: QLinear,
@@ -359,7 +294,8 @@ pub struct LlamaModel {
     embeddings: Vec<f32>,
     blocks: Vec<Block>,
     norm: RmsNormParams,
-    lm_head: QLinear,
+    /// `None` for a body loaded as an embedder.
+    lm_head: Option<QLinear>,
     rotary: Rotary,
 }
 
@@ -374,19 +310,44 @@ impl LlamaModel {
     /// Builds the model from the tensors `loader` reads (HF names), quantizing per the loader's plan or reading a
     /// checkpoint's codes.
     pub fn load(config: LlamaConfig, loader: &QuantLoader) -> Result<Self> {
+        let mut model = Self::load_body(config, loader)?;
+        let h = model.config.hidden_size;
+        // Tied embeddings: the head reads the embedding matrix (quantized on its own per the plan).
+        if !loader.contains("lm_head.weight") && !loader.contains("lm_head.weight.codes") {
+            bail!(
+                "the checkpoint has no lm_head.weight (a model that ties its embeddings reads them through an alias)"
+            );
+        }
+        model.lm_head = Some(loader.linear("lm_head", h, model.config.vocab_size)?);
+        Ok(model)
+    }
+
+    /// The decoder without its head (a decoder used as an embedder, such as Qwen3-Embedding): weights under
+    /// `model.` (a `*ForCausalLM` checkpoint) or no prefix (a bare `*Model`).
+    pub fn load_body(config: LlamaConfig, loader: &QuantLoader) -> Result<Self> {
+        let prefix = if loader.contains("model.embed_tokens.weight") { "model." } else { "" };
         let (h, d) = (config.hidden_size, config.head_dim());
         let (q_width, kv_width) = (config.num_heads * d, config.num_kv_heads * d);
         let inner = config.intermediate_size;
-        let norm = |name: &str| -> Result<RmsNormParams> {
-            Ok(RmsNormParams { weight: loader.tensor(name, &[h])?.to_vec1()?, eps: config.rms_eps })
+        let norm_of = |name: &str, width: usize| -> Result<RmsNormParams> {
+            Ok(RmsNormParams { weight: loader.tensor(name, &[width])?.to_vec1()?, eps: config.rms_eps })
         };
+        let norm = |name: &str| norm_of(name, h);
         let mut blocks = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
-            let p = format!("model.layers.{i}");
+            let p = format!("{prefix}layers.{i}");
+            let qk_norm = match config.qk_norm {
+                true => Some((
+                    norm_of(&format!("{p}.self_attn.q_norm.weight"), d)?,
+                    norm_of(&format!("{p}.self_attn.k_norm.weight"), d)?,
+                )),
+                false => None,
+            };
             let attn = ["q_proj", "k_proj", "v_proj"].map(|n| format!("{p}.self_attn.{n}"));
             let mlp = ["gate_proj", "up_proj"].map(|n| format!("{p}.mlp.{n}"));
             blocks.push(Block {
                 attn_norm: norm(&format!("{p}.input_layernorm.weight"))?,
+                qk_norm,
                 qkv: Projection::load(
                     loader,
                     &attn,
@@ -400,22 +361,20 @@ impl LlamaModel {
                 down: loader.linear(&format!("{p}.mlp.down_proj"), inner, h)?,
             });
         }
-        let embeddings = loader.tensor("model.embed_tokens.weight", &[config.vocab_size, h])?;
-        // Tied embeddings: the head reads the embedding matrix (quantized on its own per the plan).
-        if !loader.contains("lm_head.weight") && !loader.contains("lm_head.weight.codes") {
-            bail!(
-                "the checkpoint has no lm_head.weight (a model that ties its embeddings reads them through an alias)"
-            );
-        }
-        let lm_head = loader.linear("lm_head", h, config.vocab_size)?;
+        let embeddings = loader.tensor(&format!("{prefix}embed_tokens.weight"), &[config.vocab_size, h])?;
         Ok(Self {
-            rotary: Rotary::new(&config),
+            rotary: Rotary::new(config.head_dim(), config.rope_theta, config.rope_scaling),
             embeddings: embeddings.flatten_all()?.to_vec1()?,
-            norm: norm("model.norm.weight")?,
+            norm: norm(&format!("{prefix}norm.weight"))?,
             config,
             blocks,
-            lm_head,
+            lm_head: None,
         })
+    }
+
+    /// The head, or an error for a body loaded without one.
+    fn head(&self) -> Result<&QLinear> {
+        self.lm_head.as_ref().context("this model was loaded without its lm_head (as an embedder)")
     }
 
     /// The model's configuration.
@@ -433,7 +392,7 @@ impl LlamaModel {
         let block_bytes = |b: &Block| {
             b.qkv.storage_bytes() + b.o.storage_bytes() + b.gate_up.storage_bytes() + b.down.storage_bytes()
         };
-        self.blocks.iter().map(block_bytes).sum::<usize>() + self.lm_head.storage_bytes()
+        self.blocks.iter().map(block_bytes).sum::<usize>() + self.lm_head.as_ref().map_or(0, QLinear::storage_bytes)
     }
 
     /// An empty cache for one sequence.
@@ -452,13 +411,13 @@ impl LlamaModel {
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
         let hidden = self.hidden(ids, cache)?;
         let h = self.config.hidden_size;
-        Ok(self.lm_head.forward_f32(&hidden[hidden.len() - h..], 1)?)
+        Ok(self.head()?.forward_f32(&hidden[hidden.len() - h..], 1)?)
     }
 
     /// Like [`LlamaModel::forward`], but the logits after every token of `ids`: `[ids.len(), vocab]`, row-major.
     pub fn forward_all(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
         let hidden = self.hidden(ids, cache)?;
-        Ok(self.lm_head.forward_f32(&hidden, ids.len())?)
+        Ok(self.head()?.forward_f32(&hidden, ids.len())?)
     }
 
     /// The final normed hidden states of `ids` run after `cache`.
@@ -487,6 +446,10 @@ impl LlamaModel {
                 q.extend_from_slice(&row[..q_width]);
                 k.extend_from_slice(&row[q_width..q_width + kv_width]);
                 v.extend_from_slice(&row[q_width + kv_width..]);
+            }
+            if let Some((q_norm, k_norm)) = &block.qk_norm {
+                q = q_norm.apply(&q);
+                k = k_norm.apply(&k);
             }
             self.rotary.apply(&mut q, c.num_heads, &rotary);
             self.rotary.apply(&mut k, c.num_kv_heads, &rotary);
@@ -579,4 +542,36 @@ pub fn argmax(logits: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+impl TextEncoder for LlamaModel {
+    /// Each sequence runs alone from an empty cache, with causal attention: the last hidden states of a decoder.
+    fn forward_packed(&self, sequences: &[&[u32]], token_types: Option<&[&[u32]]>) -> Result<Vec<f32>> {
+        if token_types.is_some_and(|t| t.iter().flat_map(|t| t.iter()).any(|&t| t != 0)) {
+            bail!("a decoder has no token types");
+        }
+        let mut hidden = Vec::with_capacity(sequences.iter().map(|s| s.len()).sum::<usize>() * self.hidden_size());
+        for (i, ids) in sequences.iter().enumerate() {
+            hidden.extend(self.hidden(ids, &mut self.new_cache()).with_context(|| format!("sequence #{i}"))?);
+        }
+        Ok(hidden)
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn max_tokens(&self) -> usize {
+        self.config.context_length
+    }
+
+    fn embedding_bytes(&self) -> usize {
+        let c = &self.config;
+        let qk = if c.qk_norm { 2 * c.head_dim * c.num_layers } else { 0 };
+        4 * (self.embeddings.len() + c.hidden_size * (2 * c.num_layers + 1) + qk)
+    }
 }

@@ -8,9 +8,11 @@ mod encoder;
 pub mod heads;
 mod lanes;
 pub mod llama;
+pub mod modernbert;
 pub mod mpnet;
 pub mod ops;
 mod projection;
+mod rotary;
 
 use anyhow::Result;
 

@@ -4,7 +4,7 @@
 
 use qlayers::threads::{num_threads, parallel_for_work, SharedMut};
 
-use qlayers::activation::exp;
+use qlayers::Activation;
 
 use super::lanes::{fold_lanes, level, Level};
 
@@ -148,23 +148,31 @@ impl RowOp for RmsNormParams {
     }
 }
 
+/// A gated linear unit over rows holding `[input | gate]` side by side (`2 * inner` wide): returns
+/// `act(input) * gate`, `[rows, inner]` (SwiGLU with SiLU; ModernBERT's GeGLU with GELU).
+pub fn gated(x: &mut [f32], inner: usize, act: Activation) -> Vec<f32> {
+    for_each_row(x, 2 * inner, &Gated { inner, act });
+    x.chunks_exact(2 * inner).flat_map(|row| row[..inner].iter().copied()).collect()
+}
+
 /// SwiGLU of rows holding `[gate | up]` side by side (`2 * inner` wide): returns `silu(gate) * up`, `[rows, inner]`.
 pub fn swiglu(gate_up: &mut [f32], inner: usize) -> Vec<f32> {
-    for_each_row(gate_up, 2 * inner, &SwiGlu { inner });
-    gate_up.chunks_exact(2 * inner).flat_map(|row| row[..inner].iter().copied()).collect()
+    gated(gate_up, inner, Activation::Silu)
 }
 
-/// SwiGLU as a row operation: the result goes to the gate half of each row.
-struct SwiGlu {
+/// A gated linear unit as a row operation: the result goes to the first half of each row.
+struct Gated {
     inner: usize,
+    act: Activation,
 }
 
-impl RowOp for SwiGlu {
+impl RowOp for Gated {
     #[inline(always)]
     fn rows(&self, _first: usize, rows: &mut [f32]) {
         for row in rows.chunks_exact_mut(2 * self.inner) {
-            let (gate, up) = row.split_at_mut(self.inner);
-            gate.iter_mut().zip(up.iter()).for_each(|(g, u)| *g = *g / (1.0 + exp(-*g)) * u);
+            let (input, gate) = row.split_at_mut(self.inner);
+            self.act.apply_all(input);
+            input.iter_mut().zip(gate.iter()).for_each(|(x, g)| *x *= g);
         }
     }
 }
