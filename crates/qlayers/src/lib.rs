@@ -17,6 +17,7 @@
 
 pub mod activation;
 pub mod error;
+pub mod float_ops;
 pub mod kernels;
 pub mod layers;
 pub mod pack;

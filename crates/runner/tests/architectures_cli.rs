@@ -107,3 +107,43 @@ fn bad_rerank_requests_are_clear_errors() {
     assert!(fails(&["rerank", "--model", &fixture("bert-cls"), "--query", "q", "a"]).contains("run it with `embed`"));
     assert!(fails(&["embed", "--model", &model, "a"]).contains("run it with `rerank`"));
 }
+
+/// `bench`, `eval`, `inspect` and `quantize --auto` take every embedder the registry knows, not only BERT.
+#[test]
+fn bench_eval_inspect_and_auto_plans_take_every_embedder() {
+    let dir = Scratch::new("arch-tools");
+    for name in ["xlm-roberta", "distilbert", "mpnet", "modernbert", "qwen3-embedding"] {
+        let model = fixture(name);
+        let bench = ok(&["bench", "--model", &model, "--batch", "2", "--seq", "16", "--iters", "1", "--json"]);
+        let v: Value = serde_json::from_str(&bench).unwrap();
+        let names: Vec<&str> = v["results"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["fp32", "int8"], "{name}: candle-transformers' baseline is BERT's only");
+        // eval against the reference embeddings of the fixture's own texts.
+        let reference = reference(name);
+        let lines: Vec<String> = reference["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(reference["embeddings"].as_array().unwrap())
+            .map(|(i, e)| serde_json::json!({"text": i["text"], "embedding": e}).to_string())
+            .collect();
+        let file = dir.join(&format!("{name}.jsonl"));
+        std::fs::write(&file, lines.join("\n")).unwrap();
+        let eval: Value =
+            serde_json::from_str(&ok(&["eval", "--model", &model, "--quant", "fp32", "--reference", &file, "--json"]))
+                .unwrap();
+        assert!(eval["cosine_min"].as_f64().unwrap() >= 0.99999, "{name}: {eval}");
+        let inspect: Value = serde_json::from_str(&ok(&[
+            "inspect", "--model", &model, "--quant", "w8a8-b32-pb", "--texts", "4", "--json",
+        ]))
+        .unwrap();
+        assert!(!inspect["layers"].as_array().unwrap().is_empty(), "{name}");
+    }
+    let out = dir.join("auto");
+    let model = fixture("mpnet");
+    let report = ok(&["quantize", "--model", &model, "--auto", "--target", "cosine>=0.99", "--texts", "4", "--out", &out]);
+    assert!(report.contains("plan saved"), "{report}");
+    ok(&["embed", "--model", &out, "hello"]);
+    // A reranker is scored by the rerank tools, not these.
+    assert!(fails(&["bench", "--model", &fixture("bert-reranker")]).contains("reranker"));
+}

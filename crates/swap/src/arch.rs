@@ -6,13 +6,13 @@
 use anyhow::{bail, Context, Result};
 
 use crate::loader::QuantLoader;
-use crate::models::bert::{BertConfig, BertModel};
-use crate::models::distilbert::{DistilBertConfig, DistilBertModel};
+use crate::models::bert::BertConfig;
+use crate::models::distilbert::DistilBertConfig;
 use crate::models::heads::{ClassifierNames, SequenceClassifier};
-use crate::models::llama::{LlamaConfig, LlamaModel};
-use crate::models::modernbert::{ModernBertConfig, ModernBertModel};
-use crate::models::mpnet::{MpnetConfig, MpnetModel};
-use crate::models::TextEncoder;
+use crate::models::llama::LlamaConfig;
+use crate::models::modernbert::ModernBertConfig;
+use crate::models::mpnet::MpnetConfig;
+use crate::models::{self, TextEncoder};
 use crate::plan::Plan;
 
 /// What a checkpoint does.
@@ -62,7 +62,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
     Architecture {
         name: "BERT",
         model_types: &["bert"],
-        encoder: bert,
+        encoder: models::bert::encoder,
         classifier: Some(ClassifierNames::BERT),
         linear_layers: |c| Ok(BertConfig::from_json(c)?.linear_layers()),
         int8_plan: Plan::bert_int8,
@@ -71,7 +71,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
     Architecture {
         name: "RoBERTa",
         model_types: &["roberta", "xlm-roberta", "camembert"],
-        encoder: bert,
+        encoder: models::bert::encoder,
         classifier: Some(ClassifierNames::ROBERTA),
         linear_layers: |c| Ok(BertConfig::from_json(c)?.linear_layers()),
         int8_plan: Plan::bert_int8,
@@ -80,7 +80,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
     Architecture {
         name: "DistilBERT",
         model_types: &["distilbert"],
-        encoder: distilbert,
+        encoder: models::distilbert::encoder,
         classifier: None,
         linear_layers: |c| Ok(6 * DistilBertConfig::from_json(c)?.n_layers),
         int8_plan: Plan::bert_int8,
@@ -89,7 +89,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
     Architecture {
         name: "MPNet",
         model_types: &["mpnet"],
-        encoder: mpnet,
+        encoder: models::mpnet::encoder,
         classifier: None,
         linear_layers: |c| Ok(MpnetConfig::from_json(c)?.linear_layers()),
         int8_plan: crate::models::mpnet::int8_plan,
@@ -98,7 +98,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
     Architecture {
         name: "ModernBERT",
         model_types: &["modernbert"],
-        encoder: modernbert,
+        encoder: models::modernbert::encoder,
         classifier: None,
         linear_layers: |c| Ok(ModernBertConfig::from_json(c)?.linear_layers()),
         int8_plan: Plan::bert_int8,
@@ -107,33 +107,13 @@ pub const ARCHITECTURES: &[Architecture] = &[
     Architecture {
         name: "Llama",
         model_types: &crate::models::llama::MODEL_TYPES,
-        encoder: decoder,
+        encoder: models::llama::encoder,
         classifier: None,
         linear_layers: |c| Ok(7 * LlamaConfig::from_hf_json(c)?.num_layers),
         int8_plan: Plan::llama_int8,
         decoder: true,
     },
 ];
-
-fn bert(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
-    Ok(Box::new(BertModel::load(BertConfig::from_json(config)?, loader)?))
-}
-
-fn mpnet(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
-    Ok(Box::new(MpnetModel::load(MpnetConfig::from_json(config)?, loader)?))
-}
-
-fn modernbert(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
-    Ok(Box::new(ModernBertModel::load(ModernBertConfig::from_json(config)?, loader)?))
-}
-
-fn decoder(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
-    Ok(Box::new(LlamaModel::load_body(LlamaConfig::from_hf_json(config)?, loader)?))
-}
-
-fn distilbert(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
-    Ok(Box::new(DistilBertModel::load(DistilBertConfig::from_json(config)?, loader)?))
-}
 
 /// A `config.json` matched to its architecture and task.
 #[derive(Clone, Copy)]

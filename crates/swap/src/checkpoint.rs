@@ -30,8 +30,16 @@ use qlayers::{Bits, CodeRange, Granularity, LayerScheme, LinearScheme, QTensor, 
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
-use crate::loader::Stored;
 use crate::plan::Plan;
+
+/// A tensor as a checkpoint stores it (what a recording loader hands out).
+#[derive(Debug, Clone)]
+pub enum Stored {
+    /// A float tensor (embeddings, norms, f32 layers).
+    Float(Tensor),
+    /// A quantized weight.
+    Quantized(QTensor),
+}
 
 /// `quant_method` of the checkpoints this module writes.
 pub const QUANT_METHOD: &str = "qinfer";

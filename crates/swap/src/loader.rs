@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use qlayers::layers::InputRange;
 use qlayers::{LayerScheme, QLinear, QTensor};
 
+pub use crate::checkpoint::Stored;
 use crate::checkpoint::{self, QuantizationConfig, QuantizedLayers, WEIGHTS_FILE};
 use crate::gguf_weights::GgufWeights;
 use crate::plan::Plan;
@@ -101,15 +102,6 @@ enum Source {
     Quantized(QuantizedLayers),
     /// An optimum-quanto checkpoint: int8 codes for the layers its map names.
     Quanto(QuantoMap),
-}
-
-/// A tensor the loader handed out, as a checkpoint stores it.
-#[derive(Debug, Clone)]
-pub enum Stored {
-    /// A float tensor (embeddings, norms, f32 layers).
-    Float(Tensor),
-    /// A quantized weight.
-    Quantized(QTensor),
 }
 
 type Progress = Box<dyn Fn(&str) + Send + Sync>;

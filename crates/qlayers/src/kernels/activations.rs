@@ -100,7 +100,7 @@ unsafe fn quantize_row<S: Int8Simd>(
     for g in 0..last {
         let start = g * blocks.block;
         // The input streams from memory once; asking for it a few blocks ahead keeps more lines in flight.
-        super::microkernel::prefetch(row.as_ptr().wrapping_add(start + PREFETCH_AHEAD).cast(), blocks.block * 4);
+        super::prefetch::prefetch(row.as_ptr().wrapping_add(start + PREFETCH_AHEAD).cast(), blocks.block * 4);
         let out = codes.as_mut_ptr().add(start);
         let quantized = quantize_block::<S>(row.as_ptr().add(start), blocks.block / S::LANES, None, out);
         store(g, quantized.ok_or_else(|| non_finite(start, blocks.block))?);
@@ -108,7 +108,7 @@ unsafe fn quantize_row<S: Int8Simd>(
     // The last block: whole vectors straight from the row, then a partial one from a zero-padded copy (its padding
     // quantizes to code 0), then zeros up to the stored length.
     let (start, len) = (blocks.offset(last), blocks.len(last));
-    super::microkernel::prefetch(row.as_ptr().wrapping_add(start + PREFETCH_AHEAD).cast(), len * 4);
+    super::prefetch::prefetch(row.as_ptr().wrapping_add(start + PREFETCH_AHEAD).cast(), len * 4);
     let (whole, rest) = (len / S::LANES, len % S::LANES);
     let tail = (rest > 0).then(|| {
         let mut tail = [0f32; K_ALIGN];

@@ -4,6 +4,7 @@
 //! in a fixed order; every instruction set rounds those the same way, so all give bit-identical results.
 
 use super::activations::BlockParams;
+use super::prefetch::prefetch;
 use super::simd::Int8Simd;
 use crate::activation::Activation;
 
@@ -295,19 +296,6 @@ unsafe fn dot_block<
 /// Weight loads fetched ahead: far enough to hide a trip to memory at a few rows per tile (short inputs), where
 /// the kernel otherwise waits on every new line of the panel.
 const PREFETCH_LOADS: usize = 16;
-
-/// Asks for the `bytes` at `p` (which may lie past the end of a buffer: a prefetch never faults) to be brought into
-/// L1, a cache line at a time; does nothing where there is no prefetch instruction.
-#[inline(always)]
-pub fn prefetch(p: *const u8, bytes: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for line in (0..bytes).step_by(64) {
-        // SAFETY: a prefetch is a hint; it reads nothing architecturally and never faults.
-        unsafe { std::arch::x86_64::_mm_prefetch(p.wrapping_add(line).cast::<i8>(), std::arch::x86_64::_MM_HINT_T0) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, bytes);
-}
 
 /// `p`, hidden from the optimizer: row pointers computed as `base + m * stride` are otherwise folded back into that
 /// sum and re-derived at every step (an add per row and step), instead of living in their own registers.

@@ -22,6 +22,7 @@ mod float_tile;
 mod isa;
 mod microkernel;
 mod packed;
+mod prefetch;
 mod reference;
 mod simd;
 #[cfg(target_arch = "x86_64")]
@@ -30,5 +31,5 @@ mod x86;
 pub use blocks::MAX_BLOCK;
 pub use float::FloatWeights;
 pub use isa::{cpu_name, selected_isa, Isa, ISA_ENV};
-pub use microkernel::prefetch;
 pub use packed::{PackedWeights, WeightCodes};
+pub use prefetch::prefetch;

@@ -193,3 +193,8 @@ impl TextEncoder for BertModel {
         self.embeddings.storage_bytes() + self.encoder.norm_bytes()
     }
 }
+
+/// Reads a BERT or RoBERTa encoder from its `config.json` text: the builder of its [`crate::arch`] entry.
+pub fn encoder(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
+    Ok(Box::new(BertModel::load(BertConfig::from_json(config)?, loader)?))
+}

@@ -119,3 +119,8 @@ impl TextEncoder for DistilBertModel {
         self.embeddings.storage_bytes() + self.encoder.norm_bytes()
     }
 }
+
+/// Reads a DistilBERT encoder from its `config.json` text: the builder of its [`crate::arch`] entry.
+pub fn encoder(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
+    Ok(Box::new(DistilBertModel::load(DistilBertConfig::from_json(config)?, loader)?))
+}

@@ -4,8 +4,8 @@
 use anyhow::{bail, Result};
 use qlayers::{Bits, CodeRange, LinearScheme, Scheme};
 
-use super::ops::LayerNormParams;
 use crate::loader::{LinearParams, LinearWeight, QuantLoader};
+use qlayers::float_ops::rows::LayerNormParams;
 
 /// One embedding table of `rows` rows of `width` values.
 pub(crate) enum EmbeddingTable {

@@ -6,10 +6,10 @@
 use anyhow::{Context, Result};
 use qlayers::{Activation, QLinear};
 
-use super::attention::{attention_into, AttentionOptions, QkvLayout, RelativeBias};
-use super::ops::LayerNormParams;
 use super::projection::Projection;
 use crate::loader::QuantLoader;
+use qlayers::float_ops::attention::{attention_into, AttentionOptions, QkvLayout, RelativeBias};
+use qlayers::float_ops::rows::LayerNormParams;
 
 /// Where one layer's weights are, relative to the layer's prefix (`encoder.layer.3`).
 #[derive(Debug, Clone, Copy)]

@@ -15,15 +15,15 @@ use candle_core::quantized::gguf_file::Value;
 use qlayers::QLinear;
 use serde::Deserialize;
 
-use super::attention::KvHeads;
-use super::ops::{swiglu, RmsNormParams};
 use super::projection::Projection;
-pub use super::rotary::RopeScaling;
-use super::rotary::Rotary;
 use super::TextEncoder;
 use crate::gguf_weights::GgufWeights;
 use crate::loader::QuantLoader;
 use crate::plan::Plan;
+use qlayers::float_ops::attention::KvHeads;
+pub use qlayers::float_ops::rotary::RopeScaling;
+use qlayers::float_ops::rotary::Rotary;
+use qlayers::float_ops::rows::{swiglu, RmsNormParams};
 
 /// The hyper-parameters of a Llama model.
 #[derive(Debug, Clone, PartialEq)]
@@ -574,4 +574,9 @@ impl TextEncoder for LlamaModel {
         let qk = if c.qk_norm { 2 * c.head_dim * c.num_layers } else { 0 };
         4 * (self.embeddings.len() + c.hidden_size * (2 * c.num_layers + 1) + qk)
     }
+}
+
+/// Reads the body of a Llama, Qwen2 or Qwen3 decoder (an embedder) from its `config.json` text: the builder of its [`crate::arch`] entry.
+pub fn encoder(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
+    Ok(Box::new(LlamaModel::load_body(LlamaConfig::from_hf_json(config)?, loader)?))
 }

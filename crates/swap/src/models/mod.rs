@@ -1,18 +1,15 @@
-//! Model code written against `qlayers` layers: one file per architecture, the blocks they share beside them.
+//! Model code written against `qlayers` layers and float kernels (`qlayers::float_ops`): one file per
+//! architecture, the blocks they share beside them.
 
-pub mod attention;
 pub mod bert;
 pub mod distilbert;
 mod embedding;
 mod encoder;
 pub mod heads;
-mod lanes;
 pub mod llama;
 pub mod modernbert;
 pub mod mpnet;
-pub mod ops;
 mod projection;
-mod rotary;
 
 use anyhow::Result;
 

@@ -6,13 +6,13 @@ use anyhow::{bail, Context, Result};
 use qlayers::{Activation, QLinear};
 use serde::Deserialize;
 
-use super::attention::{attention_into, AttentionOptions, QkvLayout};
 use super::embedding::EmbeddingTable;
 use super::encoder::{check_sequences, packed_ranges, weights_prefix_of};
-use super::ops::{gated, LayerNormParams};
-use super::rotary::{RopeScaling, Rotary};
 use super::TextEncoder;
 use crate::loader::QuantLoader;
+use qlayers::float_ops::attention::{attention_into, AttentionOptions, QkvLayout};
+use qlayers::float_ops::rotary::{RopeScaling, Rotary};
+use qlayers::float_ops::rows::{gated, LayerNormParams};
 
 /// The fields of a ModernBERT `config.json` (both the transformers 4 form, with `global_rope_theta` and
 /// `global_attn_every_n_layers`, and the transformers 5 form, with `layer_types` and `rope_parameters`).
@@ -290,4 +290,9 @@ impl TextEncoder for ModernBertModel {
         let norms = 2 * self.config.hidden_size * (2 * self.layers.len() + 1);
         self.words.storage_bytes() + 4 * norms
     }
+}
+
+/// Reads a ModernBERT encoder from its `config.json` text: the builder of its [`crate::arch`] entry.
+pub fn encoder(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
+    Ok(Box::new(ModernBertModel::load(ModernBertConfig::from_json(config)?, loader)?))
 }

@@ -5,7 +5,6 @@
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use super::attention::RelativeBias;
 use super::embedding::{EmbeddingShape, InputEmbeddings};
 use super::encoder::{
     activation, check_sequences, packed_ranges, weights_prefix, EncoderShape, EncoderStack, LayerNames,
@@ -13,6 +12,7 @@ use super::encoder::{
 use super::TextEncoder;
 use crate::loader::QuantLoader;
 use crate::plan::{Plan, Rule};
+use qlayers::float_ops::attention::RelativeBias;
 use qlayers::LayerScheme;
 
 /// The fields of an MPNet `config.json`.
@@ -197,6 +197,11 @@ impl TextEncoder for MpnetModel {
     fn embedding_bytes(&self) -> usize {
         self.embeddings.storage_bytes() + self.encoder.norm_bytes() + 4 * self.config.relative_attention_num_buckets
     }
+}
+
+/// Reads an MPNet encoder from its `config.json` text: the builder of its [`crate::arch`] entry.
+pub fn encoder(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
+    Ok(Box::new(MpnetModel::load(MpnetConfig::from_json(config)?, loader)?))
 }
 
 #[cfg(test)]

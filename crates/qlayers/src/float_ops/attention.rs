@@ -8,13 +8,13 @@
 
 use std::ops::Range;
 
-use qlayers::kernels::prefetch;
-use qlayers::threads::{parallel_for_work, SharedMut};
+use crate::kernels::prefetch;
+use crate::threads::{parallel_for_work, SharedMut};
 
 use super::lanes::{fold_lanes, level, F32Lanes, Level, Portable};
 #[cfg(target_arch = "x86_64")]
 use super::lanes::{Avx2, Avx512};
-use qlayers::activation::exp;
+use crate::activation::exp;
 
 /// Where the queries, keys and values of token `t` of sequence `b` start: `(b * seq + t) * row_stride + offset`.
 #[derive(Debug, Clone, Copy)]

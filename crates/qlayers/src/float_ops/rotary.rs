@@ -25,13 +25,13 @@ pub enum RopeScaling {
 
 /// Rotary frequencies of one head width, in HF's half-split layout: pair `i` is `(x[i], x[i + d/2])`.
 #[derive(Debug, Clone)]
-pub(crate) struct Rotary {
+pub struct Rotary {
     inv_freq: Vec<f32>,
 }
 
 impl Rotary {
     /// The frequencies of heads `d` wide (even) with base `theta`, stretched per `scaling`.
-    pub(crate) fn new(d: usize, theta: f32, scaling: RopeScaling) -> Self {
+    pub fn new(d: usize, theta: f32, scaling: RopeScaling) -> Self {
         let inv_freq = (0..d / 2)
             .map(|i| {
                 let f = theta.powf(-2.0 * i as f32 / d as f32);
@@ -57,7 +57,7 @@ impl Rotary {
     }
 
     /// `(cos, sin)` of every pair at positions `first..first + n`: `[n][d/2]` each.
-    pub(crate) fn table(&self, first: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+    pub fn table(&self, first: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
         let (mut cos, mut sin) = (Vec::with_capacity(n * self.inv_freq.len()), Vec::new());
         sin.reserve(cos.capacity());
         for p in first..first + n {
@@ -71,14 +71,14 @@ impl Rotary {
     }
 
     /// Rotates every head of every row of `x` (`[n, heads * d]`, row `r` at the table's position `r`).
-    pub(crate) fn apply(&self, x: &mut [f32], heads: usize, table: &(Vec<f32>, Vec<f32>)) {
+    pub fn apply(&self, x: &mut [f32], heads: usize, table: &(Vec<f32>, Vec<f32>)) {
         let width = heads * 2 * self.inv_freq.len();
         self.apply_strided(x, width, 0, heads, table);
     }
 
     /// Rotates the `heads` heads that start `offset` floats into each `stride`-long row of `rows` (the queries or
     /// keys of a fused Q/K/V output), row `r` at the table's position `r`.
-    pub(crate) fn apply_strided(
+    pub fn apply_strided(
         &self,
         rows: &mut [f32],
         stride: usize,

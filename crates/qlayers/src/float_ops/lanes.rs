@@ -42,10 +42,10 @@ pub enum Level {
     Avx512,
 }
 
-/// The float level that goes with the integer kernels' level ([`qlayers::kernels::selected_isa`], which reads
+/// The float level that goes with the integer kernels' level ([`crate::kernels::selected_isa`], which reads
 /// `QLAYERS_ISA`), so that one variable forces both; decided once.
 pub fn level() -> Level {
-    use qlayers::kernels::{selected_isa, Isa};
+    use crate::kernels::{selected_isa, Isa};
     static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
     *LEVEL.get_or_init(|| match selected_isa() {
         // VNNI implies AVX-512F, and the AVX2 level implies FMA.

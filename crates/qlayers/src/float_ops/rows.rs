@@ -1,10 +1,11 @@
 //! The float work around the matmuls, on row-major `[rows, width]` buffers: residual add with layer norm, RMS
-//! norm, and SwiGLU (GELU and ReLU run in the matmul kernels' epilogue, see `qlayers::activation`). Each row is computed alone, in a fixed order, so a token's result
-//! never depends on the other rows (batch independence), and rows are spread over the kernels' threads.
+//! norm, and gated linear units (GELU and ReLU run in the matmul kernels' epilogue, see [`crate::activation`]). Each
+//! row is computed alone, in a fixed order, so a token's result never depends on the other rows (batch
+//! independence), and rows are spread over the kernels' threads.
 
-use qlayers::threads::{num_threads, parallel_for_work, SharedMut};
+use crate::threads::{num_threads, parallel_for_work, SharedMut};
 
-use qlayers::Activation;
+use crate::Activation;
 
 use super::lanes::{fold_lanes, level, Level};
 
@@ -206,6 +207,58 @@ mod tests {
             let mut alone = x[r * width..(r + 1) * width].to_vec();
             params.apply(&mut alone, Some(&res[r * width..(r + 1) * width]));
             assert_eq!(alone, y[r * width..(r + 1) * width]);
+        }
+    }
+
+    /// `op` over `data` (`width`-long rows) at the portable level and at every vector level the CPU has, in this
+    /// process: every level must give the portable bits.
+    fn every_level_gives_the_portable_bits<O: RowOp>(op: &O, data: &[f32], what: &str) {
+        let portable = {
+            let mut rows = data.to_vec();
+            op.rows(0, &mut rows);
+            rows
+        };
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                let mut rows = data.to_vec();
+                // SAFETY: the CPU has AVX2 and FMA.
+                unsafe { rows_avx2(op, 0, &mut rows) };
+                assert_eq!(rows, portable, "{what}: avx2");
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                let mut rows = data.to_vec();
+                // SAFETY: the CPU has AVX-512F.
+                unsafe { rows_avx512(op, 0, &mut rows) };
+                assert_eq!(rows, portable, "{what}: avx512");
+            }
+        }
+        assert!(portable.iter().all(|v| v.is_finite()), "{what}: finite");
+    }
+
+    /// Layer norm (with and without a residual), RMS norm and every gated unit, on widths with and without a
+    /// vector tail, at every level.
+    #[test]
+    fn every_level_matches_the_portable_one() {
+        for width in [1, 7, 16, 37, 384, 771] {
+            let rows = 5;
+            let x: Vec<f32> = (0..rows * width).map(|i| ((i * 7919 % 1009) as f32 / 300.0) - 1.7).collect();
+            let residual: Vec<f32> = (0..rows * width).map(|i| ((i * 31 % 97) as f32 - 48.0) * 0.01).collect();
+            let norm = LayerNormParams {
+                weight: (0..width).map(|i| 1.0 + i as f32 * 0.01).collect(),
+                bias: (0..width).map(|i| i as f32 * -0.02).collect(),
+                eps: 1e-5,
+            };
+            every_level_gives_the_portable_bits(&ResidualNorm { norm: &norm, residual: None }, &x, "layer norm");
+            let with_residual = ResidualNorm { norm: &norm, residual: Some(&residual) };
+            every_level_gives_the_portable_bits(&with_residual, &x, "layer norm + residual");
+            let rms = RmsNormParams { weight: norm.weight.clone(), eps: 1e-6 };
+            every_level_gives_the_portable_bits(&rms, &x, "rms norm");
+            if width % 2 == 0 {
+                for act in [Activation::GeluErf, Activation::GeluTanh, Activation::Relu, Activation::Silu] {
+                    every_level_gives_the_portable_bits(&Gated { inner: width / 2, act }, &x, "gated");
+                }
+            }
         }
     }
 }
