@@ -259,3 +259,37 @@ fn unsupported_and_mismatched_models_are_clear_errors() {
     assert!(err.contains("run it with `rerank`"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A candle `VarBuilder` of any backend is a weight store beside the loader's own: the same tensors through
+/// candle's in-memory builder and through a `VarMap` give the embeddings of the folder read directly, bit for bit,
+/// under the default int8 plan; a tensor the builder lacks is an error, not a fresh random one.
+#[test]
+fn candle_var_builders_are_weight_stores() {
+    use candle_core::{DType, Device};
+    use candle_nn::{VarBuilder, VarMap};
+    let dir = fixture("xlm-roberta");
+    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let texts = ["Quantized models run faster.", "A second text"];
+    let direct = Embedder::open(&dir, None).unwrap();
+    let want = direct.embed(&texts).unwrap();
+    let from_builder =
+        |vb: VarBuilder<'static>| direct.with_loader(&swap::QuantLoader::from_var_builder(vb, Plan::bert_int8()));
+    let in_memory = VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
+    assert_eq!(from_builder(in_memory).unwrap().embed(&texts).unwrap(), want);
+    let varmap = VarMap::new();
+    let missing = "encoder.layer.1.output.dense.bias";
+    for (name, tensor) in &tensors {
+        if name != missing {
+            varmap.data().lock().unwrap().insert(name.clone(), candle_core::Var::from_tensor(tensor).unwrap());
+        }
+    }
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    // Without the bias the layer is read as one without it: the output differs, and nothing was invented.
+    let partial = from_builder(vb.clone()).unwrap().embed(&texts).unwrap();
+    assert_ne!(partial, want);
+    assert!(!varmap.data().lock().unwrap().contains_key(missing));
+    varmap.data().lock().unwrap().insert(missing.into(), candle_core::Var::from_tensor(&tensors[missing]).unwrap());
+    assert_eq!(from_builder(vb).unwrap().embed(&texts).unwrap(), want);
+    let err = from_builder(VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu)).err().unwrap();
+    assert!(format!("{err:#}").contains("has none of embeddings.position_embeddings.weight"), "{err:#}");
+}

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use swap::{Embedder, ModelKind, Plan, Task};
+use swap::{Embedder, ModelKind, PairTokens, Plan, Reranker, Task};
 
 use crate::baseline::CandleBert;
 use crate::model_args::{apply_threads, encoder_preset, resolve, DEFAULT_MODEL};
@@ -98,15 +98,30 @@ pub(crate) fn variants(
 /// A model under test.
 enum Contender {
     Ours(Box<Embedder>),
+    /// A cross-encoder: each sequence is scored as one (query, document) pair.
+    Reranker(Box<Reranker>),
     Candle(Box<CandleBert>),
 }
 
 impl Contender {
+    /// Our model of `task` at `path`, quantized per `plan`.
+    fn load(task: Task, path: &std::path::Path, plan: Option<Plan>) -> Result<Self> {
+        Ok(match task {
+            Task::Reranking => Self::Reranker(Box::new(Reranker::open(path, plan)?)),
+            _ => Self::Ours(Box::new(Embedder::open(path, plan)?)),
+        })
+    }
+
     fn run(&self, ids: &[u32], batch: usize, seq: usize) -> Result<()> {
         match self {
             Self::Ours(e) => {
                 let sequences: Vec<Vec<u32>> = ids.chunks(seq).map(<[u32]>::to_vec).collect();
                 e.embed_token_ids(&sequences).map(drop)
+            }
+            Self::Reranker(r) => {
+                let pair = |ids: &[u32]| PairTokens { ids: ids.to_vec(), types: vec![0; ids.len()], truncated: false };
+                let pairs: Vec<PairTokens> = ids.chunks(seq).map(pair).collect();
+                r.score_tokens(&pairs).map(drop)
             }
             Self::Candle(c) => c.embed(ids, batch, seq).map(drop),
         }
@@ -115,7 +130,17 @@ impl Contender {
     fn bytes(&self) -> u64 {
         match self {
             Self::Ours(e) => e.parameter_bytes() as u64,
+            Self::Reranker(r) => r.parameter_bytes() as u64,
             Self::Candle(c) => c.bytes(),
+        }
+    }
+
+    /// The longest sequence it takes, for ours.
+    fn max_tokens(&self) -> Option<usize> {
+        match self {
+            Self::Ours(e) => Some(e.pipeline().max_seq_length),
+            Self::Reranker(r) => Some(r.max_tokens()),
+            Self::Candle(_) => None,
         }
     }
 }
@@ -139,35 +164,31 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let (path, task) = resolve(&args.model)?;
     match task {
         Task::Generation => crate::bench_llama::run(&args, &path),
-        Task::Embedding => bench_encoder(&args, path),
-        Task::Reranking => bail!("{} is a reranker; bench times embedders and generators", args.model),
+        Task::Embedding | Task::Reranking => bench_encoder(&args, path, task),
     }
 }
 
-fn bench_encoder(args: &BenchArgs, dir: PathBuf) -> Result<()> {
+/// Times an embedder (texts embedded) or a reranker (each sequence scored as a pair) under its variants.
+fn bench_encoder(args: &BenchArgs, dir: PathBuf, task: Task) -> Result<()> {
     let iters = args.iters.unwrap_or(10);
     if args.batch == 0 || args.seq < 2 || args.short_seq < 2 || iters == 0 {
         bail!("--batch and --iters must be at least 1, --seq and --short-seq at least 2");
     }
     let kind = ModelKind::of_folder(&dir)?.0;
-    let variants = variants(args, &dir, Task::Embedding, &["fp32", "int8"], |name| encoder_preset(name, kind))?;
+    let variants = variants(args, &dir, task, &["fp32", "int8"], |name| encoder_preset(name, kind))?;
     let mut contenders: Vec<(String, f64, Contender)> = Vec::new();
-    // candle-transformers' baseline reads BERT only.
-    if !args.no_baseline && kind.arch.model_types.contains(&"bert") {
+    // candle-transformers' baseline reads BERT embedders only.
+    if !args.no_baseline && kind.arch.model_types.contains(&"bert") && task == Task::Embedding {
         let start = Instant::now();
         let model = CandleBert::load(&dir)?;
         contenders.push(("candle-transformers fp32".into(), ms(start), Contender::Candle(Box::new(model))));
     }
     for Variant { name, path, plan } in variants {
         let start = Instant::now();
-        let embedder = Embedder::open(&path, plan).with_context(|| format!("loading {name}"))?;
-        contenders.push((name, ms(start), Contender::Ours(Box::new(embedder))));
+        let contender = Contender::load(task, &path, plan).with_context(|| format!("loading {name}"))?;
+        contenders.push((name, ms(start), contender));
     }
-    let max_len = match &contenders.iter().find_map(|(_, _, c)| if let Contender::Ours(e) = c { Some(e) } else { None })
-    {
-        Some(e) => e.pipeline().max_seq_length,
-        None => args.seq,
-    };
+    let max_len = contenders.iter().find_map(|(_, _, c)| c.max_tokens()).unwrap_or(args.seq);
     if args.seq > max_len || args.short_seq > max_len {
         bail!("--seq {} / --short-seq {} exceed the model's {max_len} tokens", args.seq, args.short_seq);
     }

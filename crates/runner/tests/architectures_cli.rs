@@ -134,16 +134,27 @@ fn bench_eval_inspect_and_auto_plans_take_every_embedder() {
                 .unwrap();
         assert!(eval["cosine_min"].as_f64().unwrap() >= 0.99999, "{name}: {eval}");
         let inspect: Value = serde_json::from_str(&ok(&[
-            "inspect", "--model", &model, "--quant", "w8a8-b32-pb", "--texts", "4", "--json",
+            "inspect",
+            "--model",
+            &model,
+            "--quant",
+            "w8a8-b32-pb",
+            "--texts",
+            "4",
+            "--json",
         ]))
         .unwrap();
         assert!(!inspect["layers"].as_array().unwrap().is_empty(), "{name}");
     }
     let out = dir.join("auto");
     let model = fixture("mpnet");
-    let report = ok(&["quantize", "--model", &model, "--auto", "--target", "cosine>=0.99", "--texts", "4", "--out", &out]);
+    let report =
+        ok(&["quantize", "--model", &model, "--auto", "--target", "cosine>=0.99", "--texts", "4", "--out", &out]);
     assert!(report.contains("plan saved"), "{report}");
     ok(&["embed", "--model", &out, "hello"]);
-    // A reranker is scored by the rerank tools, not these.
-    assert!(fails(&["bench", "--model", &fixture("bert-reranker")]).contains("reranker"));
+    // A reranker is timed scoring pairs, fp32 against its default plan.
+    let bench =
+        ok(&["bench", "--model", &fixture("bert-reranker"), "--batch", "2", "--seq", "16", "--iters", "1", "--json"]);
+    let v: Value = serde_json::from_str(&bench).unwrap();
+    assert_eq!(v["results"].as_array().unwrap().len(), 2, "{v}");
 }

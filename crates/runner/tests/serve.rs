@@ -767,3 +767,30 @@ fn prompt_names_reach_both_embedding_apis() {
     assert_eq!(server.call("GET", "/info", &[], b"").json()["prompts"]["query"], prompt);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Every embedder fixture through `/embed` and `/v1/embeddings` in fp32: sentence-transformers' embeddings
+/// (cosine >= 0.99999), and `/info` names the architecture and the task.
+#[test]
+fn every_embedder_architecture_serves_the_reference_embeddings() {
+    let _shared = EXCLUSIVE.read().unwrap_or_else(PoisonError::into_inner);
+    for name in ["bert-cls", "xlm-roberta", "distilbert", "mpnet", "modernbert", "qwen3-embedding"] {
+        let model = fixture(name);
+        let reference: Value =
+            serde_json::from_str(&std::fs::read_to_string(format!("{model}/reference.json")).unwrap()).unwrap();
+        let texts: Vec<&str> =
+            reference["inputs"].as_array().unwrap().iter().map(|i| i["text"].as_str().unwrap()).collect();
+        let server = Server::start_model(&model, &["--quant", "fp32"]);
+        assert_eq!(server.call("GET", "/info", &[], b"").json()["task"], "embedding", "{name}");
+        let tei = server.post("/embed", &json!({"inputs": texts})).json();
+        let v1 = server.post("/v1/embeddings", &json!({"model": name, "input": texts})).json();
+        for (i, want) in reference["embeddings"].as_array().unwrap().iter().enumerate() {
+            let want = floats(want);
+            for got in [floats(&tei[i]), floats(&v1["data"][i]["embedding"])] {
+                let dot: f32 = got.iter().zip(&want).map(|(a, b)| a * b).sum();
+                let norms =
+                    got.iter().map(|x| x * x).sum::<f32>().sqrt() * want.iter().map(|x| x * x).sum::<f32>().sqrt();
+                assert!(dot / norms >= 0.99999, "{name}: text {i}: cosine {}", dot / norms);
+            }
+        }
+    }
+}

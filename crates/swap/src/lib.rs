@@ -24,6 +24,7 @@ pub use arch::{ModelKind, Task};
 pub use embedder::{normalize, Embedder, PipelineConfig, Pooling};
 pub use generator::{Generation, Generator, StopReason, TextStream};
 pub use loader::{LayerReport, QuantLoader};
+pub use nn::{conv2d, conv2d_no_bias, linear, linear_b, linear_no_bias};
 pub use plan::Plan;
 pub use reranker::{ranked, sigmoid, PairTokens, Reranker};
 pub use sampling::{Sampler, Sampling};

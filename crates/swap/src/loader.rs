@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use qlayers::layers::InputRange;
 use qlayers::{LayerScheme, QLinear, QTensor};
 
@@ -118,6 +119,9 @@ enum Store {
     Gguf(GgufWeights),
     /// Float tensors already in memory (a model read once, then rebuilt under many plans).
     Memory(Arc<HashMap<String, Tensor>>),
+    /// A candle `VarBuilder` of any backend (safetensors, `VarMap`, npz); a tensor it lacks is an error here, never
+    /// created.
+    Candle(VarBuilder<'static>),
 }
 
 impl Store {
@@ -126,11 +130,16 @@ impl Store {
             Self::Safetensors(t) => t.get(name).is_ok(),
             Self::Gguf(g) => g.contains(name),
             Self::Memory(m) => m.contains_key(name),
+            Self::Candle(vb) => vb.contains_tensor(name),
         }
     }
 
-    fn load(&self, name: &str) -> Result<Tensor> {
+    /// Tensor `name`, expected to be of `shape` (which the candle store needs to read it; the caller checks it for
+    /// the others).
+    fn load(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         match self {
+            Self::Candle(vb) if !vb.contains_tensor(name) => bail!("weight {name} is missing"),
+            Self::Candle(vb) => vb.get(shape, name).with_context(|| format!("reading weight {name}")),
             Self::Safetensors(t) => t.load(name, &Device::Cpu).with_context(|| format!("weight {name} is missing")),
             Self::Gguf(g) => g.tensor(name),
             Self::Memory(m) => m.get(name).cloned().with_context(|| format!("weight {name} is missing")),
@@ -141,7 +150,9 @@ impl Store {
     fn safetensors(&self) -> Result<&MmapedSafetensors> {
         match self {
             Self::Safetensors(t) => Ok(t),
-            Self::Gguf(_) | Self::Memory(_) => bail!("quantized codes are read from safetensors checkpoints only"),
+            Self::Gguf(_) | Self::Memory(_) | Self::Candle(_) => {
+                bail!("quantized codes are read from safetensors checkpoints only")
+            }
         }
     }
 }
@@ -211,11 +222,17 @@ impl QuantLoader {
         Self::with_store(Store::Memory(tensors), Source::Float(plan))
     }
 
+    /// Reads float tensors through a candle `VarBuilder` of any backend (its names are the model's, as in a
+    /// safetensors file of it), to be quantized per `plan`.
+    pub fn from_var_builder(vb: VarBuilder<'static>, plan: Plan) -> Self {
+        Self::with_store(Store::Candle(vb), Source::Float(plan))
+    }
+
     /// The GGUF file the loader reads, if it reads one.
     pub fn gguf(&self) -> Option<&GgufWeights> {
         match &self.tensors {
             Store::Gguf(g) => Some(g),
-            Store::Safetensors(_) | Store::Memory(_) => None,
+            Store::Safetensors(_) | Store::Memory(_) | Store::Candle(_) => None,
         }
     }
 
@@ -476,7 +493,7 @@ impl QuantLoader {
     }
 
     fn read_float(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let tensor = self.tensors.load(self.resolve(name))?;
+        let tensor = self.tensors.load(self.resolve(name), shape)?;
         if tensor.dims() != shape {
             bail!("weight {name} has shape {:?}, expected {shape:?}", tensor.dims());
         }

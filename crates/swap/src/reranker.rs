@@ -64,6 +64,11 @@ impl Reranker {
         &self.dir
     }
 
+    /// Bytes of the model's parameters in memory (quantized layers in their kernel layout, the head included).
+    pub fn parameter_bytes(&self) -> usize {
+        self.layers.iter().map(|l| l.bytes).sum::<usize>() + self.model.embedding_bytes()
+    }
+
     /// The longest pair the model takes, in tokens (longer pairs are truncated, the longer text first).
     pub fn max_tokens(&self) -> usize {
         self.model.max_tokens()

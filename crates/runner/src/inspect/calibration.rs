@@ -42,7 +42,7 @@ pub(super) fn default_schemes(task: Task) -> Vec<&'static str> {
 /// `--model`, the calibration data and `--threads` of `runner inspect`.
 #[derive(Args, Debug, Clone)]
 pub struct CalibrationArgs {
-    /// A float model: a BERT folder or Hub id, or a Llama GGUF file or float folder.
+    /// A float model: an embedder folder or Hub id (any registered architecture), or a Llama GGUF file or float folder.
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
     #[command(flatten)]
