@@ -71,9 +71,10 @@ struct HfConfig {
     num_attention_heads: usize,
     num_key_value_heads: Option<usize>,
     head_dim: Option<usize>,
-    #[serde(default = "default_theta")]
-    rope_theta: f32,
+    rope_theta: Option<f32>,
     rope_scaling: Option<serde_json::Value>,
+    /// transformers 5's form of both: `{"rope_type", "rope_theta", ...}`.
+    rope_parameters: Option<serde_json::Value>,
     rms_norm_eps: f32,
     max_position_embeddings: usize,
     #[serde(default)]
@@ -82,9 +83,8 @@ struct HfConfig {
     eos_token_id: Option<serde_json::Value>,
 }
 
-fn default_theta() -> f32 {
-    10_000.0
-}
+/// The rotary base when a config names none.
+const DEFAULT_THETA: f32 = 10_000.0;
 
 impl LlamaConfig {
     /// Reads the `llama.*` keys of a GGUF file; a file of another architecture is an error.
@@ -119,7 +119,7 @@ impl LlamaConfig {
             num_kv_heads: int("attention.head_count_kv").unwrap_or(num_heads),
             head_dim: int("embedding_length")? / num_heads.max(1),
             qk_norm: false,
-            rope_theta: float("llama.rope.freq_base")?.unwrap_or(10_000.0),
+            rope_theta: float("llama.rope.freq_base")?.unwrap_or(DEFAULT_THETA),
             rope_scaling,
             rms_eps: get("llama.attention.layer_norm_rms_epsilon")?.to_f32()?,
             context_length: int("context_length")?,
@@ -170,8 +170,14 @@ impl LlamaConfig {
             num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
             head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
             qk_norm: kind == "qwen3",
-            rope_theta: hf.rope_theta,
-            rope_scaling: hf_rope_scaling(hf.rope_scaling.as_ref(), hf.max_position_embeddings)?,
+            rope_theta: hf
+                .rope_theta
+                .or_else(|| hf.rope_parameters.as_ref()?.get("rope_theta")?.as_f64().map(|t| t as f32))
+                .unwrap_or(DEFAULT_THETA),
+            rope_scaling: hf_rope_scaling(
+                hf.rope_scaling.as_ref().or(hf.rope_parameters.as_ref()),
+                hf.max_position_embeddings,
+            )?,
             rms_eps: hf.rms_norm_eps,
             context_length: hf.max_position_embeddings,
             tie_word_embeddings: hf.tie_word_embeddings,
@@ -579,4 +585,23 @@ impl TextEncoder for LlamaModel {
 /// Reads the body of a Llama, Qwen2 or Qwen3 decoder (an embedder) from its `config.json` text: the builder of its [`crate::arch`] entry.
 pub fn encoder(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
     Ok(Box::new(LlamaModel::load_body(LlamaConfig::from_hf_json(config)?, loader)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// transformers 5 writes the rotary base and scaling into `rope_parameters`; older configs at the top level.
+    #[test]
+    fn the_rotary_base_is_read_from_either_form() {
+        let base = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "rms_norm_eps": 1e-6, "max_position_embeddings": 32, "model_type": "qwen2""#;
+        let read = |extra: &str| LlamaConfig::from_hf_json(&format!("{{{base}{extra}}}")).unwrap();
+        assert_eq!(read("").rope_theta, 10_000.0);
+        assert_eq!(read(r#", "rope_theta": 1000000.0"#).rope_theta, 1e6);
+        let v5 = read(r#", "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}"#);
+        assert_eq!((v5.rope_theta, v5.rope_scaling), (1e6, RopeScaling::None));
+        let linear = read(r#", "rope_parameters": {"rope_type": "linear", "rope_theta": 5e5, "factor": 2.0}"#);
+        assert_eq!((linear.rope_theta, linear.rope_scaling), (5e5, RopeScaling::Linear { factor: 2.0 }));
+    }
 }
