@@ -1,4 +1,5 @@
-//! `runner eval`: agreement of our embeddings with a reference file, or a Llama model's perplexity on a text.
+//! `runner eval`: agreement of our embeddings (or a reranker's scores) with a reference file, or a Llama model's
+//! perplexity on a text.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -25,6 +26,8 @@ enum EvalKind {
     Embeddings(EmbeddingsArgs),
     /// Perplexity of a Llama model on a text, in non-overlapping windows.
     Perplexity(PerplexityArgs),
+    /// A reranker's raw scores against a reference file: mean and largest error, queries ranked alike.
+    Scores(ScoresArgs),
 }
 
 /// Runs the evaluation asked for.
@@ -32,6 +35,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     match args.kind {
         Some(EvalKind::Perplexity(p)) => perplexity(p),
         Some(EvalKind::Embeddings(e)) => embeddings(e),
+        Some(EvalKind::Scores(s)) => scores(s),
         None => embeddings(args.embeddings),
     }
 }
@@ -153,4 +157,74 @@ fn read_reference(path: &PathBuf) -> Result<(Vec<String>, Vec<Vec<f32>>)> {
         bail!("{} holds {} reference rows; at least 2 are needed", path.display(), texts.len());
     }
     Ok((texts, embeddings))
+}
+
+/// Options of `runner eval scores`.
+#[derive(Args, Debug)]
+struct ScoresArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JSON lines with `query`, `document` and `score` (the raw logit, for example transformers' fp32 output).
+    #[arg(long)]
+    reference: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Scores the reference pairs and compares: the absolute errors, and for each query with several documents
+/// whether its documents come out in the reference's order.
+fn scores(args: ScoresArgs) -> Result<()> {
+    args.model.apply_threads()?;
+    #[derive(serde::Deserialize)]
+    struct Row {
+        query: String,
+        document: String,
+        score: f32,
+    }
+    let path = &args.reference;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let rows = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str::<Row>(line).with_context(|| {
+                format!("{} line {}: expected {{\"query\", \"document\", \"score\"}}", path.display(), i + 1)
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if rows.is_empty() {
+        bail!("{} holds no reference pairs", path.display());
+    }
+    let reranker = args.model.load_reranker()?;
+    let ours: Vec<f32> =
+        rows.iter().map(|r| Ok(reranker.score(&r.query, &[r.document.as_str()])?[0])).collect::<Result<_>>()?;
+    let errors: Vec<f64> = ours.iter().zip(&rows).map(|(o, r)| f64::from((o - r.score).abs())).collect();
+    let mean_error = errors.iter().sum::<f64>() / errors.len() as f64;
+    let max_error = errors.iter().copied().fold(0.0, f64::max);
+    let mut queries: Vec<&str> = rows.iter().map(|r| r.query.as_str()).collect();
+    queries.dedup();
+    let order = |scores: &[f32]| swap::ranked(scores).into_iter().map(|(i, _)| i).collect::<Vec<_>>();
+    let (mut ranked, mut alike) = (0, 0);
+    for query in queries.iter().filter(|q| rows.iter().filter(|r| r.query == **q).count() > 1) {
+        let picked: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].query == *query).collect();
+        let theirs: Vec<f32> = picked.iter().map(|&i| rows[i].score).collect();
+        let mine: Vec<f32> = picked.iter().map(|&i| ours[i]).collect();
+        ranked += 1;
+        alike += usize::from(order(&theirs) == order(&mine));
+    }
+    if args.json {
+        let report = serde_json::json!({
+            "pairs": rows.len(), "mean_error": mean_error, "max_error": max_error,
+            "queries_ranked": ranked, "queries_ranked_alike": alike,
+        });
+        println!("{report}");
+    } else {
+        println!("pairs          {}", rows.len());
+        println!("mean error     {mean_error:.3e}");
+        println!("max error      {max_error:.3e}");
+        println!("ranked alike   {alike} of {ranked} queries with several documents");
+    }
+    Ok(())
 }

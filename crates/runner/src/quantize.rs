@@ -24,8 +24,9 @@ pub struct QuantizeArgs {
     /// measured sensitivity (as `runner inspect` shows it), verified by evaluating the whole plan.
     #[arg(long, requires = "target", conflicts_with_all = ["quant", "plan"])]
     auto: bool,
-    /// What `--auto` must reach: `cosine>=0.999` (BERT: mean cosine to the float embeddings) or `ppl<=+2%` (Llama:
-    /// perplexity over the float model's).
+    /// What `--auto` must reach: `cosine>=0.999` (embedders: mean cosine to the float embeddings), `ppl<=+2%`
+    /// (Llama: perplexity over the float model's) or `score-error<=0.01` (rerankers: mean absolute difference of the
+    /// raw scores from the float model's).
     #[arg(long, requires = "auto")]
     target: Option<Target>,
     /// Candidate schemes for `--auto`, comma-separated (default: those of `runner inspect`).

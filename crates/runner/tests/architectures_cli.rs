@@ -158,3 +158,60 @@ fn bench_eval_inspect_and_auto_plans_take_every_embedder() {
     let v: Value = serde_json::from_str(&bench).unwrap();
     assert_eq!(v["results"].as_array().unwrap().len(), 2, "{v}");
 }
+
+/// A reranker's layers are measured by how far its scores move (`inspect`), and `quantize --auto` finds a plan
+/// within a score-error target; `eval scores` compares a reranker with reference scores.
+#[test]
+fn rerankers_get_sensitivity_and_automatic_plans() {
+    let dir = Scratch::new("rerank-auto");
+    let model = fixture("xlm-roberta-reranker");
+    let inspect: Value = serde_json::from_str(&ok(&[
+        "inspect",
+        "--model",
+        &model,
+        "--quant",
+        "w8a8-b32-pb,int4-g32",
+        "--texts",
+        "6",
+        "--json",
+    ]))
+    .unwrap();
+    let layers = inspect["layers"].as_array().unwrap();
+    assert!(layers.iter().any(|l| l["name"] == "classifier.out_proj"), "the head is measured too");
+    assert_eq!(inspect["float"]["quality"]["metric"], "scores");
+    let out = dir.join("auto");
+    let report =
+        ok(&["quantize", "--model", &model, "--auto", "--target", "score-error<=0.01", "--texts", "6", "--out", &out]);
+    assert!(report.contains("plan saved") && report.contains("score error"), "{report}");
+    ok(&["rerank", "--model", &out, "--query", "q", "a document"]);
+    let err = fails(&["quantize", "--model", &model, "--auto", "--target", "cosine>=0.99", "--out", &dir.join("x")]);
+    assert!(err.contains("rerankers score-error<=E"), "{err}");
+    // eval scores: transformers' fp32 scores of the fixture's pairs, in fp32 and in the default int8 plan.
+    let reference = reference("xlm-roberta-reranker");
+    let lines: Vec<String> = reference["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(reference["scores"].as_array().unwrap())
+        .map(|(p, s)| serde_json::json!({"query": p[0], "document": p[1], "score": s}).to_string())
+        .collect();
+    let file = dir.join("scores.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    for (quant, bound) in [("fp32", 1e-4), ("int8", 1e-2)] {
+        let v: Value = serde_json::from_str(&ok(&[
+            "eval",
+            "scores",
+            "--model",
+            &model,
+            "--quant",
+            quant,
+            "--reference",
+            &file,
+            "--json",
+        ]))
+        .unwrap();
+        assert!(v["max_error"].as_f64().unwrap() <= bound, "{quant}: {v}");
+        assert_eq!(v["queries_ranked"], v["queries_ranked_alike"], "{quant}: {v}");
+        assert!(v["queries_ranked"].as_u64().unwrap() >= 1, "{v}");
+    }
+}

@@ -3,12 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use qlayers::LayerScheme;
 use tokenizers::Tokenizer;
 
 use crate::arch::{ModelKind, Task};
 use crate::encoder_folder::EncoderFolder;
-use crate::loader::LayerReport;
+use crate::loader::{LayerReport, QuantLoader};
 use crate::models::heads::SequenceClassifier;
 use crate::models::TextEncoder;
 use crate::plan::Plan;
@@ -29,6 +34,8 @@ pub struct PairTokens {
 pub struct Reranker {
     tokenizer: Tokenizer,
     kind: ModelKind,
+    /// The `config.json` text, from which [`Reranker::with_loader`] rebuilds the model.
+    config: String,
     model: Box<dyn TextEncoder>,
     head: SequenceClassifier,
     /// Whether the model sees token types (else every token is type 0, as transformers feeds it).
@@ -42,11 +49,41 @@ impl Reranker {
     /// quantized per `plan` (when `None`, the default int8 plan, its head in f32); a pre-quantized checkpoint runs
     /// as saved.
     pub fn open(dir: &Path, plan: Option<Plan>) -> Result<Self> {
-        let EncoderFolder { kind, model, tokenizer, loader, .. } =
-            EncoderFolder::open(dir, plan, false, Task::Reranking)?;
+        Ok(Self::open_with(dir, plan, false)?.0)
+    }
+
+    /// Loads a float reranker folder in f32 with every tensor kept in memory, so that [`Reranker::with_loader`]
+    /// over [`QuantLoader::from_tensors`] can rebuild it under other plans without reading the file again.
+    pub fn open_in_memory(dir: &Path) -> Result<(Self, Arc<HashMap<String, Tensor>>)> {
+        let (reranker, loader) = Self::open_with(dir, Some(Plan::uniform(LayerScheme::F32)), true)?;
+        let tensors = loader.take_float_tensors().with_context(|| format!("{} is not a float model", dir.display()))?;
+        Ok((reranker, tensors))
+    }
+
+    /// This tokenizer over the model and head `loader` builds.
+    pub fn with_loader(&self, loader: &QuantLoader) -> Result<Self> {
+        let model = self.kind.encoder(&self.config, loader)?;
+        let head = self.kind.classifier(model.hidden_size(), loader)?;
+        Ok(Self {
+            tokenizer: self.tokenizer.clone(),
+            kind: self.kind,
+            config: self.config.clone(),
+            model,
+            head,
+            token_types: self.token_types,
+            layers: loader.report(),
+            dir: self.dir.clone(),
+        })
+    }
+
+    fn open_with(dir: &Path, plan: Option<Plan>, record: bool) -> Result<(Self, QuantLoader)> {
+        let EncoderFolder { kind, config, model, tokenizer, loader } =
+            EncoderFolder::open(dir, plan, record, Task::Reranking)?;
         let head = kind.classifier(model.hidden_size(), &loader)?;
         let token_types = crate::encoder_folder::uses_token_types(dir)?;
-        Ok(Self { tokenizer, kind, model, head, token_types, layers: loader.report(), dir: dir.to_path_buf() })
+        let layers = loader.report();
+        let reranker = Self { tokenizer, kind, config, model, head, token_types, layers, dir: dir.to_path_buf() };
+        Ok((reranker, loader))
     }
 
     /// The architecture of the model.

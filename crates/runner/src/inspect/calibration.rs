@@ -35,7 +35,10 @@ const WEIGHT_ONLY_SCHEMES: &[&str] = &[
 /// per-block weights (the default BERT plan's); for Llama, the `int8` preset's int8 in groups of 16; then the
 /// weight-only schemes.
 pub(super) fn default_schemes(task: Task) -> Vec<&'static str> {
-    let int8: &[&str] = if task == Task::Embedding { &["w8a8-b64", "w8a8-b32-pb"] } else { &["int8-g16"] };
+    let int8: &[&str] = match task {
+        Task::Embedding | Task::Reranking => &["w8a8-b64", "w8a8-b32-pb"],
+        Task::Generation => &["int8-g16"],
+    };
     int8.iter().chain(WEIGHT_ONLY_SCHEMES).copied().collect()
 }
 
@@ -92,13 +95,24 @@ impl CalibrationData {
                 Probe::embedder(&path, &lines)
             }
             Task::Generation => Probe::llama(&path, &text, self.max_tokens),
-            Task::Reranking => bail!("{model} is a reranker; sensitivity is measured on embedders and generators"),
+            Task::Reranking => {
+                // Each line as a query, the next one as its document.
+                let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(self.texts + 1).collect();
+                if lines.len() < 2 {
+                    bail!("the calibration text needs at least 2 non-empty lines to pair");
+                }
+                let pairs: Vec<(&str, &str)> = lines.windows(2).map(|w| (w[0], w[1])).collect();
+                Probe::reranker(&path, &pairs)
+            }
         }
     }
 
     /// The calibration data in words, for reports.
     pub fn describe(&self) -> String {
         let source = self.calibration.as_ref().map_or("built-in sentences".to_string(), |p| p.display().to_string());
-        format!("{source} (at most {} texts for BERT, {} tokens for Llama)", self.texts, self.max_tokens)
+        format!(
+            "{source} (at most {} texts for encoders, pairs of neighbouring lines for rerankers, {} tokens for Llama)",
+            self.texts, self.max_tokens
+        )
     }
 }

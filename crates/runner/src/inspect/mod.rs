@@ -122,6 +122,47 @@ pub fn candidate_schemes(names: &[String], task: Task) -> Result<Vec<LayerScheme
     Ok(schemes)
 }
 
+/// How a task's single-layer loss is named in tables and charts, and whether it reads as a percentage.
+pub(crate) struct LossNames {
+    /// In a table title.
+    pub long: &'static str,
+    /// In a column header.
+    pub short: &'static str,
+    /// In a chart title.
+    pub chart: &'static str,
+    /// On a chart axis.
+    pub unit: &'static str,
+    /// KL in nats, shown as the perplexity change it approximates.
+    pub percent: bool,
+}
+
+/// The names of `task`'s loss ([`swap::analysis::Quality::loss`]).
+pub(crate) fn loss_names(task: Task) -> LossNames {
+    match task {
+        Task::Embedding => LossNames {
+            long: "1 - mean cosine",
+            short: "1 - cos",
+            chart: "1 - mean cosine to the float embeddings",
+            unit: "1 - cosine",
+            percent: false,
+        },
+        Task::Reranking => LossNames {
+            long: "mean |score - float score|",
+            short: "score err",
+            chart: "mean absolute error of the raw scores against the float model's",
+            unit: "score error",
+            percent: false,
+        },
+        Task::Generation => LossNames {
+            long: "KL divergence from the float model (nats)",
+            short: "KL",
+            chart: "KL divergence of next-token distributions from the float model",
+            unit: "KL (nats)",
+            percent: true,
+        },
+    }
+}
+
 /// [`sensitivity`] over the layers matching `filter`, with a progress bar on stderr.
 pub fn measure(
     probe: &Probe,

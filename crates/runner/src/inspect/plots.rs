@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use svgplot::{BarChart, Histogram, Overlay, Series};
 use swap::analysis::{grid_levels, weight_round_trip, LayerSensitivity, Probe};
-use swap::Task;
 
 /// Losses below this are drawn at it on the log axis of the sensitivity chart (a layer can even improve the
 /// metric by chance, a loss below 0).
@@ -31,10 +30,8 @@ pub fn write_all(dir: &Path, probe: &Probe, table: &[LayerSensitivity], layer: O
         })
     };
     if table.iter().all(|l| l.results.iter().all(|r| r.loss.is_some())) {
-        let (what, unit) = match probe.task() == Task::Embedding {
-            true => ("1 - mean cosine to the float embeddings", "1 - cosine"),
-            false => ("KL divergence of next-token distributions from the float model", "KL (nats)"),
-        };
+        let names = super::loss_names(probe.task());
+        let (what, unit) = (names.chart, names.unit);
         let svg = chart(&|l, s| l.results[s].loss.unwrap_or(0.0).max(LOSS_FLOOR))
             .title(format!("Sensitivity: {what}, with only this layer quantized"))
             .x_label("layer")

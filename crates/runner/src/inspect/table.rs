@@ -1,14 +1,13 @@
 //! The terminal tables of `runner inspect`.
 
 use swap::analysis::{Candidate, Evaluation, LayerSensitivity, Probe};
-use swap::Task;
 
 /// Prints the weight SNR and single-layer loss of every layer and scheme, then a summary per scheme.
 /// `uniform` holds each candidate's evaluation on every layer at once (or nothing).
 pub fn print(probe: &Probe, candidates: &[Candidate], table: &[LayerSensitivity], uniform: &[Evaluation]) {
     let float = probe.float();
-    let loss_name =
-        if probe.task() == Task::Embedding { "1 - mean cosine" } else { "KL divergence from the float model (nats)" };
+    let loss = super::loss_names(probe.task());
+    let loss_name = loss.long;
     println!("float model: {}, Linear layers {:.2} MB", float.quality, float.linear_bytes as f64 / 1e6);
     let name_width = table.iter().map(|l| l.layer.name.len()).max().unwrap_or(5).max(5);
     let names: Vec<String> = candidates.iter().map(ToString::to_string).collect();
@@ -32,13 +31,7 @@ pub fn print(probe: &Probe, candidates: &[Candidate], table: &[LayerSensitivity]
     if table.iter().any(|l| l.results.iter().any(|r| r.loss.is_some())) {
         header(&format!("whole model with only this layer quantized: {loss_name} (lower is better)"));
         rows(&|r| {
-            r.loss.map_or("-".into(), |l| {
-                if probe.task() == Task::Embedding {
-                    format!("{l:.2e}")
-                } else {
-                    format!("{:+.3}%", l * 100.0)
-                }
-            })
+            r.loss.map_or("-".into(), |l| if loss.percent { format!("{:+.3}%", l * 100.0) } else { format!("{l:.2e}") })
         });
     }
     println!("\nper scheme, over these layers (and the whole model with every layer under it):");
@@ -57,7 +50,7 @@ pub fn print(probe: &Probe, candidates: &[Candidate], table: &[LayerSensitivity]
 /// every layer at once.
 pub fn markdown(probe: &Probe, candidates: &[Candidate], table: &[LayerSensitivity], uniform: &[Evaluation]) {
     let loss = |l: f64| format!("{l:.2e}");
-    let metric = if probe.task() == Task::Embedding { "1 - cos" } else { "KL" };
+    let metric = super::loss_names(probe.task()).short;
     print!("| layer | shape |");
     candidates.iter().for_each(|c| print!(" {c} MSE | {c} {metric} |"));
     println!();

@@ -25,27 +25,35 @@ pub enum Target {
     CosineAtLeast(f64),
     /// Llama: perplexity at most this fraction above the float model's (`ppl<=+2%`).
     PerplexityWithin(f64),
+    /// A reranker: mean absolute difference of its raw scores from the float model's at most this
+    /// (`score-error<=0.01`).
+    ScoreErrorAtMost(f64),
 }
 
 impl Target {
-    /// The largest sum of single-layer [`Quality::loss`]es the search allows: `1 - C` of mean cosine, or
-    /// `ln(1 + P)` nats of KL divergence (the log of the perplexity ratio it approximates).
+    /// The largest sum of single-layer [`Quality::loss`]es the search allows: `1 - C` of mean cosine,
+    /// `ln(1 + P)` nats of KL divergence (the log of the perplexity ratio it approximates), or the score error.
     pub fn budget(&self) -> f64 {
         match *self {
             Self::CosineAtLeast(c) => 1.0 - c,
             Self::PerplexityWithin(f) => f.ln_1p(),
+            Self::ScoreErrorAtMost(e) => e,
         }
     }
 
-    /// Checks that the target fits the model's task: a cosine for an embedder, a perplexity for a generator.
+    /// Checks that the target fits the model's task: a cosine for an embedder, a perplexity for a generator, a
+    /// score error for a reranker.
     pub fn check_fits(&self, task: Task) -> Result<()> {
         let fits = match task {
             Task::Embedding => matches!(self, Self::CosineAtLeast(_)),
-            Task::Generation => !matches!(self, Self::CosineAtLeast(_)),
-            Task::Reranking => bail!("automatic plans measure embedders and generators; a reranker is neither"),
+            Task::Generation => matches!(self, Self::PerplexityWithin(_)),
+            Task::Reranking => matches!(self, Self::ScoreErrorAtMost(_)),
         };
         if !fits {
-            bail!("target {self} does not fit this model: embedders take cosine>=C, generators ppl<=+P%");
+            bail!(
+                "target {self} does not fit this model: embedders take cosine>=C, generators ppl<=+P%, rerankers \
+                 score-error<=E"
+            );
         }
         Ok(())
     }
@@ -59,18 +67,26 @@ impl Target {
                 Quality::Tokens { perplexity, .. },
                 Quality::Tokens { perplexity: base, .. },
             ) => *perplexity <= base * (1.0 + f),
+            (Self::ScoreErrorAtMost(e), Quality::Scores { mean_error, .. }, _) => *mean_error <= e,
             _ => false,
         }
     }
 }
 
-/// Parses `cosine>=0.999` or `ppl<=+2%` (also `ppl<=2%`, `ppl<=0.02`).
+/// Parses `cosine>=0.999`, `ppl<=+2%` (also `ppl<=2%`, `ppl<=0.02`) or `score-error<=0.01`.
 impl FromStr for Target {
     type Err = anyhow::Error;
 
     fn from_str(text: &str) -> Result<Self> {
         let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
-        let bad = || anyhow::anyhow!("unknown target {text:?}: expected cosine>=0.999 or ppl<=+2%");
+        let bad = || anyhow::anyhow!("unknown target {text:?}: expected cosine>=0.999, ppl<=+2% or score-error<=0.01");
+        if let Some(value) = compact.strip_prefix("score-error<=") {
+            let e: f64 = value.parse().map_err(|_| bad())?;
+            if !(e > 0.0 && e.is_finite()) {
+                bail!("a score-error target must be positive, got {e}");
+            }
+            return Ok(Self::ScoreErrorAtMost(e));
+        }
         if let Some(value) = compact.strip_prefix("cosine>=") {
             let c: f64 = value.parse().map_err(|_| bad())?;
             if !(0.0..1.0).contains(&c) {
@@ -98,6 +114,7 @@ impl std::fmt::Display for Target {
         match self {
             Self::CosineAtLeast(c) => write!(f, "cosine>={c}"),
             Self::PerplexityWithin(p) => write!(f, "ppl<=+{}%", p * 100.0),
+            Self::ScoreErrorAtMost(e) => write!(f, "score-error<={e}"),
         }
     }
 }

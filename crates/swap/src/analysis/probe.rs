@@ -16,6 +16,7 @@ use crate::generator::Generator;
 use crate::loader::{expand_braces, QuantLoader};
 use crate::models::llama::{log_softmax, LlamaModel};
 use crate::plan::{Plan, Rule};
+use crate::reranker::{PairTokens, Reranker};
 
 /// How close a model's outputs are to the float model's on the calibration data.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -27,6 +28,13 @@ pub enum Quality {
         cosine_mean: f64,
         /// Smallest cosine.
         cosine_min: f64,
+    },
+    /// A reranker: how far its raw scores of the calibration pairs are from the float model's.
+    Scores {
+        /// Mean absolute difference.
+        mean_error: f64,
+        /// Largest absolute difference.
+        max_error: f64,
     },
     /// Llama: perplexity of the calibration text and divergence of the next-token distributions.
     Tokens {
@@ -46,6 +54,7 @@ impl Quality {
     pub fn loss(&self) -> f64 {
         match self {
             Self::Embeddings { cosine_mean, .. } => 1.0 - cosine_mean,
+            Self::Scores { mean_error, .. } => *mean_error,
             Self::Tokens { kl, .. } => *kl,
         }
     }
@@ -56,6 +65,9 @@ impl std::fmt::Display for Quality {
         match self {
             Self::Embeddings { cosine_mean, cosine_min } => {
                 write!(f, "cosine mean {cosine_mean:.6}, min {cosine_min:.6}")
+            }
+            Self::Scores { mean_error, max_error } => {
+                write!(f, "score error mean {mean_error:.3e}, max {max_error:.3e}")
             }
             Self::Tokens { perplexity, kl } => write!(f, "perplexity {perplexity:.4}, KL {kl:.3e}"),
         }
@@ -85,6 +97,7 @@ pub struct Evaluation {
 /// The model and what it is scored on.
 enum Model {
     Embedder { embedder: Box<Embedder>, sequences: Vec<Vec<u32>>, reference: Vec<Vec<f32>> },
+    Reranker { reranker: Box<Reranker>, pairs: Vec<PairTokens>, reference: Vec<f32> },
     Llama { model: Box<LlamaModel>, ids: Vec<u32>, reference: Vec<f32> },
 }
 
@@ -117,6 +130,25 @@ impl Probe {
         let input_ranges = Arc::new(observing.input_ranges());
         let model = Model::Embedder { embedder: Box::new(embedder), sequences, reference };
         Ok(Self { model, tensors, layers, float, input_ranges })
+    }
+
+    /// A reranker folder (float weights) scored by its raw scores of `pairs` against the float model's.
+    pub fn reranker(dir: &Path, pairs: &[(&str, &str)]) -> Result<Self> {
+        if pairs.is_empty() {
+            bail!("calibration needs at least one (query, document) pair");
+        }
+        let (reranker, tensors) = Reranker::open_in_memory(dir)?;
+        let mut tokens = Vec::with_capacity(pairs.len());
+        for (query, document) in pairs {
+            tokens.extend(reranker.encode(query, &[document])?);
+        }
+        let reference = reranker.score_tokens(&tokens)?;
+        let names: Vec<String> = reranker.layers().iter().flat_map(|l| expand_braces(&l.name)).collect();
+        let layers = layer_shapes(names.iter().map(String::as_str), &tensors)?;
+        let linear_bytes = reranker.layers().iter().map(|l| l.bytes).sum();
+        let float = Evaluation { quality: Quality::Scores { mean_error: 0.0, max_error: 0.0 }, linear_bytes };
+        let model = Model::Reranker { reranker: Box::new(reranker), pairs: tokens, reference };
+        Ok(Self { model, tensors, layers, float, input_ranges: Arc::default() })
     }
 
     /// A Llama (GGUF file or float HF folder) scored by perplexity and next-token divergence over the first
@@ -164,6 +196,7 @@ impl Probe {
     pub fn task(&self) -> Task {
         match self.model {
             Model::Embedder { .. } => Task::Embedding,
+            Model::Reranker { .. } => Task::Reranking,
             Model::Llama { .. } => Task::Generation,
         }
     }
@@ -204,6 +237,21 @@ impl Probe {
                         cosine_mean: agreement.cosine_mean,
                         cosine_min: agreement.cosine_min,
                     },
+                    linear_bytes: quantized.layers().iter().map(|l| l.bytes).sum(),
+                })
+            }
+            Model::Reranker { reranker, pairs, reference } => {
+                let quantized = reranker.with_loader(&loader)?;
+                let errors: Vec<f64> = quantized
+                    .score_tokens(pairs)?
+                    .iter()
+                    .zip(reference)
+                    .map(|(a, b)| f64::from((a - b).abs()))
+                    .collect();
+                let mean_error = errors.iter().sum::<f64>() / errors.len() as f64;
+                let max_error = errors.iter().copied().fold(0.0, f64::max);
+                Ok(Evaluation {
+                    quality: Quality::Scores { mean_error, max_error },
                     linear_bytes: quantized.layers().iter().map(|l| l.bytes).sum(),
                 })
             }
