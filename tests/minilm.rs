@@ -18,30 +18,14 @@ fn model_dir() -> PathBuf {
 /// The corpus and sentence-transformers' embedding of each text.
 fn reference() -> &'static (Vec<String>, Vec<Vec<f32>>) {
     static REFERENCE: OnceLock<(Vec<String>, Vec<Vec<f32>>)> = OnceLock::new();
-    REFERENCE.get_or_init(|| {
-        let mut texts = Vec::new();
-        let mut embeddings = Vec::new();
-        for line in include_str!("fixtures/minilm_fp32_embeddings.jsonl").lines() {
-            let row: serde_json::Value = serde_json::from_str(line).unwrap();
-            texts.push(row["text"].as_str().unwrap().to_string());
-            embeddings.push(row["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect());
-        }
-        (texts, embeddings)
-    })
-}
-
-fn embed_all(embedder: &Embedder, texts: &[String]) -> Vec<Vec<f32>> {
-    texts
-        .chunks(32)
-        .flat_map(|chunk| embedder.embed(&chunk.iter().map(String::as_str).collect::<Vec<_>>()).unwrap())
-        .collect()
+    REFERENCE.get_or_init(|| common::reference_embeddings(include_str!("fixtures/minilm_fp32_embeddings.jsonl")))
 }
 
 #[test]
 fn fp32_matches_sentence_transformers() {
     let embedder = Embedder::load(&model_dir(), Plan::uniform(LayerScheme::F32)).unwrap();
     let (texts, expected) = reference();
-    let ours = embed_all(&embedder, texts);
+    let ours = common::embed_all(&embedder, texts);
     let worst = ours.iter().zip(expected).map(|(a, b)| cosine(a, b)).fold(1.0, f64::min);
     println!("fp32: min cosine to sentence-transformers {worst:.7}");
     assert!(worst >= 0.99999, "min cosine {worst}");
@@ -51,7 +35,7 @@ fn fp32_matches_sentence_transformers() {
 fn int8_default_plan_meets_the_accuracy_targets() {
     let embedder = Embedder::load(&model_dir(), Plan::bert_int8()).unwrap();
     let (texts, expected) = reference();
-    let ours = embed_all(&embedder, texts);
+    let ours = common::embed_all(&embedder, texts);
     let Agreement { cosine_mean: mean, cosine_min: min, top10_overlap: overlap } = Agreement::between(&ours, expected);
     println!("int8: cosine mean {mean:.5}, min {min:.5}, top-10 overlap {overlap:.4}");
     assert!(mean >= 0.9995 && min >= 0.999 && overlap >= 0.98, "mean {mean}, min {min}, overlap {overlap}");

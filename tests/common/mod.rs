@@ -30,6 +30,14 @@ pub fn reference_embeddings(jsonl: &str) -> (Vec<String>, Vec<Vec<f32>>) {
     (texts, embeddings)
 }
 
+/// The embeddings of `texts`, in batches of 32.
+pub fn embed_all(embedder: &swap::Embedder, texts: &[String]) -> Vec<Vec<f32>> {
+    texts
+        .chunks(32)
+        .flat_map(|chunk| embedder.embed(&chunk.iter().map(String::as_str).collect::<Vec<_>>()).unwrap())
+        .collect()
+}
+
 /// An empty scratch folder under the system temp dir, removed when dropped.
 pub struct Scratch(pub PathBuf);
 

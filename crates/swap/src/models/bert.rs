@@ -2,13 +2,10 @@
 //! positions start (RoBERTa counts from `padding_idx + 1`) and in its token types (one).
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Tensor};
 use serde::Deserialize;
 
 use super::embedding::{EmbeddingShape, InputEmbeddings};
-use super::encoder::{
-    activation, check_sequences, packed_ranges, weights_prefix, EncoderShape, EncoderStack, LayerNames,
-};
+use super::encoder::{activation, weights_prefix, EncoderShape, EncoderStack, LayerNames, PostNormEncoder};
 use super::TextEncoder;
 use crate::loader::QuantLoader;
 
@@ -106,95 +103,33 @@ const NAMES: LayerNames = LayerNames {
     output_norm: "output.LayerNorm",
 };
 
-/// A BERT (or RoBERTa) encoder whose Linear layers are quantized per the loader's plan. Activations live in plain
-/// row-major buffers holding only real tokens (no padding rows), sequence after sequence.
-pub struct BertModel {
-    config: BertConfig,
-    embeddings: InputEmbeddings,
-    encoder: EncoderStack,
-}
-
-impl BertModel {
-    /// Builds the model, quantizing each layer as it is read. The weights may sit under the task head's prefix
-    /// (`bert.`, `roberta.`) or none.
-    pub fn load(config: BertConfig, loader: &QuantLoader) -> Result<Self> {
-        let prefix = weights_prefix(loader, &["", "bert.", "roberta."])?;
-        let h = config.hidden_size;
-        let shape = EmbeddingShape {
-            vocab: config.vocab_size,
-            width: h,
-            positions: config.max_position_embeddings,
-            types: config.type_vocab_size,
-            offset: config.position_offset(),
-            eps: config.layer_norm_eps,
-        };
-        let embeddings = InputEmbeddings::load(loader, &format!("{prefix}embeddings."), shape)?;
-        let shape = EncoderShape {
-            hidden: h,
-            intermediate: config.intermediate_size,
-            heads: config.num_attention_heads,
-            layers: config.num_hidden_layers,
-            eps: config.layer_norm_eps,
-        };
-        let act = activation(&config.hidden_act)?;
-        let encoder = EncoderStack::load(loader, &format!("{prefix}encoder.layer"), NAMES, shape, act)?;
-        Ok(Self { config, embeddings, encoder })
-    }
-
-    /// The model's configuration.
-    pub fn config(&self) -> &BertConfig {
-        &self.config
-    }
-
-    /// Hidden states `[batch, seq, hidden]` for token ids `[batch, seq]` (u32), where sequence `b` holds
-    /// `lens[b]` real tokens followed by padding (whose rows come out as zeros). Padding never influences real
-    /// tokens, and each sequence's result is the same whatever it is batched with.
-    pub fn forward(&self, input_ids: &Tensor, lens: &[usize]) -> Result<Tensor> {
-        let (batch, seq) = input_ids.dims2()?;
-        if lens.len() != batch || lens.iter().any(|&l| l == 0 || l > seq) {
-            bail!("sequence lengths {lens:?} do not fit a batch of {batch} x {seq}");
-        }
-        let ids = input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-        let sequences: Vec<&[u32]> = ids.iter().zip(lens).map(|(row, &len)| &row[..len]).collect();
-        let packed = self.forward_packed(&sequences, None)?;
-        let h = self.config.hidden_size;
-        let mut padded = vec![0f32; batch * seq * h];
-        let mut rows = packed.chunks_exact(h);
-        for (b, &len) in lens.iter().enumerate() {
-            for (t, row) in rows.by_ref().take(len).enumerate() {
-                padded[(b * seq + t) * h..][..h].copy_from_slice(row);
-            }
-        }
-        Ok(Tensor::from_vec(padded, (batch, seq, h), input_ids.device())?)
-    }
-}
-
-impl TextEncoder for BertModel {
-    fn forward_packed(&self, sequences: &[&[u32]], token_types: Option<&[&[u32]]>) -> Result<Vec<f32>> {
-        check_sequences(sequences, self.config.vocab_size, self.max_tokens())?;
-        let hidden = self.embeddings.embed(sequences, token_types)?;
-        let (starts, lens) = packed_ranges(sequences);
-        self.encoder.forward(hidden, &starts, &lens, None)
-    }
-
-    fn hidden_size(&self) -> usize {
-        self.config.hidden_size
-    }
-
-    fn vocab_size(&self) -> usize {
-        self.config.vocab_size
-    }
-
-    fn max_tokens(&self) -> usize {
-        self.embeddings.max_tokens()
-    }
-
-    fn embedding_bytes(&self) -> usize {
-        self.embeddings.storage_bytes() + self.encoder.norm_bytes()
-    }
+/// Builds a BERT (or RoBERTa) encoder, quantizing each Linear layer as it is read. The weights may sit under the
+/// task head's prefix (`bert.`, `roberta.`) or none.
+fn load(config: &BertConfig, loader: &QuantLoader) -> Result<PostNormEncoder> {
+    let prefix = weights_prefix(loader, &["", "bert.", "roberta."])?;
+    let h = config.hidden_size;
+    let shape = EmbeddingShape {
+        vocab: config.vocab_size,
+        width: h,
+        positions: config.max_position_embeddings,
+        types: config.type_vocab_size,
+        offset: config.position_offset(),
+        eps: config.layer_norm_eps,
+    };
+    let embeddings = InputEmbeddings::load(loader, &format!("{prefix}embeddings."), shape)?;
+    let shape = EncoderShape {
+        hidden: h,
+        intermediate: config.intermediate_size,
+        heads: config.num_attention_heads,
+        layers: config.num_hidden_layers,
+        eps: config.layer_norm_eps,
+    };
+    let act = activation(&config.hidden_act)?;
+    let stack = EncoderStack::load(loader, &format!("{prefix}encoder.layer"), NAMES, shape, act)?;
+    Ok(PostNormEncoder::new(embeddings, stack, None, config.vocab_size, h))
 }
 
 /// Reads a BERT or RoBERTa encoder from its `config.json` text: the builder of its [`crate::arch`] entry.
 pub fn encoder(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
-    Ok(Box::new(BertModel::load(BertConfig::from_json(config)?, loader)?))
+    Ok(Box::new(load(&BertConfig::from_json(config)?, loader)?))
 }

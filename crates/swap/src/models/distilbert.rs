@@ -4,9 +4,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use super::embedding::{EmbeddingShape, InputEmbeddings};
-use super::encoder::{
-    activation, check_sequences, packed_ranges, weights_prefix, EncoderShape, EncoderStack, LayerNames,
-};
+use super::encoder::{activation, weights_prefix, EncoderShape, EncoderStack, LayerNames, PostNormEncoder};
 use super::TextEncoder;
 use crate::loader::QuantLoader;
 
@@ -59,68 +57,32 @@ impl DistilBertConfig {
     }
 }
 
-/// A DistilBERT encoder whose Linear layers are quantized per the loader's plan.
-pub struct DistilBertModel {
-    config: DistilBertConfig,
-    embeddings: InputEmbeddings,
-    encoder: EncoderStack,
-}
-
-impl DistilBertModel {
-    /// Builds the model, quantizing each layer as it is read (weights under `distilbert.` or no prefix).
-    pub fn load(config: DistilBertConfig, loader: &QuantLoader) -> Result<Self> {
-        let prefix = weights_prefix(loader, &["", "distilbert."])?;
-        let shape = EmbeddingShape {
-            vocab: config.vocab_size,
-            width: config.dim,
-            positions: config.max_position_embeddings,
-            types: 0,
-            offset: 0,
-            eps: EPS,
-        };
-        let embeddings = InputEmbeddings::load(loader, &format!("{prefix}embeddings."), shape)?;
-        let shape = EncoderShape {
-            hidden: config.dim,
-            intermediate: config.hidden_dim,
-            heads: config.n_heads,
-            layers: config.n_layers,
-            eps: EPS,
-        };
-        let act = activation(&config.activation)?;
-        let encoder = EncoderStack::load(loader, &format!("{prefix}transformer.layer"), NAMES, shape, act)?;
-        Ok(Self { config, embeddings, encoder })
-    }
-}
-
-impl TextEncoder for DistilBertModel {
-    fn forward_packed(&self, sequences: &[&[u32]], token_types: Option<&[&[u32]]>) -> Result<Vec<f32>> {
-        check_sequences(sequences, self.config.vocab_size, self.max_tokens())?;
-        if token_types.is_some_and(|t| t.iter().flat_map(|t| t.iter()).any(|&t| t != 0)) {
-            bail!("DistilBERT has no token types");
-        }
-        let hidden = self.embeddings.embed(sequences, None)?;
-        let (starts, lens) = packed_ranges(sequences);
-        self.encoder.forward(hidden, &starts, &lens, None)
-    }
-
-    fn hidden_size(&self) -> usize {
-        self.config.dim
-    }
-
-    fn vocab_size(&self) -> usize {
-        self.config.vocab_size
-    }
-
-    fn max_tokens(&self) -> usize {
-        self.embeddings.max_tokens()
-    }
-
-    fn embedding_bytes(&self) -> usize {
-        self.embeddings.storage_bytes() + self.encoder.norm_bytes()
-    }
+/// Builds a DistilBERT encoder, quantizing each Linear layer as it is read (weights under `distilbert.` or no
+/// prefix).
+fn load(config: &DistilBertConfig, loader: &QuantLoader) -> Result<PostNormEncoder> {
+    let prefix = weights_prefix(loader, &["", "distilbert."])?;
+    let shape = EmbeddingShape {
+        vocab: config.vocab_size,
+        width: config.dim,
+        positions: config.max_position_embeddings,
+        types: 0,
+        offset: 0,
+        eps: EPS,
+    };
+    let embeddings = InputEmbeddings::load(loader, &format!("{prefix}embeddings."), shape)?;
+    let shape = EncoderShape {
+        hidden: config.dim,
+        intermediate: config.hidden_dim,
+        heads: config.n_heads,
+        layers: config.n_layers,
+        eps: EPS,
+    };
+    let act = activation(&config.activation)?;
+    let stack = EncoderStack::load(loader, &format!("{prefix}transformer.layer"), NAMES, shape, act)?;
+    Ok(PostNormEncoder::new(embeddings, stack, None, config.vocab_size, config.dim))
 }
 
 /// Reads a DistilBERT encoder from its `config.json` text: the builder of its [`crate::arch`] entry.
 pub fn encoder(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
-    Ok(Box::new(DistilBertModel::load(DistilBertConfig::from_json(config)?, loader)?))
+    Ok(Box::new(load(&DistilBertConfig::from_json(config)?, loader)?))
 }

@@ -132,8 +132,12 @@ impl InputEmbeddings {
     /// giving each token's type (every token is type 0 when `None`).
     pub(crate) fn embed(&self, sequences: &[&[u32]], types: Option<&[&[u32]]>) -> Result<Vec<f32>> {
         let h = self.width;
-        if let Some(types) = types {
-            let count = self.type_count().max(1);
+        if self.type_count() == 0 {
+            // A model without a type table sees every token as type 0.
+            super::encoder::no_token_types(types, "this model")?;
+        }
+        if let Some(types) = types.filter(|_| self.type_count() > 0) {
+            let count = self.type_count();
             if types.len() != sequences.len() || types.iter().zip(sequences).any(|(t, s)| t.len() != s.len()) {
                 bail!("token types must be given for every token of every sequence");
             }

@@ -1,4 +1,5 @@
-//! The post-norm transformer encoder block that BERT, RoBERTa, DistilBERT and MPNet share: fused Q/K/V
+//! The post-norm transformer encoder that BERT, RoBERTa, DistilBERT and MPNet share ([`PostNormEncoder`]: input
+//! embeddings, then a stack of blocks), each block: fused Q/K/V
 //! projection, bidirectional attention over each sequence's own tokens, output projection, residual + layer norm,
 //! feed-forward with its activation in the matmul epilogue, residual + layer norm. Families differ in their weight
 //! names ([`LayerNames`]) and, for MPNet, an additive relative-position bias ([`RelativeBias`]).
@@ -6,7 +7,9 @@
 use anyhow::{Context, Result};
 use qlayers::{Activation, QLinear};
 
+use super::embedding::InputEmbeddings;
 use super::projection::Projection;
+use super::TextEncoder;
 use crate::loader::QuantLoader;
 use qlayers::float_ops::attention::{attention_into, AttentionOptions, QkvLayout, RelativeBias};
 use qlayers::float_ops::rows::LayerNormParams;
@@ -103,13 +106,13 @@ impl EncoderStack {
     }
 
     /// Bytes of the layer norms (the Linear layers are in the loader's report).
-    pub(crate) fn norm_bytes(&self) -> usize {
+    fn norm_bytes(&self) -> usize {
         4 * 4 * self.shape.hidden * self.layers.len()
     }
 
     /// Runs every layer over `hidden` (`[rows, h]`, sequence `b` at rows `starts[b]..starts[b] + lens[b]`), with
     /// `bias` added to the attention scores when given.
-    pub(crate) fn forward(
+    fn forward(
         &self,
         mut hidden: Vec<f32>,
         starts: &[usize],
@@ -185,6 +188,65 @@ pub(crate) fn layer_norm(loader: &QuantLoader, name: &str, h: usize, eps: f64) -
     let weight = loader.tensor(&format!("{name}.weight"), &[h])?.to_vec1()?;
     let bias = loader.tensor(&format!("{name}.bias"), &[h])?.to_vec1()?;
     Ok(LayerNormParams { weight, bias, eps: eps as f32 })
+}
+
+/// A whole BERT-style encoder: [`InputEmbeddings`], the [`EncoderStack`], and the relative-position bias of the
+/// families that have one. Each family's model file only reads it under its own names.
+pub(crate) struct PostNormEncoder {
+    embeddings: InputEmbeddings,
+    stack: EncoderStack,
+    bias: Option<RelativeBias>,
+    vocab: usize,
+    hidden: usize,
+    /// Bytes of the parameters behind `bias` (its bucket table).
+    bias_bytes: usize,
+}
+
+impl PostNormEncoder {
+    /// The encoder of these parts; `bias` comes with the bytes of the table it was built from.
+    pub(crate) fn new(
+        embeddings: InputEmbeddings,
+        stack: EncoderStack,
+        bias: Option<(RelativeBias, usize)>,
+        vocab: usize,
+        hidden: usize,
+    ) -> Self {
+        let (bias, bias_bytes) = bias.map_or((None, 0), |(b, bytes)| (Some(b), bytes));
+        Self { embeddings, stack, bias, vocab, hidden, bias_bytes }
+    }
+}
+
+impl TextEncoder for PostNormEncoder {
+    fn forward_packed(&self, sequences: &[&[u32]], token_types: Option<&[&[u32]]>) -> Result<Vec<f32>> {
+        check_sequences(sequences, self.vocab, self.max_tokens())?;
+        let hidden = self.embeddings.embed(sequences, token_types)?;
+        let (starts, lens) = packed_ranges(sequences);
+        self.stack.forward(hidden, &starts, &lens, self.bias.as_ref())
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.hidden
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    fn max_tokens(&self) -> usize {
+        self.embeddings.max_tokens()
+    }
+
+    fn embedding_bytes(&self) -> usize {
+        self.embeddings.storage_bytes() + self.stack.norm_bytes() + self.bias_bytes
+    }
+}
+
+/// Refuses token types other than 0, for a model that has none (`family` names it in the error).
+pub(crate) fn no_token_types(token_types: Option<&[&[u32]]>, family: &str) -> Result<()> {
+    if token_types.is_some_and(|t| t.iter().flat_map(|t| t.iter()).any(|&t| t != 0)) {
+        anyhow::bail!("{family} has no token types");
+    }
+    Ok(())
 }
 
 /// The token ranges of packed sequences: where each starts and how long each is.

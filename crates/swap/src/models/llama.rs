@@ -553,9 +553,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
 impl TextEncoder for LlamaModel {
     /// Each sequence runs alone from an empty cache, with causal attention: the last hidden states of a decoder.
     fn forward_packed(&self, sequences: &[&[u32]], token_types: Option<&[&[u32]]>) -> Result<Vec<f32>> {
-        if token_types.is_some_and(|t| t.iter().flat_map(|t| t.iter()).any(|&t| t != 0)) {
-            bail!("a decoder has no token types");
-        }
+        super::encoder::no_token_types(token_types, "A decoder")?;
         let mut hidden = Vec::with_capacity(sequences.iter().map(|s| s.len()).sum::<usize>() * self.hidden_size());
         for (i, ids) in sequences.iter().enumerate() {
             hidden.extend(self.hidden(ids, &mut self.new_cache()).with_context(|| format!("sequence #{i}"))?);

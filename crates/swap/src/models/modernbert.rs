@@ -255,9 +255,7 @@ impl ModernBertModel {
 impl TextEncoder for ModernBertModel {
     fn forward_packed(&self, sequences: &[&[u32]], token_types: Option<&[&[u32]]>) -> Result<Vec<f32>> {
         check_sequences(sequences, self.config.vocab_size, self.max_tokens())?;
-        if token_types.is_some_and(|t| t.iter().flat_map(|t| t.iter()).any(|&t| t != 0)) {
-            bail!("ModernBERT has no token types");
-        }
+        super::encoder::no_token_types(token_types, "ModernBERT")?;
         let h = self.config.hidden_size;
         let mut hidden: Vec<f32> = Vec::with_capacity(sequences.iter().map(|s| s.len()).sum::<usize>() * h);
         for &id in sequences.iter().flat_map(|s| s.iter()) {

@@ -6,9 +6,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use super::embedding::{EmbeddingShape, InputEmbeddings};
-use super::encoder::{
-    activation, check_sequences, packed_ranges, weights_prefix, EncoderShape, EncoderStack, LayerNames,
-};
+use super::encoder::{activation, weights_prefix, EncoderShape, EncoderStack, LayerNames, PostNormEncoder};
 use super::TextEncoder;
 use crate::loader::QuantLoader;
 use crate::plan::{Plan, Rule};
@@ -127,81 +125,42 @@ pub fn relative_bucket(distance: isize, buckets: usize) -> usize {
     side + large.min(half - 1)
 }
 
-/// An MPNet encoder whose Linear layers are quantized per the loader's plan.
-pub struct MpnetModel {
-    config: MpnetConfig,
-    embeddings: InputEmbeddings,
-    encoder: EncoderStack,
-    bias: RelativeBias,
-}
-
-impl MpnetModel {
-    /// Builds the model, quantizing each layer as it is read (weights under `mpnet.` or no prefix).
-    pub fn load(config: MpnetConfig, loader: &QuantLoader) -> Result<Self> {
-        let prefix = weights_prefix(loader, &["", "mpnet."])?;
-        let (h, heads, buckets) =
-            (config.hidden_size, config.num_attention_heads, config.relative_attention_num_buckets);
-        let shape = EmbeddingShape {
-            vocab: config.vocab_size,
-            width: h,
-            positions: config.max_position_embeddings,
-            types: 0,
-            offset: config.pad_token_id + 1,
-            eps: config.layer_norm_eps,
-        };
-        let embeddings = InputEmbeddings::load(loader, &format!("{prefix}embeddings."), shape)?;
-        let shape = EncoderShape {
-            hidden: h,
-            intermediate: config.intermediate_size,
-            heads,
-            layers: config.num_hidden_layers,
-            eps: config.layer_norm_eps,
-        };
-        let act = activation(&config.hidden_act)?;
-        let encoder = EncoderStack::load(loader, &format!("{prefix}encoder.layer"), NAMES, shape, act)?;
-        // `[buckets, heads]`: one bias per bucket and head.
-        let table: Vec<f32> = loader
-            .tensor(&format!("{prefix}encoder.relative_attention_bias.weight"), &[buckets, heads])?
-            .flatten_all()?
-            .to_vec1()?;
-        let bias = RelativeBias::new(heads, embeddings.max_tokens(), |head, distance| {
-            table[relative_bucket(distance, buckets) * heads + head]
-        });
-        Ok(Self { config, embeddings, encoder, bias })
-    }
-}
-
-impl TextEncoder for MpnetModel {
-    fn forward_packed(&self, sequences: &[&[u32]], token_types: Option<&[&[u32]]>) -> Result<Vec<f32>> {
-        check_sequences(sequences, self.config.vocab_size, self.max_tokens())?;
-        if token_types.is_some_and(|t| t.iter().flat_map(|t| t.iter()).any(|&t| t != 0)) {
-            bail!("MPNet has no token types");
-        }
-        let hidden = self.embeddings.embed(sequences, None)?;
-        let (starts, lens) = packed_ranges(sequences);
-        self.encoder.forward(hidden, &starts, &lens, Some(&self.bias))
-    }
-
-    fn hidden_size(&self) -> usize {
-        self.config.hidden_size
-    }
-
-    fn vocab_size(&self) -> usize {
-        self.config.vocab_size
-    }
-
-    fn max_tokens(&self) -> usize {
-        self.embeddings.max_tokens()
-    }
-
-    fn embedding_bytes(&self) -> usize {
-        self.embeddings.storage_bytes() + self.encoder.norm_bytes() + 4 * self.config.relative_attention_num_buckets
-    }
+/// Builds an MPNet encoder, quantizing each Linear layer as it is read (weights under `mpnet.` or no prefix).
+fn load(config: &MpnetConfig, loader: &QuantLoader) -> Result<PostNormEncoder> {
+    let prefix = weights_prefix(loader, &["", "mpnet."])?;
+    let (h, heads, buckets) = (config.hidden_size, config.num_attention_heads, config.relative_attention_num_buckets);
+    let shape = EmbeddingShape {
+        vocab: config.vocab_size,
+        width: h,
+        positions: config.max_position_embeddings,
+        types: 0,
+        offset: config.pad_token_id + 1,
+        eps: config.layer_norm_eps,
+    };
+    let embeddings = InputEmbeddings::load(loader, &format!("{prefix}embeddings."), shape)?;
+    let shape = EncoderShape {
+        hidden: h,
+        intermediate: config.intermediate_size,
+        heads,
+        layers: config.num_hidden_layers,
+        eps: config.layer_norm_eps,
+    };
+    let act = activation(&config.hidden_act)?;
+    let stack = EncoderStack::load(loader, &format!("{prefix}encoder.layer"), NAMES, shape, act)?;
+    // `[buckets, heads]`: one bias per bucket and head.
+    let table: Vec<f32> = loader
+        .tensor(&format!("{prefix}encoder.relative_attention_bias.weight"), &[buckets, heads])?
+        .flatten_all()?
+        .to_vec1()?;
+    let bias = RelativeBias::new(heads, embeddings.max_tokens(), |head, distance| {
+        table[relative_bucket(distance, buckets) * heads + head]
+    });
+    Ok(PostNormEncoder::new(embeddings, stack, Some((bias, 4 * table.len())), config.vocab_size, h))
 }
 
 /// Reads an MPNet encoder from its `config.json` text: the builder of its [`crate::arch`] entry.
 pub fn encoder(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
-    Ok(Box::new(MpnetModel::load(MpnetConfig::from_json(config)?, loader)?))
+    Ok(Box::new(load(&MpnetConfig::from_json(config)?, loader)?))
 }
 
 #[cfg(test)]
