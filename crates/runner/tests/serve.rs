@@ -81,13 +81,24 @@ impl Server {
     }
 
     fn start_model(model: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_runner"))
-            .args(["serve", "--model", model, "--port", "0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_runner"));
+        command.args(["serve", "--model", model, "--port", "0"]).args(extra);
+        Self::spawn(command)
+    }
+
+    /// The int8 MiniLM server, started with at most `files` open files (`ulimit -n`).
+    fn start_with_open_files(files: u32, extra: &[&str]) -> Self {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", &format!("ulimit -n {files} && exec \"$0\" \"$@\"")])
+            .arg(env!("CARGO_BIN_EXE_runner"))
+            .args(["serve", "--model", &minilm(), "--quant", "int8", "--port", "0"])
+            .args(extra);
+        Self::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let Some(addr) = line.trim().strip_prefix("listening on http://") else {
@@ -184,6 +195,10 @@ impl Conn {
 
     fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
         let mut request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n", body.len());
+        // Bodies are JSON unless a test says otherwise.
+        if method == "POST" && !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type")) {
+            request.push_str("Content-Type: application/json\r\n");
+        }
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -201,6 +216,23 @@ impl Conn {
             });
         }
         self.read_reply()
+    }
+
+    /// Writes `bytes` as they are (a request, or part of one).
+    fn write(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).unwrap();
+    }
+
+    /// Whether the server closes the connection within `limit` (reads return nothing or fail), and when.
+    fn closed_within(&mut self, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        self.reader.get_ref().set_read_timeout(Some(limit)).unwrap();
+        let mut sink = Vec::new();
+        let end = self.reader.read_to_end(&mut sink);
+        let took = start.elapsed();
+        let timed_out =
+            matches!(&end, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+        (!timed_out).then_some(took)
     }
 
     fn read_reply(&mut self) -> Reply {
@@ -518,6 +550,8 @@ fn bad_requests_get_clear_4xx_answers_and_the_server_carries_on() {
             "`normalize`: invalid type",
         ),
         ("/embed", b"[\"a\"]".to_vec(), 400, "invalid_request", "must be a JSON object"),
+        ("/embed", br#"{"inputs": "a", "inputs": "b"}"#.to_vec(), 400, "invalid_json", "`inputs` appears twice"),
+        ("/embed", br#"{"inputs": "\ud800"}"#.to_vec(), 400, "invalid_text", "lone UTF-16 surrogate"),
         ("/nowhere", b"{}".to_vec(), 404, "not_found", "no such path"),
     ];
     for (path, body, status, code, fragment) in cases {
@@ -531,6 +565,16 @@ fn bad_requests_get_clear_4xx_answers_and_the_server_carries_on() {
         assert!(start.elapsed() < Duration::from_secs(5), "{shown}: answered in {:?}", start.elapsed());
     }
     assert_eq!(server.call("GET", "/v1/embeddings", &[], b"").error().0, "method_not_allowed");
+    // Bodies must be declared JSON.
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let reply = server.call("POST", "/embed", &[("Content-Type", content_type)], br#"{"inputs": "a"}"#);
+        assert_eq!((reply.status, reply.error().0.as_str()), (415, "unsupported_media_type"), "{content_type}");
+    }
+    let mut bare = server.conn();
+    bare.write(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 15\r\n\r\n{\"inputs\": \"a\"}");
+    let reply = bare.read_reply();
+    assert_eq!(reply.status, 415);
+    assert!(reply.error().1.contains("no Content-Type"), "{}", reply.text());
     // Still up, still right.
     let expected = runner_embed(&["Still here."]);
     let reply = server.post("/v1/embeddings", &json!({"model": "all-MiniLM-L6-v2", "input": "Still here."}));
@@ -547,12 +591,19 @@ fn the_api_key_guards_every_route_but_health() {
             let reply = server.call(method, path, headers, body.as_bytes());
             assert_eq!(reply.status, 401, "{path} with {headers:?}");
             assert_eq!(reply.error().0, "invalid_api_key");
+            assert_eq!(reply.headers["www-authenticate"], "Bearer");
             assert_eq!(reply.json()["error"]["type"], "authentication_error");
         }
     }
     assert_eq!(server.call("GET", "/health", &[], b"").status, 200);
     let key = [("Authorization", "Bearer sesame")];
     assert_eq!(server.call("POST", "/v1/embeddings", &key, body.as_bytes()).status, 200);
+    // The scheme's name is case-insensitive (RFC 9110); the key is not.
+    for scheme in ["bearer", "BEARER"] {
+        let key = format!("{scheme} sesame");
+        assert_eq!(server.call("POST", "/embed", &[("Authorization", &key)], br#"{"inputs": "a"}"#).status, 200);
+    }
+    assert_eq!(server.call("GET", "/info", &[("Authorization", "Bearer SESAME")], b"").status, 401);
     assert_eq!(server.call("GET", "/info", &key, b"").status, 200);
 }
 
@@ -793,4 +844,263 @@ fn every_embedder_architecture_serves_the_reference_embeddings() {
             }
         }
     }
+}
+
+/// Resident memory of process `pid`, in MiB.
+fn resident_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() / 1024.0
+}
+
+#[test]
+fn slow_clients_are_cut_off_by_the_header_body_and_idle_limits() {
+    let _shared = EXCLUSIVE.read().unwrap_or_else(PoisonError::into_inner);
+    let server = Server::start(&["--header-timeout", "1", "--body-timeout", "1", "--idle-timeout", "1"]);
+    let limit = Duration::from_secs(8);
+    let within =
+        |took: Option<Duration>, low: f64, high: f64| took.is_some_and(|t| (low..high).contains(&t.as_secs_f64()));
+
+    // Headers that never end, five bytes a second: the connection is closed once the header limit has passed.
+    let mut dribble = server.conn();
+    let mut writer = dribble.reader.get_ref().try_clone().unwrap();
+    let dribbler = std::thread::spawn(move || {
+        for byte in b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter().chain([b'a'; 100].iter()) {
+            if writer.write_all(&[*byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let took = dribble.closed_within(limit);
+    assert!(within(took, 0.9, 4.0), "a dribbling client was cut off after {took:?}");
+    dribbler.join().unwrap();
+
+    // A body that stops short of its Content-Length: 408 once the body limit has passed, and the connection closes.
+    let mut short = server.conn();
+    let start = Instant::now();
+    short.write(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"inputs\": \"a\"");
+    let reply = short.read_reply();
+    assert!((0.9..4.0).contains(&start.elapsed().as_secs_f64()), "408 after {:?}", start.elapsed());
+    assert_eq!((reply.status, reply.error().0.as_str()), (408, "body_timeout"), "{}", reply.text());
+    assert_eq!(reply.headers["connection"], "close");
+    assert!(short.closed_within(limit).is_some());
+
+    // An idle keep-alive connection is closed after the idle limit, a silent new one after the header limit.
+    let mut idle = server.conn();
+    assert_eq!(idle.send("GET", "/health", &[], b"").status, 200);
+    let took = idle.closed_within(limit);
+    assert!(within(took, 0.9, 4.0), "an idle connection was closed after {took:?}");
+    let took = server.conn().closed_within(limit);
+    assert!(within(took, 0.9, 4.0), "a silent connection was closed after {took:?}");
+
+    // A client that keeps to the limits is served as before.
+    let expected = runner_embed(&["On time."]);
+    assert_same(
+        &embeddings_of(&server.post("/embed", &json!({"inputs": "On time."}))),
+        &[expected[0].1.clone()],
+        "after",
+    );
+}
+
+#[test]
+fn connections_over_the_cap_are_turned_away_and_the_cap_fits_the_open_file_limit() {
+    let _shared = EXCLUSIVE.read().unwrap_or_else(PoisonError::into_inner);
+    // 128 open files leave room for 96 connections.
+    let server = Server::start_with_open_files(128, &["--header-timeout", "2"]);
+    let mut silent: Vec<Conn> = (0..200).map(|_| server.conn()).collect();
+    // Over the cap: a 503 in the OpenAI shape at once, and the connection is closed.
+    let start = Instant::now();
+    let mut health = server.conn();
+    let reply = health.send("GET", "/health", &[], b"");
+    assert!(start.elapsed() < Duration::from_secs(2), "answered after {:?}", start.elapsed());
+    assert_eq!((reply.status, reply.error().0.as_str()), (503, "too_many_connections"), "{}", reply.text());
+    assert!(reply.error().1.contains("limit of 96 connections"), "{}", reply.text());
+    assert_eq!(reply.headers["retry-after"], "1");
+    // The silent ones are closed by the header limit, and the server takes connections again.
+    let closed = silent.iter_mut().map(|c| c.closed_within(Duration::from_secs(6))).filter(Option::is_some).count();
+    assert_eq!(closed, 200, "every silent connection, taken or turned away, was closed");
+    assert_eq!(server.call("GET", "/health", &[], b"").status, 200);
+}
+
+#[test]
+fn bodies_wait_for_admission_so_memory_stays_bounded() {
+    let _shared = EXCLUSIVE.read().unwrap_or_else(PoisonError::into_inner);
+    let server = Server::start(&["--max-concurrent", "2"]);
+    assert_eq!(server.post("/embed", &json!({"inputs": "warm up"})).status, 200);
+    let before = resident_mib(server.child.id());
+    let head = |length: usize| {
+        format!("POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n")
+    };
+    // Two requests are admitted and send their bodies slowly...
+    let mut holders: Vec<Conn> = (0..2).map(|_| server.conn()).collect();
+    for holder in &mut holders {
+        holder.write(format!("{}{{\"inputs\": \"", head(2_000_000)).as_bytes());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // ...so the next is answered 503 as soon as its headers are in, with its body unread.
+    let start = Instant::now();
+    let mut next = server.conn();
+    next.write(head(1_000_000).as_bytes());
+    let reply = next.read_reply();
+    assert_eq!((reply.status, reply.error().0.as_str()), (503, "overloaded"), "{}", reply.text());
+    assert!(start.elapsed() < Duration::from_secs(1), "503 after {:?}", start.elapsed());
+
+    // 60 clients sending 1.5 MB bodies meanwhile: none is buffered.
+    let peak = std::thread::scope(|scope| {
+        for _ in 0..60 {
+            scope.spawn(|| {
+                let mut conn = server.conn();
+                let mut bytes = head(2_000_000).into_bytes();
+                bytes.resize(bytes.len() + 1_500_000, b'a');
+                let _ = conn.reader.get_mut().write_all(&bytes);
+                std::thread::sleep(Duration::from_millis(1500));
+            });
+        }
+        let start = Instant::now();
+        let mut peak: f64 = 0.0;
+        while start.elapsed() < Duration::from_millis(1500) {
+            peak = peak.max(resident_mib(server.child.id()));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        peak
+    });
+    assert!(peak - before < 40.0, "resident memory grew from {before:.0} to {peak:.0} MiB");
+    drop(holders);
+    assert_eq!(server.post("/embed", &json!({"inputs": "after"})).status, 200);
+}
+
+#[test]
+fn big_requests_meet_a_token_budget_and_a_deadline() {
+    let _shared = EXCLUSIVE.read().unwrap_or_else(PoisonError::into_inner);
+    let texts = corpus_texts();
+    let server = Server::start(&["--max-request-tokens", "500"]);
+    let reply = server.post("/embed", &json!({ "inputs": texts }));
+    assert_eq!((reply.status, reply.error().0.as_str()), (413, "too_many_tokens"), "{}", reply.text());
+    assert!(reply.error().1.contains("at most 500 per request"), "{}", reply.text());
+    let reply = server.post("/v1/embeddings", &json!({"model": "all-MiniLM-L6-v2", "input": texts}));
+    assert_eq!(reply.error().0, "too_many_tokens");
+    assert_eq!(server.post("/embed", &json!({ "inputs": &texts[..3] })).status, 200);
+    drop(server);
+
+    let server = Server::start(&["--request-timeout", "0.2", "--max-batch-tokens", "256"]);
+    let eightfold: Vec<&String> = texts.iter().cycle().take(8 * texts.len()).collect();
+    let start = Instant::now();
+    let reply = server.post("/embed", &json!({ "inputs": eightfold }));
+    assert_eq!((reply.status, reply.error().0.as_str()), (504, "timeout"), "{}", reply.text());
+    assert!(start.elapsed() < Duration::from_secs(2), "504 after {:?}", start.elapsed());
+    // The request's remaining inputs were dropped: the next one is answered at once, and right.
+    let start = Instant::now();
+    let expected = runner_embed(&["Next."]);
+    let reply = server.post("/embed", &json!({"inputs": "Next."}));
+    assert!(start.elapsed() < Duration::from_secs(2), "answered after {:?}", start.elapsed());
+    assert_same(&embeddings_of(&reply), &[expected[0].1.clone()], "after a timeout");
+}
+
+#[test]
+fn a_one_text_request_is_not_stuck_behind_a_big_one() {
+    let _shared = EXCLUSIVE.read().unwrap_or_else(PoisonError::into_inner);
+    let server = Server::start(&["--max-batch-tokens", "256"]);
+    let texts = corpus_texts();
+    let fourfold: Vec<&String> = texts.iter().cycle().take(4 * texts.len()).collect();
+    let body = json!({ "inputs": fourfold }).to_string();
+    let expected = runner_embed(&["Me first."]);
+    std::thread::scope(|scope| {
+        let big = scope.spawn(|| server.call("POST", "/embed", &[], body.as_bytes()));
+        let start = Instant::now();
+        while server.metric("runner_queue_depth") < 1.0 {
+            assert!(start.elapsed() < Duration::from_secs(10), "the big request never reached the queue");
+        }
+        let small = server.post("/embed", &json!({"inputs": "Me first."}));
+        assert!(!big.is_finished(), "the big request was done before the small one");
+        assert_same(&embeddings_of(&small), &[expected[0].1.clone()], "beside a big request");
+        assert_eq!(embeddings_of(&big.join().unwrap()).len(), fourfold.len());
+    });
+}
+
+#[test]
+fn shutdown_drops_half_sent_requests_after_the_grace_period_and_a_second_signal_stops_at_once() {
+    let _shared = EXCLUSIVE.read().unwrap_or_else(PoisonError::into_inner);
+    let mut server = Server::start(&["--shutdown-grace", "1"]);
+    let mut half = server.conn();
+    half.write(b"GET /health HTTP/1.1\r\nHost: x\r\n");
+    let mut idle = server.conn();
+    assert_eq!(idle.send("GET", "/health", &[], b"").status, 200);
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    server.signal("TERM");
+    let took = idle.closed_within(Duration::from_secs(5));
+    assert!(took.is_some_and(|t| t < Duration::from_millis(900)), "an idle connection closed after {took:?}");
+    assert_eq!(server.exit_status(Duration::from_secs(6)).code(), Some(0));
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(900), "exited after {took:?}, before the grace period ended");
+    assert!(half.closed_within(Duration::from_secs(1)).is_some());
+
+    // A second signal does not wait for the grace period.
+    let mut server = Server::start(&["--shutdown-grace", "60"]);
+    let mut half = server.conn();
+    half.write(b"GET /health HTTP/1.1\r\nHost: x\r\n");
+    std::thread::sleep(Duration::from_millis(100));
+    server.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(server.child.try_wait().unwrap().is_none(), "the first signal waits for the half-sent request");
+    server.signal("TERM");
+    assert_eq!(server.exit_status(Duration::from_secs(2)).code(), Some(1));
+}
+
+#[test]
+fn mutated_requests_get_4xx_or_200_never_a_5xx_or_a_hang() {
+    let _shared = EXCLUSIVE.read().unwrap_or_else(PoisonError::into_inner);
+    let server = Server::start(&[]);
+    let seeds = [
+        json!({"model": "all-MiniLM-L6-v2", "input": ["A cat sits.", "Zwei Hunde"], "dimensions": 8}).to_string(),
+        json!({"inputs": [[101, 2023, 102], "text \u{e9}"], "normalize": false, "truncate": true}).to_string(),
+    ];
+    // A fixed-seed xorshift: the same 400 mutations every run.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let alphabet = b"{}[]\",:0123456789-.eE \\u\xff\x00atrue";
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for case in 0..400 {
+        let seed = &seeds[case % 2];
+        let mut body = seed.as_bytes().to_vec();
+        for _ in 0..1 + next(3) {
+            let at = next(body.len().max(1));
+            match next(4) {
+                0 => body[at] = alphabet[next(alphabet.len())],
+                1 => body.insert(at, alphabet[next(alphabet.len())]),
+                2 => body.truncate(at),
+                _ => {
+                    // A piece of the request again, inside itself.
+                    let tail = body.split_off(at);
+                    body.extend_from_slice(&seed.as_bytes()[..next(seed.len())]);
+                    body.extend(tail);
+                }
+            }
+            if body.is_empty() {
+                body.push(b'{');
+            }
+        }
+        let path = if case % 2 == 0 { "/v1/embeddings" } else { "/embed" };
+        let reply = server.call("POST", path, &[], &body);
+        let shown = String::from_utf8_lossy(&body);
+        assert!(reply.status == 200 || (400..500).contains(&reply.status), "{path} {shown}: {}", reply.status);
+        if reply.status != 200 {
+            reply.error();
+        }
+        *statuses.entry(reply.status).or_default() += 1;
+    }
+    eprintln!("answers to 400 mutated requests by status: {statuses:?}");
+    assert!(statuses.len() >= 2, "the mutations did not reach both answers: {statuses:?}");
+    let expected = runner_embed(&["Unshaken."]);
+    assert_same(
+        &embeddings_of(&server.post("/embed", &json!({"inputs": "Unshaken."}))),
+        &[expected[0].1.clone()],
+        "after",
+    );
 }

@@ -77,9 +77,29 @@ pub struct Limits {
     pub max_input_tokens: usize,
     /// Token ids must be below this.
     pub vocab_size: usize,
+    /// Tokens per request, all inputs together.
+    pub max_request_tokens: usize,
 }
 
-/// Parses a JSON body into `T`: the bytes must be UTF-8, the JSON well formed, the fields known and typed right.
+impl Limits {
+    /// `tokens`, or a 413 when a request's inputs hold more than the budget together.
+    pub fn check_request_tokens(&self, tokens: usize) -> Result<usize, ApiError> {
+        if tokens > self.max_request_tokens {
+            return Err(ApiError::too_large(
+                "too_many_tokens",
+                format!(
+                    "the request's inputs hold {tokens} tokens together; this server takes at most {} per request: \
+                     split it",
+                    self.max_request_tokens
+                ),
+            ));
+        }
+        Ok(tokens)
+    }
+}
+
+/// Parses a JSON body into `T`: the bytes must be UTF-8, the JSON well formed with no key twice in an object and
+/// no lone surrogate escape, the fields known and typed right.
 pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| {
         ApiError::bad_request(
@@ -87,8 +107,7 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             format!("the request body is not UTF-8 text (invalid byte at offset {})", e.valid_up_to()),
         )
     })?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}")))?;
+    let value = serde_json::from_str::<UniqueKeys>(text).map_err(|e| json_error(text, e))?.0;
     if !value.is_object() {
         return Err(ApiError::bad_request("invalid_request", "the request body must be a JSON object"));
     }
@@ -99,6 +118,114 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         };
         ApiError::bad_request("invalid_request", message)
     })
+}
+
+/// A JSON value read with every object's keys checked to be distinct (serde_json keeps the last of a repeated
+/// key, which would let a request say two things at once).
+struct UniqueKeys(Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!("the key `{key}` appears twice in one object")));
+            }
+            let UniqueKeys(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(UniqueKeys(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+}
+
+/// A 400 for a body that is not acceptable JSON; a lone surrogate escape (`"\ud800"`), which JSON's grammar
+/// allows but which is no Unicode text, is named as such instead of as serde_json's "unexpected end of hex escape".
+fn json_error(text: &str, e: serde_json::Error) -> ApiError {
+    if let Some(offset) = lone_surrogate_escape(text) {
+        return ApiError::bad_request(
+            "invalid_text",
+            format!(
+                "the request body holds `{}` at byte {offset}, a lone UTF-16 surrogate (\\ud800 to \\udfff \
+                 without its pair): strings here must be Unicode text",
+                &text[offset..offset + 6]
+            ),
+        );
+    }
+    ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}"))
+}
+
+/// The byte offset of the first `\uXXXX` escape of a surrogate that is not half of a pair, if any.
+fn lone_surrogate_escape(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let unit = |at: usize| -> Option<u16> {
+        let hex = bytes.get(at..at + 6).filter(|b| b.starts_with(b"\\u"))?;
+        u16::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16).ok()
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match unit(i) {
+            Some(0xD800..=0xDBFF) if matches!(unit(i + 6), Some(0xDC00..=0xDFFF)) => i += 12,
+            Some(0xD800..=0xDFFF) => return Some(i),
+            Some(_) => i += 6,
+            // Any other escape is two bytes.
+            None => i += 2,
+        }
+    }
+    None
 }
 
 /// Reads the inputs of `field`: a string, a list of strings, a list of token ids (one input) or a list of
@@ -339,6 +466,19 @@ mod tests {
         let (_, _, message) =
             code(parse_body::<EmbeddingsRequest>(br#"{"input": "a", "model": "m", "encoding_format": "hex"}"#));
         assert!(message.contains("unknown variant `hex`"), "{message}");
+        let (_, c, message) = code(parse_body::<EmbedRequest>(br#"{"inputs": "a", "inputs": "b"}"#));
+        assert_eq!(c, "invalid_json");
+        assert!(message.contains("the key `inputs` appears twice"), "{message}");
+        let nested = br#"{"inputs": [{"a": 1, "a": 2}]}"#;
+        assert!(code(parse_body::<EmbedRequest>(nested)).2.contains("the key `a` appears twice"));
+        let (_, c, message) = code(parse_body::<EmbedRequest>(br#"{"inputs": "\ud800"}"#));
+        assert_eq!(c, "invalid_text");
+        assert!(message.contains("`\\ud800` at byte 12, a lone UTF-16 surrogate"), "{message}");
+        assert_eq!(lone_surrogate_escape(r#""\\ud800""#), None, "an escaped backslash, then text");
+        assert_eq!(lone_surrogate_escape(r#""a\udc00""#), Some(2), "a trailing half alone");
+        assert_eq!(lone_surrogate_escape(r#""\ud800\u0041""#), Some(1), "a leading half before a letter");
+        let pair: EmbedRequest = parse_body(br#"{"inputs": "\ud83d\ude00", "normalize": false}"#).unwrap();
+        assert_eq!((pair.inputs, pair.normalize), (Value::from("\u{1f600}"), Some(false)));
         let ok: EmbeddingsRequest =
             parse_body(br#"{"input": "a", "model": "m", "user": "u", "encoding_format": "base64"}"#).unwrap();
         assert_eq!(ok.encoding_format, Some(EncodingFormat::Base64));

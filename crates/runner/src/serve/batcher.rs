@@ -3,8 +3,9 @@
 //!
 //! A request is admitted only while fewer than `max_concurrent` are admitted and unanswered ([`Batcher::admit`]);
 //! otherwise it is turned away at once. Admitted requests send their token sequences to one worker thread, which
-//! runs the model on everything waiting, up to `max_batch_tokens` tokens per batch, while later requests queue
-//! behind. Activations are quantized per row, so an input's embedding does not depend on its batch.
+//! runs the model on everything waiting, up to `max_batch_tokens` tokens per batch. Batches are filled round-robin,
+//! one input of each waiting request in turn, so a one-text request is in the next batch however large the
+//! requests before it. Activations are quantized per row, so an input's embedding does not depend on its batch.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -53,9 +54,8 @@ pub struct Batcher {
 }
 
 /// A request's place in the queue; it is given back when dropped.
-pub struct Admission {
+pub struct Place {
     _permit: OwnedSemaphorePermit,
-    jobs: mpsc::Sender<Job>,
 }
 
 impl Batcher {
@@ -77,9 +77,9 @@ impl Batcher {
     }
 
     /// A place in the queue, or a 503 when `max_concurrent` requests are already admitted.
-    pub fn admit(&self) -> std::result::Result<Admission, ApiError> {
+    pub fn admit(&self) -> std::result::Result<Place, ApiError> {
         match Arc::clone(&self.admission).try_acquire_owned() {
-            Ok(permit) => Ok(Admission { _permit: permit, jobs: self.jobs.clone() }),
+            Ok(permit) => Ok(Place { _permit: permit }),
             Err(_) => Err(ApiError::overloaded(self.capacity)),
         }
     }
@@ -93,11 +93,10 @@ impl Batcher {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
-}
 
-impl Admission {
-    /// The model's rows for `sequences` (each within the model's length), in order (see [`ServedModel`]).
-    pub async fn run(self, sequences: Vec<PairTokens>) -> std::result::Result<Vec<Vec<f32>>, ApiError> {
+    /// The model's rows for `sequences` (each within the model's length), in order (see [`ServedModel`]); the
+    /// caller holds a [`Place`] while it waits. Dropping the future drops the request's remaining inputs.
+    pub async fn run(&self, sequences: Vec<PairTokens>) -> std::result::Result<Vec<Vec<f32>>, ApiError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || ApiError::internal("the model worker has stopped");
         self.jobs.send(Job { sequences, reply }).await.map_err(|_| stopped())?;
@@ -114,8 +113,8 @@ struct Pending {
     failed: Option<String>,
 }
 
-/// The worker loop: wait for work, take everything queued, run batches of up to `max_batch_tokens` tokens (at
-/// least one sequence each) in arrival order, answer each job once all its sequences are done.
+/// The worker loop: wait for work, take everything queued, run a batch ([`fill_batch`]), answer each job once all
+/// its sequences are done.
 fn work(model: &ServedModel, mut queue: mpsc::Receiver<Job>, max_batch_tokens: usize, metrics: &Metrics) {
     let mut pending: VecDeque<Pending> = VecDeque::new();
     loop {
@@ -131,19 +130,7 @@ fn work(model: &ServedModel, mut queue: mpsc::Receiver<Job>, max_batch_tokens: u
         // Clients that went away need no answer.
         pending.retain(|p| !p.job.reply.is_closed());
 
-        let (mut batch, mut owners, mut tokens) = (Vec::new(), Vec::new(), 0);
-        'fill: for (index, p) in pending.iter_mut().enumerate() {
-            while p.scheduled < p.job.sequences.len() {
-                let len = p.job.sequences[p.scheduled].ids.len();
-                if !batch.is_empty() && tokens + len > max_batch_tokens {
-                    break 'fill;
-                }
-                batch.push(std::mem::take(&mut p.job.sequences[p.scheduled]));
-                owners.push(index);
-                tokens += len;
-                p.scheduled += 1;
-            }
-        }
+        let (batch, owners, tokens) = fill_batch(&mut pending, max_batch_tokens);
         if batch.is_empty() {
             continue;
         }
@@ -171,9 +158,62 @@ fn work(model: &ServedModel, mut queue: mpsc::Receiver<Job>, max_batch_tokens: u
     }
 }
 
+/// The next batch: up to `max_batch_tokens` tokens (at least one sequence), taken round-robin from the pending
+/// jobs, one sequence of each in turn, in their order; with the index of each sequence's job and the token count.
+fn fill_batch(pending: &mut VecDeque<Pending>, max_batch_tokens: usize) -> (Vec<PairTokens>, Vec<usize>, usize) {
+    let (mut batch, mut owners, mut tokens) = (Vec::new(), Vec::new(), 0);
+    loop {
+        let mut took_any = false;
+        for (index, p) in pending.iter_mut().enumerate() {
+            let Some(next) = p.job.sequences.get_mut(p.scheduled) else { continue };
+            if !batch.is_empty() && tokens + next.ids.len() > max_batch_tokens {
+                return (batch, owners, tokens);
+            }
+            tokens += next.ids.len();
+            batch.push(std::mem::take(next));
+            owners.push(index);
+            p.scheduled += 1;
+            took_any = true;
+        }
+        if !took_any {
+            return (batch, owners, tokens);
+        }
+    }
+}
+
 impl Pending {
     fn new(job: Job) -> Self {
         let count = job.sequences.len();
         Self { job, scheduled: 0, done: Vec::with_capacity(count), failed: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job of sequences of these lengths.
+    fn pending(lengths: &[usize]) -> Pending {
+        let (reply, _answer) = oneshot::channel();
+        let sequences = lengths.iter().map(|&n| PairTokens { ids: vec![1; n], ..Default::default() }).collect();
+        Pending::new(Job { sequences, reply })
+    }
+
+    #[test]
+    fn batches_take_one_input_of_each_request_in_turn() {
+        let mut queue: VecDeque<Pending> = [pending(&[4; 100]), pending(&[4]), pending(&[2, 2])].into();
+        let (batch, owners, tokens) = fill_batch(&mut queue, 16);
+        assert_eq!((owners, tokens, batch.len()), (vec![0, 1, 2, 0, 2], 16, 5), "the small jobs are in the first");
+        assert_eq!(batch.iter().map(|s| s.ids.len()).collect::<Vec<_>>(), [4, 4, 2, 4, 2]);
+        let (_, owners, tokens) = fill_batch(&mut queue, 16);
+        assert_eq!((owners, tokens), (vec![0; 4], 16));
+    }
+
+    #[test]
+    fn a_sequence_over_the_budget_is_a_batch_of_its_own() {
+        let mut queue: VecDeque<Pending> = [pending(&[40, 3])].into();
+        assert_eq!(fill_batch(&mut queue, 16).1, [0]);
+        assert_eq!(fill_batch(&mut queue, 16).2, 3);
+        assert!(fill_batch(&mut queue, 16).0.is_empty());
     }
 }

@@ -1,6 +1,8 @@
 //! Errors in the OpenAI shape, `{"error": {"message", "type", "code"}}`, with their HTTP status.
 
-use axum::http::{header, StatusCode};
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -63,6 +65,40 @@ impl ApiError {
         }
     }
 
+    /// 415: the body is not declared JSON.
+    pub fn unsupported_media_type(given: Option<&str>) -> Self {
+        let given = given.map_or("no Content-Type".to_string(), |t| format!("Content-Type {t:?}"));
+        Self {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            message: format!("the request has {given}: send a JSON body with `Content-Type: application/json`"),
+            kind: "invalid_request_error",
+            code: "unsupported_media_type",
+        }
+    }
+
+    /// 408: the body did not arrive within `limit` of the headers; the connection is closed.
+    pub fn body_timeout(limit: Duration) -> Self {
+        Self {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!("the request body did not arrive within {} s of its headers", limit.as_secs_f64()),
+            kind: "invalid_request_error",
+            code: "body_timeout",
+        }
+    }
+
+    /// 504: the answer was not ready within `limit` of the request; its remaining work is dropped.
+    pub fn timeout(limit: Duration) -> Self {
+        Self {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message: format!(
+                "the request was not done within this server's limit of {} s: send fewer or shorter inputs",
+                limit.as_secs_f64()
+            ),
+            kind: "server_error",
+            code: "timeout",
+        }
+    }
+
     /// 500: the model or the server failed.
     pub fn internal(message: impl Into<String>) -> Self {
         Self {
@@ -78,8 +114,19 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"message": self.message, "type": self.kind, "code": self.code}});
         let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        let headers = response.headers_mut();
+        match self.status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // What is left of a slow body is not read: the connection cannot carry another request.
+            StatusCode::REQUEST_TIMEOUT => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }

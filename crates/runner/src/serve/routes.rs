@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,6 +18,7 @@ use tokenizers::Tokenizer;
 use super::api::{self, EmbedRequest, EmbeddingsRequest, EmbeddingsResponse, Input, Limits};
 use super::batcher::Batcher;
 use super::error::ApiError;
+use super::intake::{self, RequestLimits};
 use super::metrics::Metrics;
 use super::rerank_api::{self, CohereRerankRequest, CohereRerankResponse, TeiRank, TeiRerankRequest};
 
@@ -47,10 +47,10 @@ pub struct AppState {
     pub batcher: Batcher,
     /// The model's task.
     pub served: Served,
-    /// Per-request limits.
+    /// What one request may hold.
     pub limits: Limits,
-    /// The most bytes a request body may have.
-    pub max_body_bytes: usize,
+    /// A model request's body size and time limits.
+    pub request_limits: RequestLimits,
     /// Names the `model` field of `/v1/embeddings` and `/v1/rerank` may take; the first is the one reported.
     pub model_names: Vec<String>,
     /// The body of `GET /info`.
@@ -61,20 +61,24 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
 }
 
-/// The router: the embedding and rerank routes (those of the other task answer 400), `/health`, `/info`,
-/// `/metrics`, JSON errors for unknown paths and methods.
+/// The router: the embedding and rerank routes (those of the other task answer 400) behind
+/// [`intake::admit`], `/health`, `/info`, `/metrics`, JSON errors for unknown paths and methods.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let model_routes = Router::new()
         .route("/v1/embeddings", post(embeddings))
         .route("/embed", post(embed))
         .route("/rerank", post(rerank))
         .route("/v1/rerank", post(v1_rerank))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), intake::admit));
+    Router::new()
+        .merge(model_routes)
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("not_found", "no such path") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        // The intake has read the body within its limit already.
+        .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(Arc::clone(&state), authorize))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), track))
         .with_state(state)
@@ -89,34 +93,37 @@ async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next)
     response
 }
 
-/// With `--api-key`, every route but `/health` needs `Authorization: Bearer KEY`.
+/// With `--api-key`, every route but `/health` needs `Authorization: Bearer KEY` (the scheme in any case).
 async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     if let Some(key) = &state.api_key {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if request.uri().path() != "/health" && !same_secret(given.trim().as_bytes(), key.as_bytes()) {
+        let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
+        if request.uri().path() != "/health" && !same_secret(given.unwrap_or("").as_bytes(), key.as_bytes()) {
             return ApiError::unauthorized().into_response();
         }
     }
     next.run(request).await
 }
 
-/// Compares without stopping at the first difference, so timing does not reveal how much of a key was right.
+/// The token of an `Authorization` header of the `Bearer` scheme, whose name is case-insensitive (RFC 9110).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Whether `given` is `key`, in a time that depends only on the key's length: neither how much of the key was
+/// right nor the length of what was given changes how long the comparison takes.
 fn same_secret(given: &[u8], key: &[u8]) -> bool {
-    given.len() == key.len() && given.iter().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    let mut difference = u8::from(given.len() != key.len());
+    for (i, k) in key.iter().enumerate() {
+        difference |= k ^ given.get(i).copied().unwrap_or(!k);
+    }
+    std::hint::black_box(difference) == 0
 }
 
 /// `POST /v1/embeddings`, OpenAI's API.
-async fn embeddings(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<EmbeddingsResponse>, ApiError> {
+async fn embeddings(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<EmbeddingsResponse>, ApiError> {
     let (_, normalize, dimensions) = embedder(&state)?;
-    let request: EmbeddingsRequest = api::parse_body(&body.map_err(|e| body_error(&state, e))?)?;
+    let request: EmbeddingsRequest = api::parse_body(&body)?;
     check_model(&state, Some(&request.model))?;
     if let Some(d) = request.dimensions.filter(|&d| d == 0 || d > dimensions) {
         return Err(ApiError::bad_request(
@@ -134,20 +141,17 @@ async fn embeddings(
 }
 
 /// `POST /embed`, text-embeddings-inference's API: a list of embeddings.
-async fn embed(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
+async fn embed(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
     embedder(&state)?;
-    let request: EmbedRequest = api::parse_body(&body.map_err(|e| body_error(&state, e))?)?;
+    let request: EmbedRequest = api::parse_body(&body)?;
     let inputs = api::parse_inputs(&request.inputs, "inputs", state.limits.max_inputs)?;
     let prompt = prompt(&state, request.prompt_name.as_deref())?;
     let (pooled, _) = run_model(&state, inputs, prompt, request.truncate.unwrap_or(false), "inputs").await?;
     Ok(Json(api::finish(pooled, None, request.normalize.unwrap_or(true))))
 }
 
-/// Takes a place in the queue, tokenizes off the async threads, and waits for the pooled embeddings and their
-/// token count.
+/// Tokenizes off the async threads, checks the request's token budget, and waits for the pooled embeddings and
+/// their token count (the intake holds the request's place in the queue).
 async fn run_model(
     state: &Arc<AppState>,
     inputs: Vec<Input>,
@@ -155,7 +159,6 @@ async fn run_model(
     truncate: bool,
     field: &'static str,
 ) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
-    let admission = state.batcher.admit()?;
     let shared = Arc::clone(state);
     let sequences = tokio::task::spawn_blocking(move || {
         let (tokenizer, _, _) = embedder(&shared)?;
@@ -163,18 +166,15 @@ async fn run_model(
     })
     .await
     .map_err(|e| ApiError::internal(format!("tokenization failed: {e}")))??;
-    let tokens = sequences.iter().map(Vec::len).sum();
+    let tokens = state.limits.check_request_tokens(sequences.iter().map(Vec::len).sum())?;
     let sequences = sequences.into_iter().map(|ids| PairTokens { ids, ..Default::default() }).collect();
-    Ok((admission.run(sequences).await?, tokens))
+    Ok((state.batcher.run(sequences).await?, tokens))
 }
 
 /// `POST /rerank`, text-embeddings-inference's API: every text scored against the query, best first.
-async fn rerank(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Vec<TeiRank>>, ApiError> {
+async fn rerank(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Vec<TeiRank>>, ApiError> {
     reranker(&state)?;
-    let request: TeiRerankRequest = api::parse_body(&body.map_err(|e| body_error(&state, e))?)?;
+    let request: TeiRerankRequest = api::parse_body(&body)?;
     if let Some(direction) = request.truncation_direction.as_deref().filter(|d| !d.eq_ignore_ascii_case("right")) {
         return Err(ApiError::bad_request(
             "invalid_request",
@@ -187,12 +187,9 @@ async fn rerank(
 }
 
 /// `POST /v1/rerank`, the Cohere / Jina API: the best `top_n` documents with relevance scores in (0, 1).
-async fn v1_rerank(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<CohereRerankResponse>, ApiError> {
+async fn v1_rerank(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<CohereRerankResponse>, ApiError> {
     reranker(&state)?;
-    let request: CohereRerankRequest = api::parse_body(&body.map_err(|e| body_error(&state, e))?)?;
+    let request: CohereRerankRequest = api::parse_body(&body)?;
     check_model(&state, request.model.as_deref())?;
     let documents = rerank_api::document_texts(&request.documents)?;
     rerank_api::check_inputs(&request.query, &documents, "documents", state.limits.max_inputs)?;
@@ -202,8 +199,8 @@ async fn v1_rerank(
     Ok(Json(rerank_api::cohere_response(&scores, documents, top_n, back, &state.model_names[0], tokens)))
 }
 
-/// Takes a place in the queue, tokenizes the pairs off the async threads, and waits for their raw scores and
-/// token count.
+/// Tokenizes the pairs off the async threads, checks the request's token budget, and waits for their raw scores
+/// and token count (the intake holds the request's place in the queue).
 async fn score_pairs(
     state: &Arc<AppState>,
     query: String,
@@ -211,15 +208,14 @@ async fn score_pairs(
     truncate: bool,
     field: &'static str,
 ) -> Result<(Vec<f32>, usize), ApiError> {
-    let admission = state.batcher.admit()?;
     let shared = Arc::clone(state);
     let pairs = tokio::task::spawn_blocking(move || {
         rerank_api::to_pairs(reranker(&shared)?, &query, &documents, truncate, field)
     })
     .await
     .map_err(|e| ApiError::internal(format!("tokenization failed: {e}")))??;
-    let tokens = pairs.iter().map(|p| p.ids.len()).sum();
-    let rows = admission.run(pairs).await?;
+    let tokens = state.limits.check_request_tokens(pairs.iter().map(|p| p.ids.len()).sum())?;
+    let rows = state.batcher.run(pairs).await?;
     Ok((rows.into_iter().map(|row| row[0]).collect(), tokens))
 }
 
@@ -271,18 +267,6 @@ fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
-/// A body that could not be read: over `--max-body-bytes` (413) or cut off.
-fn body_error(state: &AppState, rejection: BytesRejection) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::too_large(
-            "body_too_large",
-            format!("the request body is over this server's limit of {} bytes", state.max_body_bytes),
-        )
-    } else {
-        ApiError::bad_request("unreadable_body", format!("cannot read the request body: {}", rejection.body_text()))
-    }
-}
-
 /// `GET /health`: the server is up and takes requests.
 async fn health() -> Json<Value> {
     Json(serde_json::json!({"status": "ok"}))
@@ -297,4 +281,29 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let text = state.metrics.render(state.batcher.depth(), state.batcher.capacity());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bearer_token, same_secret};
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in ["Bearer k3y", "bearer k3y", "BEARER  k3y ", " Bearer k3y"] {
+            assert_eq!(bearer_token(header), Some("k3y"), "{header:?}");
+        }
+        for header in ["k3y", "Basic k3y", "Bearerk3y", ""] {
+            assert_eq!(bearer_token(header), None, "{header:?}");
+        }
+    }
+
+    #[test]
+    fn secrets_match_only_whole() {
+        assert!(same_secret(b"sesame", b"sesame"));
+        for given in [&b"sesam"[..], b"sesame!", b"sesamf", b"", b"SESAME"] {
+            assert!(!same_secret(given, b"sesame"), "{given:?}");
+        }
+        // A byte that is the complement of the key's is still a difference, not a match.
+        assert!(!same_secret(&[!b's'], b"s"));
+    }
 }
