@@ -4,22 +4,45 @@
 
 mod pool;
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// 0 means "not set": use candle's count (`CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the cores).
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 
+thread_local! {
+    /// This thread's own count while inside [`with_num_threads`] (0: none, the process-wide count applies).
+    static THIS_THREAD: Cell<usize> = const { Cell::new(0) };
+}
+
 /// Caps the threads one kernel call uses (at least 1). Applies to calls started afterwards.
 pub fn set_num_threads(threads: usize) {
     THREADS.store(threads.max(1), Ordering::Relaxed);
 }
 
-/// The number of threads a kernel call uses.
+/// Runs `work` with kernel calls made from this thread capped at `threads` (at least 1), whatever the
+/// process-wide count; `None` runs it under the process-wide count. Several models with their own thread counts
+/// can so run at once from different threads (the Python module gives each model its own).
+pub fn with_num_threads<R>(threads: Option<usize>, work: impl FnOnce() -> R) -> R {
+    let Some(threads) = threads else { return work() };
+    let outer = THIS_THREAD.with(|t| t.replace(threads.max(1)));
+    // Restored however `work` ends, a panic included.
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            THIS_THREAD.with(|t| t.set(self.0));
+        }
+    }
+    let _restore = Restore(outer);
+    work()
+}
+
+/// The number of threads a kernel call made from this thread uses.
 pub fn num_threads() -> usize {
-    match THREADS.load(Ordering::Relaxed) {
-        0 => default_threads(),
-        n => n,
+    match (THIS_THREAD.with(Cell::get), THREADS.load(Ordering::Relaxed)) {
+        (0, 0) => default_threads(),
+        (0, n) | (n, _) => n,
     }
 }
 
@@ -67,5 +90,27 @@ impl<T> SharedMut<T> {
     /// The pointer (a method, so closures capture the whole `Send` wrapper, not its field).
     pub fn get(self) -> *mut T {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_can_have_its_own_count_for_a_while() {
+        let outside = num_threads();
+        let inside =
+            with_num_threads(Some(3), || (num_threads(), with_num_threads(Some(1), num_threads), num_threads()));
+        assert_eq!(inside, (3, 1, 3), "nested counts apply inside and end with their call");
+        assert_eq!(num_threads(), outside);
+        assert_eq!(with_num_threads(None, num_threads), outside);
+        assert_eq!(with_num_threads(Some(0), num_threads), 1);
+        let other =
+            std::thread::spawn(|| with_num_threads(Some(5), || std::thread::spawn(num_threads).join().unwrap()));
+        assert_eq!(other.join().unwrap(), outside, "other threads keep the process-wide count");
+        let caught = std::panic::catch_unwind(|| with_num_threads(Some(7), || panic!("inside")));
+        assert!(caught.is_err());
+        assert_eq!(num_threads(), outside, "a panic inside does not leave the count behind");
     }
 }

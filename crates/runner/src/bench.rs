@@ -9,7 +9,7 @@ use clap::Args;
 use swap::{Embedder, ModelKind, PairTokens, Plan, Reranker, Task};
 
 use crate::baseline::CandleBert;
-use crate::model_args::{apply_threads, encoder_preset, resolve, DEFAULT_MODEL};
+use crate::model_args::{apply_threads, encoder_preset, locate, DEFAULT_MODEL};
 
 /// Options of `runner bench`.
 #[derive(Args, Debug)]
@@ -86,7 +86,7 @@ pub(crate) fn variants(
         variants.push(Variant { name: format!("plan {}", file.display()), path: path.to_path_buf(), plan: Some(plan) });
     }
     for dir in &args.checkpoint {
-        let (checkpoint, kind) = resolve(&dir.display().to_string())?;
+        let (checkpoint, kind) = locate(&dir.display().to_string())?;
         if kind != task {
             bail!("the checkpoint {} does {kind}, not {task} like {}", dir.display(), path.display());
         }
@@ -161,7 +161,7 @@ struct Row {
 /// Loads every contender, then times them in interleaved rounds so that machine noise falls on all alike.
 pub fn run(args: BenchArgs) -> Result<()> {
     apply_threads(args.threads)?;
-    let (path, task) = resolve(&args.model)?;
+    let (path, task) = locate(&args.model)?;
     match task {
         Task::Generation => crate::bench_llama::run(&args, &path),
         Task::Embedding | Task::Reranking => bench_encoder(&args, path, task),

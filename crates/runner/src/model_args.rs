@@ -4,37 +4,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::Args;
-use swap::{Embedder, Generator, ModelFiles, ModelKind, Plan, Reranker, ResolveOptions, Task, SENTENCE_BERT_FILES};
+use swap::{Embedder, Generator, Plan, Reranker, ResolveOptions, Task, SENTENCE_BERT_FILES};
 
 /// Default embedding model: the folder `models/fetch minilm` fills.
 pub const DEFAULT_MODEL: &str = "models/cache/all-MiniLM-L6-v2";
 /// Default generation model: the file `models/fetch smollm2` fills.
 pub const DEFAULT_LLM: &str = "models/cache/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// The files of a Llama model folder on the Hub.
-const LLAMA_FILES: ModelFiles<'static> = ModelFiles {
-    required: &["config.json", "tokenizer.json", "model.safetensors"],
-    optional: &["tokenizer_config.json", "generation_config.json"],
-};
-
-/// A `--model` argument resolved to a local path and the task of the model there: a GGUF file generates; a folder
-/// does what its `config.json` says (see [`ModelKind::of_config`]: an unsupported architecture is an error here).
-pub fn resolve(model: &str) -> Result<(PathBuf, Task)> {
-    let path = Path::new(model);
-    if path.is_file() {
-        return Ok((path.to_path_buf(), Task::Generation));
-    }
-    if path.is_dir() {
-        return Ok((path.to_path_buf(), ModelKind::of_folder(path)?.0.task));
-    }
-    // A Hub id: fetch the files every encoder needs, then look.
-    let dir = swap::resolve_model(model, &SENTENCE_BERT_FILES, &ResolveOptions::default())?;
-    let task = ModelKind::of_folder(&dir)?.0.task;
-    if task == Task::Generation {
-        return Ok((swap::resolve_model(model, &LLAMA_FILES, &ResolveOptions::default())?, task));
-    }
-    Ok((dir, task))
-}
+pub use swap::locate::{encoder_preset, locate};
 
 /// `--quant` / `--plan` and `--threads`, shared by every model command.
 #[derive(Args, Debug, Clone)]
@@ -57,8 +34,7 @@ impl QuantArgs {
     /// when neither is given.
     pub fn plan_for(&self, path: &Path, task: Task) -> Result<Option<Plan>> {
         match (&self.quant, &self.plan) {
-            (Some(name), _) if task == Task::Generation => Ok(Some(Plan::llama_preset(name)?)),
-            (Some(name), _) => Ok(Some(encoder_preset(name, ModelKind::of_folder(path)?.0)?)),
+            (Some(name), _) => Ok(Some(swap::locate::preset(name, path, task)?)),
             (None, Some(path)) => Ok(Some(Plan::from_file(path)?)),
             (None, None) => Ok(None),
         }
@@ -79,7 +55,7 @@ impl LlmArgs {
     /// Applies `--threads`, then loads the model with the chosen plan.
     pub fn load(&self) -> Result<Generator> {
         apply_threads(self.quant.threads)?;
-        let (path, task) = resolve(&self.model)?;
+        let (path, task) = locate(&self.model)?;
         if task != Task::Generation {
             bail!("{} does {task}, not text generation (that takes a GGUF file or a Llama folder)", self.model);
         }
@@ -130,15 +106,6 @@ impl ModelArgs {
     /// unless `HF_HUB_OFFLINE=1`).
     pub fn dir(&self) -> Result<PathBuf> {
         swap::resolve_model(&self.model, &SENTENCE_BERT_FILES, &ResolveOptions::default())
-    }
-}
-
-/// The plan a `--quant` name stands for on an encoder of `kind`: `int8` (its architecture's default plan, a
-/// reranker's head in f32) or one scheme for every layer (`fp32`, `w8a8-row`, ...).
-pub fn encoder_preset(name: &str, kind: ModelKind) -> Result<Plan> {
-    match name.trim().to_ascii_lowercase().as_str() {
-        "int8" => Ok(kind.default_plan()),
-        _ => Ok(Plan::uniform(name.parse()?)),
     }
 }
 

@@ -9,7 +9,7 @@ use swap::analysis::{auto_plan, Candidate, Target};
 use swap::{ModelKind, Plan, Task};
 
 use crate::inspect::{candidate_schemes, measure, CalibrationData};
-use crate::model_args::{resolve, ModelArgs};
+use crate::model_args::{locate, ModelArgs};
 
 /// Options of `runner quantize`. `--model` may also be a Llama (a GGUF file or an HF folder); `--quant` then takes
 /// the Llama presets (`int8`, `int4`, `int2`: int8 `lm_head`).
@@ -42,7 +42,7 @@ pub struct QuantizeArgs {
 /// Quantizes the float model per the plan and saves it, printing sizes before and after.
 pub fn run(args: QuantizeArgs) -> Result<()> {
     args.model.apply_threads()?;
-    let (src, task) = resolve(&args.model.model)?;
+    let (src, task) = locate(&args.model.model)?;
     if src.canonicalize().ok() == args.out.canonicalize().ok() {
         bail!("--out must differ from the model folder");
     }
@@ -87,7 +87,7 @@ fn automatic(args: &QuantizeArgs, task: Task) -> Result<Plan> {
         candidate_schemes(&args.candidates, probe.task())?.into_iter().map(Candidate::from).collect();
     let table = measure(&probe, &candidates, true, None)?;
     let found = auto_plan(&probe, &table, target)?;
-    let (src, _) = resolve(&args.model.model)?;
+    let (src, _) = locate(&args.model.model)?;
     let int8 = default_plan(&src, task)?;
     let uniform = probe.evaluate(&int8)?;
     let float = probe.float();

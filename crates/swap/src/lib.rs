@@ -12,6 +12,7 @@ pub mod generator;
 pub mod gguf_tokenizer;
 pub mod gguf_weights;
 pub mod loader;
+pub mod locate;
 pub mod models;
 pub mod nn;
 pub mod plan;

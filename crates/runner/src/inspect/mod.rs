@@ -12,11 +12,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use qlayers::LayerScheme;
 use serde::Serialize;
-use swap::analysis::{sensitivity, Candidate, Evaluation, LayerSensitivity, LayerShape, Probe};
+use swap::analysis::{default_schemes, sensitivity, Candidate, Evaluation, LayerSensitivity, LayerShape, Probe};
 use swap::plan::glob_match;
 use swap::{Plan, Task};
 
-use calibration::default_schemes;
 pub use calibration::{CalibrationArgs, CalibrationData};
 
 /// Options of `runner inspect`.

@@ -6,11 +6,13 @@
 //! per layer that meets a [`Target`] at the fewest bytes.
 
 mod auto;
+mod calibration;
 mod grid;
 mod probe;
 mod sensitivity;
 
 pub use auto::{auto_plan, AutoPlan, Target};
+pub use calibration::{default_schemes, probe_on_text, DEFAULT_CALIBRATION};
 pub use grid::grid_levels;
 pub use probe::{Evaluation, LayerShape, Probe, Quality};
 pub use sensitivity::{sensitivity, weight_round_trip, Candidate, LayerSensitivity, SchemeResult};
