@@ -156,16 +156,16 @@ const GGUF_PREAMBLE: u64 = 24;
 fn header_error(path: &Path, len: u64, error: candle_core::Error) -> anyhow::Error {
     let file = path.display();
     let eof = matches!(&error, candle_core::Error::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof);
-    match () {
-        _ if len < GGUF_PREAMBLE => {
-            anyhow::anyhow!(
-                "{file} is not a valid GGUF file: it is {len} bytes; a GGUF header needs at least {GGUF_PREAMBLE}"
-            )
-        }
-        _ if eof => anyhow::anyhow!(
+    if len < GGUF_PREAMBLE {
+        anyhow::anyhow!(
+            "{file} is not a valid GGUF file: it is {len} bytes; a GGUF header needs at least {GGUF_PREAMBLE}"
+        )
+    } else if eof {
+        anyhow::anyhow!(
             "{file} is not a valid GGUF file: it is {len} bytes and ends inside its header, which needs more"
-        ),
-        _ => anyhow::anyhow!("{file} is not a valid GGUF file ({len} bytes): {error}"),
+        )
+    } else {
+        anyhow::anyhow!("{file} is not a valid GGUF file ({len} bytes): {error}")
     }
 }
 
@@ -175,10 +175,14 @@ fn check_extent(path: &Path, len: u64, content: &Content) -> Result<()> {
     let mut needed = content.tensor_data_offset;
     for (name, info) in &content.tensor_infos {
         let bytes = tensor_bytes(info).with_context(|| {
-            format!("{} is not a valid GGUF file: tensor {name} has shape {:?}", path.display(), info.shape.dims())
+            let (dims, dtype) = (info.shape.dims(), info.ggml_dtype);
+            format!(
+                "{} is not a valid GGUF file: tensor {name} of shape {dims:?} does not fill {dtype:?} blocks",
+                path.display()
+            )
         })?;
         let end = content.tensor_data_offset.checked_add(info.offset).and_then(|start| start.checked_add(bytes));
-        needed = needed.max(end.with_context(|| format!("{}: tensor {name} lies past any file", path.display()))?);
+        needed = needed.max(end.with_context(|| format!("{}: tensor {name} ends past 2^64 bytes", path.display()))?);
     }
     if needed > len {
         bail!("{} is not a valid GGUF file: it is {len} bytes; its header needs at least {needed}", path.display());
