@@ -55,6 +55,9 @@ pub struct Architecture {
     int8_plan: fn() -> Plan,
     /// A decoder: it generates, unless its class is a bare `*Model`, which embeds (Qwen3-Embedding).
     decoder: bool,
+    /// Globs of the tensors its checkpoints may hold that the model does not read (poolers, pre-training heads,
+    /// saved buffers); any other tensor left unread is an error ([`QuantLoader::check_all_read`]).
+    unused: &'static [&'static str],
 }
 
 /// Every architecture the engine runs.
@@ -67,6 +70,8 @@ pub const ARCHITECTURES: &[Architecture] = &[
         linear_layers: |c| Ok(BertConfig::from_json(c)?.linear_layers()),
         int8_plan: Plan::bert_int8,
         decoder: false,
+        // The pooler (read as a reranker's dense layer), BertForMaskedLM's and BertForPreTraining's heads.
+        unused: &["*pooler.*", "*embeddings.position_ids", "cls.*"],
     },
     Architecture {
         name: "RoBERTa",
@@ -76,6 +81,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         linear_layers: |c| Ok(BertConfig::from_json(c)?.linear_layers()),
         int8_plan: Plan::bert_int8,
         decoder: false,
+        unused: &["*pooler.*", "*embeddings.position_ids", "lm_head.*"],
     },
     Architecture {
         name: "DistilBERT",
@@ -85,6 +91,8 @@ pub const ARCHITECTURES: &[Architecture] = &[
         linear_layers: |c| Ok(6 * DistilBertConfig::from_json(c)?.n_layers),
         int8_plan: Plan::bert_int8,
         decoder: false,
+        // DistilBertForMaskedLM's head.
+        unused: &["*embeddings.position_ids", "vocab_transform.*", "vocab_layer_norm.*", "vocab_projector.*"],
     },
     Architecture {
         name: "MPNet",
@@ -94,6 +102,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         linear_layers: |c| Ok(MpnetConfig::from_json(c)?.linear_layers()),
         int8_plan: crate::models::mpnet::int8_plan,
         decoder: false,
+        unused: &["*pooler.*", "*embeddings.position_ids", "lm_head.*"],
     },
     Architecture {
         name: "ModernBERT",
@@ -103,6 +112,8 @@ pub const ARCHITECTURES: &[Architecture] = &[
         linear_layers: |c| Ok(ModernBertConfig::from_json(c)?.linear_layers()),
         int8_plan: Plan::bert_int8,
         decoder: false,
+        // ModernBertForMaskedLM's head.
+        unused: &["head.*", "decoder.*"],
     },
     Architecture {
         name: "Llama",
@@ -112,6 +123,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         linear_layers: |c| Ok(7 * LlamaConfig::from_hf_json(c)?.num_layers),
         int8_plan: Plan::llama_int8,
         decoder: true,
+        unused: crate::models::llama::UNUSED_TENSORS,
     },
 ];
 
@@ -186,6 +198,22 @@ impl ModelKind {
     /// Builds the encoder of `config` (this kind's `config.json`) from `loader`.
     pub fn encoder(&self, config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
         (self.arch.encoder)(config, loader).context("the weights do not match config.json")
+    }
+
+    /// Builds the whole model of `config` from `loader`: the encoder and, for a reranker, its head; then checks
+    /// that the model read every tensor of the checkpoint but those its architecture knows it does not need.
+    pub fn build(
+        &self,
+        config: &str,
+        loader: &QuantLoader,
+    ) -> Result<(Box<dyn TextEncoder>, Option<SequenceClassifier>)> {
+        let encoder = self.encoder(config, loader)?;
+        let head = match self.task {
+            Task::Reranking => Some(self.classifier(encoder.hidden_size(), loader)?),
+            Task::Embedding | Task::Generation => None,
+        };
+        loader.check_all_read(self.arch.unused).context("the weights do not match config.json")?;
+        Ok((encoder, head))
     }
 
     /// Builds the reranker head of an encoder of width `hidden` from `loader`.

@@ -24,12 +24,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::Tensor;
 use qlayers::{Bits, CodeRange, Granularity, LayerScheme, LinearScheme, QTensor, Scheme};
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
+use crate::loader::TrackedTensors;
 use crate::plan::Plan;
 
 /// A tensor as a checkpoint stores it (what a recording loader hands out).
@@ -112,7 +112,7 @@ impl QuantizedLayers {
 
 /// Reads layer `name`'s quantized weight of `shape` under `scheme` from a checkpoint.
 pub(crate) fn read_weight(
-    tensors: &MmapedSafetensors,
+    tensors: &TrackedTensors,
     name: &str,
     scheme: LayerScheme,
     shape: [usize; 2],
@@ -130,7 +130,7 @@ pub(crate) fn read_weight(
     }
     let params = |suffix: &str| -> Result<Vec<f32>> {
         let t = tensors
-            .load(&format!("{name}.weight.{suffix}"), &candle_core::Device::Cpu)
+            .load(&format!("{name}.weight.{suffix}"))
             .with_context(|| format!("{name}.weight.{suffix} is missing (scheme {scheme})"))?;
         if t.dims() != [rows, groups] {
             bail!("{name}.weight.{suffix} has shape {:?}, expected {:?}", t.dims(), [rows, groups]);
@@ -249,6 +249,7 @@ fn quantized_entries(name: &str, q: &QTensor) -> Result<Vec<Entry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::safetensors::MmapedSafetensors;
 
     /// Deterministic weights with a spread of magnitudes, a zero row and a zero group.
     fn weights(n: usize, k: usize) -> Tensor {
@@ -280,7 +281,7 @@ mod tests {
             write_tensors(&[("layer.weight".into(), Stored::Quantized(q.clone()))], &path)?;
             // SAFETY: the file is not modified while mapped.
             let tensors = unsafe { MmapedSafetensors::new(&path) }?;
-            let back = read_weight(&tensors, "layer", scheme, [n, k])?;
+            let back = read_weight(&TrackedTensors::new(&tensors, &Default::default()), "layer", scheme, [n, k])?;
             assert_eq!(back, q, "{name}");
             assert_eq!(back.levels().is_some(), name.starts_with("nf4") || name.starts_with("kmeans"), "{name}");
             let saved = qlayers::QLinear::from_qtensor(&back, Some(&bias), scheme, block)?.forward_f32(&x, m)?;
@@ -314,10 +315,13 @@ mod tests {
         };
         let scheme: LayerScheme = "nf4-g64".parse()?;
         entries.last_mut().expect("levels").1 = Dtype::U8;
-        let err = read_weight(&write(&entries)?, "layer", scheme, [n, k]).unwrap_err();
+        let read = |tensors: &MmapedSafetensors| {
+            read_weight(&TrackedTensors::new(tensors, &Default::default()), "layer", scheme, [n, k]).unwrap_err()
+        };
+        let err = read(&write(&entries)?);
         assert!(err.to_string().contains("expected I8 [16]"), "{err}");
         entries.pop();
-        let err = read_weight(&write(&entries)?, "layer", scheme, [n, k]).unwrap_err();
+        let err = read(&write(&entries)?);
         assert!(err.to_string().contains("levels is missing"), "{err}");
         std::fs::remove_dir_all(&dir)?;
         Ok(())

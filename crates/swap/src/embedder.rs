@@ -172,7 +172,7 @@ impl Embedder {
     /// This pipeline and tokenizer over the model `loader` builds (for example one that observes its inputs or
     /// smooths its layers).
     pub fn with_loader(&self, loader: &QuantLoader) -> Result<Self> {
-        let model = self.kind.encoder(&self.config, loader)?;
+        let (model, _) = self.kind.build(&self.config, loader)?;
         Ok(Self {
             tokenizer: self.tokenizer.clone(),
             kind: self.kind,
@@ -185,7 +185,7 @@ impl Embedder {
     }
 
     fn open_with(dir: &Path, plan: Option<Plan>, record: bool) -> Result<(Self, QuantLoader)> {
-        let EncoderFolder { kind, config, model, mut tokenizer, loader } =
+        let EncoderFolder { kind, config, model, mut tokenizer, loader, .. } =
             EncoderFolder::open(dir, plan, record, Task::Embedding)?;
         let pipeline = PipelineConfig::read(dir, model.max_tokens())?;
         crate::encoder_folder::truncate_at(&mut tokenizer, pipeline.max_seq_length)?;

@@ -8,6 +8,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::arch::{ModelKind, Task};
 use crate::loader::QuantLoader;
+use crate::models::heads::SequenceClassifier;
 use crate::models::TextEncoder;
 use crate::plan::Plan;
 
@@ -19,6 +20,8 @@ pub(crate) struct EncoderFolder {
     pub config: String,
     /// The encoder, quantized per the plan.
     pub model: Box<dyn TextEncoder>,
+    /// A reranker's head.
+    pub head: Option<SequenceClassifier>,
     /// `tokenizer.json`, with no padding (sequences run unpadded) and truncation at the model's longest sequence.
     pub tokenizer: Tokenizer,
     /// The loader the encoder was read through (a task head is read through it too).
@@ -50,12 +53,12 @@ impl EncoderFolder {
         if record {
             loader = loader.recording();
         }
-        let model = kind.encoder(&config, &loader)?;
+        let (model, head) = kind.build(&config, &loader)?;
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", dir.join("tokenizer.json").display()))?;
         tokenizer.with_padding(None);
         truncate_at(&mut tokenizer, model.max_tokens())?;
-        Ok(Self { kind, config, model, tokenizer, loader })
+        Ok(Self { kind, config, model, head, tokenizer, loader })
     }
 }
 

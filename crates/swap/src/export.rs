@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file::Value;
 
-use crate::arch::{ModelKind, Task};
+use crate::arch::ModelKind;
 use crate::checkpoint::{write_tensors, QuantizationConfig, FORMAT_VERSION, QUANT_METHOD, WEIGHTS_FILE};
 use crate::gguf_tokenizer::tokenizer_from_gguf;
 use crate::gguf_weights::{metadata_str, GgufWeights};
@@ -40,10 +40,7 @@ pub fn quantize_encoder(
     let loader = QuantLoader::from_safetensors(&[&weights], plan.clone())?
         .recording()
         .with_progress(counted(kind.linear_layers(&config_text)?, progress));
-    let encoder = kind.encoder(&config_text, &loader)?;
-    if kind.task == Task::Reranking {
-        kind.classifier(encoder.hidden_size(), &loader)?;
-    }
+    kind.build(&config_text, &loader)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     copy_side_files(src, out)?;
     write_checkpoint(&loader, plan, config_json, out, std::fs::metadata(&weights)?.len())

@@ -23,11 +23,13 @@ pub struct GgufWeights {
 }
 
 impl GgufWeights {
-    /// Reads the header and metadata of `path`; a file that is not GGUF, or not a Llama, is an error.
+    /// Reads the header and metadata of `path`; a file that is not GGUF, not a Llama, or shorter than its header
+    /// says (a truncated download) is an error that says so.
     pub fn open(path: &Path) -> Result<Self> {
         let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let content =
-            Content::read(&mut file).with_context(|| format!("{} is not a valid GGUF file", path.display()))?;
+        let len = file.metadata().with_context(|| format!("cannot read {}", path.display()))?.len();
+        let content = Content::read(&mut file).map_err(|e| header_error(path, len, e))?;
+        check_extent(path, len, &content)?;
         let arch = metadata_str(&content.metadata, "general.architecture")?;
         if arch != "llama" {
             bail!("the GGUF file holds a {arch:?} model; this loader reads Llama-architecture models");
@@ -56,9 +58,19 @@ impl GgufWeights {
         self.stored_name(name).is_some()
     }
 
+    /// The name of every tensor of the file (GGUF names: `blk.0.attn_q.weight`).
+    pub fn names(&self) -> Vec<String> {
+        self.content.tensor_infos.keys().cloned().collect()
+    }
+
+    /// The shape of the tensor of HF name `name`, in HF order (`[rows, cols]`), if the file has it.
+    pub fn dims(&self, name: &str) -> Option<Vec<usize>> {
+        Some(self.content.tensor_infos.get(&self.stored_name(name)?)?.shape.dims().to_vec())
+    }
+
     /// The GGUF name of the tensor that holds HF tensor `name`, if the file has it: `lm_head.weight` is the
     /// embedding matrix when the file ties them (it has no `output.weight`).
-    fn stored_name(&self, name: &str) -> Option<String> {
+    pub fn stored_name(&self, name: &str) -> Option<String> {
         let gguf = gguf_name(name)?;
         match self.content.tensor_infos.contains_key(&gguf) {
             true => Some(gguf),
@@ -135,6 +147,57 @@ impl GgufWeights {
             None => Ok(tensor),
         }
     }
+}
+
+/// The fixed start of a GGUF file: magic, version, tensor count and metadata count.
+const GGUF_PREAMBLE: u64 = 24;
+
+/// The error of a GGUF header that does not read, with the file's length when it is cut short.
+fn header_error(path: &Path, len: u64, error: candle_core::Error) -> anyhow::Error {
+    let file = path.display();
+    let eof = matches!(&error, candle_core::Error::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof);
+    if len < GGUF_PREAMBLE {
+        anyhow::anyhow!(
+            "{file} is not a valid GGUF file: it is {len} bytes; a GGUF header needs at least {GGUF_PREAMBLE}"
+        )
+    } else if eof {
+        anyhow::anyhow!(
+            "{file} is not a valid GGUF file: it is {len} bytes and ends inside its header, which needs more"
+        )
+    } else {
+        anyhow::anyhow!("{file} is not a valid GGUF file ({len} bytes): {error}")
+    }
+}
+
+/// Checks that every tensor the header lists lies inside the file: a truncated file is an error that says how long
+/// it is and how long its header says it is.
+fn check_extent(path: &Path, len: u64, content: &Content) -> Result<()> {
+    let mut needed = content.tensor_data_offset;
+    for (name, info) in &content.tensor_infos {
+        let bytes = tensor_bytes(info).with_context(|| {
+            let (dims, dtype) = (info.shape.dims(), info.ggml_dtype);
+            format!(
+                "{} is not a valid GGUF file: tensor {name} of shape {dims:?} does not fill {dtype:?} blocks",
+                path.display()
+            )
+        })?;
+        let end = content.tensor_data_offset.checked_add(info.offset).and_then(|start| start.checked_add(bytes));
+        needed = needed.max(end.with_context(|| format!("{}: tensor {name} ends past 2^64 bytes", path.display()))?);
+    }
+    if needed > len {
+        bail!("{} is not a valid GGUF file: it is {len} bytes; its header needs at least {needed}", path.display());
+    }
+    Ok(())
+}
+
+/// Bytes of a tensor's data, or `None` when its shape does not fit its blocks or overflows.
+fn tensor_bytes(info: &candle_core::quantized::gguf_file::TensorInfo) -> Option<u64> {
+    let elements = info.shape.dims().iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64))?;
+    let block = info.ggml_dtype.block_size() as u64;
+    if !elements.is_multiple_of(block) {
+        return None;
+    }
+    (elements / block).checked_mul(info.ggml_dtype.type_size() as u64)
 }
 
 /// The GGUF name of an HF tensor name of a Llama model.

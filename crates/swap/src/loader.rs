@@ -6,7 +6,7 @@
 //! From a pre-quantized checkpoint ([`crate::checkpoint`]) or an optimum-quanto one ([`crate::quanto`]), the
 //! integer codes are read as they are: no float weight is read or quantized.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -95,6 +95,27 @@ impl LinearParams {
     }
 }
 
+/// Whether a Linear layer has a bias. The model code states it for each layer (from its architecture and config),
+/// so that a checkpoint that disagrees is an error instead of a bias silently read as zero or ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bias {
+    /// `name.bias` (`[out]`) must be in the checkpoint; without it the layer is an error naming it.
+    Required,
+    /// The layer has no bias; a `name.bias` in the checkpoint is an unexpected tensor.
+    None,
+}
+
+impl Bias {
+    /// [`Bias::Required`] when `present` (a config's `attention_bias`, `mlp_bias`), else [`Bias::None`].
+    pub fn when(present: bool) -> Self {
+        if present {
+            Self::Required
+        } else {
+            Self::None
+        }
+    }
+}
+
 /// Where the schemes and weights come from.
 enum Source {
     /// Float weights quantized per a plan.
@@ -137,12 +158,42 @@ impl Store {
     /// Tensor `name`, expected to be of `shape` (which the candle store needs to read it; the caller checks it for
     /// the others).
     fn load(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        if !self.contains(name) {
+            bail!("weight {name} is missing");
+        }
         match self {
-            Self::Candle(vb) if !vb.contains_tensor(name) => bail!("weight {name} is missing"),
             Self::Candle(vb) => vb.get(shape, name).with_context(|| format!("reading weight {name}")),
-            Self::Safetensors(t) => t.load(name, &Device::Cpu).with_context(|| format!("weight {name} is missing")),
+            Self::Safetensors(t) => t.load(name, &Device::Cpu).with_context(|| format!("reading weight {name}")),
             Self::Gguf(g) => g.tensor(name),
             Self::Memory(m) => m.get(name).cloned().with_context(|| format!("weight {name} is missing")),
+        }
+    }
+
+    /// The name under which the store holds the tensor called `name` (a GGUF file has names of its own).
+    fn stored_name(&self, name: &str) -> String {
+        match self {
+            Self::Gguf(g) => g.stored_name(name).unwrap_or_else(|| name.to_string()),
+            Self::Safetensors(_) | Self::Memory(_) | Self::Candle(_) => name.to_string(),
+        }
+    }
+
+    /// The shape of float tensor `name` as stored, when the store holds it and can tell without reading it.
+    fn dims(&self, name: &str) -> Option<Vec<usize>> {
+        match self {
+            Self::Safetensors(t) => t.get(name).ok().map(|v| v.shape().to_vec()),
+            Self::Gguf(g) => g.dims(name),
+            Self::Memory(m) => m.get(name).map(|t| t.dims().to_vec()),
+            Self::Candle(_) => None,
+        }
+    }
+
+    /// Every tensor name the store holds (`None`: a candle `VarBuilder`, which cannot list them).
+    fn names(&self) -> Option<Vec<String>> {
+        match self {
+            Self::Safetensors(t) => Some(t.tensors().into_iter().map(|(name, _)| name).collect()),
+            Self::Gguf(g) => Some(g.names()),
+            Self::Memory(m) => Some(m.keys().cloned().collect()),
+            Self::Candle(_) => None,
         }
     }
 
@@ -156,6 +207,37 @@ impl Store {
         }
     }
 }
+
+/// The safetensors of a quantized checkpoint as its codes are read: every tensor handed out is noted, so that the
+/// loader knows which tensors of the file no layer read.
+pub(crate) struct TrackedTensors<'a> {
+    tensors: &'a MmapedSafetensors,
+    read: &'a Mutex<HashSet<String>>,
+}
+
+impl<'a> TrackedTensors<'a> {
+    /// `tensors`, noting each name read in `read`.
+    pub(crate) fn new(tensors: &'a MmapedSafetensors, read: &'a Mutex<HashSet<String>>) -> Self {
+        Self { tensors, read }
+    }
+
+    /// The raw view of tensor `name`.
+    pub(crate) fn get(&self, name: &str) -> Result<safetensors::tensor::TensorView<'a>> {
+        let view = self.tensors.get(name)?;
+        lock(self.read).insert(name.to_string());
+        Ok(view)
+    }
+
+    /// Tensor `name` on the CPU, in its stored dtype.
+    pub(crate) fn load(&self, name: &str) -> Result<Tensor> {
+        let tensor = self.tensors.load(name, &Device::Cpu)?;
+        lock(self.read).insert(name.to_string());
+        Ok(tensor)
+    }
+}
+
+/// How many names an error about unexpected tensors lists.
+const LISTED_NAMES: usize = 5;
 
 /// A weight reader that builds Linear layers as [`QLinear`]s per a [`Plan`] or per a quantized checkpoint.
 pub struct QuantLoader {
@@ -171,6 +253,8 @@ pub struct QuantLoader {
     observers: Option<Observers>,
     /// SmoothQuant for W8A8 layers: each layer's input channel maxima and the migration strength.
     smoothing: Option<(InputRanges, f32)>,
+    /// The stored name of every tensor read so far (see [`QuantLoader::check_all_read`]).
+    read: Mutex<HashSet<String>>,
 }
 
 impl QuantLoader {
@@ -266,6 +350,7 @@ impl QuantLoader {
             aliases: Vec::new(),
             observers: None,
             smoothing: None,
+            read: Mutex::new(HashSet::new()),
         }
     }
 
@@ -365,14 +450,14 @@ impl QuantLoader {
         }
     }
 
-    /// Reads the parameters of Linear layer `name` (`[out_dim, in_dim]` weight, optional bias), quantized per
-    /// its scheme.
-    pub fn linear_params(&self, name: &str, in_dim: usize, out_dim: usize) -> Result<LinearParams> {
+    /// Reads the parameters of Linear layer `name` (`[out_dim, in_dim]` weight, and a `[out_dim]` bias as `bias`
+    /// says), quantized per its scheme.
+    pub fn linear_params(&self, name: &str, in_dim: usize, out_dim: usize, bias: Bias) -> Result<LinearParams> {
         if let Some(progress) = &self.progress {
             progress(name);
         }
         let scheme = self.scheme_for(name)?;
-        self.read_params(name, scheme, in_dim, out_dim)
+        self.read_params(name, scheme, in_dim, out_dim, bias)
     }
 
     /// Reads the token-embedding table `name` (weight `name.weight`, `[rows, width]`) under its scheme: the
@@ -384,14 +469,27 @@ impl QuantLoader {
             Source::Quantized(layers) => layers.get(name).unwrap_or(LayerScheme::F32),
             Source::Quanto(_) => LayerScheme::F32,
         };
-        self.read_params(name, scheme, width, rows)
+        self.read_params(name, scheme, width, rows, Bias::None)
     }
 
-    /// Reads `name.weight` (`[out_dim, in_dim]`) and `name.bias` if present, quantized per `scheme`; records them
-    /// and the scheme (which a checkpoint lists for the layer).
-    fn read_params(&self, name: &str, scheme: LayerScheme, in_dim: usize, out_dim: usize) -> Result<LinearParams> {
+    /// Reads `name.weight` (`[out_dim, in_dim]`), quantized per `scheme`, and `name.bias` as `bias` says; records
+    /// them and the scheme (which a checkpoint lists for the layer).
+    fn read_params(
+        &self,
+        name: &str,
+        scheme: LayerScheme,
+        in_dim: usize,
+        out_dim: usize,
+        bias: Bias,
+    ) -> Result<LinearParams> {
         let bias_name = format!("{name}.bias");
-        let bias = if self.contains(&bias_name) { Some(self.read_float(&bias_name, &[out_dim])?) } else { None };
+        let bias = match bias {
+            Bias::Required => Some(self.read_float(&bias_name, &[out_dim])?),
+            Bias::None if self.contains(&bias_name) => {
+                bail!("unexpected tensor {bias_name}: this architecture has no bias in {name}")
+            }
+            Bias::None => None,
+        };
         let weight = match (&self.source, scheme) {
             (_, LayerScheme::F32) => {
                 LinearWeight::Float(self.read_float(&format!("{name}.weight"), &[out_dim, in_dim])?)
@@ -412,17 +510,12 @@ impl QuantLoader {
                     )
                 }
             },
-            (Source::Quantized(_), _) => LinearWeight::Quantized(checkpoint::read_weight(
-                self.tensors.safetensors()?,
-                name,
-                scheme,
-                [out_dim, in_dim],
-            )?),
-            (Source::Quanto(_), _) => LinearWeight::Quantized(crate::quanto::read_weight(
-                self.tensors.safetensors()?,
-                name,
-                [out_dim, in_dim],
-            )?),
+            (Source::Quantized(_), _) => {
+                LinearWeight::Quantized(checkpoint::read_weight(&self.tracked()?, name, scheme, [out_dim, in_dim])?)
+            }
+            (Source::Quanto(_), _) => {
+                LinearWeight::Quantized(crate::quanto::read_weight(&self.tracked()?, name, [out_dim, in_dim])?)
+            }
         };
         if let Some(b) = &bias {
             self.record(&bias_name, Stored::Float(b.clone()));
@@ -466,10 +559,42 @@ impl QuantLoader {
         Ok(QLinear::smoothed(weight, bias, scheme, &factors)?)
     }
 
-    /// The Linear layer `name`, read and quantized per its scheme.
-    pub fn linear(&self, name: &str, in_dim: usize, out_dim: usize) -> Result<QLinear> {
-        let params = self.linear_params(name, in_dim, out_dim)?;
+    /// The Linear layer `name` (with a bias as `bias` says), read and quantized per its scheme.
+    pub fn linear(&self, name: &str, in_dim: usize, out_dim: usize, bias: Bias) -> Result<QLinear> {
+        let params = self.linear_params(name, in_dim, out_dim, bias)?;
         self.build_linear(name, params)
+    }
+
+    /// The shape of float tensor `name` (or the tensor it is an alias of), when the checkpoint holds it as floats
+    /// and the store can tell without reading it (a candle `VarBuilder` cannot; quantized layers have codes instead).
+    pub fn dims(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors.dims(self.resolve(name))
+    }
+
+    /// Checks that the model built from this loader read every tensor of the checkpoint, but those matching one of
+    /// the globs `unused` (what its architecture knows it does not need: a pooler, the MLM head, `position_ids`
+    /// buffers). Any other tensor is an error naming the first few: a renamed or stray tensor means the file is
+    /// not the model its config describes. A candle `VarBuilder`, which cannot list its tensors, is not checked.
+    pub fn check_all_read(&self, unused: &[&str]) -> Result<()> {
+        let Some(mut names) = self.tensors.names() else { return Ok(()) };
+        let read = lock(&self.read);
+        names.retain(|n| !read.contains(n) && !unused.iter().any(|p| crate::plan::glob_match(p, n)));
+        names.sort();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let more = match names.len().saturating_sub(LISTED_NAMES) {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        let (plural, pronoun) = if names.len() == 1 { ("", "it") } else { ("s", "them") };
+        let listed = names.iter().take(LISTED_NAMES).cloned().collect::<Vec<_>>().join(", ");
+        bail!("unexpected tensor{plural} {listed}{more} in the checkpoint: the model does not read {pronoun}")
+    }
+
+    /// The quantized checkpoint's tensors, noting each one read.
+    fn tracked(&self) -> Result<TrackedTensors<'_>> {
+        Ok(TrackedTensors::new(self.tensors.safetensors()?, &self.read))
     }
 
     /// The name and scheme of every Linear layer read so far (fused layers by their own names), in read order.
@@ -485,7 +610,9 @@ impl QuantLoader {
     /// A GGUF file's own codes for layer `name`, when `scheme` holds its type exactly (see [`GgufWeights::native`]).
     fn native(&self, name: &str, scheme: LayerScheme, shape: [usize; 2]) -> Result<Option<QTensor>> {
         let Store::Gguf(gguf) = &self.tensors else { return Ok(None) };
-        let Some(q) = gguf.native(self.resolve(&format!("{name}.weight")), scheme)? else { return Ok(None) };
+        let stored = self.resolve(&format!("{name}.weight")).to_string();
+        let Some(q) = gguf.native(&stored, scheme)? else { return Ok(None) };
+        lock(&self.read).insert(self.tensors.stored_name(&stored));
         if q.shape() != shape {
             bail!("weight {name} has shape {:?}, expected {shape:?}", q.shape());
         }
@@ -493,7 +620,9 @@ impl QuantLoader {
     }
 
     fn read_float(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let tensor = self.tensors.load(self.resolve(name), shape)?;
+        let stored = self.resolve(name);
+        let tensor = self.tensors.load(stored, shape)?;
+        lock(&self.read).insert(self.tensors.stored_name(stored));
         if tensor.dims() != shape {
             bail!("weight {name} has shape {:?}, expected {shape:?}", tensor.dims());
         }
@@ -526,14 +655,45 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Checks that a safetensors file is complete before it is mapped: a truncated or corrupt file gets a clear error
-/// instead of a fault when a tensor past its end is read.
+/// (with the file's length and the length its header needs, when that is what is wrong) instead of a fault when a
+/// tensor past its end is read.
 fn safetensors_header_ok(path: &Path) -> Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     // SAFETY: read-only map of a model file.
     let data = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
-    safetensors::SafeTensors::deserialize(&data)
-        .map(|_| ())
-        .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display()))
+    safetensors::SafeTensors::deserialize(&data).map(|_| ()).map_err(|e| {
+        let why = safetensors_length_error(&data).unwrap_or_else(|| e.to_string());
+        anyhow::anyhow!("{} is not a valid safetensors file: {why}", path.display())
+    })
+}
+
+/// Bytes of a safetensors file's header length field.
+const SAFETENSORS_LENGTH_FIELD: u64 = 8;
+
+/// What is wrong with the length of a safetensors file `data`, if its length is what is wrong: shorter than its
+/// header length field, than the header that field announces, or than (or not as long as) the tensors its header
+/// lists.
+fn safetensors_length_error(data: &[u8]) -> Option<String> {
+    let len = data.len() as u64;
+    let Some(field) = data.get(..SAFETENSORS_LENGTH_FIELD as usize) else {
+        return Some(format!("it is {len} bytes; a safetensors file needs at least {SAFETENSORS_LENGTH_FIELD}"));
+    };
+    let header_len = u64::from_le_bytes(field.try_into().ok()?);
+    let header_end = SAFETENSORS_LENGTH_FIELD.saturating_add(header_len);
+    if header_end > len {
+        return Some(format!("it is {len} bytes; its header needs at least {header_end}"));
+    }
+    let header: serde_json::Value =
+        serde_json::from_slice(&data[SAFETENSORS_LENGTH_FIELD as usize..header_end as usize]).ok()?;
+    let data_end = header
+        .as_object()?
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__")
+        .filter_map(|(_, info)| info.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    let needed = header_end.saturating_add(data_end);
+    (needed != len).then(|| format!("it is {len} bytes; its header describes {needed}"))
 }
 
 #[cfg(test)]

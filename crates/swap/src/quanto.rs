@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device};
+use candle_core::DType;
 use qlayers::{Bits, Granularity, LayerScheme, LinearScheme, QTensor, Scheme};
 use serde::Deserialize;
+
+use crate::loader::TrackedTensors;
 
 /// The map file of a quanto checkpoint.
 pub const QMAP_FILE: &str = "quanto_qmap.json";
@@ -56,15 +57,14 @@ impl QuantoMap {
 }
 
 /// Reads module `name`'s int8 weight of `shape` (`_data` and `_scale`).
-pub(crate) fn read_weight(tensors: &MmapedSafetensors, name: &str, shape: [usize; 2]) -> Result<QTensor> {
+pub(crate) fn read_weight(tensors: &TrackedTensors, name: &str, shape: [usize; 2]) -> Result<QTensor> {
     let data =
         tensors.get(&format!("{name}.weight._data")).with_context(|| format!("{name}.weight._data is missing"))?;
     if data.dtype() != safetensors::Dtype::I8 || data.shape() != shape {
         bail!("{name}.weight._data is {:?} {:?}, expected I8 {shape:?}", data.dtype(), data.shape());
     }
-    let scale = tensors
-        .load(&format!("{name}.weight._scale"), &Device::Cpu)
-        .with_context(|| format!("{name}.weight._scale is missing"))?;
+    let scale =
+        tensors.load(&format!("{name}.weight._scale")).with_context(|| format!("{name}.weight._scale is missing"))?;
     if scale.elem_count() != shape[0] {
         bail!("{name}.weight._scale has shape {:?}; expected one scale per output row ({})", scale.dims(), shape[0]);
     }

@@ -62,8 +62,8 @@ impl Reranker {
 
     /// This tokenizer over the model and head `loader` builds.
     pub fn with_loader(&self, loader: &QuantLoader) -> Result<Self> {
-        let model = self.kind.encoder(&self.config, loader)?;
-        let head = self.kind.classifier(model.hidden_size(), loader)?;
+        let (model, head) = self.kind.build(&self.config, loader)?;
+        let head = head.context("a reranker has a head")?;
         Ok(Self {
             tokenizer: self.tokenizer.clone(),
             kind: self.kind,
@@ -77,9 +77,9 @@ impl Reranker {
     }
 
     fn open_with(dir: &Path, plan: Option<Plan>, record: bool) -> Result<(Self, QuantLoader)> {
-        let EncoderFolder { kind, config, model, tokenizer, loader } =
+        let EncoderFolder { kind, config, model, head, tokenizer, loader } =
             EncoderFolder::open(dir, plan, record, Task::Reranking)?;
-        let head = kind.classifier(model.hidden_size(), &loader)?;
+        let head = head.context("a reranker has a head")?;
         let token_types = crate::encoder_folder::uses_token_types(dir)?;
         let layers = loader.report();
         let reranker = Self { tokenizer, kind, config, model, head, token_types, layers, dir: dir.to_path_buf() };

@@ -4,8 +4,11 @@
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use super::checks;
 use super::embedding::{EmbeddingShape, InputEmbeddings};
-use super::encoder::{activation, weights_prefix, EncoderShape, EncoderStack, LayerNames, PostNormEncoder};
+use super::encoder::{
+    activation, check_sizes, weights_prefix, EncoderShape, EncoderStack, LayerNames, PostNormEncoder, SizeKeys,
+};
 use super::TextEncoder;
 use crate::loader::QuantLoader;
 
@@ -67,16 +70,16 @@ impl BertConfig {
         if !MODEL_TYPES.iter().any(|(t, _)| *t == model_type) {
             bail!("config.json says model_type {model_type:?}, which is not BERT or RoBERTa");
         }
-        if config.hidden_size == 0
-            || config.num_attention_heads == 0
-            || !config.hidden_size.is_multiple_of(config.num_attention_heads)
-        {
-            bail!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                config.hidden_size,
-                config.num_attention_heads
-            );
-        }
+        checks::sizes(&[
+            ("vocab_size", config.vocab_size),
+            ("num_hidden_layers", config.num_hidden_layers),
+            ("intermediate_size", config.intermediate_size),
+            ("max_position_embeddings", config.max_position_embeddings),
+            ("type_vocab_size", config.type_vocab_size),
+        ])?;
+        checks::head_width(("hidden_size", config.hidden_size), ("num_attention_heads", config.num_attention_heads))?;
+        checks::positive(&[("layer_norm_eps", config.layer_norm_eps)])?;
+        checks::token_id("pad_token_id", config.pad_token_id.map(|id| id as u64), config.vocab_size)?;
         activation(&config.hidden_act)?;
         Ok(config)
     }
@@ -92,6 +95,15 @@ impl BertConfig {
         }
     }
 }
+
+/// The config keys of BERT's sizes.
+const KEYS: SizeKeys = SizeKeys {
+    vocab: "vocab_size",
+    hidden: "hidden_size",
+    positions: "max_position_embeddings",
+    intermediate: "intermediate_size",
+    layers: "num_hidden_layers",
+};
 
 /// The weight names of a BERT layer.
 const NAMES: LayerNames = LayerNames {
@@ -116,16 +128,18 @@ fn load(config: &BertConfig, loader: &QuantLoader) -> Result<PostNormEncoder> {
         offset: config.position_offset(),
         eps: config.layer_norm_eps,
     };
-    let embeddings = InputEmbeddings::load(loader, &format!("{prefix}embeddings."), shape)?;
-    let shape = EncoderShape {
+    let stack_shape = EncoderShape {
         hidden: h,
         intermediate: config.intermediate_size,
         heads: config.num_attention_heads,
         layers: config.num_hidden_layers,
         eps: config.layer_norm_eps,
     };
+    let (embeddings_prefix, stack_prefix) = (format!("{prefix}embeddings."), format!("{prefix}encoder.layer"));
+    check_sizes(loader, &embeddings_prefix, &stack_prefix, &NAMES, &shape, &stack_shape, &KEYS)?;
+    let embeddings = InputEmbeddings::load(loader, &embeddings_prefix, shape)?;
     let act = activation(&config.hidden_act)?;
-    let stack = EncoderStack::load(loader, &format!("{prefix}encoder.layer"), NAMES, shape, act)?;
+    let stack = EncoderStack::load(loader, &stack_prefix, NAMES, stack_shape, act)?;
     Ok(PostNormEncoder::new(embeddings, stack, None, config.vocab_size, h))
 }
 

@@ -1,10 +1,13 @@
 //! DistilBERT (`DistilBertModel`): BERT's post-norm encoder under other weight names, with no token types.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Deserialize;
 
+use super::checks;
 use super::embedding::{EmbeddingShape, InputEmbeddings};
-use super::encoder::{activation, weights_prefix, EncoderShape, EncoderStack, LayerNames, PostNormEncoder};
+use super::encoder::{
+    activation, check_sizes, weights_prefix, EncoderShape, EncoderStack, LayerNames, PostNormEncoder, SizeKeys,
+};
 use super::TextEncoder;
 use crate::loader::QuantLoader;
 
@@ -35,6 +38,15 @@ fn default_act() -> String {
 /// DistilBERT's layer norm epsilon (fixed in its code, not in the config).
 const EPS: f64 = 1e-12;
 
+/// The config keys of DistilBERT's sizes.
+const KEYS: SizeKeys = SizeKeys {
+    vocab: "vocab_size",
+    hidden: "dim",
+    positions: "max_position_embeddings",
+    intermediate: "hidden_dim",
+    layers: "n_layers",
+};
+
 /// The weight names of a DistilBERT layer.
 const NAMES: LayerNames = LayerNames {
     qkv: ["attention.q_lin", "attention.k_lin", "attention.v_lin"],
@@ -49,9 +61,13 @@ impl DistilBertConfig {
     /// Parses and checks a `config.json`.
     pub fn from_json(text: &str) -> Result<Self> {
         let config: Self = serde_json::from_str(text).context("config.json is not a DistilBERT config")?;
-        if config.dim == 0 || config.n_heads == 0 || !config.dim.is_multiple_of(config.n_heads) {
-            bail!("dim {} is not a multiple of n_heads {}", config.dim, config.n_heads);
-        }
+        checks::sizes(&[
+            ("vocab_size", config.vocab_size),
+            ("n_layers", config.n_layers),
+            ("hidden_dim", config.hidden_dim),
+            ("max_position_embeddings", config.max_position_embeddings),
+        ])?;
+        checks::head_width(("dim", config.dim), ("n_heads", config.n_heads))?;
         activation(&config.activation)?;
         Ok(config)
     }
@@ -69,16 +85,18 @@ fn load(config: &DistilBertConfig, loader: &QuantLoader) -> Result<PostNormEncod
         offset: 0,
         eps: EPS,
     };
-    let embeddings = InputEmbeddings::load(loader, &format!("{prefix}embeddings."), shape)?;
-    let shape = EncoderShape {
+    let stack_shape = EncoderShape {
         hidden: config.dim,
         intermediate: config.hidden_dim,
         heads: config.n_heads,
         layers: config.n_layers,
         eps: EPS,
     };
+    let (embeddings_prefix, stack_prefix) = (format!("{prefix}embeddings."), format!("{prefix}transformer.layer"));
+    check_sizes(loader, &embeddings_prefix, &stack_prefix, &NAMES, &shape, &stack_shape, &KEYS)?;
+    let embeddings = InputEmbeddings::load(loader, &embeddings_prefix, shape)?;
     let act = activation(&config.activation)?;
-    let stack = EncoderStack::load(loader, &format!("{prefix}transformer.layer"), NAMES, shape, act)?;
+    let stack = EncoderStack::load(loader, &stack_prefix, NAMES, stack_shape, act)?;
     Ok(PostNormEncoder::new(embeddings, stack, None, config.vocab_size, config.dim))
 }
 

@@ -7,10 +7,11 @@
 use anyhow::{Context, Result};
 use qlayers::{Activation, QLinear};
 
-use super::embedding::InputEmbeddings;
+use super::checks::{self, WeightDim};
+use super::embedding::{EmbeddingShape, InputEmbeddings};
 use super::projection::Projection;
 use super::TextEncoder;
-use crate::loader::QuantLoader;
+use crate::loader::{Bias, QuantLoader};
 use qlayers::float_ops::attention::{attention_into, AttentionOptions, QkvLayout, RelativeBias};
 use qlayers::float_ops::rows::LayerNormParams;
 
@@ -78,7 +79,8 @@ struct Workspace {
 }
 
 impl EncoderStack {
-    /// Reads layers `{prefix}.0` .. of `shape` with the weight names `names`.
+    /// Reads layers `{prefix}.0` .. of `shape` with the weight names `names`. Every Linear layer of these families
+    /// has a bias.
     pub(crate) fn load(
         loader: &QuantLoader,
         prefix: &str,
@@ -93,11 +95,11 @@ impl EncoderStack {
                 let qkv_names = names.qkv.map(|n| format!("{p}.{n}"));
                 let fused = fused_name(&qkv_names);
                 Ok(Layer {
-                    qkv: Projection::load(loader, &qkv_names, h, &[h; 3], &fused)?,
-                    attention_out: loader.linear(&format!("{p}.{}", names.attention_out), h, h)?,
+                    qkv: Projection::load(loader, &qkv_names, h, &[h; 3], Bias::Required, &fused)?,
+                    attention_out: loader.linear(&format!("{p}.{}", names.attention_out), h, h, Bias::Required)?,
                     attention_norm: layer_norm(loader, &format!("{p}.{}", names.attention_norm), h, shape.eps)?,
-                    intermediate: loader.linear(&format!("{p}.{}", names.intermediate), h, inner)?,
-                    output: loader.linear(&format!("{p}.{}", names.output), inner, h)?,
+                    intermediate: loader.linear(&format!("{p}.{}", names.intermediate), h, inner, Bias::Required)?,
+                    output: loader.linear(&format!("{p}.{}", names.output), inner, h, Bias::Required)?,
                     output_norm: layer_norm(loader, &format!("{p}.{}", names.output_norm), h, shape.eps)?,
                 })
             })
@@ -181,6 +183,57 @@ pub(crate) fn weights_prefix_of(loader: &QuantLoader, prefixes: &[&'static str],
 /// [`weights_prefix_of`] probed by the position table of BERT-style embeddings.
 pub(crate) fn weights_prefix(loader: &QuantLoader, prefixes: &[&'static str]) -> Result<&'static str> {
     weights_prefix_of(loader, prefixes, "embeddings.position_embeddings.weight")
+}
+
+/// The config keys under which a family names the sizes of its encoder, for errors.
+pub(crate) struct SizeKeys {
+    /// The vocabulary size.
+    pub vocab: &'static str,
+    /// The hidden width.
+    pub hidden: &'static str,
+    /// The positions.
+    pub positions: &'static str,
+    /// The feed-forward width.
+    pub intermediate: &'static str,
+    /// The layer count.
+    pub layers: &'static str,
+}
+
+/// Checks the sizes of a post-norm encoder's config against its weights before any is read: the embedding tables
+/// (under `embeddings`, which ends in `embeddings.`), the feed-forward width of the first layer and the layer count
+/// of the stack under `stack` (`encoder.layer`).
+pub(crate) fn check_sizes(
+    loader: &QuantLoader,
+    embeddings: &str,
+    stack: &str,
+    names: &LayerNames,
+    table: &EmbeddingShape,
+    shape: &EncoderShape,
+    keys: &SizeKeys,
+) -> Result<()> {
+    let words = format!("{embeddings}word_embeddings.weight");
+    let mut dims = vec![
+        WeightDim { key: keys.vocab, value: table.vocab, tensor: words.clone(), axis: 0 },
+        WeightDim { key: keys.hidden, value: table.width, tensor: words, axis: 1 },
+        WeightDim {
+            key: keys.positions,
+            value: table.positions,
+            tensor: format!("{embeddings}position_embeddings.weight"),
+            axis: 0,
+        },
+        WeightDim {
+            key: keys.intermediate,
+            value: shape.intermediate,
+            tensor: format!("{stack}.0.{}.weight", names.intermediate),
+            axis: 0,
+        },
+    ];
+    if table.types > 0 {
+        let tensor = format!("{embeddings}token_type_embeddings.weight");
+        dims.push(WeightDim { key: "type_vocab_size", value: table.types, tensor, axis: 0 });
+    }
+    checks::weight_dims(loader, &dims)?;
+    checks::layer_count(loader, keys.layers, shape.layers, stack, &format!("{}.weight", names.attention_norm))
 }
 
 /// Reads layer norm `name` (`name.weight`, `name.bias`, both `[h]`).

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use qlayers::QLinear;
 
-use crate::loader::QuantLoader;
+use crate::loader::{Bias, QuantLoader};
 
 /// Where a `*ForSequenceClassification` head's two layers are: a dense layer with tanh on the first token, then
 /// the projection to the labels.
@@ -34,12 +34,12 @@ pub struct SequenceClassifier {
 }
 
 impl SequenceClassifier {
-    /// Reads the head of an encoder of width `hidden`; a head with more than one label is an error (a reranker
-    /// gives one score per pair).
+    /// Reads the head of an encoder of width `hidden` (both layers have biases); a head with more than one label
+    /// is an error (a reranker gives one score per pair).
     pub fn load(names: ClassifierNames, hidden: usize, loader: &QuantLoader) -> Result<Self> {
-        let dense = loader.linear(names.dense, hidden, hidden)?;
+        let dense = loader.linear(names.dense, hidden, hidden, Bias::Required)?;
         let out = loader
-            .linear(names.out, hidden, 1)
+            .linear(names.out, hidden, 1, Bias::Required)
             .with_context(|| format!("{}: a reranker head has one label (one score per pair)", names.out))?;
         Ok(Self { dense, out })
     }

@@ -2,7 +2,8 @@
 //! read through a [`QuantLoader`] by Hugging Face names: from a safetensors folder (float or pre-quantized) or from
 //! a GGUF file ([`crate::gguf_weights`]), each Linear quantized per the plan. The same body runs Qwen2 (biases on
 //! Q, K and V, read when the checkpoint has them) and Qwen3 (an RMSNorm on each head's queries and keys, a head
-//! width of its own).
+//! width of its own). Which projections have biases is in the config ([`LlamaConfig::qkv_bias`] and its
+//! neighbours); a checkpoint that disagrees is an error.
 //!
 //! A prompt runs at once (prefill); generation then runs one token at a time against a [`KvCache`]. Without its
 //! head ([`LlamaModel::load_body`]) the model is a [`TextEncoder`]: a decoder used as an embedder.
@@ -15,10 +16,11 @@ use candle_core::quantized::gguf_file::Value;
 use qlayers::QLinear;
 use serde::Deserialize;
 
+use super::checks::{self, WeightDim};
 use super::projection::Projection;
 use super::TextEncoder;
 use crate::gguf_weights::GgufWeights;
-use crate::loader::QuantLoader;
+use crate::loader::{Bias, QuantLoader};
 use crate::plan::Plan;
 use qlayers::float_ops::attention::KvHeads;
 pub use qlayers::float_ops::rotary::RopeScaling;
@@ -54,6 +56,12 @@ pub struct LlamaConfig {
     pub context_length: usize,
     /// Whether `lm_head` shares the embedding matrix.
     pub tie_word_embeddings: bool,
+    /// Whether the Q, K and V projections have biases (Qwen2 always; Llama and Qwen3 with `attention_bias`).
+    pub qkv_bias: bool,
+    /// Whether the attention output projection has a bias (Llama and Qwen3 with `attention_bias`).
+    pub o_bias: bool,
+    /// Whether the feed-forward projections have biases (`mlp_bias`).
+    pub mlp_bias: bool,
     /// The beginning-of-sequence token, if the model names one.
     pub bos_token_id: Option<u32>,
     /// The end-of-sequence token, if the model names one.
@@ -79,12 +87,24 @@ struct HfConfig {
     max_position_embeddings: usize,
     #[serde(default)]
     tie_word_embeddings: bool,
+    #[serde(default)]
+    attention_bias: bool,
+    #[serde(default)]
+    mlp_bias: bool,
     bos_token_id: Option<serde_json::Value>,
     eos_token_id: Option<serde_json::Value>,
 }
 
 /// The rotary base when a config names none.
 const DEFAULT_THETA: f32 = 10_000.0;
+
+/// The special tokens a GGUF tokenizer may name (`tokenizer.ggml.{kind}_token_id`; `seperator` is llama.cpp's
+/// spelling).
+const GGUF_SPECIAL_TOKENS: [&str; 5] = ["bos", "eos", "padding", "unknown", "seperator"];
+
+/// Tensors of Llama-family checkpoints that the model does not read: a head left in a checkpoint whose body is
+/// read as an embedder, and the rotary frequencies old checkpoints saved.
+pub const UNUSED_TENSORS: &[&str] = &["lm_head.weight", "*.rotary_emb.inv_freq"];
 
 impl LlamaConfig {
     /// Reads the `llama.*` keys of a GGUF file; a file of another architecture is an error.
@@ -94,9 +114,17 @@ impl LlamaConfig {
         if arch != "llama" {
             bail!("the GGUF file holds a {arch:?} model; this loader reads Llama-architecture models");
         }
-        let int = |key: &str| -> Result<usize> { Ok(get(&format!("llama.{key}"))?.to_u32()? as usize) };
+        let int = |key: &str| -> Result<usize> {
+            let key = format!("llama.{key}");
+            Ok(get(&key)?.to_u32().with_context(|| format!("GGUF metadata {key}"))? as usize)
+        };
         let float = |key: &str| metadata.get(key).map(|v| v.to_f32()).transpose();
         let num_heads = int("attention.head_count")?;
+        let head_dim = checks::head_width(
+            ("llama.embedding_length", int("embedding_length")?),
+            ("llama.attention.head_count", num_heads),
+        )?;
+        check_rope_dimensions(metadata, head_dim)?;
         let vocab_size = match metadata.get("llama.vocab_size") {
             Some(v) => v.to_u32()? as usize,
             None => get("tokenizer.ggml.tokens")?.to_vec()?.len(),
@@ -117,7 +145,7 @@ impl LlamaConfig {
             num_layers: int("block_count")?,
             num_heads,
             num_kv_heads: int("attention.head_count_kv").unwrap_or(num_heads),
-            head_dim: int("embedding_length")? / num_heads.max(1),
+            head_dim,
             qk_norm: false,
             rope_theta: float("llama.rope.freq_base")?.unwrap_or(DEFAULT_THETA),
             rope_scaling,
@@ -125,9 +153,15 @@ impl LlamaConfig {
             context_length: int("context_length")?,
             // Known only from the tensors: see `LlamaConfig::of_gguf`.
             tie_word_embeddings: false,
+            // GGUF Llamas have no biases (the file names none).
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
             bos_token_id: token("tokenizer.ggml.bos_token_id")?,
             eos_token_id: token("tokenizer.ggml.eos_token_id")?,
         };
+        // The file's own names first: the checks of `validate` name the keys of config.json.
+        check_gguf_token_ids(metadata, vocab_size)?;
         config.validate()?;
         Ok(config)
     }
@@ -155,12 +189,27 @@ impl LlamaConfig {
         if !MODEL_TYPES.contains(&kind) {
             bail!("config.json describes a {kind:?} model, not a Llama, Qwen2 or Qwen3");
         }
-        let first_id = |v: &Option<serde_json::Value>| -> Option<u32> {
-            match v.as_ref()? {
-                serde_json::Value::Array(ids) => ids.first()?.as_u64().map(|id| id as u32),
-                id => id.as_u64().map(|id| id as u32),
+        let first_id = |key: &str, v: &Option<serde_json::Value>| -> Result<Option<u32>> {
+            let id = match v {
+                Some(serde_json::Value::Array(ids)) => ids.first(),
+                id => id.as_ref(),
+            };
+            match id.filter(|id| !id.is_null()) {
+                None => Ok(None),
+                Some(id) => id
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .map(Some)
+                    .with_context(|| format!("{key} {id} is not a token id")),
             }
         };
+        let head_dim = match hf.head_dim {
+            Some(d) => d,
+            None => {
+                checks::head_width(("hidden_size", hf.hidden_size), ("num_attention_heads", hf.num_attention_heads))?
+            }
+        };
+        let qwen2 = kind == "qwen2";
         let config = Self {
             vocab_size: hf.vocab_size,
             hidden_size: hf.hidden_size,
@@ -168,7 +217,7 @@ impl LlamaConfig {
             num_layers: hf.num_hidden_layers,
             num_heads: hf.num_attention_heads,
             num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-            head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
+            head_dim,
             qk_norm: kind == "qwen3",
             rope_theta: hf
                 .rope_theta
@@ -181,8 +230,11 @@ impl LlamaConfig {
             rms_eps: hf.rms_norm_eps,
             context_length: hf.max_position_embeddings,
             tie_word_embeddings: hf.tie_word_embeddings,
-            bos_token_id: first_id(&hf.bos_token_id),
-            eos_token_id: first_id(&hf.eos_token_id),
+            qkv_bias: qwen2 || hf.attention_bias,
+            o_bias: !qwen2 && hf.attention_bias,
+            mlp_bias: hf.mlp_bias,
+            bos_token_id: first_id("bos_token_id", &hf.bos_token_id)?,
+            eos_token_id: first_id("eos_token_id", &hf.eos_token_id)?,
         };
         config.validate()?;
         Ok(config)
@@ -222,18 +274,53 @@ impl LlamaConfig {
         })
     }
 
+    /// Checks every size, float and token id (keys by their `config.json` names).
     fn validate(&self) -> Result<()> {
+        checks::sizes(&[
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.context_length),
+        ])?;
         let (heads, kv) = (self.num_heads, self.num_kv_heads);
-        if heads == 0 || self.head_dim == 0 || kv == 0 || !heads.is_multiple_of(kv) {
+        if !heads.is_multiple_of(kv) {
             bail!("{heads} heads of width {} and {kv} key/value heads do not fit together", self.head_dim);
         }
         if !self.head_dim().is_multiple_of(2) {
             bail!("rotary positions need an even head width, got {}", self.head_dim());
         }
-        if self.vocab_size == 0 || self.num_layers == 0 || self.context_length == 0 {
-            bail!("a model needs a vocabulary, layers and a context");
-        }
-        Ok(())
+        checks::positive(&[("rms_norm_eps", f64::from(self.rms_eps)), ("rope_theta", f64::from(self.rope_theta))])?;
+        check_rope_scaling(self.rope_scaling)?;
+        checks::token_id("bos_token_id", self.bos_token_id.map(u64::from), self.vocab_size)?;
+        checks::token_id("eos_token_id", self.eos_token_id.map(u64::from), self.vocab_size)
+    }
+
+    /// Checks the sizes against the weights under `prefix` (`model.` or none) before any is read.
+    fn check_weights(&self, loader: &QuantLoader, prefix: &str) -> Result<()> {
+        let embeddings = format!("{prefix}embed_tokens.weight");
+        let layer = |name: &str| format!("{prefix}layers.0.{name}.weight");
+        let dim = |key, value, tensor, axis| WeightDim { key, value, tensor, axis };
+        checks::weight_dims(
+            loader,
+            &[
+                dim("vocab_size", self.vocab_size, embeddings.clone(), 0),
+                dim("hidden_size", self.hidden_size, embeddings, 1),
+                dim("intermediate_size", self.intermediate_size, layer("mlp.gate_proj"), 0),
+                dim("num_attention_heads * head_dim", self.num_heads * self.head_dim, layer("self_attn.q_proj"), 0),
+                dim("num_key_value_heads * head_dim", self.num_kv_heads * self.head_dim, layer("self_attn.k_proj"), 0),
+            ],
+        )?;
+        checks::layer_count(
+            loader,
+            "num_hidden_layers",
+            self.num_layers,
+            &format!("{prefix}layers"),
+            "input_layernorm.weight",
+        )
     }
 
     /// Width of one head.
@@ -259,6 +346,58 @@ impl LlamaConfig {
 
 /// The `model_type`s [`LlamaConfig::from_hf_json`] reads.
 pub const MODEL_TYPES: [&str; 3] = ["llama", "qwen2", "qwen3"];
+
+/// Checks that a GGUF file's rotary width (`llama.rope.dimension_count`, when it names one) is the head width: the
+/// model rotates whole heads.
+fn check_rope_dimensions(metadata: &HashMap<String, Value>, head_dim: usize) -> Result<()> {
+    const KEY: &str = "llama.rope.dimension_count";
+    let Some(value) = metadata.get(KEY) else { return Ok(()) };
+    let dims = value.to_u32().with_context(|| format!("GGUF metadata {KEY}"))? as usize;
+    match dims {
+        0 => bail!("{KEY} is 0: the model has no rotary positions"),
+        d if d > head_dim => bail!("{KEY} {d} exceeds the head width {head_dim}"),
+        d if d < head_dim => bail!("{KEY} {d} is below the head width {head_dim}: partial rotary is not supported"),
+        _ => Ok(()),
+    }
+}
+
+/// Checks the special-token ids a GGUF tokenizer names against the model's `vocab` and the tokenizer's own tokens.
+fn check_gguf_token_ids(metadata: &HashMap<String, Value>, vocab: usize) -> Result<()> {
+    let tokens = metadata.get("tokenizer.ggml.tokens").and_then(|t| t.to_vec().ok()).map(Vec::len);
+    for kind in GGUF_SPECIAL_TOKENS {
+        let key = format!("tokenizer.ggml.{kind}_token_id");
+        let Some(value) = metadata.get(&key) else { continue };
+        let id = Some(u64::from(value.to_u32().with_context(|| format!("GGUF metadata {key}"))?));
+        checks::token_id(&key, id, vocab)?;
+        if let Some(tokens) = tokens {
+            checks::token_id(&key, id, tokens)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks the factors of a rotary scaling: finite and above 0, and for Llama 3's, a high-frequency factor above
+/// the low one (the blend between them divides by their difference).
+fn check_rope_scaling(scaling: RopeScaling) -> Result<()> {
+    match scaling {
+        RopeScaling::None => Ok(()),
+        RopeScaling::Linear { factor } => checks::positive(&[("rope_scaling.factor", f64::from(factor))]),
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context } => {
+            checks::positive(&[
+                ("rope_scaling.factor", f64::from(factor)),
+                ("rope_scaling.low_freq_factor", f64::from(low_freq_factor)),
+                ("rope_scaling.high_freq_factor", f64::from(high_freq_factor)),
+                ("rope_scaling.original_max_position_embeddings", f64::from(original_context)),
+            ])?;
+            if high_freq_factor <= low_freq_factor {
+                bail!(
+                    "rope_scaling.high_freq_factor {high_freq_factor} must be above low_freq_factor {low_freq_factor}"
+                );
+            }
+            Ok(())
+        }
+    }
+}
 
 /// The `rope_scaling` object of an HF config.
 fn hf_rope_scaling(value: Option<&serde_json::Value>, context: usize) -> Result<RopeScaling> {
@@ -314,7 +453,8 @@ impl LlamaModel {
     }
 
     /// Builds the model from the tensors `loader` reads (HF names), quantizing per the loader's plan or reading a
-    /// checkpoint's codes.
+    /// checkpoint's codes; a tensor of the checkpoint that the model does not read is an error
+    /// ([`QuantLoader::check_all_read`]).
     pub fn load(config: LlamaConfig, loader: &QuantLoader) -> Result<Self> {
         let mut model = Self::load_body(config, loader)?;
         let h = model.config.hidden_size;
@@ -324,7 +464,8 @@ impl LlamaModel {
                 "the checkpoint has no lm_head.weight (a model that ties its embeddings reads them through an alias)"
             );
         }
-        model.lm_head = Some(loader.linear("lm_head", h, model.config.vocab_size)?);
+        model.lm_head = Some(loader.linear("lm_head", h, model.config.vocab_size, Bias::None)?);
+        loader.check_all_read(UNUSED_TENSORS)?;
         Ok(model)
     }
 
@@ -332,6 +473,9 @@ impl LlamaModel {
     /// `model.` (a `*ForCausalLM` checkpoint) or no prefix (a bare `*Model`).
     pub fn load_body(config: LlamaConfig, loader: &QuantLoader) -> Result<Self> {
         let prefix = if loader.contains("model.embed_tokens.weight") { "model." } else { "" };
+        config.check_weights(loader, prefix)?;
+        let (qkv_bias, o_bias, mlp_bias) =
+            (Bias::when(config.qkv_bias), Bias::when(config.o_bias), Bias::when(config.mlp_bias));
         let (h, d) = (config.hidden_size, config.head_dim());
         let (q_width, kv_width) = (config.num_heads * d, config.num_kv_heads * d);
         let inner = config.intermediate_size;
@@ -359,12 +503,20 @@ impl LlamaModel {
                     &attn,
                     h,
                     &[q_width, kv_width, kv_width],
+                    qkv_bias,
                     &format!("{p}.self_attn.{{q,k,v}}_proj"),
                 )?,
-                o: loader.linear(&format!("{p}.self_attn.o_proj"), q_width, h)?,
+                o: loader.linear(&format!("{p}.self_attn.o_proj"), q_width, h, o_bias)?,
                 ffn_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
-                gate_up: Projection::load(loader, &mlp, h, &[inner, inner], &format!("{p}.mlp.{{gate,up}}_proj"))?,
-                down: loader.linear(&format!("{p}.mlp.down_proj"), inner, h)?,
+                gate_up: Projection::load(
+                    loader,
+                    &mlp,
+                    h,
+                    &[inner, inner],
+                    mlp_bias,
+                    &format!("{p}.mlp.{{gate,up}}_proj"),
+                )?,
+                down: loader.linear(&format!("{p}.mlp.down_proj"), inner, h, mlp_bias)?,
             });
         }
         let embeddings = loader.tensor(&format!("{prefix}embed_tokens.weight"), &[config.vocab_size, h])?;

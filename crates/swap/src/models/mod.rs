@@ -2,6 +2,7 @@
 //! architecture, the blocks they share beside them.
 
 pub mod bert;
+mod checks;
 pub mod distilbert;
 mod embedding;
 mod encoder;

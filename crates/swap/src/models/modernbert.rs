@@ -6,10 +6,11 @@ use anyhow::{bail, Context, Result};
 use qlayers::{Activation, QLinear};
 use serde::Deserialize;
 
+use super::checks::{self, WeightDim};
 use super::embedding::EmbeddingTable;
 use super::encoder::{check_sequences, packed_ranges, weights_prefix_of};
 use super::TextEncoder;
-use crate::loader::QuantLoader;
+use crate::loader::{Bias, QuantLoader};
 use qlayers::float_ops::attention::{attention_into, AttentionOptions, QkvLayout};
 use qlayers::float_ops::rotary::{RopeScaling, Rotary};
 use qlayers::float_ops::rows::{gated, LayerNormParams};
@@ -88,17 +89,29 @@ impl ModernBertConfig {
     /// Parses and checks a `config.json`.
     pub fn from_json(text: &str) -> Result<Self> {
         let config: Self = serde_json::from_str(text).context("config.json is not a ModernBERT config")?;
-        if config.hidden_size == 0
-            || config.num_attention_heads == 0
-            || !config.hidden_size.is_multiple_of(config.num_attention_heads)
-            || !(config.hidden_size / config.num_attention_heads).is_multiple_of(2)
-        {
+        checks::sizes(&[
+            ("vocab_size", config.vocab_size),
+            ("num_hidden_layers", config.num_hidden_layers),
+            ("intermediate_size", config.intermediate_size),
+            ("max_position_embeddings", config.max_position_embeddings),
+            ("local_attention", config.local_attention),
+        ])?;
+        let head_width = checks::head_width(
+            ("hidden_size", config.hidden_size),
+            ("num_attention_heads", config.num_attention_heads),
+        )?;
+        if !head_width.is_multiple_of(2) {
             bail!(
-                "hidden_size {} over num_attention_heads {} is not an even head width",
+                "hidden_size {} over num_attention_heads {} is an odd head width",
                 config.hidden_size,
                 config.num_attention_heads
             );
         }
+        checks::positive(&[
+            ("norm_eps", config.norm_eps),
+            ("global_rope_theta", f64::from(config.global_rope_theta)),
+            ("local_rope_theta", f64::from(config.local_rope_theta)),
+        ])?;
         if config.global_attn_every_n_layers == 0 {
             bail!("global_attn_every_n_layers must be at least 1");
         }
@@ -138,6 +151,7 @@ impl ModernBertConfig {
             bail!("rope_parameters.{kind}: only the default rope type is supported");
         }
         let theta = params.get("rope_theta").and_then(|t| t.as_f64()).context("rope_parameters without rope_theta")?;
+        checks::positive(&[(&format!("rope_parameters.{kind}.rope_theta"), theta)])?;
         Ok(theta as f32)
     }
 
@@ -176,6 +190,7 @@ impl ModernBertModel {
     pub fn load(config: ModernBertConfig, loader: &QuantLoader) -> Result<Self> {
         let prefix = weights_prefix_of(loader, &["", "model."], "embeddings.norm.weight")?;
         let (h, inner, eps) = (config.hidden_size, config.intermediate_size, config.norm_eps);
+        check_sizes(&config, loader, prefix)?;
         let norm = |name: &str| -> Result<LayerNormParams> {
             let weight = loader.tensor(&format!("{prefix}{name}.weight"), &[h])?.to_vec1()?;
             let bias = match config.norm_bias {
@@ -192,16 +207,17 @@ impl ModernBertModel {
             h,
         )?;
         let head_dim = h / config.num_attention_heads;
+        let (attention_bias, mlp_bias) = (Bias::when(config.attention_bias), Bias::when(config.mlp_bias));
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let p = format!("{prefix}layers.{i}");
                 Ok(Layer {
                     attn_norm: if i == 0 { None } else { Some(norm(&format!("layers.{i}.attn_norm"))?) },
-                    qkv: loader.linear(&format!("{p}.attn.Wqkv"), h, 3 * h)?,
-                    attn_out: loader.linear(&format!("{p}.attn.Wo"), h, h)?,
+                    qkv: loader.linear(&format!("{p}.attn.Wqkv"), h, 3 * h, attention_bias)?,
+                    attn_out: loader.linear(&format!("{p}.attn.Wo"), h, h, attention_bias)?,
                     mlp_norm: norm(&format!("layers.{i}.mlp_norm"))?,
-                    mlp_in: loader.linear(&format!("{p}.mlp.Wi"), h, 2 * inner)?,
-                    mlp_out: loader.linear(&format!("{p}.mlp.Wo"), inner, h)?,
+                    mlp_in: loader.linear(&format!("{p}.mlp.Wi"), h, 2 * inner, mlp_bias)?,
+                    mlp_out: loader.linear(&format!("{p}.mlp.Wo"), inner, h, mlp_bias)?,
                     rotary: Rotary::new(head_dim, config.rope_theta(i)?, RopeScaling::None),
                     window: config.is_local(i).then_some(config.local_attention / 2),
                 })
@@ -288,6 +304,31 @@ impl TextEncoder for ModernBertModel {
         let norms = 2 * self.config.hidden_size * (2 * self.layers.len() + 1);
         self.words.storage_bytes() + 4 * norms
     }
+}
+
+/// Checks the config's sizes against the weights under `prefix` before any is read.
+fn check_sizes(config: &ModernBertConfig, loader: &QuantLoader, prefix: &str) -> Result<()> {
+    let words = format!("{prefix}embeddings.tok_embeddings.weight");
+    checks::weight_dims(
+        loader,
+        &[
+            WeightDim { key: "vocab_size", value: config.vocab_size, tensor: words.clone(), axis: 0 },
+            WeightDim { key: "hidden_size", value: config.hidden_size, tensor: words, axis: 1 },
+            WeightDim {
+                key: "intermediate_size",
+                value: config.intermediate_size,
+                tensor: format!("{prefix}layers.0.mlp.Wo.weight"),
+                axis: 1,
+            },
+        ],
+    )?;
+    checks::layer_count(
+        loader,
+        "num_hidden_layers",
+        config.num_hidden_layers,
+        &format!("{prefix}layers"),
+        "mlp_norm.weight",
+    )
 }
 
 /// Reads a ModernBERT encoder from its `config.json` text: the builder of its [`crate::arch`] entry.

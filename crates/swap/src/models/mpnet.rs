@@ -5,8 +5,11 @@
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use super::checks;
 use super::embedding::{EmbeddingShape, InputEmbeddings};
-use super::encoder::{activation, weights_prefix, EncoderShape, EncoderStack, LayerNames, PostNormEncoder};
+use super::encoder::{
+    activation, check_sizes, weights_prefix, EncoderShape, EncoderStack, LayerNames, PostNormEncoder, SizeKeys,
+};
 use super::TextEncoder;
 use crate::loader::QuantLoader;
 use crate::plan::{Plan, Rule};
@@ -58,6 +61,15 @@ fn default_buckets() -> usize {
 /// The distance past which relative positions share the last bucket (fixed in MPNet's code).
 const MAX_DISTANCE: usize = 128;
 
+/// The config keys of MPNet's sizes.
+const KEYS: SizeKeys = SizeKeys {
+    vocab: "vocab_size",
+    hidden: "hidden_size",
+    positions: "max_position_embeddings",
+    intermediate: "intermediate_size",
+    layers: "num_hidden_layers",
+};
+
 /// The weight names of an MPNet layer.
 const NAMES: LayerNames = LayerNames {
     qkv: ["attention.attn.q", "attention.attn.k", "attention.attn.v"],
@@ -72,16 +84,15 @@ impl MpnetConfig {
     /// Parses and checks a `config.json`.
     pub fn from_json(text: &str) -> Result<Self> {
         let config: Self = serde_json::from_str(text).context("config.json is not an MPNet config")?;
-        if config.hidden_size == 0
-            || config.num_attention_heads == 0
-            || !config.hidden_size.is_multiple_of(config.num_attention_heads)
-        {
-            bail!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                config.hidden_size,
-                config.num_attention_heads
-            );
-        }
+        checks::sizes(&[
+            ("vocab_size", config.vocab_size),
+            ("num_hidden_layers", config.num_hidden_layers),
+            ("intermediate_size", config.intermediate_size),
+            ("max_position_embeddings", config.max_position_embeddings),
+        ])?;
+        checks::head_width(("hidden_size", config.hidden_size), ("num_attention_heads", config.num_attention_heads))?;
+        checks::positive(&[("layer_norm_eps", config.layer_norm_eps)])?;
+        checks::token_id("pad_token_id", Some(config.pad_token_id as u64), config.vocab_size)?;
         if config.relative_attention_num_buckets < 4 {
             bail!("relative_attention_num_buckets {} is below 4", config.relative_attention_num_buckets);
         }
@@ -137,16 +148,18 @@ fn load(config: &MpnetConfig, loader: &QuantLoader) -> Result<PostNormEncoder> {
         offset: config.pad_token_id + 1,
         eps: config.layer_norm_eps,
     };
-    let embeddings = InputEmbeddings::load(loader, &format!("{prefix}embeddings."), shape)?;
-    let shape = EncoderShape {
+    let stack_shape = EncoderShape {
         hidden: h,
         intermediate: config.intermediate_size,
         heads,
         layers: config.num_hidden_layers,
         eps: config.layer_norm_eps,
     };
+    let (embeddings_prefix, stack_prefix) = (format!("{prefix}embeddings."), format!("{prefix}encoder.layer"));
+    check_sizes(loader, &embeddings_prefix, &stack_prefix, &NAMES, &shape, &stack_shape, &KEYS)?;
+    let embeddings = InputEmbeddings::load(loader, &embeddings_prefix, shape)?;
     let act = activation(&config.hidden_act)?;
-    let stack = EncoderStack::load(loader, &format!("{prefix}encoder.layer"), NAMES, shape, act)?;
+    let stack = EncoderStack::load(loader, &stack_prefix, NAMES, stack_shape, act)?;
     // `[buckets, heads]`: one bias per bucket and head.
     let table: Vec<f32> = loader
         .tensor(&format!("{prefix}encoder.relative_attention_bias.weight"), &[buckets, heads])?

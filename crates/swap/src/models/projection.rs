@@ -5,7 +5,7 @@
 use anyhow::Result;
 use qlayers::QLinear;
 
-use crate::loader::{LinearParams, QuantLoader};
+use crate::loader::{Bias, LinearParams, QuantLoader};
 
 /// Projections of one input whose outputs are concatenated along each row.
 pub(crate) enum Projection {
@@ -16,17 +16,21 @@ pub(crate) enum Projection {
 }
 
 impl Projection {
-    /// Reads the layers `names` (each `[outs[i], input]`) and fuses them when they can be stacked (see
-    /// [`LinearParams::stackable`]); the fused layer is reported as `fused_name`.
+    /// Reads the layers `names` (each `[outs[i], input]`, with a bias as `bias` says) and fuses them when they can
+    /// be stacked (see [`LinearParams::stackable`]); the fused layer is reported as `fused_name`.
     pub(crate) fn load(
         loader: &QuantLoader,
         names: &[String],
         input: usize,
         outs: &[usize],
+        bias: Bias,
         fused_name: &str,
     ) -> Result<Self> {
-        let parts =
-            names.iter().zip(outs).map(|(n, &out)| loader.linear_params(n, input, out)).collect::<Result<Vec<_>>>()?;
+        let parts = names
+            .iter()
+            .zip(outs)
+            .map(|(n, &out)| loader.linear_params(n, input, out, bias))
+            .collect::<Result<Vec<_>>>()?;
         if LinearParams::stackable(&parts) {
             let fused = LinearParams::concat_rows(parts)?;
             Ok(Self::Fused(Box::new(loader.build_linear(fused_name, fused)?)))
