@@ -29,7 +29,9 @@ struct Request {
 }
 
 impl Generator {
-    /// The prompt's token ids (after the chat template with `chat`) and the sampling options, checked.
+    /// The prompt's token ids (after the chat template with `chat`) and the sampling options, checked; its
+    /// arguments are those of `generate` and `stream`, as Python passes them.
+    #[allow(clippy::too_many_arguments)]
     fn request(
         &self,
         prompt: &str,
