@@ -1,6 +1,8 @@
-//! The decoders the Llama body reads (Llama, Qwen2, Qwen3) against transformers on tiny random-weight models
-//! (`tests/fixtures/architectures/<name>`): the tokenizer's ids, the next-token logits after each prompt and at
-//! every position of the first, greedy tokens, and perplexity, in fp32.
+//! The decoders the Llama body reads (Llama, Mistral, Qwen2, Qwen3, Phi-3) against transformers on tiny
+//! random-weight models (`tests/fixtures/architectures/<name>`), from their folders and from the GGUF files that
+//! `scripts/setup-tests` writes of them with llama.cpp's `gguf` package (`models/cache/fixture-gguf/<name>.gguf`):
+//! the tokenizer's ids, the next-token logits after each prompt and at every position of the first, greedy tokens,
+//! and perplexity, in fp32.
 
 use std::path::PathBuf;
 
@@ -28,10 +30,24 @@ fn assert_close(ours: &[f32], theirs: &[f32], what: &str) {
     assert!(worst <= 1e-4 * largest, "{what}: off by {worst} (largest {largest})");
 }
 
+/// The GGUF file written of fixture `name` by the test set-up.
+fn gguf(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/cache/fixture-gguf").join(format!("{name}.gguf"));
+    assert!(path.exists(), "{} is missing: run scripts/setup-tests", path.display());
+    path
+}
+
+/// The fixture's checks on its folder and on its GGUF file.
 fn check_decoder(name: &str) {
+    check_decoder_at(name, &fixture(name));
+    check_decoder_at(name, &gguf(name));
+}
+
+fn check_decoder_at(name: &str, path: &std::path::Path) {
     let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
     let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let generator = Generator::open(&fixture(name), Some(Plan::uniform(LayerScheme::F32))).unwrap();
+    let generator = Generator::open(path, Some(Plan::uniform(LayerScheme::F32))).unwrap();
+    let name = &format!("{name} ({})", path.display());
     let model = generator.model();
     let vocab = model.config().vocab_size;
     for (i, prompt) in reference["prompts"].as_array().unwrap().iter().enumerate() {
@@ -70,4 +86,107 @@ fn qwen2_with_qkv_biases_and_tied_embeddings_matches_transformers() {
 #[test]
 fn qwen3_with_per_head_qk_norms_matches_transformers() {
     check_decoder("qwen3");
+}
+
+#[test]
+fn mistral_with_sliding_window_attention_matches_transformers() {
+    check_decoder("mistral");
+}
+
+/// Past its window (8 tokens in the fixture), a Mistral cache stops growing, and its tokens stay those of a
+/// direct run: the logits after a long prompt equal those of the same prompt decoded token by token.
+#[test]
+fn a_sliding_window_cache_stays_flat_past_the_window() {
+    let generator = Generator::open(&gguf("mistral"), Some(Plan::uniform(LayerScheme::F32))).unwrap();
+    let model = generator.model();
+    assert_eq!(model.config().sliding_window, Some(8));
+    let prompt: Vec<u32> = (0..300).map(|i| (i * 37 % 997) as u32 + 1).collect();
+    let at_once = model.next_token_logits(&prompt).unwrap();
+    let mut cache = model.new_cache();
+    let mut logits = Vec::new();
+    let mut bytes = Vec::new();
+    for &id in &prompt {
+        logits = model.forward(&[id], &mut cache).unwrap();
+        bytes.push(cache.bytes());
+    }
+    assert_eq!(logits, at_once, "token by token and all at once");
+    assert_eq!(bytes[100], bytes[299], "the cache grew past the window: {} then {} bytes", bytes[100], bytes[299]);
+    eprintln!("mistral fixture KV cache: {} bytes after 100 tokens, {} after 300", bytes[100], bytes[299]);
+}
+
+#[test]
+fn phi3_with_fused_projections_matches_transformers() {
+    check_decoder("phi3");
+}
+
+/// A copy of fixture `name` in a scratch folder, its config.json edited by `edit`.
+fn edited_fixture(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("qinfer-decoders-{}-{name}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture(name).join(file), dir.join(file)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture(name).join("config.json")).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+/// A distinct name per call within this process.
+fn rand_suffix() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn open_error(path: &std::path::Path) -> String {
+    match Generator::open(path, Some(Plan::uniform(LayerScheme::F32))) {
+        Ok(_) => panic!("{} opened", path.display()),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn bad_decoders_are_clear_errors() {
+    // A GGUF file of an architecture not read here names it and those that are.
+    let path = std::env::temp_dir().join(format!("qinfer-decoders-{}-gemma2.gguf", std::process::id()));
+    {
+        use candle_core::quantized::gguf_file::{self, Value};
+        let tensor = candle_core::quantized::QTensor::quantize(
+            &candle_core::Tensor::zeros((4, 4), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+            candle_core::quantized::GgmlDType::F32,
+        )
+        .unwrap();
+        let architecture = Value::String("gemma2".into());
+        let mut file = std::fs::File::create(&path).unwrap();
+        gguf_file::write(&mut file, &[("general.architecture", &architecture)], &[("token_embd.weight", &tensor)])
+            .unwrap();
+    }
+    let error = open_error(&path);
+    assert!(error.contains("\"gemma2\"") && error.contains("llama, qwen2, qwen3, phi3"), "{error}");
+    std::fs::remove_file(&path).unwrap();
+
+    let heads = edited_fixture("mistral", |c| {
+        c["num_attention_heads"] = 5.into();
+        c.as_object_mut().unwrap().remove("head_dim");
+    });
+    let error = open_error(&heads);
+    assert!(error.contains("hidden_size 64 is not a multiple of num_attention_heads 5"), "{error}");
+    let groups = edited_fixture("mistral", |c| c["num_attention_heads"] = 5.into());
+    let error = open_error(&groups);
+    assert!(error.contains("5 heads of width 16 and 2 key/value heads do not fit together"), "{error}");
+    let window = edited_fixture("mistral", |c| c["sliding_window"] = 1000.into());
+    let error = open_error(&window);
+    assert!(error.contains("sliding_window is 1000") && error.contains("max_position_embeddings = 512"), "{error}");
+    let no_window = edited_fixture("mistral", |c| c["sliding_window"] = serde_json::Value::Null);
+    assert_eq!(Generator::open(&no_window, None).unwrap().model().config().sliding_window, None);
+    for dir in [heads, groups, window, no_window] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    // A prompt longer than the context.
+    let generator = Generator::open(&fixture("phi3"), Some(Plan::uniform(LayerScheme::F32))).unwrap();
+    let long = vec![5u32; generator.model().config().context_length + 1];
+    let error = generator.generate(&long, swap::Length::up_to(4), swap::Sampling::Greedy, |_| Ok(())).unwrap_err();
+    assert!(format!("{error:#}").contains("context holds 512"), "{error:#}");
 }

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use qlayers::LayerScheme;
 use swap::models::llama::LlamaModel;
-use swap::{Generator, Plan, Sampling, StopReason, TextStream};
+use swap::{Generator, Length, Plan, Sampling, StopReason, TextStream};
 
 /// The model in fp32, loaded once for every test of this file.
 fn fp32_model() -> &'static LlamaModel {
@@ -162,7 +162,7 @@ fn generation_is_reproducible_and_bounded() {
     let generator = int4_generator();
     let prompt = generator.encode("Once upon a time").unwrap();
     let sampling = Sampling::Random { temperature: 0.8, top_p: 0.9, seed: 11 };
-    let run = |sampling, max| generator.generate(&prompt, max, sampling, |_| Ok(())).unwrap();
+    let run = |sampling, max| generator.generate(&prompt, Length::up_to(max), sampling, |_| Ok(())).unwrap();
     let (a, b) = (run(sampling, 12), run(sampling, 12));
     assert_eq!(a.tokens, b.tokens, "the same seed gives the same tokens");
     assert_eq!((a.tokens.len(), a.stop), (12, StopReason::MaxTokens));
@@ -177,9 +177,9 @@ fn generation_is_reproducible_and_bounded() {
     // No tokens asked, no tokens; a prompt as long as the context is refused before any work.
     assert!(run(sampling, 0).tokens.is_empty());
     let context = generator.model().config().context_length;
-    let err = generator.generate(&vec![504; context], 4, sampling, |_| Ok(())).unwrap_err();
+    let err = generator.generate(&vec![504; context], Length::up_to(4), sampling, |_| Ok(())).unwrap_err();
     assert!(err.to_string().contains("context holds 8192"), "{err}");
-    assert!(generator.generate(&[], 4, sampling, |_| Ok(())).is_err());
+    assert!(generator.generate(&[], Length::up_to(4), sampling, |_| Ok(())).is_err());
 }
 
 #[test]

@@ -198,7 +198,7 @@ fn config_values_are_checked_against_ranges_and_weights() {
         ("distilbert", "n_layers", 0.into(), "n_layers is 0"),
         ("modernbert", "num_hidden_layers", 1.into(), "num_hidden_layers = 1, but the checkpoint has more layers"),
         ("llama", "bos_token_id", 1_000_000_000.into(), "bos_token_id 1000000000 is outside the vocabulary of 1000"),
-        ("llama", "head_dim", 8.into(), "num_attention_heads * head_dim = 32, but model.layers.0.self_attn.q_proj"),
+        ("llama", "head_dim", 8.into(), "num_attention_heads * head_dim = 32, but model.layers.0.self_attn.o_proj"),
     ];
     for (i, (name, key, value, expected)) in cases.into_iter().enumerate() {
         let dir = scratch_fixture(name, &format!("config-{i}"));

@@ -101,10 +101,11 @@ class Generator:
         seed: Optional[int] = None,
         chat: bool = False,
         system: Optional[str] = None,
+        ignore_eos: bool = False,
     ) -> str:
         """Up to `max_tokens` tokens after `prompt` (with `chat`, the user's message in the model's chat
         template, after `system`). `temperature` 0 is greedy; otherwise the same `seed` gives the same text, as
-        `runner generate --seed` does."""
+        `runner generate --seed` does. Stops at the end-of-sequence token unless `ignore_eos`."""
     def stream(
         self,
         prompt: str,
@@ -114,6 +115,7 @@ class Generator:
         seed: Optional[int] = None,
         chat: bool = False,
         system: Optional[str] = None,
+        ignore_eos: bool = False,
     ) -> TextStream:
         """`generate` as an iterator of text pieces, each yielded as soon as it is produced."""
     @property

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use swap::{Sampling, Task};
+use swap::{Length, Sampling, Task};
 
 use crate::errors::{compute, contained, value_error};
 use crate::options::{layer_schemes, ModelChoice};
@@ -24,7 +24,7 @@ pub struct Generator {
 /// What one generation asks for, checked.
 struct Request {
     ids: Vec<u32>,
-    max_tokens: usize,
+    length: Length,
     sampling: Sampling,
 }
 
@@ -35,7 +35,7 @@ impl Generator {
     fn request(
         &self,
         prompt: &str,
-        max_tokens: usize,
+        length: Length,
         temperature: f32,
         top_p: f32,
         seed: Option<u64>,
@@ -52,7 +52,7 @@ impl Generator {
             false => prompt.to_string(),
         };
         let ids = self.generator.encode(&text).map_err(invalid)?;
-        Ok(Request { ids, max_tokens, sampling })
+        Ok(Request { ids, length, sampling })
     }
 }
 
@@ -79,8 +79,8 @@ impl Generator {
     /// Up to `max_tokens` tokens after `prompt` (with `chat`, the prompt is the user's message in the model's
     /// chat template, after `system`), as text; `temperature` 0 is greedy, else sampling from the `top_p` nucleus
     /// with `seed` (the same seed gives the same text, as `runner generate --seed` does). Stops at the
-    /// end-of-sequence token or a full context.
-    #[pyo3(signature = (prompt, max_tokens = 128, temperature = 0.7, top_p = 0.9, seed = None, chat = false, system = None))]
+    /// end-of-sequence token (unless `ignore_eos`) or a full context.
+    #[pyo3(signature = (prompt, max_tokens = 128, temperature = 0.7, top_p = 0.9, seed = None, chat = false, system = None, ignore_eos = false))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
@@ -92,17 +92,19 @@ impl Generator {
         seed: Option<u64>,
         chat: bool,
         system: Option<&str>,
+        ignore_eos: bool,
     ) -> PyResult<String> {
-        let request = self.request(prompt, max_tokens, temperature, top_p, seed, chat, system)?;
+        let length = Length { max_tokens, ignore_eos };
+        let request = self.request(prompt, length, temperature, top_p, seed, chat, system)?;
         compute(py, self.threads, || {
-            let generation = self.generator.generate(&request.ids, request.max_tokens, request.sampling, |_| Ok(()))?;
+            let generation = self.generator.generate(&request.ids, request.length, request.sampling, |_| Ok(()))?;
             self.generator.decode(&generation.tokens)
         })
     }
 
     /// [`Generator::generate`] as an iterator of text pieces, each yielded as soon as the model has produced
     /// it (the model runs on a thread of its own; dropping the iterator stops it).
-    #[pyo3(signature = (prompt, max_tokens = 128, temperature = 0.7, top_p = 0.9, seed = None, chat = false, system = None))]
+    #[pyo3(signature = (prompt, max_tokens = 128, temperature = 0.7, top_p = 0.9, seed = None, chat = false, system = None, ignore_eos = false))]
     #[allow(clippy::too_many_arguments)]
     fn stream(
         &self,
@@ -113,8 +115,10 @@ impl Generator {
         seed: Option<u64>,
         chat: bool,
         system: Option<&str>,
+        ignore_eos: bool,
     ) -> PyResult<TextStream> {
-        let request = self.request(prompt, max_tokens, temperature, top_p, seed, chat, system)?;
+        let length = Length { max_tokens, ignore_eos };
+        let request = self.request(prompt, length, temperature, top_p, seed, chat, system)?;
         let (pieces, receiver) = sync_channel(STREAM_BUFFER);
         let generator = Arc::clone(&self.generator);
         let threads = self.threads;
@@ -124,7 +128,7 @@ impl Generator {
                 let mut text = swap::TextStream::new(generator.tokenizer());
                 let result = contained(|| {
                     qlayers::threads::with_num_threads(threads, || {
-                        generator.generate(&request.ids, request.max_tokens, request.sampling, |id| {
+                        generator.generate(&request.ids, request.length, request.sampling, |id| {
                             let piece = text.push(id)?;
                             // The reader went away: stop generating.
                             pieces.send(Ok(piece)).map_err(|_| anyhow::anyhow!("the stream was dropped"))

@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use swap::{Sampling, TextStream};
+use swap::{Length, Sampling, TextStream};
 
 use crate::model_args::LlmArgs;
 
@@ -25,6 +25,9 @@ pub struct GenerateArgs {
     /// Most tokens to generate; generation also stops at the end-of-sequence token or a full context.
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
+    /// Go on past the end-of-sequence token (for benchmarks and tests, as llama.cpp's --ignore-eos).
+    #[arg(long)]
+    ignore_eos: bool,
     /// Sampling temperature; 0 picks the most likely token every time (greedy).
     #[arg(long, default_value_t = 0.7)]
     temperature: f32,
@@ -61,7 +64,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let ids = generator.encode(&text)?;
     let mut stream = TextStream::new(generator.tokenizer());
     let mut out = std::io::stdout().lock();
-    let generation = generator.generate(&ids, args.max_tokens, sampling, |id| {
+    let length = Length { max_tokens: args.max_tokens, ignore_eos: args.ignore_eos };
+    let generation = generator.generate(&ids, length, sampling, |id| {
         let piece = stream.push(id)?;
         if !args.json {
             out.write_all(piece.as_bytes())?;

@@ -215,3 +215,141 @@ fn rerankers_get_sensitivity_and_automatic_plans() {
         assert!(v["queries_ranked"].as_u64().unwrap() >= 1, "{v}");
     }
 }
+
+/// The decoder fixtures the Llama body reads.
+const DECODERS: [&str; 5] = ["llama", "qwen2", "qwen3", "mistral", "phi3"];
+
+/// The GGUF file `scripts/setup-tests` writes of decoder fixture `name`.
+fn fixture_gguf(name: &str) -> String {
+    let path = workspace().join("models/cache/fixture-gguf").join(format!("{name}.gguf"));
+    assert!(path.exists(), "{} is missing: run scripts/setup-tests", path.display());
+    path.display().to_string()
+}
+
+/// From its folder and from its GGUF file, `runner generate --temperature 0 --ignore-eos` gives transformers' 12
+/// greedy tokens (which run on past the end-of-sequence token) for every prompt, and `runner eval perplexity` in
+/// one window its perplexity, in fp32; the int8 preset's perplexity is within 2% of fp32's.
+#[test]
+fn generate_and_perplexity_match_transformers_on_every_decoder() {
+    let dir = Scratch::new("arch-decoders");
+    for (name, model) in DECODERS.iter().flat_map(|&n| [(n, fixture(n)), (n, fixture_gguf(n))]) {
+        let reference = reference(name);
+        for prompt in reference["prompts"].as_array().unwrap() {
+            let text = prompt["text"].as_str().unwrap();
+            let out = ok(&[
+                "generate",
+                "--model",
+                &model,
+                "--quant",
+                "fp32",
+                "--prompt",
+                text,
+                "--temperature",
+                "0",
+                "--ignore-eos",
+                "--max-tokens",
+                "12",
+                "--json",
+            ]);
+            let v: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(v["tokens"], prompt["greedy"], "{model}: {text:?}");
+        }
+        let file = dir.join(&format!("{name}.txt"));
+        std::fs::write(&file, reference["perplexity"]["text"].as_str().unwrap()).unwrap();
+        let tokens = reference["perplexity"]["n_tokens"].as_u64().unwrap().to_string();
+        let ppl = |quant: &str| {
+            let out = ok(&[
+                "eval",
+                "perplexity",
+                "--model",
+                &model,
+                "--quant",
+                quant,
+                "--text",
+                &file,
+                "--window",
+                &tokens,
+                "--json",
+            ]);
+            serde_json::from_str::<Value>(&out).unwrap()["perplexity"].as_f64().unwrap()
+        };
+        let (fp32, int8) = (ppl("fp32"), ppl("int8"));
+        let want = reference["perplexity"]["ppl"].as_f64().unwrap();
+        assert!((fp32 - want).abs() <= 1e-4 * want, "{name}: perplexity {fp32} vs {want}");
+        assert!((int8 - fp32).abs() <= 0.02 * fp32, "{name}: int8 perplexity {int8} vs fp32 {fp32}");
+        eprintln!(
+            "{name}: perplexity fp32 {fp32:.4} (transformers {want:.4}), int8 {int8:.4}, int4 {:.4}, int2 {:.4}",
+            ppl("int4"),
+            ppl("int2")
+        );
+    }
+}
+
+/// `bench`, `quantize` (then `generate` from the checkpoint), `inspect` and `quantize --auto` on every decoder.
+#[test]
+fn bench_quantize_inspect_and_auto_plans_take_every_decoder() {
+    let dir = Scratch::new("arch-decoder-tools");
+    for name in DECODERS {
+        let model = fixture(name);
+        let bench = ok(&[
+            "bench",
+            "--model",
+            &model,
+            "--quant",
+            "int8",
+            "--prompt-tokens",
+            "16",
+            "--decode-tokens",
+            "4",
+            "--iters",
+            "1",
+            "--json",
+        ]);
+        assert!(serde_json::from_str::<Value>(&bench).is_ok(), "{name}: {bench}");
+        let out = dir.join(&format!("{name}-int8"));
+        ok(&["quantize", "--model", &model, "--quant", "int8", "--out", &out]);
+        let greedy = |model: &str| {
+            let v: Value = serde_json::from_str(&ok(&[
+                "generate",
+                "--model",
+                model,
+                "--prompt",
+                "hello",
+                "--temperature",
+                "0",
+                "--max-tokens",
+                "4",
+                "--json",
+            ]))
+            .unwrap();
+            v["tokens"].clone()
+        };
+        assert_eq!(greedy(&out), greedy(&model), "{name}: the checkpoint runs as quantizing on load");
+        let inspect: Value = serde_json::from_str(&ok(&[
+            "inspect",
+            "--model",
+            &model,
+            "--quant",
+            "int8-g16",
+            "--max-tokens",
+            "32",
+            "--json",
+        ]))
+        .unwrap();
+        assert!(!inspect["layers"].as_array().unwrap().is_empty(), "{name}");
+        let auto = dir.join(&format!("{name}-auto"));
+        let report = ok(&[
+            "quantize",
+            "--model",
+            &model,
+            "--auto",
+            "--target",
+            "ppl<=+5%",
+            "--max-tokens",
+            "32",
+            "--out",
+            &auto,
+        ]);
+        assert!(report.contains("plan saved"), "{name}: {report}");
+    }
+}

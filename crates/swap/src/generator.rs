@@ -180,15 +180,17 @@ impl Generator {
         )
     }
 
-    /// Generates up to `max_tokens` tokens after `prompt`, calling `on_token` with each as it comes. Stops after
-    /// the end-of-sequence token or when the context is full. A prompt longer than the context is an error.
+    /// Generates up to `length.max_tokens` tokens after `prompt`, calling `on_token` with each as it comes. Stops
+    /// after the end-of-sequence token (unless `length.ignore_eos`) or when the context is full. A prompt longer
+    /// than the context is an error.
     pub fn generate(
         &self,
         prompt: &[u32],
-        max_tokens: usize,
+        length: Length,
         sampling: Sampling,
         mut on_token: impl FnMut(u32) -> Result<()>,
     ) -> Result<Generation> {
+        let max_tokens = length.max_tokens;
         let context = self.model.config().context_length;
         if prompt.is_empty() {
             bail!("the prompt is empty");
@@ -215,7 +217,7 @@ impl Generator {
         loop {
             generation.tokens.push(next);
             on_token(next)?;
-            if Some(next) == self.model.eos_token_id() {
+            if !length.ignore_eos && Some(next) == self.model.eos_token_id() {
                 generation.stop = StopReason::Eos;
                 break;
             }
@@ -230,6 +232,22 @@ impl Generator {
         }
         generation.decode = start.elapsed();
         Ok(generation)
+    }
+}
+
+/// How long a generation may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Length {
+    /// The most tokens to generate.
+    pub max_tokens: usize,
+    /// Go on past the end-of-sequence token (as llama.cpp's `--ignore-eos`), for benchmarks and tests.
+    pub ignore_eos: bool,
+}
+
+impl Length {
+    /// Up to `max_tokens` tokens, stopping after the end-of-sequence token.
+    pub fn up_to(max_tokens: usize) -> Self {
+        Self { max_tokens, ignore_eos: false }
     }
 }
 

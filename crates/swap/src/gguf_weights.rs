@@ -1,6 +1,7 @@
-//! A Llama GGUF file read as if it were a Hugging Face checkpoint: tensors by their HF names
-//! (`model.layers.0.self_attn.q_proj.weight`), dequantized to f32, with the Q and K projections' rows put back in
-//! the HF order that GGUF converters permute away. A layer whose plan scheme holds the file's own type exactly
+//! A GGUF file of a Llama-family decoder (llama.cpp's architectures `llama`, `qwen2`, `qwen3`, `phi3`) read as if
+//! it were a Hugging Face checkpoint: tensors by their HF names (`model.layers.0.self_attn.q_proj.weight`),
+//! dequantized to f32, with the Q and K projections' rows of the `llama` architecture put back in the HF order that
+//! llama.cpp's converter permutes away (the others keep HF's rotary halves). A layer whose plan scheme holds the file's own type exactly
 //! (Q4_1, Q4_0, Q8_0) keeps the file's codes and scales instead ([`GgufWeights::native`]).
 
 use std::collections::HashMap;
@@ -13,11 +14,16 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 use qlayers::{Bits, Granularity, LayerScheme, LinearScheme, QTensor, Scheme};
 
-/// An open GGUF file of a Llama-architecture model.
+/// The llama.cpp architectures read here: their metadata keys start with the name.
+pub const GGUF_ARCHITECTURES: [&str; 4] = ["llama", "qwen2", "qwen3", "phi3"];
+
+/// An open GGUF file of a Llama-family model.
 pub struct GgufWeights {
     path: PathBuf,
     content: Content,
     file: Mutex<std::fs::File>,
+    /// `general.architecture`, one of [`GGUF_ARCHITECTURES`].
+    arch: String,
     heads: usize,
     kv_heads: usize,
 }
@@ -30,17 +36,23 @@ impl GgufWeights {
         let len = file.metadata().with_context(|| format!("cannot read {}", path.display()))?.len();
         let content = Content::read(&mut file).map_err(|e| header_error(path, len, e))?;
         check_extent(path, len, &content)?;
-        let arch = metadata_str(&content.metadata, "general.architecture")?;
-        if arch != "llama" {
-            bail!("the GGUF file holds a {arch:?} model; this loader reads Llama-architecture models");
+        let arch = metadata_str(&content.metadata, "general.architecture")?.to_string();
+        if !GGUF_ARCHITECTURES.contains(&arch.as_str()) {
+            bail!("the GGUF file holds a {arch:?} model; the architectures read are {}", GGUF_ARCHITECTURES.join(", "));
         }
         let count = |key: &str| -> Result<usize> {
-            let value = content.metadata.get(key).with_context(|| format!("the GGUF file has no {key}"))?;
+            let key = format!("{arch}.{key}");
+            let value = content.metadata.get(&key).with_context(|| format!("the GGUF file has no {key}"))?;
             Ok(value.to_u32()? as usize)
         };
-        let heads = count("llama.attention.head_count")?;
-        let kv_heads = count("llama.attention.head_count_kv").or_else(|_| count("llama.attention.head_count"))?;
-        Ok(Self { path: path.to_path_buf(), content, file: Mutex::new(file), heads, kv_heads })
+        let heads = count("attention.head_count")?;
+        let kv_heads = count("attention.head_count_kv").or_else(|_| count("attention.head_count"))?;
+        Ok(Self { path: path.to_path_buf(), content, file: Mutex::new(file), arch, heads, kv_heads })
+    }
+
+    /// The llama.cpp architecture, `general.architecture` (its metadata keys start with it).
+    pub fn arch(&self) -> &str {
+        &self.arch
     }
 
     /// The file's metadata (`general.*`, `llama.*`, `tokenizer.ggml.*`).
@@ -81,8 +93,12 @@ impl GgufWeights {
         }
     }
 
-    /// The heads of a rotary projection (`q_proj`, `k_proj`), whose rows GGUF converters permute.
+    /// The heads of a rotary projection (`q_proj`, `k_proj`) whose rows llama.cpp's converter permutes (for its
+    /// `llama` architecture only).
     fn rotary_heads(&self, name: &str) -> Option<usize> {
+        if self.arch != "llama" {
+            return None;
+        }
         match name {
             n if n.ends_with("self_attn.q_proj.weight") => Some(self.heads),
             n if n.ends_with("self_attn.k_proj.weight") => Some(self.kv_heads),
@@ -200,7 +216,7 @@ fn tensor_bytes(info: &candle_core::quantized::gguf_file::TensorInfo) -> Option<
     (elements / block).checked_mul(info.ggml_dtype.type_size() as u64)
 }
 
-/// The GGUF name of an HF tensor name of a Llama model.
+/// The GGUF name of an HF tensor name of a Llama-family model (weights and biases).
 fn gguf_name(name: &str) -> Option<String> {
     match name {
         "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
@@ -211,19 +227,27 @@ fn gguf_name(name: &str) -> Option<String> {
     let rest = name.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let tail = match rest {
-        "input_layernorm.weight" => "attn_norm.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
+    let (module, kind) = rest.rsplit_once('.')?;
+    if kind != "weight" && kind != "bias" {
+        return None;
+    }
+    let tail = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.qkv_proj" => "attn_qkv",
+        "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        // Phi-3's gate and up rows sit together in llama.cpp's `ffn_up`.
+        "mlp.up_proj" | "mlp.gate_up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
         _ => return None,
     };
-    Some(format!("blk.{layer}.{tail}"))
+    Some(format!("blk.{layer}.{tail}.{kind}"))
 }
 
 /// ggml block types our schemes hold exactly.
@@ -305,6 +329,11 @@ mod tests {
     fn names_map_to_gguf() {
         assert_eq!(gguf_name("model.layers.3.self_attn.k_proj.weight").unwrap(), "blk.3.attn_k.weight");
         assert_eq!(gguf_name("model.layers.0.mlp.down_proj.weight").unwrap(), "blk.0.ffn_down.weight");
+        assert_eq!(gguf_name("model.layers.1.self_attn.q_proj.bias").unwrap(), "blk.1.attn_q.bias");
+        assert_eq!(gguf_name("model.layers.0.self_attn.k_norm.weight").unwrap(), "blk.0.attn_k_norm.weight");
+        assert_eq!(gguf_name("model.layers.2.self_attn.qkv_proj.weight").unwrap(), "blk.2.attn_qkv.weight");
+        assert_eq!(gguf_name("model.layers.2.mlp.gate_up_proj.weight").unwrap(), "blk.2.ffn_up.weight");
+        assert_eq!(gguf_name("model.layers.2.mlp.up_proj.scale"), None);
         assert_eq!(gguf_name("model.norm.weight").unwrap(), "output_norm.weight");
         assert!(gguf_name("model.layers.x.mlp.down_proj.weight").is_none());
         assert!(gguf_name("encoder.layer.0.attention.self.query.weight").is_none());

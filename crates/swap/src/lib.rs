@@ -23,7 +23,7 @@ pub mod source;
 
 pub use arch::{ModelKind, Task};
 pub use embedder::{normalize, Embedder, PipelineConfig, Pooling};
-pub use generator::{Generation, Generator, StopReason, TextStream};
+pub use generator::{Generation, Generator, Length, StopReason, TextStream};
 pub use loader::{LayerReport, QuantLoader};
 pub use nn::{conv2d, conv2d_no_bias, linear, linear_b, linear_no_bias};
 pub use plan::Plan;

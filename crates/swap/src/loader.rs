@@ -486,7 +486,9 @@ impl QuantLoader {
         let bias = match bias {
             Bias::Required => Some(self.read_float(&bias_name, &[out_dim])?),
             Bias::None if self.contains(&bias_name) => {
-                bail!("unexpected tensor {bias_name}: this architecture has no bias in {name}")
+                // Named as the file names it (a GGUF file has names of its own).
+                let stored = self.tensors.stored_name(self.resolve(&bias_name));
+                bail!("unexpected tensor {stored}: this architecture has no bias in {name}")
             }
             Bias::None => None,
         };

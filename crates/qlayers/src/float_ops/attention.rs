@@ -368,32 +368,57 @@ impl Head<'_> {
 /// One layer's keys and values of a decoder, kept in the attention kernel's layout so that a new token costs no
 /// re-layout: per key/value head, keys transposed to `[d][capacity]` and values as `[capacity][dims]`. The capacity
 /// grows by doubling.
+///
+/// With a sliding window of `w` tokens (each query sees itself and the `w - 1` tokens before it), keys no later
+/// query can see are dropped: when the buffer is full, the last `w - 1` tokens move to its front, and once the
+/// window is passed the buffer holds room for `2 w` tokens (plus the prompt being run), so memory stays flat however
+/// long the sequence and a move happens once every `w` or so tokens.
 #[derive(Debug, Clone)]
 pub struct KvHeads {
     heads: usize,
     d: usize,
     dims: usize,
     capacity: usize,
+    /// Tokens seen: positions `0..len`.
     len: usize,
+    /// Position of the first token held (at buffer index 0); 0 without a window.
+    start: usize,
+    /// The sliding window, if any.
+    window: Option<usize>,
     keys_t: Vec<f32>,
     values: Vec<f32>,
 }
 
 impl KvHeads {
-    /// An empty cache for `heads` key/value heads of width `d`.
+    /// An empty cache for `heads` key/value heads of width `d`, every query seeing every key before it.
     pub fn new(heads: usize, d: usize) -> Self {
         let dims = d.next_multiple_of(PAD);
-        Self { heads, d, dims, capacity: 0, len: 0, keys_t: Vec::new(), values: Vec::new() }
+        Self { heads, d, dims, capacity: 0, len: 0, start: 0, window: None, keys_t: Vec::new(), values: Vec::new() }
     }
 
-    /// Tokens held.
+    /// An empty cache for sliding-window attention over `window` tokens (at least 1; see the type's docs).
+    pub fn with_window(heads: usize, d: usize, window: usize) -> Self {
+        Self { window: Some(window.max(1)), ..Self::new(heads, d) }
+    }
+
+    /// Tokens seen.
     pub fn len(&self) -> usize {
         self.len
     }
 
-    /// Whether no token is held.
+    /// Whether no token has been seen.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Tokens whose keys and values are held (all seen, without a window).
+    pub fn held(&self) -> usize {
+        self.len - self.start
+    }
+
+    /// Bytes of the key and value buffers.
+    pub fn bytes(&self) -> usize {
+        4 * (self.keys_t.len() + self.values.len())
     }
 
     /// Appends the keys and values of new tokens, `[tokens, heads * d]` each.
@@ -401,10 +426,10 @@ impl KvHeads {
         let width = self.heads * self.d;
         assert_eq!(k.len(), v.len(), "keys and values of the same tokens");
         let rows = k.len() / width;
-        self.reserve(self.len + rows);
+        self.make_room(rows);
         let (d, dims, cap) = (self.d, self.dims, self.capacity);
         for r in 0..rows {
-            let t = self.len + r;
+            let t = self.held() + r;
             for h in 0..self.heads {
                 let (key, value) = (&k[r * width + h * d..][..d], &v[r * width + h * d..][..d]);
                 for (c, &x) in key.iter().enumerate() {
@@ -416,39 +441,78 @@ impl KvHeads {
         self.len += rows;
     }
 
-    /// Room for `needed` tokens, moving what is held into the larger layout.
-    fn reserve(&mut self, needed: usize) {
-        if needed <= self.capacity {
+    /// Room for `rows` more tokens: first by dropping the keys that the first of them cannot see (with a window),
+    /// then by growing the buffers.
+    fn make_room(&mut self, rows: usize) {
+        if self.held() + rows <= self.capacity {
             return;
         }
+        let mut floor = 0;
+        if let Some(w) = self.window {
+            // The first new token, at position `len`, sees positions `len + 1 - w` on.
+            self.drop_before((self.len + 1).saturating_sub(w));
+            if self.len + rows > w {
+                floor = 2 * w;
+            }
+        }
+        let needed = self.held() + rows;
+        if needed > self.capacity {
+            self.grow(needed.max(floor));
+        }
+    }
+
+    /// Drops the tokens before position `first`, moving the rest to the front of the buffers.
+    fn drop_before(&mut self, first: usize) {
+        if first <= self.start {
+            return;
+        }
+        let (drop, keep) = (first - self.start, self.len - first);
+        let (cap, dims) = (self.capacity, self.dims);
+        for row in 0..self.heads * self.d {
+            self.keys_t.copy_within(row * cap + drop..row * cap + drop + keep, row * cap);
+        }
+        for h in 0..self.heads {
+            let base = h * cap * dims;
+            self.values.copy_within(base + drop * dims..base + (drop + keep) * dims, base);
+        }
+        self.start = first;
+    }
+
+    /// Buffers for at least `needed` tokens, with what is held moved into them.
+    fn grow(&mut self, needed: usize) {
         let capacity = needed.max(2 * self.capacity).max(64).next_multiple_of(PAD);
-        let (d, dims, old) = (self.d, self.dims, self.capacity);
+        let (d, dims, old, held) = (self.d, self.dims, self.capacity, self.held());
         let mut keys_t = vec![0f32; self.heads * d * capacity];
         let mut values = vec![0f32; self.heads * capacity * dims];
         for h in 0..self.heads {
             for c in 0..d {
                 let row = h * d + c;
-                keys_t[row * capacity..][..self.len].copy_from_slice(&self.keys_t[row * old..][..self.len]);
+                keys_t[row * capacity..][..held].copy_from_slice(&self.keys_t[row * old..][..held]);
             }
-            values[h * capacity * dims..][..self.len * dims]
-                .copy_from_slice(&self.values[h * old * dims..][..self.len * dims]);
+            values[h * capacity * dims..][..held * dims].copy_from_slice(&self.values[h * old * dims..][..held * dims]);
         }
         (self.keys_t, self.values, self.capacity) = (keys_t, values, capacity);
     }
 
     /// Causal attention of the newest `n` tokens (the last `n` appended), `q` being their queries
     /// (`[n, query_heads * d]`, unscaled): query head `h` reads key/value head `h / (query_heads / heads)`, over the
-    /// keys up to its own position. Returns `[n, query_heads * d]`. A token's result is the same whether it came
-    /// with the prompt or alone.
+    /// keys up to its own position (and within the window, if any). Returns `[n, query_heads * d]`. A token's
+    /// result is the same whether it came with the prompt or alone.
     pub fn causal_attention(&self, q: &[f32], query_heads: usize) -> Vec<f32> {
         let (d, width) = (self.d, query_heads * self.d);
         let n = q.len() / width;
-        assert!(n <= self.len && query_heads.is_multiple_of(self.heads), "queries of cached tokens");
-        let past = self.len - n;
+        assert!(n <= self.held() && query_heads.is_multiple_of(self.heads), "queries of cached tokens");
         let group = query_heads / self.heads;
         let mut out = vec![0f32; n * width];
         let shared = SharedMut(out.as_mut_ptr());
-        let work = 4 * n * (past + n) * width;
+        let work = 4 * n * self.held() * width;
+        // Query `i` is at position `len - n + i`, buffer index `held - n + i`.
+        let past = self.held() - n;
+        let window = self.window;
+        let visible = move |i: usize| {
+            let end = past + i + 1;
+            window.map_or(0, |w| end.saturating_sub(w))..end
+        };
         parallel_for_work(query_heads, work, |h| {
             let kv = h / group;
             let head = Head {
@@ -460,7 +524,7 @@ impl KvHeads {
                 bias: None,
             };
             // SAFETY: task h writes only columns h * d.. of every row.
-            unsafe { causal_head(&head, q, h * d, width, past, shared.get()) };
+            unsafe { causal_head(&head, q, h * d, width, &visible, shared.get()) };
         });
         out
     }
@@ -470,16 +534,19 @@ impl KvHeads {
 ///
 /// # Safety
 /// `out` is valid for writes of `q`'s rows (`width` floats apart) and no other thread writes columns
-/// `col..col + d` of them meanwhile.
-unsafe fn causal_head(head: &Head, q: &[f32], col: usize, width: usize, past: usize, out: *mut f32) {
+/// `col..col + d` of them meanwhile; `visible(i)` is within the head's keys.
+unsafe fn causal_head(head: &Head, q: &[f32], col: usize, width: usize, visible: &Visible, out: *mut f32) {
     match level() {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => causal_head_avx512(head, q, col, width, past, out),
+        Level::Avx512 => causal_head_avx512(head, q, col, width, visible, out),
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => causal_head_avx2(head, q, col, width, past, out),
-        Level::Portable => causal_head_generic::<Portable>(head, q, col, width, past, out),
+        Level::Avx2 => causal_head_avx2(head, q, col, width, visible, out),
+        Level::Portable => causal_head_generic::<Portable>(head, q, col, width, visible, out),
     }
 }
+
+/// The keys query `i` sees, as buffer indices.
+type Visible = dyn Fn(usize) -> Range<usize> + Sync;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -487,8 +554,8 @@ unsafe fn causal_head(head: &Head, q: &[f32], col: usize, width: usize, past: us
 ///
 /// # Safety
 /// The CPU has AVX-512F, and as [`causal_head`].
-unsafe fn causal_head_avx512(head: &Head, q: &[f32], col: usize, width: usize, past: usize, out: *mut f32) {
-    causal_head_generic::<Avx512>(head, q, col, width, past, out)
+unsafe fn causal_head_avx512(head: &Head, q: &[f32], col: usize, width: usize, visible: &Visible, out: *mut f32) {
+    causal_head_generic::<Avx512>(head, q, col, width, visible, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -497,11 +564,12 @@ unsafe fn causal_head_avx512(head: &Head, q: &[f32], col: usize, width: usize, p
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA, and as [`causal_head`].
-unsafe fn causal_head_avx2(head: &Head, q: &[f32], col: usize, width: usize, past: usize, out: *mut f32) {
-    causal_head_generic::<Avx2>(head, q, col, width, past, out)
+unsafe fn causal_head_avx2(head: &Head, q: &[f32], col: usize, width: usize, visible: &Visible, out: *mut f32) {
+    causal_head_generic::<Avx2>(head, q, col, width, visible, out)
 }
 
-/// One query head: its columns `col..col + d` of every row of `q`, the query of row `i` at position `past + i`.
+/// One query head: its columns `col..col + d` of every row of `q`, the query of row `i` seeing the keys
+/// `visible(i)`.
 ///
 /// # Safety
 /// The CPU supports `L`'s instructions (the caller is compiled with them), and as [`causal_head`].
@@ -511,18 +579,16 @@ unsafe fn causal_head_generic<L: F32Lanes>(
     q: &[f32],
     col: usize,
     width: usize,
-    past: usize,
+    visible: &Visible,
     out: *mut f32,
 ) {
     let d = head.d;
     let scale = 1.0 / (d as f32).sqrt();
     let queries: Vec<f32> =
         q.chunks_exact(width).flat_map(|row| row[col..col + d].iter().map(|&v| v * scale)).collect();
-    head.attend::<L>(
-        &queries,
-        |i| 0..past + i + 1,
-        |i, context| std::ptr::copy_nonoverlapping(context.as_ptr(), out.add(i * width + col), d),
-    );
+    head.attend::<L>(&queries, visible, |i, context| {
+        std::ptr::copy_nonoverlapping(context.as_ptr(), out.add(i * width + col), d)
+    });
 }
 
 #[cfg(test)]
@@ -605,6 +671,62 @@ mod tests {
             assert_eq!(one, at_once[i * qw..(i + 1) * qw].to_vec(), "token {i}");
         }
         assert_eq!(cache.len(), n);
+    }
+
+    /// Sliding-window causal attention against a direct computation over the last `w` positions, the same bits
+    /// token by token as all at once (the buffer dropping old keys meanwhile), and memory flat past the window.
+    #[test]
+    fn sliding_window_attention_over_the_cache() {
+        let (heads, kv_heads, d, n, w) = (4, 2, 20, 300, 24);
+        let value = |i: usize| ((i * 7919 % 1009) as f32 / 500.0) - 1.0;
+        let (qw, kw) = (heads * d, kv_heads * d);
+        let q: Vec<f32> = (0..n * qw).map(value).collect();
+        let k: Vec<f32> = (0..n * kw).map(|i| value(i + 13)).collect();
+        let v: Vec<f32> = (0..n * kw).map(|i| value(i + 101)).collect();
+        let mut all = KvHeads::with_window(kv_heads, d, w);
+        all.append(&k, &v);
+        let at_once = all.causal_attention(&q, heads);
+        for i in [0, 1, w - 1, w, w + 1, n - 1] {
+            for h in 0..heads {
+                let kv = h / (heads / kv_heads);
+                let seen: Vec<usize> = (i.saturating_sub(w - 1)..=i).collect();
+                let score = |j: usize| {
+                    let (query, key) = (&q[i * qw + h * d..][..d], &k[j * kw + kv * d..][..d]);
+                    query.iter().zip(key).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() / (d as f64).sqrt()
+                };
+                let scores: Vec<f64> = seen.iter().map(|&j| score(j)).collect();
+                let max = scores.iter().copied().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = e.iter().sum();
+                for c in 0..d {
+                    let want: f64 =
+                        seen.iter().zip(&e).map(|(&j, e)| e / total * f64::from(v[j * kw + kv * d + c])).sum();
+                    let got = f64::from(at_once[i * qw + h * d + c]);
+                    assert!((got - want).abs() < 1e-5, "token {i} head {h} dim {c}: {got} vs {want}");
+                }
+            }
+        }
+        let mut cache = KvHeads::with_window(kv_heads, d, w);
+        let mut peak = 0;
+        for i in 0..n {
+            cache.append(&k[i * kw..(i + 1) * kw], &v[i * kw..(i + 1) * kw]);
+            let one = cache.causal_attention(&q[i * qw..(i + 1) * qw], heads);
+            assert_eq!(one, at_once[i * qw..(i + 1) * qw].to_vec(), "token {i}");
+            assert!(cache.held() <= 2 * w.max(64), "token {i}: {} held", cache.held());
+            if i == 2 * w.max(64) {
+                peak = cache.bytes();
+            }
+        }
+        assert_eq!((cache.len(), cache.bytes()), (n, peak), "memory stops growing past the window");
+        // A prompt longer than the window, then tokens one by one, as a model runs them.
+        let mut mixed = KvHeads::with_window(kv_heads, d, w);
+        let prompt = 100;
+        mixed.append(&k[..prompt * kw], &v[..prompt * kw]);
+        assert_eq!(mixed.causal_attention(&q[..prompt * qw], heads), at_once[..prompt * qw].to_vec());
+        for i in prompt..n {
+            mixed.append(&k[i * kw..(i + 1) * kw], &v[i * kw..(i + 1) * kw]);
+            assert_eq!(mixed.causal_attention(&q[i * qw..(i + 1) * qw], heads), at_once[i * qw..(i + 1) * qw].to_vec());
+        }
     }
 
     /// `softmax(q k / sqrt(d) + bias(h, i, j))` over the keys within `window` of each query, in f64: `[len, heads * d]`.
@@ -720,8 +842,13 @@ mod tests {
             };
             cache.append(&rows(width), &rows(2 * width));
             let queries = rows(0)[(len - len.min(3)) * width..].to_vec();
-            let causal = |f: unsafe fn(&Head, &[f32], usize, usize, usize, *mut f32)| {
-                let mut out = vec![0f32; queries.len()];
+            let past = len - len.min(3);
+            // Every key before each query, and (as a sliding window does) only the last 4 of them.
+            let all = move |i: usize| 0..past + i + 1;
+            let windowed = move |i: usize| (past + i + 1).saturating_sub(4)..past + i + 1;
+            let causal = |f: unsafe fn(&Head, &[f32], usize, usize, &Visible, *mut f32)| {
+                let mut out = vec![0f32; 2 * queries.len()];
+                let (whole, window) = out.split_at_mut(queries.len());
                 for h in 0..heads {
                     let head = Head {
                         keys_t: &cache.keys_t[h * d * cache.capacity..],
@@ -731,7 +858,12 @@ mod tests {
                         d,
                         bias: None,
                     };
-                    unsafe { f(&head, &queries, h * d, width, len - len.min(3), out.as_mut_ptr()) };
+                    // SAFETY: `f` runs at a level this CPU has (checked before each call); each output holds a
+                    // row per query, and the visible keys are within the cache.
+                    unsafe {
+                        f(&head, &queries, h * d, width, &all, whole.as_mut_ptr());
+                        f(&head, &queries, h * d, width, &windowed, window.as_mut_ptr());
+                    }
                 }
                 out
             };

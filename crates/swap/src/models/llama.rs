@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::checks::{self, WeightDim};
 use super::projection::Projection;
 use super::TextEncoder;
-use crate::gguf_weights::GgufWeights;
+use crate::gguf_weights::{GgufWeights, GGUF_ARCHITECTURES};
 use crate::loader::{Bias, QuantLoader};
 use crate::plan::Plan;
 use qlayers::float_ops::attention::KvHeads;
@@ -56,12 +56,18 @@ pub struct LlamaConfig {
     pub context_length: usize,
     /// Whether `lm_head` shares the embedding matrix.
     pub tie_word_embeddings: bool,
+    /// Sliding-window attention (Mistral): each token sees itself and the `window - 1` tokens before it, and the
+    /// KV cache keeps no more than that (see `KvHeads::with_window`).
+    pub sliding_window: Option<usize>,
     /// Whether the Q, K and V projections have biases (Qwen2 always; Llama and Qwen3 with `attention_bias`).
     pub qkv_bias: bool,
     /// Whether the attention output projection has a bias (Llama and Qwen3 with `attention_bias`).
     pub o_bias: bool,
     /// Whether the feed-forward projections have biases (`mlp_bias`).
     pub mlp_bias: bool,
+    /// Phi-3's fused projections: Q, K and V in one `self_attn.qkv_proj`, gate and up in one `mlp.gate_up_proj`,
+    /// each read, planned and quantized as one layer.
+    pub fused_projections: bool,
     /// The beginning-of-sequence token, if the model names one.
     pub bos_token_id: Option<u32>,
     /// The end-of-sequence token, if the model names one.
@@ -83,10 +89,15 @@ struct HfConfig {
     rope_scaling: Option<serde_json::Value>,
     /// transformers 5's form of both: `{"rope_type", "rope_theta", ...}`.
     rope_parameters: Option<serde_json::Value>,
+    /// The share of each head that rotates (Phi-3 and others; also in `rope_parameters`).
+    partial_rotary_factor: Option<f64>,
     rms_norm_eps: f32,
     max_position_embeddings: usize,
     #[serde(default)]
     tie_word_embeddings: bool,
+    sliding_window: Option<usize>,
+    /// Qwen2 and Qwen3 name a `sliding_window` but use it only when this is true.
+    use_sliding_window: Option<bool>,
     #[serde(default)]
     attention_bias: bool,
     #[serde(default)]
@@ -107,33 +118,42 @@ const GGUF_SPECIAL_TOKENS: [&str; 5] = ["bos", "eos", "padding", "unknown", "sep
 pub const UNUSED_TENSORS: &[&str] = &["lm_head.weight", "*.rotary_emb.inv_freq"];
 
 impl LlamaConfig {
-    /// Reads the `llama.*` keys of a GGUF file; a file of another architecture is an error.
+    /// Reads the `ARCH.*` keys of a GGUF file of one of the [`GGUF_ARCHITECTURES`]; another is an error naming it.
     pub fn from_gguf(metadata: &HashMap<String, Value>) -> Result<Self> {
         let get = |key: &str| metadata.get(key).with_context(|| format!("the GGUF file has no {key}"));
-        let arch = get("general.architecture")?.to_string()?;
-        if arch != "llama" {
-            bail!("the GGUF file holds a {arch:?} model; this loader reads Llama-architecture models");
+        let arch = get("general.architecture")?.to_string()?.clone();
+        if !GGUF_ARCHITECTURES.contains(&arch.as_str()) {
+            bail!("the GGUF file holds a {arch:?} model; the architectures read are {}", GGUF_ARCHITECTURES.join(", "));
         }
-        let int = |key: &str| -> Result<usize> {
-            let key = format!("llama.{key}");
+        let key = |name: &str| format!("{arch}.{name}");
+        let int = |name: &str| -> Result<usize> {
+            let key = key(name);
             Ok(get(&key)?.to_u32().with_context(|| format!("GGUF metadata {key}"))? as usize)
         };
-        let float = |key: &str| metadata.get(key).map(|v| v.to_f32()).transpose();
+        let optional_int = |name: &str| -> Result<Option<usize>> {
+            let key = key(name);
+            let value = metadata.get(&key).map(|v| v.to_u32().with_context(|| format!("GGUF metadata {key}")));
+            Ok(value.transpose()?.map(|n| n as usize))
+        };
+        let float = |name: &str| metadata.get(&key(name)).map(|v| v.to_f32()).transpose();
         let num_heads = int("attention.head_count")?;
-        let head_dim = checks::head_width(
-            ("llama.embedding_length", int("embedding_length")?),
-            ("llama.attention.head_count", num_heads),
-        )?;
-        check_rope_dimensions(metadata, head_dim)?;
-        let vocab_size = match metadata.get("llama.vocab_size") {
-            Some(v) => v.to_u32()? as usize,
+        let head_dim = match optional_int("attention.key_length")? {
+            Some(width) => width,
+            None => checks::head_width(
+                (&key("embedding_length"), int("embedding_length")?),
+                (&key("attention.head_count"), num_heads),
+            )?,
+        };
+        check_rope_dimensions(metadata, &key("rope.dimension_count"), head_dim)?;
+        let vocab_size = match optional_int("vocab_size")? {
+            Some(n) => n,
             None => get("tokenizer.ggml.tokens")?.to_vec()?.len(),
         };
-        let rope_scaling = match metadata.get("llama.rope.scaling.type").map(|v| v.to_string()).transpose()? {
+        let rope_scaling = match metadata.get(&key("rope.scaling.type")).map(|v| v.to_string()).transpose()? {
             None => RopeScaling::None,
             Some(kind) if kind == "none" => RopeScaling::None,
             Some(kind) if kind == "linear" => RopeScaling::Linear {
-                factor: float("llama.rope.scaling.factor")?.context("linear rope scaling without a factor")?,
+                factor: float("rope.scaling.factor")?.context("linear rope scaling without a factor")?,
             },
             Some(kind) => bail!("rope scaling {kind:?} is not supported (none and linear are)"),
         };
@@ -146,17 +166,19 @@ impl LlamaConfig {
             num_heads,
             num_kv_heads: int("attention.head_count_kv").unwrap_or(num_heads),
             head_dim,
-            qk_norm: false,
-            rope_theta: float("llama.rope.freq_base")?.unwrap_or(DEFAULT_THETA),
+            qk_norm: arch == "qwen3",
+            rope_theta: float("rope.freq_base")?.unwrap_or(DEFAULT_THETA),
             rope_scaling,
-            rms_eps: get("llama.attention.layer_norm_rms_epsilon")?.to_f32()?,
+            rms_eps: get(&key("attention.layer_norm_rms_epsilon"))?.to_f32()?,
             context_length: int("context_length")?,
             // Known only from the tensors: see `LlamaConfig::of_gguf`.
             tie_word_embeddings: false,
-            // GGUF Llamas have no biases (the file names none).
-            qkv_bias: false,
+            sliding_window: optional_int("attention.sliding_window")?,
+            // As llama.cpp builds these architectures: Qwen2's Q, K and V have biases, no other layer has.
+            qkv_bias: arch == "qwen2",
             o_bias: false,
             mlp_bias: false,
+            fused_projections: arch == "phi3",
             bos_token_id: token("tokenizer.ggml.bos_token_id")?,
             eos_token_id: token("tokenizer.ggml.eos_token_id")?,
         };
@@ -182,13 +204,20 @@ impl LlamaConfig {
         }
     }
 
-    /// Reads an HF `config.json` of a Llama, Qwen2 or Qwen3 model (`model_type` `llama`, `qwen2`, `qwen3`).
+    /// Reads an HF `config.json` of a Llama, Mistral, Qwen2 or Qwen3 model (`model_type` one of [`MODEL_TYPES`]).
     pub fn from_hf_json(text: &str) -> Result<Self> {
         let hf: HfConfig = serde_json::from_str(text).context("config.json is not a Llama config")?;
         let kind = hf.model_type.as_deref().unwrap_or("llama");
         if !MODEL_TYPES.contains(&kind) {
-            bail!("config.json describes a {kind:?} model, not a Llama, Qwen2 or Qwen3");
+            bail!("config.json describes a {kind:?} model, not one of {}", MODEL_TYPES.join(", "));
         }
+        let sliding_window = match (kind, hf.use_sliding_window) {
+            ("mistral", _) => hf.sliding_window,
+            (_, Some(true)) => bail!(
+                "config.json asks for Qwen's sliding window on some layers (use_sliding_window); it is not supported"
+            ),
+            _ => None,
+        };
         let first_id = |key: &str, v: &Option<serde_json::Value>| -> Result<Option<u32>> {
             let id = match v {
                 Some(serde_json::Value::Array(ids)) => ids.first(),
@@ -210,6 +239,13 @@ impl LlamaConfig {
             }
         };
         let qwen2 = kind == "qwen2";
+        let partial = hf
+            .partial_rotary_factor
+            .or_else(|| hf.rope_parameters.as_ref()?.get("partial_rotary_factor")?.as_f64())
+            .unwrap_or(1.0);
+        if partial != 1.0 {
+            bail!("partial_rotary_factor {partial} is not supported: every dimension of a head rotates here");
+        }
         let config = Self {
             vocab_size: hf.vocab_size,
             hidden_size: hf.hidden_size,
@@ -230,9 +266,11 @@ impl LlamaConfig {
             rms_eps: hf.rms_norm_eps,
             context_length: hf.max_position_embeddings,
             tie_word_embeddings: hf.tie_word_embeddings,
+            sliding_window,
             qkv_bias: qwen2 || hf.attention_bias,
             o_bias: !qwen2 && hf.attention_bias,
             mlp_bias: hf.mlp_bias,
+            fused_projections: kind == "phi3",
             bos_token_id: first_id("bos_token_id", &hf.bos_token_id)?,
             eos_token_id: first_id("eos_token_id", &hf.eos_token_id)?,
         };
@@ -253,9 +291,22 @@ impl LlamaConfig {
                 "original_max_position_embeddings": original_context,
             }),
         };
+        // The family whose config.json reads back as this config.
+        let (class, model_type) = if self.fused_projections {
+            ("Phi3ForCausalLM", "phi3")
+        } else if self.qk_norm {
+            ("Qwen3ForCausalLM", "qwen3")
+        } else if self.qkv_bias && !self.o_bias {
+            ("Qwen2ForCausalLM", "qwen2")
+        } else if self.sliding_window.is_some() {
+            ("MistralForCausalLM", "mistral")
+        } else {
+            ("LlamaForCausalLM", "llama")
+        };
         serde_json::json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+            "architectures": [class],
+            "model_type": model_type,
+            "sliding_window": self.sliding_window,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -268,6 +319,8 @@ impl LlamaConfig {
             "rms_norm_eps": self.rms_eps,
             "max_position_embeddings": self.context_length,
             "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.o_bias,
+            "mlp_bias": self.mlp_bias,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_id,
             "hidden_act": "silu",
@@ -295,6 +348,14 @@ impl LlamaConfig {
         }
         checks::positive(&[("rms_norm_eps", f64::from(self.rms_eps)), ("rope_theta", f64::from(self.rope_theta))])?;
         check_rope_scaling(self.rope_scaling)?;
+        if let Some(window) = self.sliding_window {
+            if window == 0 || window > self.context_length {
+                bail!(
+                    "sliding_window is {window}; it must be from 1 to the context, max_position_embeddings = {}",
+                    self.context_length
+                );
+            }
+        }
         checks::token_id("bos_token_id", self.bos_token_id.map(u64::from), self.vocab_size)?;
         checks::token_id("eos_token_id", self.eos_token_id.map(u64::from), self.vocab_size)
     }
@@ -309,9 +370,22 @@ impl LlamaConfig {
             &[
                 dim("vocab_size", self.vocab_size, embeddings.clone(), 0),
                 dim("hidden_size", self.hidden_size, embeddings, 1),
-                dim("intermediate_size", self.intermediate_size, layer("mlp.gate_proj"), 0),
-                dim("num_attention_heads * head_dim", self.num_heads * self.head_dim, layer("self_attn.q_proj"), 0),
-                dim("num_key_value_heads * head_dim", self.num_kv_heads * self.head_dim, layer("self_attn.k_proj"), 0),
+                dim("intermediate_size", self.intermediate_size, layer("mlp.down_proj"), 1),
+                dim("num_attention_heads * head_dim", self.num_heads * self.head_dim, layer("self_attn.o_proj"), 1),
+                match self.fused_projections {
+                    true => dim(
+                        "(num_attention_heads + 2 * num_key_value_heads) * head_dim",
+                        (self.num_heads + 2 * self.num_kv_heads) * self.head_dim,
+                        layer("self_attn.qkv_proj"),
+                        0,
+                    ),
+                    false => dim(
+                        "num_key_value_heads * head_dim",
+                        self.num_kv_heads * self.head_dim,
+                        layer("self_attn.k_proj"),
+                        0,
+                    ),
+                },
             ],
         )?;
         checks::layer_count(
@@ -332,31 +406,37 @@ impl LlamaConfig {
     pub fn linear_layers(&self) -> Vec<String> {
         let mut names = Vec::new();
         for i in 0..self.num_layers {
-            for part in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"] {
-                names.push(format!("model.layers.{i}.{part}"));
-            }
-            for part in ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"] {
+            let (attention, mlp) = self.projection_names();
+            for part in attention.iter().chain(&["self_attn.o_proj"]).chain(mlp).chain(&["mlp.down_proj"]) {
                 names.push(format!("model.layers.{i}.{part}"));
             }
         }
         names.push("lm_head".into());
         names
     }
+
+    /// The layers (under a block's prefix) whose outputs make the queries, keys and values side by side, and those
+    /// of the gate and up projections.
+    fn projection_names(&self) -> (&'static [&'static str], &'static [&'static str]) {
+        match self.fused_projections {
+            true => (&["self_attn.qkv_proj"], &["mlp.gate_up_proj"]),
+            false => (&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], &["mlp.gate_proj", "mlp.up_proj"]),
+        }
+    }
 }
 
 /// The `model_type`s [`LlamaConfig::from_hf_json`] reads.
-pub const MODEL_TYPES: [&str; 3] = ["llama", "qwen2", "qwen3"];
+pub const MODEL_TYPES: [&str; 5] = ["llama", "mistral", "phi3", "qwen2", "qwen3"];
 
-/// Checks that a GGUF file's rotary width (`llama.rope.dimension_count`, when it names one) is the head width: the
-/// model rotates whole heads.
-fn check_rope_dimensions(metadata: &HashMap<String, Value>, head_dim: usize) -> Result<()> {
-    const KEY: &str = "llama.rope.dimension_count";
-    let Some(value) = metadata.get(KEY) else { return Ok(()) };
-    let dims = value.to_u32().with_context(|| format!("GGUF metadata {KEY}"))? as usize;
+/// Checks that a GGUF file's rotary width (`ARCH.rope.dimension_count`, `key`, when it names one) is the head
+/// width: the model rotates whole heads.
+fn check_rope_dimensions(metadata: &HashMap<String, Value>, key: &str, head_dim: usize) -> Result<()> {
+    let Some(value) = metadata.get(key) else { return Ok(()) };
+    let dims = value.to_u32().with_context(|| format!("GGUF metadata {key}"))? as usize;
     match dims {
-        0 => bail!("{KEY} is 0: the model has no rotary positions"),
-        d if d > head_dim => bail!("{KEY} {d} exceeds the head width {head_dim}"),
-        d if d < head_dim => bail!("{KEY} {d} is below the head width {head_dim}: partial rotary is not supported"),
+        0 => bail!("{key} is 0: the model has no rotary positions"),
+        d if d > head_dim => bail!("{key} {d} exceeds the head width {head_dim}"),
+        d if d < head_dim => bail!("{key} {d} is below the head width {head_dim}: partial rotary is not supported"),
         _ => Ok(()),
     }
 }
@@ -493,29 +573,22 @@ impl LlamaModel {
                 )),
                 false => None,
             };
-            let attn = ["q_proj", "k_proj", "v_proj"].map(|n| format!("{p}.self_attn.{n}"));
-            let mlp = ["gate_proj", "up_proj"].map(|n| format!("{p}.mlp.{n}"));
+            let (attention, mlp) = config.projection_names();
+            // A fused layer (Phi-3) is one layer as wide as its parts together.
+            let projection = |names: &[&str], parts: &[usize], bias: Bias, fused: &str| {
+                let names: Vec<String> = names.iter().map(|n| format!("{p}.{n}")).collect();
+                match names.as_slice() {
+                    [one] => Projection::load(loader, &names, h, &[parts.iter().sum()], bias, one),
+                    _ => Projection::load(loader, &names, h, parts, bias, &format!("{p}.{fused}")),
+                }
+            };
             blocks.push(Block {
                 attn_norm: norm(&format!("{p}.input_layernorm.weight"))?,
                 qk_norm,
-                qkv: Projection::load(
-                    loader,
-                    &attn,
-                    h,
-                    &[q_width, kv_width, kv_width],
-                    qkv_bias,
-                    &format!("{p}.self_attn.{{q,k,v}}_proj"),
-                )?,
+                qkv: projection(attention, &[q_width, kv_width, kv_width], qkv_bias, "self_attn.{q,k,v}_proj")?,
                 o: loader.linear(&format!("{p}.self_attn.o_proj"), q_width, h, o_bias)?,
                 ffn_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
-                gate_up: Projection::load(
-                    loader,
-                    &mlp,
-                    h,
-                    &[inner, inner],
-                    mlp_bias,
-                    &format!("{p}.mlp.{{gate,up}}_proj"),
-                )?,
+                gate_up: projection(mlp, &[inner, inner], mlp_bias, "mlp.{gate,up}_proj")?,
                 down: loader.linear(&format!("{p}.mlp.down_proj"), inner, h, mlp_bias)?,
             });
         }
@@ -556,7 +629,11 @@ impl LlamaModel {
     /// An empty cache for one sequence.
     pub fn new_cache(&self) -> KvCache {
         let c = &self.config;
-        KvCache { layers: vec![KvHeads::new(c.num_kv_heads, c.head_dim()); c.num_layers], len: 0 }
+        let heads = match c.sliding_window {
+            Some(window) => KvHeads::with_window(c.num_kv_heads, c.head_dim(), window),
+            None => KvHeads::new(c.num_kv_heads, c.head_dim()),
+        };
+        KvCache { layers: vec![heads; c.num_layers], len: 0 }
     }
 
     /// The logits of the token that follows `ids` (the whole prompt, run at once with causal attention).
@@ -668,9 +745,14 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// Tokens held.
+    /// Tokens seen.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Bytes of the keys and values held, all layers together.
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(KvHeads::bytes).sum()
     }
 
     /// Whether no token is held.
@@ -732,7 +814,7 @@ impl TextEncoder for LlamaModel {
     }
 }
 
-/// Reads the body of a Llama, Qwen2 or Qwen3 decoder (an embedder) from its `config.json` text: the builder of its [`crate::arch`] entry.
+/// Reads the body of a Llama-family decoder (an embedder) from its `config.json` text: the builder of its [`crate::arch`] entry.
 pub fn encoder(config: &str, loader: &QuantLoader) -> Result<Box<dyn TextEncoder>> {
     Ok(Box::new(LlamaModel::load_body(LlamaConfig::from_hf_json(config)?, loader)?))
 }
