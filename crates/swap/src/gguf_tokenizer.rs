@@ -11,8 +11,9 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 /// `token_type` of control tokens in GGUF (llama.cpp's `LLAMA_TOKEN_TYPE_CONTROL`).
 const CONTROL: i32 = 3;
@@ -55,15 +56,25 @@ pub fn tokenizer_from_gguf(metadata: &HashMap<String, Value>) -> Result<Tokenize
     Ok(tokenizer)
 }
 
+/// Qwen2's (and Qwen2.5's, Qwen3's) split before the byte-level mapping, as its `tokenizer.json` writes it: like
+/// GPT-4's, with digits one at a time.
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// The pre-tokenizer of `tokenizer.ggml.pre`: GPT-2's byte-level split, after splitting digits one by one for
-/// the models that do (`smollm`).
+/// the models that do (`smollm`), or after Qwen2's split (`qwen2`).
 fn pre_tokenizer(metadata: &HashMap<String, Value>) -> Result<PreTokenizerWrapper> {
     let byte_level = ByteLevel::new(false, true, true);
     let pre = metadata.get("tokenizer.ggml.pre").map(|v| v.to_string().cloned()).transpose()?;
     Ok(match pre.as_deref() {
         Some("smollm") => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        Some("qwen2") => {
+            let split = Split::new(SplitPattern::Regex(QWEN2_SPLIT.into()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(|e| anyhow::anyhow!("the qwen2 split does not compile: {e}"))?;
+            Sequence::new(vec![split.into(), ByteLevel::new(false, false, false).into()]).into()
+        }
         None | Some("default") | Some("gpt2") => byte_level.into(),
-        Some(other) => bail!("tokenizer.ggml.pre {other:?} is not supported (smollm, gpt2 and default are)"),
+        Some(other) => bail!("tokenizer.ggml.pre {other:?} is not supported (smollm, qwen2, gpt2 and default are)"),
     })
 }
 
@@ -75,4 +86,24 @@ fn strings(value: &Value, key: &str) -> Result<Vec<String>> {
         .iter()
         .map(|v| v.to_string().cloned().with_context(|| format!("{key} holds a value that is not a string")))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::PreTokenizer;
+
+    #[test]
+    fn qwen2_splits_words_single_digits_contractions_and_newlines() {
+        let pre = Value::String("qwen2".into());
+        let metadata = HashMap::from([("tokenizer.ggml.pre".to_string(), pre)]);
+        let mut text = tokenizers::PreTokenizedString::from("Hello world 123 it's\n\nok");
+        pre_tokenizer(&metadata).unwrap().pre_tokenize(&mut text).unwrap();
+        let pieces: Vec<String> = text
+            .get_splits(tokenizers::OffsetReferential::Original, tokenizers::OffsetType::Byte)
+            .into_iter()
+            .map(|(piece, _, _)| piece.to_string())
+            .collect();
+        assert_eq!(pieces, ["Hello", "Ġworld", "Ġ", "1", "2", "3", "Ġit", "'s", "ĊĊ", "ok"]);
+    }
 }
