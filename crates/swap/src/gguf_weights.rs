@@ -116,8 +116,9 @@ impl GgufWeights {
 
     /// The codes of weight `name` as the file stores them, when `scheme` holds the file's type exactly: Q4_1 as
     /// min-max int4 in groups of 32 (`int4-g32-asym`), Q4_0 as symmetric int4 in groups of 32 (`int4-g32`, codes
-    /// `q - 8`), Q8_0 as symmetric int8 in groups of 32 (`int8-g32`); `None` for any other pairing. Rows are put in
-    /// HF order as [`GgufWeights::tensor`] does.
+    /// `q - 8`), Q8_0 as symmetric int8 in groups of 32 (`int8-g32`); `None` for any other pairing, and for
+    /// symmetric blocks whose scales are not all positive (llama.cpp's Q4_0 has negative ones). Rows are put in HF
+    /// order as [`GgufWeights::tensor`] does.
     pub fn native(&self, name: &str, scheme: LayerScheme) -> Result<Option<QTensor>> {
         let Some(gguf) = self.stored_name(name) else { return Ok(None) };
         let dtype = self.content.tensor_infos[&gguf].ggml_dtype;
@@ -135,6 +136,12 @@ impl GgufWeights {
         let (mut scales, mut mins) = (Vec::with_capacity(rows * cols / 32), Vec::new());
         for b in bytes.chunks_exact(block.bytes()) {
             block.decode(b, &mut codes, &mut scales, &mut mins);
+        }
+        // llama.cpp's Q4_0 divides by the signed extreme (`d = max / -8`), so its scales are often negative, and
+        // an all-zero block has a zero scale: such codes have no exact form with positive scales (`-8 * d` would
+        // need the code +8). The layer is then quantized from the dequantized weights instead.
+        if block.symmetric() && scales.iter().any(|&d| !(d > 0.0 && d.is_finite())) {
+            return Ok(None);
         }
         if let Some(heads) = self.rotary_heads(name) {
             let order = hf_row_order(rows, heads)?;
@@ -262,6 +269,11 @@ enum NativeBlock {
 }
 
 impl NativeBlock {
+    /// Whether the block is symmetric (codes times one scale, no minimum).
+    fn symmetric(self) -> bool {
+        matches!(self, Self::Q4_0 | Self::Q8_0)
+    }
+
     /// Bytes of one block of 32 values.
     fn bytes(self) -> usize {
         match self {
@@ -324,6 +336,40 @@ pub(crate) fn metadata_str<'a>(metadata: &'a HashMap<String, Value>, key: &str) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A GGUF file holding one `[2, 32]` Q4_0 matrix of `values` as `blk.0.ffn_down.weight`.
+    fn q4_0_file(values: &[f32]) -> (PathBuf, GgufWeights) {
+        use candle_core::quantized::gguf_file;
+        let path = std::env::temp_dir().join(format!("qinfer-q4_0-{}-{}.gguf", std::process::id(), values[1]));
+        let weight = Tensor::from_slice(values, (2, 32), &Device::Cpu).unwrap();
+        let tensor = candle_core::quantized::QTensor::quantize(&weight, GgmlDType::Q4_0).unwrap();
+        let (arch, heads) = (Value::String("llama".into()), Value::U32(1));
+        let metadata = [("general.architecture", &arch), ("llama.attention.head_count", &heads)];
+        gguf_file::write(&mut std::fs::File::create(&path).unwrap(), &metadata, &[("blk.0.ffn_down.weight", &tensor)])
+            .unwrap();
+        let weights = GgufWeights::open(&path).unwrap();
+        (path, weights)
+    }
+
+    #[test]
+    fn q4_0_blocks_keep_their_codes_only_when_their_scales_are_positive() {
+        let int4 = LayerScheme::weight(Bits::B4);
+        let name = "model.layers.0.mlp.down_proj.weight";
+        // ggml divides by the signed extreme: a negative extreme gives positive scales, a positive one negative.
+        let negative_extreme: Vec<f32> = (0..64).map(|i| 1.0 - (i % 32) as f32 / 8.0).collect();
+        let (path, weights) = q4_0_file(&negative_extreme);
+        let kept = weights.native(name, int4).unwrap().expect("positive scales: the file's codes");
+        let dequantized = weights.tensor(name).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(
+            kept.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            dequantized
+        );
+        std::fs::remove_file(path).unwrap();
+        let positive_extreme: Vec<f32> = negative_extreme.iter().map(|v| -v).collect();
+        let (path, weights) = q4_0_file(&positive_extreme);
+        assert!(weights.native(name, int4).unwrap().is_none(), "negative scales: quantized again");
+        std::fs::remove_file(path).unwrap();
+    }
 
     #[test]
     fn names_map_to_gguf() {
