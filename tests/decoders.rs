@@ -1,6 +1,5 @@
 //! The decoders the Llama body reads (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2, Gemma 3) against transformers on
-//! tiny random-weight models (`tests/fixtures/architectures/<name>`), from their folders and (all but Gemma's) from
-//! the GGUF files that `scripts/setup-tests` writes of them with llama.cpp's `gguf` package
+//! tiny random-weight models (`tests/fixtures/architectures/<name>`), from their folders and from the GGUF files that `scripts/setup-tests` writes of them with llama.cpp's `gguf` package
 //! (`models/cache/fixture-gguf/<name>.gguf`):
 //! the tokenizer's ids, the next-token logits after each prompt and at every position of the first, greedy tokens,
 //! and perplexity, in fp32.
@@ -42,11 +41,6 @@ fn gguf(name: &str) -> PathBuf {
 fn check_decoder(name: &str) {
     check_decoder_at(name, &fixture(name));
     check_decoder_at(name, &gguf(name));
-}
-
-/// The fixture's checks on its folder only: for the families whose GGUF files are not read yet (Gemma 2, Gemma 3).
-fn check_decoder_folder_only(name: &str) {
-    check_decoder_at(name, &fixture(name));
 }
 
 fn check_decoder_at(name: &str, path: &std::path::Path) {
@@ -127,10 +121,11 @@ fn phi3_with_fused_projections_matches_transformers() {
 
 #[test]
 fn gemma2_with_soft_capping_and_alternating_windows_matches_transformers() {
-    check_decoder_folder_only("gemma2");
+    check_decoder("gemma2");
     let generator = Generator::open(&fixture("gemma2"), Some(Plan::uniform(LayerScheme::F32))).unwrap();
     let config = generator.model().config();
     assert_eq!((config.layer_window(0), config.layer_window(1)), (Some(8), None));
+    same_config_from_gguf("gemma2");
     // The fixture shows each of Gemma 2's options: without it, the logits are off.
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("gemma2").join("reference.json")).unwrap()).unwrap();
@@ -156,10 +151,21 @@ fn gemma2_with_soft_capping_and_alternating_windows_matches_transformers() {
 
 #[test]
 fn gemma3_with_qk_norms_and_local_rope_matches_transformers() {
-    check_decoder_folder_only("gemma3");
+    check_decoder("gemma3");
     let generator = Generator::open(&fixture("gemma3"), Some(Plan::uniform(LayerScheme::F32))).unwrap();
     let config = generator.model().config();
     assert_eq!((config.rope_theta, config.local_rope_theta), (1e6, Some(1e4)));
+    same_config_from_gguf("gemma3");
+}
+
+/// The GGUF file of Gemma fixture `name` reads as the same model as its folder, but for the norms' offset (the
+/// file holds `1 + w`).
+fn same_config_from_gguf(name: &str) {
+    let plan = Some(Plan::uniform(LayerScheme::F32));
+    let folder = Generator::open(&fixture(name), plan.clone()).unwrap().model().config().clone();
+    let file = Generator::open(&gguf(name), plan).unwrap().model().config().clone();
+    assert_eq!((folder.norm_offset, file.norm_offset), (1.0, 0.0), "{name}");
+    assert_eq!(swap::models::llama::LlamaConfig { norm_offset: 1.0, ..file }, folder, "{name}");
 }
 
 /// A copy of fixture `name` in a scratch folder, its config.json edited by `edit`.
@@ -192,7 +198,7 @@ fn open_error(path: &std::path::Path) -> String {
 #[test]
 fn bad_decoders_are_clear_errors() {
     // A GGUF file of an architecture not read here names it and those that are.
-    let path = std::env::temp_dir().join(format!("qinfer-decoders-{}-gemma2.gguf", std::process::id()));
+    let path = std::env::temp_dir().join(format!("qinfer-decoders-{}-falcon.gguf", std::process::id()));
     {
         use candle_core::quantized::gguf_file::{self, Value};
         let tensor = candle_core::quantized::QTensor::quantize(
@@ -200,13 +206,13 @@ fn bad_decoders_are_clear_errors() {
             candle_core::quantized::GgmlDType::F32,
         )
         .unwrap();
-        let architecture = Value::String("gemma2".into());
+        let architecture = Value::String("falcon".into());
         let mut file = std::fs::File::create(&path).unwrap();
         gguf_file::write(&mut file, &[("general.architecture", &architecture)], &[("token_embd.weight", &tensor)])
             .unwrap();
     }
     let error = open_error(&path);
-    assert!(error.contains("\"gemma2\"") && error.contains("llama, qwen2, qwen3, phi3"), "{error}");
+    assert!(error.contains("\"falcon\"") && error.contains("llama, qwen2, qwen3, phi3, gemma2, gemma3"), "{error}");
     std::fs::remove_file(&path).unwrap();
 
     let heads = edited_fixture("mistral", |c| {

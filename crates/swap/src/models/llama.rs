@@ -176,6 +176,7 @@ impl LlamaConfig {
             Ok(value.transpose()?.map(|n| n as usize))
         };
         let float = |name: &str| metadata.get(&key(name)).map(|v| v.to_f32()).transpose();
+        let (gemma, gemma3) = (arch.starts_with("gemma"), arch == "gemma3");
         let num_heads = int("attention.head_count")?;
         let head_dim = match optional_int("attention.key_length")? {
             Some(width) => width,
@@ -206,8 +207,8 @@ impl LlamaConfig {
             num_heads,
             num_kv_heads: int("attention.head_count_kv").unwrap_or(num_heads),
             head_dim,
-            qk_norm: arch == "qwen3",
-            rope_theta: float("rope.freq_base")?.unwrap_or(DEFAULT_THETA),
+            qk_norm: arch == "qwen3" || arch == "gemma3",
+            rope_theta: float("rope.freq_base")?.unwrap_or(if gemma3 { 1e6 } else { DEFAULT_THETA }),
             rope_scaling,
             rms_eps: get(&key("attention.layer_norm_rms_epsilon"))?.to_f32()?,
             context_length: int("context_length")?,
@@ -221,16 +222,27 @@ impl LlamaConfig {
             fused_projections: arch == "phi3",
             bos_token_id: token("tokenizer.ggml.bos_token_id")?,
             eos_token_id: token("tokenizer.ggml.eos_token_id")?,
-            // The GGUF architectures read are none of Gemma's.
+            // llama.cpp's converter stores Gemma's norm weights as `1 + w`.
             norm_offset: 0.0,
-            sandwich_norms: false,
-            scale_embeddings: false,
-            activation: Activation::Silu,
-            attn_logit_softcap: None,
-            final_logit_softcap: None,
-            query_pre_attn_scalar: None,
-            sliding_layers: None,
-            local_rope_theta: None,
+            sandwich_norms: gemma,
+            scale_embeddings: gemma,
+            activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
+            attn_logit_softcap: float("attn_logit_softcapping")?,
+            final_logit_softcap: float("final_logit_softcapping")?,
+            // llama.cpp scales Gemma's queries by 1 / sqrt(key_length), but for the 27B models (known by their 46 or
+            // 62 blocks) by 1 / sqrt(hidden / heads), their `query_pre_attn_scalar`; the file names neither.
+            query_pre_attn_scalar: match (arch.as_str(), int("block_count")?) {
+                ("gemma2", 46) | ("gemma3", 62) => Some((int("embedding_length")? / num_heads) as f32),
+                _ => gemma.then_some(head_dim as f32),
+            },
+            sliding_layers: match gemma {
+                true => Some(gguf_sliding_layers(metadata, &key("attention.sliding_window_pattern"), arch.as_str())?),
+                false => None,
+            },
+            local_rope_theta: match gemma3 {
+                true => Some(float("rope.freq_base_swa")?.unwrap_or(DEFAULT_THETA)),
+                false => None,
+            },
         };
         // The file's own names first: the checks of `validate` name the keys of config.json.
         check_gguf_token_ids(metadata, vocab_size)?;
@@ -618,6 +630,22 @@ fn check_rope_dimensions(metadata: &HashMap<String, Value>, key: &str, head_dim:
         d if d > head_dim => bail!("{key} {d} exceeds the head width {head_dim}"),
         d if d < head_dim => bail!("{key} {d} is below the head width {head_dim}: partial rotary is not supported"),
         _ => Ok(()),
+    }
+}
+
+/// Which layers of a Gemma GGUF file use the sliding window: `key` (`ARCH.attention.sliding_window_pattern`) as
+/// one flag per layer or as a period (every `n`-th layer global), else llama.cpp's fixed pattern (Gemma 2
+/// alternates from a local layer, Gemma 3 makes every 6th layer global).
+fn gguf_sliding_layers(metadata: &HashMap<String, Value>, key: &str, arch: &str) -> Result<Vec<bool>> {
+    let count = metadata.get(&format!("{arch}.block_count")).context("the GGUF file has no block count")?;
+    let n = count.to_u32().with_context(|| format!("GGUF metadata {arch}.block_count"))? as usize;
+    let period = |p: usize| -> Vec<bool> { (0..n).map(|i| !(i + 1).is_multiple_of(p.max(1))).collect() };
+    match metadata.get(key) {
+        None => Ok(period(if arch == "gemma2" { 2 } else { 6 })),
+        Some(Value::Array(flags)) => {
+            flags.iter().map(|f| f.to_bool().with_context(|| format!("GGUF metadata {key}"))).collect()
+        }
+        Some(value) => Ok(period(value.to_u32().with_context(|| format!("GGUF metadata {key}"))? as usize)),
     }
 }
 
@@ -1066,5 +1094,30 @@ mod tests {
         assert_eq!((v5.rope_theta, v5.rope_scaling), (1e6, RopeScaling::None));
         let linear = read(r#", "rope_parameters": {"rope_type": "linear", "rope_theta": 5e5, "factor": 2.0}"#);
         assert_eq!((linear.rope_theta, linear.rope_scaling), (5e5, RopeScaling::Linear { factor: 2.0 }));
+    }
+
+    /// Gemma configs without `layer_types` (older transformers) get transformers' layer patterns, and Gemma 3's
+    /// older rotary keys (`rope_theta`, `rope_local_base_freq`) are read.
+    #[test]
+    fn gemma_defaults_follow_transformers() {
+        let base = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 7,
+            "num_attention_heads": 2, "rms_norm_eps": 1e-6, "max_position_embeddings": 32, "sliding_window": 4"#;
+        let read = |extra: &str| LlamaConfig::from_hf_json(&format!("{{{base}{extra}}}")).unwrap();
+        let gemma2 = read(r#", "model_type": "gemma2""#);
+        let windows: Vec<_> = (0..7).map(|i| gemma2.layer_window(i)).collect();
+        assert_eq!(windows, [Some(4), None, Some(4), None, Some(4), None, Some(4)]);
+        assert_eq!(
+            (gemma2.norm_offset, gemma2.activation, gemma2.tie_word_embeddings),
+            (1.0, Activation::GeluTanh, true)
+        );
+        assert_eq!((gemma2.query_pre_attn_scalar, gemma2.local_rope_theta), (Some(4.0), None));
+        let gemma3 = read(
+            r#", "model_type": "gemma3_text", "rope_theta": 1e6, "rope_local_base_freq": 1e4, "sliding_window_pattern": 3"#,
+        );
+        let windows: Vec<_> = (0..7).map(|i| gemma3.layer_window(i).is_some()).collect();
+        assert_eq!(windows, [true, true, false, true, true, false, true]);
+        assert_eq!((gemma3.rope_theta, gemma3.local_rope_theta, gemma3.qk_norm), (1e6, Some(1e4), true));
+        let llama = read(r#", "model_type": "llama""#);
+        assert_eq!((llama.norm_offset, llama.activation, llama.sliding_layers), (0.0, Activation::Silu, None));
     }
 }
