@@ -1,6 +1,6 @@
-//! The decoders the Llama body reads (Llama, Mistral, Qwen2, Qwen3, Phi-3) against transformers on tiny
-//! random-weight models (`tests/fixtures/architectures/<name>`), from their folders and from the GGUF files that
-//! `scripts/setup-tests` writes of them with llama.cpp's `gguf` package (`models/cache/fixture-gguf/<name>.gguf`):
+//! The decoders the Llama body reads (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2, Gemma 3) against transformers on
+//! tiny random-weight models (`tests/fixtures/architectures/<name>`), from their folders and from the GGUF files that `scripts/setup-tests` writes of them with llama.cpp's `gguf` package
+//! (`models/cache/fixture-gguf/<name>.gguf`):
 //! the tokenizer's ids, the next-token logits after each prompt and at every position of the first, greedy tokens,
 //! and perplexity, in fp32.
 
@@ -119,6 +119,55 @@ fn phi3_with_fused_projections_matches_transformers() {
     check_decoder("phi3");
 }
 
+#[test]
+fn gemma2_with_soft_capping_and_alternating_windows_matches_transformers() {
+    check_decoder("gemma2");
+    let generator = Generator::open(&fixture("gemma2"), Some(Plan::uniform(LayerScheme::F32))).unwrap();
+    let config = generator.model().config();
+    assert_eq!((config.layer_window(0), config.layer_window(1)), (Some(8), None));
+    same_config_from_gguf("gemma2");
+    // The fixture shows each of Gemma 2's options: without it, the logits are off.
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("gemma2").join("reference.json")).unwrap()).unwrap();
+    let prompt = &reference["prompts"][2];
+    let want = floats(&prompt["logits_last"]);
+    for key in ["attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar", "sliding_window"] {
+        let dir = edited_fixture("gemma2", |c| {
+            c[key] = serde_json::Value::Null;
+            if key == "sliding_window" {
+                c["layer_types"] = serde_json::json!(["full_attention", "full_attention"]);
+            }
+            if key == "query_pre_attn_scalar" {
+                c[key] = 64.into();
+            }
+        });
+        let edited = Generator::open(&dir, Some(Plan::uniform(LayerScheme::F32))).unwrap();
+        let logits = edited.model().next_token_logits(&ids(&prompt["input_ids"])).unwrap();
+        let worst = logits.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst > 1e-2, "without {key} the logits are within {worst}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn gemma3_with_qk_norms_and_local_rope_matches_transformers() {
+    check_decoder("gemma3");
+    let generator = Generator::open(&fixture("gemma3"), Some(Plan::uniform(LayerScheme::F32))).unwrap();
+    let config = generator.model().config();
+    assert_eq!((config.rope_theta, config.local_rope_theta), (1e6, Some(1e4)));
+    same_config_from_gguf("gemma3");
+}
+
+/// The GGUF file of Gemma fixture `name` reads as the same model as its folder, but for the norms' offset (the
+/// file holds `1 + w`).
+fn same_config_from_gguf(name: &str) {
+    let plan = Some(Plan::uniform(LayerScheme::F32));
+    let folder = Generator::open(&fixture(name), plan.clone()).unwrap().model().config().clone();
+    let file = Generator::open(&gguf(name), plan).unwrap().model().config().clone();
+    assert_eq!((folder.norm_offset, file.norm_offset), (1.0, 0.0), "{name}");
+    assert_eq!(swap::models::llama::LlamaConfig { norm_offset: 1.0, ..file }, folder, "{name}");
+}
+
 /// A copy of fixture `name` in a scratch folder, its config.json edited by `edit`.
 fn edited_fixture(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("qinfer-decoders-{}-{name}-{}", std::process::id(), rand_suffix()));
@@ -149,7 +198,7 @@ fn open_error(path: &std::path::Path) -> String {
 #[test]
 fn bad_decoders_are_clear_errors() {
     // A GGUF file of an architecture not read here names it and those that are.
-    let path = std::env::temp_dir().join(format!("qinfer-decoders-{}-gemma2.gguf", std::process::id()));
+    let path = std::env::temp_dir().join(format!("qinfer-decoders-{}-falcon.gguf", std::process::id()));
     {
         use candle_core::quantized::gguf_file::{self, Value};
         let tensor = candle_core::quantized::QTensor::quantize(
@@ -157,13 +206,13 @@ fn bad_decoders_are_clear_errors() {
             candle_core::quantized::GgmlDType::F32,
         )
         .unwrap();
-        let architecture = Value::String("gemma2".into());
+        let architecture = Value::String("falcon".into());
         let mut file = std::fs::File::create(&path).unwrap();
         gguf_file::write(&mut file, &[("general.architecture", &architecture)], &[("token_embd.weight", &tensor)])
             .unwrap();
     }
     let error = open_error(&path);
-    assert!(error.contains("\"gemma2\"") && error.contains("llama, qwen2, qwen3, phi3"), "{error}");
+    assert!(error.contains("\"falcon\"") && error.contains("llama, qwen2, qwen3, phi3, gemma2, gemma3"), "{error}");
     std::fs::remove_file(&path).unwrap();
 
     let heads = edited_fixture("mistral", |c| {
@@ -181,6 +230,22 @@ fn bad_decoders_are_clear_errors() {
     let no_window = edited_fixture("mistral", |c| c["sliding_window"] = serde_json::Value::Null);
     assert_eq!(Generator::open(&no_window, None).unwrap().model().config().sliding_window, None);
     for dir in [heads, groups, window, no_window] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    // Gemma options that are not read.
+    let activation = edited_fixture("gemma2", |c| c["hidden_activation"] = "relu".into());
+    let error = open_error(&activation);
+    assert!(error.contains("hidden_activation \"relu\" is not supported for Gemma"), "{error}");
+    let bidirectional = edited_fixture("gemma3", |c| c["use_bidirectional_attention"] = true.into());
+    let error = open_error(&bidirectional);
+    assert!(error.contains("bidirectional attention"), "{error}");
+    let layers = edited_fixture("gemma2", |c| c["layer_types"] = serde_json::json!(["full_attention"]));
+    let error = open_error(&layers);
+    assert!(error.contains("layer_types names 1 layers; num_hidden_layers is 2"), "{error}");
+    let kind = edited_fixture("gemma3", |c| c["layer_types"][1] = "chunked_attention".into());
+    let error = open_error(&kind);
+    assert!(error.contains("\"chunked_attention\" is not supported"), "{error}");
+    for dir in [activation, bidirectional, layers, kind] {
         std::fs::remove_dir_all(dir).unwrap();
     }
 

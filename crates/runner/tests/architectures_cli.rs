@@ -217,7 +217,7 @@ fn rerankers_get_sensitivity_and_automatic_plans() {
 }
 
 /// The decoder fixtures the Llama body reads.
-const DECODERS: [&str; 5] = ["llama", "qwen2", "qwen3", "mistral", "phi3"];
+const DECODERS: [&str; 7] = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3"];
 
 /// The GGUF file `scripts/setup-tests` writes of decoder fixture `name`.
 fn fixture_gguf(name: &str) -> String {

@@ -60,6 +60,9 @@ pub fn quantize_llama(
         let weights = GgufWeights::open(src)?;
         let metadata = weights.metadata().clone();
         let config = LlamaConfig::of_gguf(&weights)?;
+        if config.sandwich_norms {
+            bail!("writing a checkpoint of a Gemma GGUF file is not supported (llama.cpp stores its norms as 1 + w)");
+        }
         let total = config.linear_layers().len();
         let loader = QuantLoader::from_gguf(weights, plan.clone()).recording().with_progress(counted(total, progress));
         LlamaModel::load(config.clone(), &loader)?;

@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor};
 use qlayers::{Bits, Granularity, LayerScheme, LinearScheme, QTensor, Scheme};
 
 /// The llama.cpp architectures read here: their metadata keys start with the name.
-pub const GGUF_ARCHITECTURES: [&str; 4] = ["llama", "qwen2", "qwen3", "phi3"];
+pub const GGUF_ARCHITECTURES: [&str; 6] = ["llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"];
 
 /// An open GGUF file of a Llama-family model.
 pub struct GgufWeights {
@@ -83,7 +83,7 @@ impl GgufWeights {
     /// The GGUF name of the tensor that holds HF tensor `name`, if the file has it: `lm_head.weight` is the
     /// embedding matrix when the file ties them (it has no `output.weight`).
     pub fn stored_name(&self, name: &str) -> Option<String> {
-        let gguf = gguf_name(name)?;
+        let gguf = gguf_name(name, self.arch.starts_with("gemma"))?;
         match self.content.tensor_infos.contains_key(&gguf) {
             true => Some(gguf),
             false if name == "lm_head.weight" => {
@@ -223,8 +223,10 @@ fn tensor_bytes(info: &candle_core::quantized::gguf_file::TensorInfo) -> Option<
     (elements / block).checked_mul(info.ggml_dtype.type_size() as u64)
 }
 
-/// The GGUF name of an HF tensor name of a Llama-family model (weights and biases).
-fn gguf_name(name: &str) -> Option<String> {
+/// The GGUF name of an HF tensor name of a Llama-family model (weights and biases); `gemma` for Gemma 2 and 3,
+/// whose `post_attention_layernorm` norms the attention output (llama.cpp's `post_attention_norm`) and whose
+/// feed-forward input norm is `pre_feedforward_layernorm`.
+fn gguf_name(name: &str, gemma: bool) -> Option<String> {
     match name {
         "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
         "model.norm.weight" => return Some("output_norm.weight".into()),
@@ -240,6 +242,9 @@ fn gguf_name(name: &str) -> Option<String> {
     }
     let tail = match module {
         "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" if gemma => "post_attention_norm",
+        "pre_feedforward_layernorm" if gemma => "ffn_norm",
+        "post_feedforward_layernorm" if gemma => "post_ffw_norm",
         "post_attention_layernorm" => "ffn_norm",
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
@@ -373,16 +378,21 @@ mod tests {
 
     #[test]
     fn names_map_to_gguf() {
-        assert_eq!(gguf_name("model.layers.3.self_attn.k_proj.weight").unwrap(), "blk.3.attn_k.weight");
-        assert_eq!(gguf_name("model.layers.0.mlp.down_proj.weight").unwrap(), "blk.0.ffn_down.weight");
-        assert_eq!(gguf_name("model.layers.1.self_attn.q_proj.bias").unwrap(), "blk.1.attn_q.bias");
-        assert_eq!(gguf_name("model.layers.0.self_attn.k_norm.weight").unwrap(), "blk.0.attn_k_norm.weight");
-        assert_eq!(gguf_name("model.layers.2.self_attn.qkv_proj.weight").unwrap(), "blk.2.attn_qkv.weight");
-        assert_eq!(gguf_name("model.layers.2.mlp.gate_up_proj.weight").unwrap(), "blk.2.ffn_up.weight");
-        assert_eq!(gguf_name("model.layers.2.mlp.up_proj.scale"), None);
-        assert_eq!(gguf_name("model.norm.weight").unwrap(), "output_norm.weight");
-        assert!(gguf_name("model.layers.x.mlp.down_proj.weight").is_none());
-        assert!(gguf_name("encoder.layer.0.attention.self.query.weight").is_none());
+        assert_eq!(gguf_name("model.layers.3.self_attn.k_proj.weight", false).unwrap(), "blk.3.attn_k.weight");
+        assert_eq!(gguf_name("model.layers.0.mlp.down_proj.weight", false).unwrap(), "blk.0.ffn_down.weight");
+        assert_eq!(gguf_name("model.layers.1.self_attn.q_proj.bias", false).unwrap(), "blk.1.attn_q.bias");
+        assert_eq!(gguf_name("model.layers.0.self_attn.k_norm.weight", false).unwrap(), "blk.0.attn_k_norm.weight");
+        assert_eq!(gguf_name("model.layers.2.self_attn.qkv_proj.weight", false).unwrap(), "blk.2.attn_qkv.weight");
+        assert_eq!(gguf_name("model.layers.2.mlp.gate_up_proj.weight", false).unwrap(), "blk.2.ffn_up.weight");
+        let gemma = |name: &str| gguf_name(&format!("model.layers.1.{name}.weight"), true).unwrap();
+        assert_eq!(gemma("post_attention_layernorm"), "blk.1.post_attention_norm.weight");
+        assert_eq!(gemma("pre_feedforward_layernorm"), "blk.1.ffn_norm.weight");
+        assert_eq!(gemma("post_feedforward_layernorm"), "blk.1.post_ffw_norm.weight");
+        assert_eq!(gguf_name("model.layers.1.pre_feedforward_layernorm.weight", false), None);
+        assert_eq!(gguf_name("model.layers.2.mlp.up_proj.scale", false), None);
+        assert_eq!(gguf_name("model.norm.weight", false).unwrap(), "output_norm.weight");
+        assert!(gguf_name("model.layers.x.mlp.down_proj.weight", false).is_none());
+        assert!(gguf_name("encoder.layer.0.attention.self.query.weight", false).is_none());
     }
 
     #[test]

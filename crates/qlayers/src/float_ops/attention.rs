@@ -234,7 +234,7 @@ unsafe fn head_generic<L: F32Lanes>(qkv: &[f32], l: QkvLayout, s: Sequence, widt
             *dst.add(c) = *q.add(c) * scale;
         }
     }
-    let head = Head { keys_t: &keys_t, values: &values, keys_len, dims, d, bias };
+    let head = Head { keys_t: &keys_t, values: &values, keys_len, dims, d, bias, softcap: None };
     let visible = |i: usize| match window {
         Some(w) => i.saturating_sub(w)..len.min(i + w + 1),
         None => 0..len,
@@ -255,6 +255,8 @@ struct Head<'a> {
     d: usize,
     /// Added to the scores: the bias of key `j` for query `i` is `row[span - 1 + j - i]`.
     bias: Option<(&'a [f32], usize)>,
+    /// See [`CausalOptions::softcap`].
+    softcap: Option<f32>,
 }
 
 impl Head<'_> {
@@ -336,6 +338,10 @@ impl Head<'_> {
                 // Key j's bias for query first + b is at span - 1 + j - (first + b).
                 let row = &row[span - 1 + start - (first + b)..][..seen.len()];
                 seen.iter_mut().zip(row).for_each(|(s, &bias)| *s += bias);
+            }
+            if let Some(cap) = self.softcap {
+                // Gemma 2's soft-capping, in scalar code (the same bits at every level).
+                seen.iter_mut().for_each(|s| *s = cap * (*s / cap).tanh());
             }
             let max = fold_lanes(seen, f32::NEG_INFINITY, f32::max, f32::max);
             seen.iter_mut().for_each(|s| *s = exp(*s - max));
@@ -499,7 +505,14 @@ impl KvHeads {
     /// keys up to its own position (and within the window, if any). Returns `[n, query_heads * d]`. A token's
     /// result is the same whether it came with the prompt or alone.
     pub fn causal_attention(&self, q: &[f32], query_heads: usize) -> Vec<f32> {
+        self.causal_attention_with(q, query_heads, CausalOptions::default())
+    }
+
+    /// [`KvHeads::causal_attention`] with the scores shaped per `options` (a query scale of its own, soft-capping).
+    pub fn causal_attention_with(&self, q: &[f32], query_heads: usize, options: CausalOptions) -> Vec<f32> {
         let (d, width) = (self.d, query_heads * self.d);
+        let scale = options.scale.unwrap_or(1.0 / (d as f32).sqrt());
+        let softcap = options.softcap;
         let n = q.len() / width;
         assert!(n <= self.held() && query_heads.is_multiple_of(self.heads), "queries of cached tokens");
         let group = query_heads / self.heads;
@@ -522,12 +535,23 @@ impl KvHeads {
                 dims: self.dims,
                 d,
                 bias: None,
+                softcap,
             };
             // SAFETY: task h writes only columns h * d.. of every row.
-            unsafe { causal_head(&head, q, h * d, width, &visible, shared.get()) };
+            unsafe { causal_head(&head, q, scale, h * d, width, &visible, shared.get()) };
         });
         out
     }
+}
+
+/// What shapes the scores of [`KvHeads::causal_attention_with`] beyond `q k^T / sqrt(d)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CausalOptions {
+    /// The factor of the queries, in place of `1 / sqrt(d)` (Gemma's `query_pre_attn_scalar ** -0.5`).
+    pub scale: Option<f32>,
+    /// Soft-capping: each score becomes `cap * tanh(score / cap)` before the softmax (Gemma 2's
+    /// `attn_logit_softcapping`).
+    pub softcap: Option<f32>,
 }
 
 /// One query head of [`KvHeads::causal_attention`] at the best vector level.
@@ -535,13 +559,13 @@ impl KvHeads {
 /// # Safety
 /// `out` is valid for writes of `q`'s rows (`width` floats apart) and no other thread writes columns
 /// `col..col + d` of them meanwhile; `visible(i)` is within the head's keys.
-unsafe fn causal_head(head: &Head, q: &[f32], col: usize, width: usize, visible: &Visible, out: *mut f32) {
+unsafe fn causal_head(head: &Head, q: &[f32], scale: f32, col: usize, width: usize, visible: &Visible, out: *mut f32) {
     match level() {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => causal_head_avx512(head, q, col, width, visible, out),
+        Level::Avx512 => causal_head_avx512(head, q, scale, col, width, visible, out),
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => causal_head_avx2(head, q, col, width, visible, out),
-        Level::Portable => causal_head_generic::<Portable>(head, q, col, width, visible, out),
+        Level::Avx2 => causal_head_avx2(head, q, scale, col, width, visible, out),
+        Level::Portable => causal_head_generic::<Portable>(head, q, scale, col, width, visible, out),
     }
 }
 
@@ -554,8 +578,16 @@ type Visible = dyn Fn(usize) -> Range<usize> + Sync;
 ///
 /// # Safety
 /// The CPU has AVX-512F, and as [`causal_head`].
-unsafe fn causal_head_avx512(head: &Head, q: &[f32], col: usize, width: usize, visible: &Visible, out: *mut f32) {
-    causal_head_generic::<Avx512>(head, q, col, width, visible, out)
+unsafe fn causal_head_avx512(
+    head: &Head,
+    q: &[f32],
+    scale: f32,
+    col: usize,
+    width: usize,
+    visible: &Visible,
+    out: *mut f32,
+) {
+    causal_head_generic::<Avx512>(head, q, scale, col, width, visible, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -564,8 +596,16 @@ unsafe fn causal_head_avx512(head: &Head, q: &[f32], col: usize, width: usize, v
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA, and as [`causal_head`].
-unsafe fn causal_head_avx2(head: &Head, q: &[f32], col: usize, width: usize, visible: &Visible, out: *mut f32) {
-    causal_head_generic::<Avx2>(head, q, col, width, visible, out)
+unsafe fn causal_head_avx2(
+    head: &Head,
+    q: &[f32],
+    scale: f32,
+    col: usize,
+    width: usize,
+    visible: &Visible,
+    out: *mut f32,
+) {
+    causal_head_generic::<Avx2>(head, q, scale, col, width, visible, out)
 }
 
 /// One query head: its columns `col..col + d` of every row of `q`, the query of row `i` seeing the keys
@@ -577,13 +617,13 @@ unsafe fn causal_head_avx2(head: &Head, q: &[f32], col: usize, width: usize, vis
 unsafe fn causal_head_generic<L: F32Lanes>(
     head: &Head,
     q: &[f32],
+    scale: f32,
     col: usize,
     width: usize,
     visible: &Visible,
     out: *mut f32,
 ) {
     let d = head.d;
-    let scale = 1.0 / (d as f32).sqrt();
     let queries: Vec<f32> =
         q.chunks_exact(width).flat_map(|row| row[col..col + d].iter().map(|&v| v * scale)).collect();
     head.attend::<L>(&queries, visible, |i, context| {
@@ -671,6 +711,42 @@ mod tests {
             assert_eq!(one, at_once[i * qw..(i + 1) * qw].to_vec(), "token {i}");
         }
         assert_eq!(cache.len(), n);
+    }
+
+    /// A query scale of its own and soft-capped scores (Gemma 2) against a direct computation, with a window.
+    #[test]
+    fn scaled_soft_capped_attention_matches_a_direct_computation() {
+        let (heads, kv_heads, d, n, w, scale, cap) = (4, 2, 16, 40, 8, 0.4f64, 2.0f64);
+        let value = |i: usize| ((i * 7919 % 1009) as f32 / 300.0) - 1.7;
+        let (qw, kw) = (heads * d, kv_heads * d);
+        let q: Vec<f32> = (0..n * qw).map(value).collect();
+        let k: Vec<f32> = (0..n * kw).map(|i| value(i + 13)).collect();
+        let v: Vec<f32> = (0..n * kw).map(|i| value(i + 101)).collect();
+        let mut cache = KvHeads::with_window(kv_heads, d, w);
+        cache.append(&k, &v);
+        let options = CausalOptions { scale: Some(scale as f32), softcap: Some(cap as f32) };
+        let out = cache.causal_attention_with(&q, heads, options);
+        for i in [0, 3, w, n - 1] {
+            for h in 0..heads {
+                let kv = h / (heads / kv_heads);
+                let seen: Vec<usize> = (i.saturating_sub(w - 1)..=i).collect();
+                let score = |j: usize| {
+                    let (query, key) = (&q[i * qw + h * d..][..d], &k[j * kw + kv * d..][..d]);
+                    let s = query.iter().zip(key).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() * scale;
+                    cap * (s / cap).tanh()
+                };
+                let scores: Vec<f64> = seen.iter().map(|&j| score(j)).collect();
+                let max = scores.iter().copied().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = e.iter().sum();
+                for c in 0..d {
+                    let want: f64 =
+                        seen.iter().zip(&e).map(|(&j, e)| e / total * f64::from(v[j * kw + kv * d + c])).sum();
+                    let got = f64::from(out[i * qw + h * d + c]);
+                    assert!((got - want).abs() < 1e-5, "token {i} head {h} dim {c}: {got} vs {want}");
+                }
+            }
+        }
     }
 
     /// Sliding-window causal attention against a direct computation over the last `w` positions, the same bits
@@ -846,7 +922,9 @@ mod tests {
             // Every key before each query, and (as a sliding window does) only the last 4 of them.
             let all = move |i: usize| 0..past + i + 1;
             let windowed = move |i: usize| (past + i + 1).saturating_sub(4)..past + i + 1;
-            let causal = |f: unsafe fn(&Head, &[f32], usize, usize, &Visible, *mut f32)| {
+            let causal_with = |f: unsafe fn(&Head, &[f32], f32, usize, usize, &Visible, *mut f32),
+                               options: CausalOptions| {
+                let scale = options.scale.unwrap_or(1.0 / (d as f32).sqrt());
                 let mut out = vec![0f32; 2 * queries.len()];
                 let (whole, window) = out.split_at_mut(queries.len());
                 for h in 0..heads {
@@ -857,26 +935,34 @@ mod tests {
                         dims: cache.dims,
                         d,
                         bias: None,
+                        softcap: options.softcap,
                     };
                     // SAFETY: `f` runs at a level this CPU has (checked before each call); each output holds a
                     // row per query, and the visible keys are within the cache.
                     unsafe {
-                        f(&head, &queries, h * d, width, &all, whole.as_mut_ptr());
-                        f(&head, &queries, h * d, width, &windowed, window.as_mut_ptr());
+                        f(&head, &queries, scale, h * d, width, &all, whole.as_mut_ptr());
+                        f(&head, &queries, scale, h * d, width, &windowed, window.as_mut_ptr());
                     }
                 }
                 out
             };
+            let causal = |f| causal_with(f, CausalOptions::default());
             let causal_portable = causal(causal_head_generic::<Portable>);
+            // Gemma's query scale and soft-capping (a cap low enough to bend the scores).
+            let gemma = CausalOptions { scale: Some(0.3), softcap: Some(1.5) };
+            let gemma_portable = causal_with(causal_head_generic::<Portable>, gemma);
+            assert!(len == 1 || gemma_portable != causal_portable, "the options change the scores");
             #[cfg(target_arch = "x86_64")]
             {
                 if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                     assert_eq!(run(head_avx2), portable, "avx2, len {len}, d {d}");
                     assert_eq!(causal(causal_head_avx2), causal_portable, "causal avx2, len {len}, d {d}");
+                    assert_eq!(causal_with(causal_head_avx2, gemma), gemma_portable, "softcap avx2, len {len}");
                 }
                 if is_x86_feature_detected!("avx512f") {
                     assert_eq!(run(head_avx512), portable, "avx512, len {len}, d {d}");
                     assert_eq!(causal(causal_head_avx512), causal_portable, "causal avx512, len {len}, d {d}");
+                    assert_eq!(causal_with(causal_head_avx512, gemma), gemma_portable, "softcap avx512, len {len}");
                 }
             }
         }

@@ -9,6 +9,6 @@ mod lanes;
 pub mod rotary;
 pub mod rows;
 
-pub use attention::{attention, attention_into, AttentionOptions, KvHeads, QkvLayout, RelativeBias};
+pub use attention::{attention, attention_into, AttentionOptions, CausalOptions, KvHeads, QkvLayout, RelativeBias};
 pub use rotary::{RopeScaling, Rotary};
 pub use rows::{gated, swiglu, LayerNormParams, RmsNormParams};

@@ -131,6 +131,12 @@ pub struct RmsNormParams {
 }
 
 impl RmsNormParams {
+    /// The norm whose scale is `offset + weight` (Gemma's `(1 + w)` norms, `offset` 1), the sum taken once here in
+    /// f32 as transformers takes it on every call: `y = x / sqrt(mean(x^2) + eps) * (offset + weight)`.
+    pub fn with_offset(weight: &[f32], offset: f32, eps: f32) -> Self {
+        Self { weight: weight.iter().map(|w| offset + w).collect(), eps }
+    }
+
     /// The normalized rows of `x`.
     pub fn apply(&self, x: &[f32]) -> Vec<f32> {
         let mut out = x.to_vec();
@@ -210,6 +216,23 @@ mod tests {
         }
     }
 
+    /// Gemma's `(1 + w)` RMS norm against a direct computation in f64.
+    #[test]
+    fn offset_rms_norm_scales_by_one_plus_the_weight() {
+        let width = 37;
+        let weight: Vec<f32> = (0..width).map(|i| i as f32 * 0.05 - 0.9).collect();
+        let norm = RmsNormParams::with_offset(&weight, 1.0, 1e-6);
+        let x: Vec<f32> = (0..3 * width).map(|i| ((i * 31 % 97) as f32 - 48.0) * 0.1).collect();
+        let y = norm.apply(&x);
+        for (r, row) in x.chunks_exact(width).enumerate() {
+            let ms = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / width as f64;
+            for c in 0..width {
+                let want = f64::from(row[c]) / (ms + 1e-6).sqrt() * (1.0 + f64::from(weight[c]));
+                assert!((f64::from(y[r * width + c]) - want).abs() < 1e-5, "row {r} col {c}");
+            }
+        }
+    }
+
     /// `op` over `data` (`width`-long rows) at the portable level and at every vector level the CPU has, in this
     /// process: every level must give the portable bits.
     fn every_level_gives_the_portable_bits<O: RowOp>(op: &O, data: &[f32], what: &str) {
@@ -254,6 +277,8 @@ mod tests {
             every_level_gives_the_portable_bits(&with_residual, &x, "layer norm + residual");
             let rms = RmsNormParams { weight: norm.weight.clone(), eps: 1e-6 };
             every_level_gives_the_portable_bits(&rms, &x, "rms norm");
+            let gemma = RmsNormParams::with_offset(&norm.weight.iter().map(|w| w - 1.3).collect::<Vec<_>>(), 1.0, 1e-6);
+            every_level_gives_the_portable_bits(&gemma, &x, "(1 + w) rms norm");
             if width % 2 == 0 {
                 for act in [Activation::GeluErf, Activation::GeluTanh, Activation::Relu, Activation::Silu] {
                     every_level_gives_the_portable_bits(&Gated { inner: width / 2, act }, &x, "gated");

@@ -3,7 +3,10 @@
 //! a GGUF file ([`crate::gguf_weights`]), each Linear quantized per the plan. The same body runs Qwen2 (biases on
 //! Q, K and V, read when the checkpoint has them) and Qwen3 (an RMSNorm on each head's queries and keys, a head
 //! width of its own). Which projections have biases is in the config ([`LlamaConfig::qkv_bias`] and its
-//! neighbours); a checkpoint that disagrees is an error.
+//! neighbours); a checkpoint that disagrees is an error. Gemma 2 and Gemma 3 run on it too: `(1 + w)` RMSNorms
+//! before and after attention and the feed-forward layer, embeddings scaled by `sqrt(hidden_size)`, GeGLU with
+//! tanh GELU, a query scale of their own, soft-capped attention and final logits (Gemma 2), sliding-window
+//! attention on some layers, and for Gemma 3 per-head q/k norms and a rotary base of its own on the local layers.
 //!
 //! A prompt runs at once (prefill); generation then runs one token at a time against a [`KvCache`]. Without its
 //! head ([`LlamaModel::load_body`]) the model is a [`TextEncoder`]: a decoder used as an embedder.
@@ -13,7 +16,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file::Value;
-use qlayers::QLinear;
+use qlayers::{Activation, QLinear};
 use serde::Deserialize;
 
 use super::checks::{self, WeightDim};
@@ -22,10 +25,10 @@ use super::TextEncoder;
 use crate::gguf_weights::{GgufWeights, GGUF_ARCHITECTURES};
 use crate::loader::{Bias, QuantLoader};
 use crate::plan::Plan;
-use qlayers::float_ops::attention::KvHeads;
+use qlayers::float_ops::attention::{CausalOptions, KvHeads};
 pub use qlayers::float_ops::rotary::RopeScaling;
 use qlayers::float_ops::rotary::Rotary;
-use qlayers::float_ops::rows::{swiglu, RmsNormParams};
+use qlayers::float_ops::rows::{gated, RmsNormParams};
 
 /// The hyper-parameters of a Llama model.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +75,28 @@ pub struct LlamaConfig {
     pub bos_token_id: Option<u32>,
     /// The end-of-sequence token, if the model names one.
     pub eos_token_id: Option<u32>,
+    /// Added to every RMSNorm weight: 1 for Gemma 2 and 3 (their `(1 + w)` norms), 0 for the others.
+    pub norm_offset: f32,
+    /// Gemma 2 and 3: a norm on the attention output (`post_attention_layernorm`), and the feed-forward layer
+    /// between `pre_feedforward_layernorm` and `post_feedforward_layernorm`; the others norm only the inputs
+    /// (their `post_attention_layernorm` is the feed-forward layer's input norm).
+    pub sandwich_norms: bool,
+    /// Gemma 2 and 3: the embeddings are multiplied by `sqrt(hidden_size)`.
+    pub scale_embeddings: bool,
+    /// The activation of the gate: SiLU (SwiGLU) for most, tanh GELU (GeGLU, `gelu_pytorch_tanh`) for Gemma.
+    pub activation: Activation,
+    /// Gemma 2: attention scores soft-capped to `cap * tanh(score / cap)` (`attn_logit_softcapping`).
+    pub attn_logit_softcap: Option<f32>,
+    /// Gemma 2: logits soft-capped the same way (`final_logit_softcapping`).
+    pub final_logit_softcap: Option<f32>,
+    /// Gemma 2 and 3: queries are scaled by `query_pre_attn_scalar ** -0.5` instead of `head_dim ** -0.5`.
+    pub query_pre_attn_scalar: Option<f32>,
+    /// Gemma 2 and 3: which layers use [`LlamaConfig::sliding_window`] (`layer_types` `sliding_attention`); the
+    /// others see the whole context. `None`: every layer uses it (Mistral).
+    pub sliding_layers: Option<Vec<bool>>,
+    /// Gemma 3: the rotary base of the sliding-window layers (`rope_parameters.sliding_attention.rope_theta`);
+    /// [`LlamaConfig::rope_theta`] and its scaling are those of the global layers. `None`: one base for all.
+    pub local_rope_theta: Option<f32>,
 }
 
 /// The fields of an HF `config.json` this module reads.
@@ -93,8 +118,7 @@ struct HfConfig {
     partial_rotary_factor: Option<f64>,
     rms_norm_eps: f32,
     max_position_embeddings: usize,
-    #[serde(default)]
-    tie_word_embeddings: bool,
+    tie_word_embeddings: Option<bool>,
     sliding_window: Option<usize>,
     /// Qwen2 and Qwen3 name a `sliding_window` but use it only when this is true.
     use_sliding_window: Option<bool>,
@@ -104,6 +128,22 @@ struct HfConfig {
     mlp_bias: bool,
     bos_token_id: Option<serde_json::Value>,
     eos_token_id: Option<serde_json::Value>,
+    /// Gemma's name for the activation.
+    hidden_activation: Option<String>,
+    hidden_act: Option<String>,
+    attn_logit_softcapping: Option<f32>,
+    final_logit_softcapping: Option<f32>,
+    query_pre_attn_scalar: Option<f64>,
+    /// Gemma 2 and 3: `sliding_attention` or `full_attention` per layer.
+    layer_types: Option<Vec<String>>,
+    /// Older Gemma 3 configs: every this-many-th layer is global (`_sliding_window_pattern` in transformers 5).
+    sliding_window_pattern: Option<usize>,
+    #[serde(rename = "_sliding_window_pattern")]
+    private_sliding_window_pattern: Option<usize>,
+    /// Older Gemma 3 configs: the local layers' rotary base.
+    rope_local_base_freq: Option<f32>,
+    /// Gemma 3 (as an encoder): bidirectional attention, not read here.
+    use_bidirectional_attention: Option<bool>,
 }
 
 /// The rotary base when a config names none.
@@ -136,6 +176,7 @@ impl LlamaConfig {
             Ok(value.transpose()?.map(|n| n as usize))
         };
         let float = |name: &str| metadata.get(&key(name)).map(|v| v.to_f32()).transpose();
+        let (gemma, gemma3) = (arch.starts_with("gemma"), arch == "gemma3");
         let num_heads = int("attention.head_count")?;
         let head_dim = match optional_int("attention.key_length")? {
             Some(width) => width,
@@ -166,8 +207,8 @@ impl LlamaConfig {
             num_heads,
             num_kv_heads: int("attention.head_count_kv").unwrap_or(num_heads),
             head_dim,
-            qk_norm: arch == "qwen3",
-            rope_theta: float("rope.freq_base")?.unwrap_or(DEFAULT_THETA),
+            qk_norm: arch == "qwen3" || arch == "gemma3",
+            rope_theta: float("rope.freq_base")?.unwrap_or(if gemma3 { 1e6 } else { DEFAULT_THETA }),
             rope_scaling,
             rms_eps: get(&key("attention.layer_norm_rms_epsilon"))?.to_f32()?,
             context_length: int("context_length")?,
@@ -181,6 +222,27 @@ impl LlamaConfig {
             fused_projections: arch == "phi3",
             bos_token_id: token("tokenizer.ggml.bos_token_id")?,
             eos_token_id: token("tokenizer.ggml.eos_token_id")?,
+            // llama.cpp's converter stores Gemma's norm weights as `1 + w`.
+            norm_offset: 0.0,
+            sandwich_norms: gemma,
+            scale_embeddings: gemma,
+            activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
+            attn_logit_softcap: float("attn_logit_softcapping")?,
+            final_logit_softcap: float("final_logit_softcapping")?,
+            // llama.cpp scales Gemma's queries by 1 / sqrt(key_length), but for the 27B models (known by their 46 or
+            // 62 blocks) by 1 / sqrt(hidden / heads), their `query_pre_attn_scalar`; the file names neither.
+            query_pre_attn_scalar: match (arch.as_str(), int("block_count")?) {
+                ("gemma2", 46) | ("gemma3", 62) => Some((int("embedding_length")? / num_heads) as f32),
+                _ => gemma.then_some(head_dim as f32),
+            },
+            sliding_layers: match gemma {
+                true => Some(gguf_sliding_layers(metadata, &key("attention.sliding_window_pattern"), arch.as_str())?),
+                false => None,
+            },
+            local_rope_theta: match gemma3 {
+                true => Some(float("rope.freq_base_swa")?.unwrap_or(DEFAULT_THETA)),
+                false => None,
+            },
         };
         // The file's own names first: the checks of `validate` name the keys of config.json.
         check_gguf_token_ids(metadata, vocab_size)?;
@@ -204,15 +266,20 @@ impl LlamaConfig {
         }
     }
 
-    /// Reads an HF `config.json` of a Llama, Mistral, Qwen2 or Qwen3 model (`model_type` one of [`MODEL_TYPES`]).
+    /// Reads an HF `config.json` of a Llama, Mistral, Phi-3, Qwen2, Qwen3, Gemma 2 or Gemma 3 model (`model_type` one of [`MODEL_TYPES`]).
     pub fn from_hf_json(text: &str) -> Result<Self> {
         let hf: HfConfig = serde_json::from_str(text).context("config.json is not a Llama config")?;
         let kind = hf.model_type.as_deref().unwrap_or("llama");
         if !MODEL_TYPES.contains(&kind) {
             bail!("config.json describes a {kind:?} model, not one of {}", MODEL_TYPES.join(", "));
         }
+        let gemma = matches!(kind, "gemma2" | "gemma3_text");
+        if hf.use_bidirectional_attention == Some(true) {
+            bail!("config.json asks for bidirectional attention (use_bidirectional_attention); a decoder is causal");
+        }
         let sliding_window = match (kind, hf.use_sliding_window) {
             ("mistral", _) => hf.sliding_window,
+            _ if gemma => hf.sliding_window,
             (_, Some(true)) => bail!(
                 "config.json asks for Qwen's sliding window on some layers (use_sliding_window); it is not supported"
             ),
@@ -239,6 +306,10 @@ impl LlamaConfig {
             }
         };
         let qwen2 = kind == "qwen2";
+        let gemma_fields = match gemma {
+            true => Some(GemmaFields::read(&hf, kind == "gemma3_text")?),
+            false => None,
+        };
         let partial = hf
             .partial_rotary_factor
             .or_else(|| hf.rope_parameters.as_ref()?.get("partial_rotary_factor")?.as_f64())
@@ -254,18 +325,25 @@ impl LlamaConfig {
             num_heads: hf.num_attention_heads,
             num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
             head_dim,
-            qk_norm: kind == "qwen3",
-            rope_theta: hf
-                .rope_theta
-                .or_else(|| hf.rope_parameters.as_ref()?.get("rope_theta")?.as_f64().map(|t| t as f32))
-                .unwrap_or(DEFAULT_THETA),
-            rope_scaling: hf_rope_scaling(
-                hf.rope_scaling.as_ref().or(hf.rope_parameters.as_ref()),
-                hf.max_position_embeddings,
-            )?,
+            qk_norm: matches!(kind, "qwen3" | "gemma3_text"),
+            rope_theta: match &gemma_fields {
+                Some(g) => g.rope_theta,
+                None => hf
+                    .rope_theta
+                    .or_else(|| hf.rope_parameters.as_ref()?.get("rope_theta")?.as_f64().map(|t| t as f32))
+                    .unwrap_or(DEFAULT_THETA),
+            },
+            rope_scaling: match &gemma_fields {
+                Some(g) => g.rope_scaling,
+                None => hf_rope_scaling(
+                    hf.rope_scaling.as_ref().or(hf.rope_parameters.as_ref()),
+                    hf.max_position_embeddings,
+                )?,
+            },
             rms_eps: hf.rms_norm_eps,
             context_length: hf.max_position_embeddings,
-            tie_word_embeddings: hf.tie_word_embeddings,
+            // Gemma's configs tie them unless they say otherwise.
+            tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(gemma),
             sliding_window,
             qkv_bias: qwen2 || hf.attention_bias,
             o_bias: !qwen2 && hf.attention_bias,
@@ -273,6 +351,15 @@ impl LlamaConfig {
             fused_projections: kind == "phi3",
             bos_token_id: first_id("bos_token_id", &hf.bos_token_id)?,
             eos_token_id: first_id("eos_token_id", &hf.eos_token_id)?,
+            norm_offset: if gemma { 1.0 } else { 0.0 },
+            sandwich_norms: gemma,
+            scale_embeddings: gemma,
+            activation: gemma_fields.as_ref().map_or(Activation::Silu, |g| g.activation),
+            attn_logit_softcap: gemma_fields.as_ref().and_then(|g| g.attn_logit_softcap),
+            final_logit_softcap: gemma_fields.as_ref().and_then(|g| g.final_logit_softcap),
+            query_pre_attn_scalar: gemma_fields.as_ref().map(|g| g.query_pre_attn_scalar),
+            sliding_layers: gemma_fields.as_ref().map(|g| g.sliding_layers.clone()),
+            local_rope_theta: gemma_fields.as_ref().and_then(|g| g.local_rope_theta),
         };
         config.validate()?;
         Ok(config)
@@ -356,8 +443,35 @@ impl LlamaConfig {
                 );
             }
         }
+        if let Some(layers) = &self.sliding_layers {
+            if layers.len() != self.num_layers {
+                bail!("layer_types names {} layers; num_hidden_layers is {}", layers.len(), self.num_layers);
+            }
+            if layers.iter().any(|&s| s) && self.sliding_window.is_none() {
+                bail!("layer_types has sliding_attention layers but config.json names no sliding_window");
+            }
+        }
+        let optional = [
+            ("attn_logit_softcapping", self.attn_logit_softcap),
+            ("final_logit_softcapping", self.final_logit_softcap),
+            ("query_pre_attn_scalar", self.query_pre_attn_scalar),
+            ("rope_parameters.sliding_attention.rope_theta", self.local_rope_theta),
+        ];
+        for (key, value) in optional {
+            if let Some(value) = value {
+                checks::positive(&[(key, f64::from(value))])?;
+            }
+        }
         checks::token_id("bos_token_id", self.bos_token_id.map(u64::from), self.vocab_size)?;
         checks::token_id("eos_token_id", self.eos_token_id.map(u64::from), self.vocab_size)
+    }
+
+    /// The sliding window of layer `i`, if it has one.
+    pub fn layer_window(&self, i: usize) -> Option<usize> {
+        match &self.sliding_layers {
+            Some(layers) if !layers[i] => None,
+            _ => self.sliding_window,
+        }
     }
 
     /// Checks the sizes against the weights under `prefix` (`model.` or none) before any is read.
@@ -426,7 +540,85 @@ impl LlamaConfig {
 }
 
 /// The `model_type`s [`LlamaConfig::from_hf_json`] reads.
-pub const MODEL_TYPES: [&str; 5] = ["llama", "mistral", "phi3", "qwen2", "qwen3"];
+pub const MODEL_TYPES: [&str; 7] = ["llama", "mistral", "phi3", "qwen2", "qwen3", "gemma2", "gemma3_text"];
+
+/// What a Gemma 2 or Gemma 3 `config.json` says beyond the Llama fields.
+struct GemmaFields {
+    activation: Activation,
+    attn_logit_softcap: Option<f32>,
+    final_logit_softcap: Option<f32>,
+    query_pre_attn_scalar: f32,
+    sliding_layers: Vec<bool>,
+    /// The global layers' rotary base and scaling.
+    rope_theta: f32,
+    rope_scaling: RopeScaling,
+    local_rope_theta: Option<f32>,
+}
+
+impl GemmaFields {
+    /// Reads them, with transformers' defaults where a config leaves them out.
+    fn read(hf: &HfConfig, gemma3: bool) -> Result<Self> {
+        let name = hf.hidden_activation.as_deref().or(hf.hidden_act.as_deref()).unwrap_or("gelu_pytorch_tanh");
+        let activation = match Activation::from_name(name) {
+            Some(Activation::GeluTanh) => Activation::GeluTanh,
+            _ => bail!("hidden_activation {name:?} is not supported for Gemma (gelu_pytorch_tanh is)"),
+        };
+        let n = hf.num_hidden_layers;
+        let sliding_layers = match &hf.layer_types {
+            Some(types) => types
+                .iter()
+                .map(|t| match t.as_str() {
+                    "sliding_attention" => Ok(true),
+                    "full_attention" => Ok(false),
+                    other => bail!("layer_types entry {other:?} is not supported (sliding_attention, full_attention)"),
+                })
+                .collect::<Result<_>>()?,
+            // transformers' defaults: Gemma 2 alternates from a local layer; Gemma 3 makes every 6th layer global.
+            None => {
+                let pattern = match gemma3 {
+                    true => hf.private_sliding_window_pattern.or(hf.sliding_window_pattern).unwrap_or(6),
+                    false => 2,
+                };
+                (0..n).map(|i| !(i + 1).is_multiple_of(pattern.max(1))).collect()
+            }
+        };
+        let params = hf.rope_parameters.as_ref().filter(|p| !p.is_null());
+        let theta_of = |p: Option<&serde_json::Value>| p?.get("rope_theta")?.as_f64().map(|t| t as f32);
+        let (rope_theta, rope_scaling, local_rope_theta) = match params {
+            // transformers 5's Gemma 3: one set of rotary parameters per layer type.
+            Some(p) if p.get("full_attention").is_some() || p.get("sliding_attention").is_some() => {
+                let (global, local) = (p.get("full_attention"), p.get("sliding_attention"));
+                if hf_rope_scaling(local, hf.max_position_embeddings)? != RopeScaling::None {
+                    bail!("rope_parameters.sliding_attention scales the rotary; only the global layers' may");
+                }
+                (
+                    theta_of(global).unwrap_or(1e6),
+                    hf_rope_scaling(global, hf.max_position_embeddings)?,
+                    Some(theta_of(local).unwrap_or(DEFAULT_THETA)),
+                )
+            }
+            _ => (
+                hf.rope_theta.or_else(|| theta_of(params)).unwrap_or(DEFAULT_THETA),
+                hf_rope_scaling(hf.rope_scaling.as_ref().or(params), hf.max_position_embeddings)?,
+                match gemma3 {
+                    true => Some(hf.rope_local_base_freq.unwrap_or(DEFAULT_THETA)),
+                    false => None,
+                },
+            ),
+        };
+        let head_dim = hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1));
+        Ok(Self {
+            activation,
+            attn_logit_softcap: hf.attn_logit_softcapping,
+            final_logit_softcap: hf.final_logit_softcapping,
+            query_pre_attn_scalar: hf.query_pre_attn_scalar.unwrap_or(head_dim as f64) as f32,
+            sliding_layers,
+            rope_theta,
+            rope_scaling,
+            local_rope_theta,
+        })
+    }
+}
 
 /// Checks that a GGUF file's rotary width (`ARCH.rope.dimension_count`, `key`, when it names one) is the head
 /// width: the model rotates whole heads.
@@ -438,6 +630,22 @@ fn check_rope_dimensions(metadata: &HashMap<String, Value>, key: &str, head_dim:
         d if d > head_dim => bail!("{key} {d} exceeds the head width {head_dim}"),
         d if d < head_dim => bail!("{key} {d} is below the head width {head_dim}: partial rotary is not supported"),
         _ => Ok(()),
+    }
+}
+
+/// Which layers of a Gemma GGUF file use the sliding window: `key` (`ARCH.attention.sliding_window_pattern`) as
+/// one flag per layer or as a period (every `n`-th layer global), else llama.cpp's fixed pattern (Gemma 2
+/// alternates from a local layer, Gemma 3 makes every 6th layer global).
+fn gguf_sliding_layers(metadata: &HashMap<String, Value>, key: &str, arch: &str) -> Result<Vec<bool>> {
+    let count = metadata.get(&format!("{arch}.block_count")).context("the GGUF file has no block count")?;
+    let n = count.to_u32().with_context(|| format!("GGUF metadata {arch}.block_count"))? as usize;
+    let period = |p: usize| -> Vec<bool> { (0..n).map(|i| !(i + 1).is_multiple_of(p.max(1))).collect() };
+    match metadata.get(key) {
+        None => Ok(period(if arch == "gemma2" { 2 } else { 6 })),
+        Some(Value::Array(flags)) => {
+            flags.iter().map(|f| f.to_bool().with_context(|| format!("GGUF metadata {key}"))).collect()
+        }
+        Some(value) => Ok(period(value.to_u32().with_context(|| format!("GGUF metadata {key}"))? as usize)),
     }
 }
 
@@ -506,7 +714,14 @@ struct Block {
     /// Queries, keys and values side by side.
     qkv: Projection,
     o: QLinear,
+    /// Gemma's norm of the attention output, before the residual add.
+    post_attn_norm: Option<RmsNormParams>,
+    /// The feed-forward layer's input norm (`post_attention_layernorm`; Gemma's `pre_feedforward_layernorm`).
     ffn_norm: RmsNormParams,
+    /// Gemma's norm of the feed-forward output, before the residual add.
+    post_ffn_norm: Option<RmsNormParams>,
+    /// Whether the block uses the local layers' rotary (Gemma 3).
+    local_rotary: bool,
     /// Gate and up projections side by side.
     gate_up: Projection,
     down: QLinear,
@@ -522,6 +737,8 @@ pub struct LlamaModel {
     /// `None` for a body loaded as an embedder.
     lm_head: Option<QLinear>,
     rotary: Rotary,
+    /// Gemma 3's rotary of the sliding-window layers.
+    local_rotary: Option<Rotary>,
 }
 
 impl LlamaModel {
@@ -560,7 +777,8 @@ impl LlamaModel {
         let (q_width, kv_width) = (config.num_heads * d, config.num_kv_heads * d);
         let inner = config.intermediate_size;
         let norm_of = |name: &str, width: usize| -> Result<RmsNormParams> {
-            Ok(RmsNormParams { weight: loader.tensor(name, &[width])?.to_vec1()?, eps: config.rms_eps })
+            let weight: Vec<f32> = loader.tensor(name, &[width])?.to_vec1()?;
+            Ok(RmsNormParams::with_offset(&weight, config.norm_offset, config.rms_eps))
         };
         let norm = |name: &str| norm_of(name, h);
         let mut blocks = Vec::with_capacity(config.num_layers);
@@ -582,12 +800,23 @@ impl LlamaModel {
                     _ => Projection::load(loader, &names, h, parts, bias, &format!("{p}.{fused}")),
                 }
             };
+            let sandwich = |name: &str| match config.sandwich_norms {
+                true => norm(&format!("{p}.{name}.weight")).map(Some),
+                false => Ok(None),
+            };
+            let ffn_norm = match config.sandwich_norms {
+                true => "pre_feedforward_layernorm",
+                false => "post_attention_layernorm",
+            };
             blocks.push(Block {
+                post_attn_norm: sandwich("post_attention_layernorm")?,
+                post_ffn_norm: sandwich("post_feedforward_layernorm")?,
+                local_rotary: config.local_rope_theta.is_some() && config.layer_window(i).is_some(),
                 attn_norm: norm(&format!("{p}.input_layernorm.weight"))?,
                 qk_norm,
                 qkv: projection(attention, &[q_width, kv_width, kv_width], qkv_bias, "self_attn.{q,k,v}_proj")?,
                 o: loader.linear(&format!("{p}.self_attn.o_proj"), q_width, h, o_bias)?,
-                ffn_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+                ffn_norm: norm(&format!("{p}.{ffn_norm}.weight"))?,
                 gate_up: projection(mlp, &[inner, inner], mlp_bias, "mlp.{gate,up}_proj")?,
                 down: loader.linear(&format!("{p}.mlp.down_proj"), inner, h, mlp_bias)?,
             });
@@ -595,6 +824,7 @@ impl LlamaModel {
         let embeddings = loader.tensor(&format!("{prefix}embed_tokens.weight"), &[config.vocab_size, h])?;
         Ok(Self {
             rotary: Rotary::new(config.head_dim(), config.rope_theta, config.rope_scaling),
+            local_rotary: config.local_rope_theta.map(|theta| Rotary::new(config.head_dim(), theta, RopeScaling::None)),
             embeddings: embeddings.flatten_all()?.to_vec1()?,
             norm: norm(&format!("{prefix}norm.weight"))?,
             config,
@@ -629,11 +859,11 @@ impl LlamaModel {
     /// An empty cache for one sequence.
     pub fn new_cache(&self) -> KvCache {
         let c = &self.config;
-        let heads = match c.sliding_window {
+        let heads = |i: usize| match c.layer_window(i) {
             Some(window) => KvHeads::with_window(c.num_kv_heads, c.head_dim(), window),
             None => KvHeads::new(c.num_kv_heads, c.head_dim()),
         };
-        KvCache { layers: vec![heads; c.num_layers], len: 0 }
+        KvCache { layers: (0..c.num_layers).map(heads).collect(), len: 0 }
     }
 
     /// The logits of the token that follows `ids` (the whole prompt, run at once with causal attention).
@@ -646,13 +876,21 @@ impl LlamaModel {
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
         let hidden = self.hidden(ids, cache)?;
         let h = self.config.hidden_size;
-        Ok(self.head()?.forward_f32(&hidden[hidden.len() - h..], 1)?)
+        Ok(self.soft_cap(self.head()?.forward_f32(&hidden[hidden.len() - h..], 1)?))
+    }
+
+    /// The logits soft-capped per [`LlamaConfig::final_logit_softcap`] (Gemma 2), as they are otherwise.
+    fn soft_cap(&self, mut logits: Vec<f32>) -> Vec<f32> {
+        if let Some(cap) = self.config.final_logit_softcap {
+            logits.iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
+        }
+        logits
     }
 
     /// Like [`LlamaModel::forward`], but the logits after every token of `ids`: `[ids.len(), vocab]`, row-major.
     pub fn forward_all(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
         let hidden = self.hidden(ids, cache)?;
-        Ok(self.head()?.forward_f32(&hidden, ids.len())?)
+        Ok(self.soft_cap(self.head()?.forward_f32(&hidden, ids.len())?))
     }
 
     /// The final normed hidden states of `ids` run after `cache`.
@@ -671,10 +909,24 @@ impl LlamaModel {
         }
         let (n, h, d) = (ids.len(), c.hidden_size, c.head_dim());
         let (q_width, kv_width) = (c.num_heads * d, c.num_kv_heads * d);
-        let rotary = self.rotary.table(cache.len, n);
+        let global_table = self.rotary.table(cache.len, n);
+        let local_table = self.local_rotary.as_ref().map(|r| r.table(cache.len, n));
         let mut x: Vec<f32> =
             ids.iter().flat_map(|&id| self.embeddings[id as usize * h..][..h].iter().copied()).collect();
+        if c.scale_embeddings {
+            // As transformers does: sqrt(hidden_size) in f64, rounded to f32.
+            let scale = (h as f64).sqrt() as f32;
+            x.iter_mut().for_each(|v| *v *= scale);
+        }
+        let options = CausalOptions {
+            scale: c.query_pre_attn_scalar.map(|s| f64::from(s).powf(-0.5) as f32),
+            softcap: c.attn_logit_softcap,
+        };
         for (block, kv) in self.blocks.iter().zip(&mut cache.layers) {
+            let (rotary, table) = match (&self.local_rotary, &local_table) {
+                (Some(rotary), Some(table)) if block.local_rotary => (rotary, table),
+                _ => (&self.rotary, &global_table),
+            };
             let qkv = block.qkv.forward(&block.attn_norm.apply(&x), n)?;
             let (mut q, mut k, mut v) = (Vec::with_capacity(n * q_width), Vec::new(), Vec::new());
             for row in qkv.chunks_exact(q_width + 2 * kv_width) {
@@ -686,14 +938,20 @@ impl LlamaModel {
                 q = q_norm.apply(&q);
                 k = k_norm.apply(&k);
             }
-            self.rotary.apply(&mut q, c.num_heads, &rotary);
-            self.rotary.apply(&mut k, c.num_kv_heads, &rotary);
+            rotary.apply(&mut q, c.num_heads, table);
+            rotary.apply(&mut k, c.num_kv_heads, table);
             kv.append(&k, &v);
-            let context = kv.causal_attention(&q, c.num_heads);
-            let attended = block.o.forward_f32(&context, n)?;
+            let context = kv.causal_attention_with(&q, c.num_heads, options);
+            let mut attended = block.o.forward_f32(&context, n)?;
+            if let Some(norm) = &block.post_attn_norm {
+                attended = norm.apply(&attended);
+            }
             x.iter_mut().zip(&attended).for_each(|(x, a)| *x += a);
             let mut gate_up = block.gate_up.forward(&block.ffn_norm.apply(&x), n)?;
-            let out = block.down.forward_f32(&swiglu(&mut gate_up, c.intermediate_size), n)?;
+            let mut out = block.down.forward_f32(&gated(&mut gate_up, c.intermediate_size, c.activation), n)?;
+            if let Some(norm) = &block.post_ffn_norm {
+                out = norm.apply(&out);
+            }
             x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
         }
         cache.len += n;
@@ -810,7 +1068,8 @@ impl TextEncoder for LlamaModel {
     fn embedding_bytes(&self) -> usize {
         let c = &self.config;
         let qk = if c.qk_norm { 2 * c.head_dim * c.num_layers } else { 0 };
-        4 * (self.embeddings.len() + c.hidden_size * (2 * c.num_layers + 1) + qk)
+        let norms = if c.sandwich_norms { 4 } else { 2 };
+        4 * (self.embeddings.len() + c.hidden_size * (norms * c.num_layers + 1) + qk)
     }
 }
 
@@ -835,5 +1094,30 @@ mod tests {
         assert_eq!((v5.rope_theta, v5.rope_scaling), (1e6, RopeScaling::None));
         let linear = read(r#", "rope_parameters": {"rope_type": "linear", "rope_theta": 5e5, "factor": 2.0}"#);
         assert_eq!((linear.rope_theta, linear.rope_scaling), (5e5, RopeScaling::Linear { factor: 2.0 }));
+    }
+
+    /// Gemma configs without `layer_types` (older transformers) get transformers' layer patterns, and Gemma 3's
+    /// older rotary keys (`rope_theta`, `rope_local_base_freq`) are read.
+    #[test]
+    fn gemma_defaults_follow_transformers() {
+        let base = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 7,
+            "num_attention_heads": 2, "rms_norm_eps": 1e-6, "max_position_embeddings": 32, "sliding_window": 4"#;
+        let read = |extra: &str| LlamaConfig::from_hf_json(&format!("{{{base}{extra}}}")).unwrap();
+        let gemma2 = read(r#", "model_type": "gemma2""#);
+        let windows: Vec<_> = (0..7).map(|i| gemma2.layer_window(i)).collect();
+        assert_eq!(windows, [Some(4), None, Some(4), None, Some(4), None, Some(4)]);
+        assert_eq!(
+            (gemma2.norm_offset, gemma2.activation, gemma2.tie_word_embeddings),
+            (1.0, Activation::GeluTanh, true)
+        );
+        assert_eq!((gemma2.query_pre_attn_scalar, gemma2.local_rope_theta), (Some(4.0), None));
+        let gemma3 = read(
+            r#", "model_type": "gemma3_text", "rope_theta": 1e6, "rope_local_base_freq": 1e4, "sliding_window_pattern": 3"#,
+        );
+        let windows: Vec<_> = (0..7).map(|i| gemma3.layer_window(i).is_some()).collect();
+        assert_eq!(windows, [true, true, false, true, true, false, true]);
+        assert_eq!((gemma3.rope_theta, gemma3.local_rope_theta, gemma3.qk_norm), (1e6, Some(1e4), true));
+        let llama = read(r#", "model_type": "llama""#);
+        assert_eq!((llama.norm_offset, llama.activation, llama.sliding_layers), (0.0, Activation::Silu, None));
     }
 }
