@@ -669,40 +669,68 @@ mod tests {
         assert_eq!(alone, out[seq * width..].to_vec());
     }
 
+    /// A decoder's queries (`[n, heads * d]`), keys and values (`[n, kv_heads * d]`) for the causal tests, and
+    /// their attention computed directly in f64.
+    struct DecoderInputs {
+        heads: usize,
+        kv_heads: usize,
+        d: usize,
+        q: Vec<f32>,
+        k: Vec<f32>,
+        v: Vec<f32>,
+    }
+
+    impl DecoderInputs {
+        fn new(heads: usize, kv_heads: usize, d: usize, n: usize, value: impl Fn(usize) -> f32) -> Self {
+            let q = (0..n * heads * d).map(&value).collect();
+            let k = (0..n * kv_heads * d).map(|i| value(i + 13)).collect();
+            let v = (0..n * kv_heads * d).map(|i| value(i + 101)).collect();
+            Self { heads, kv_heads, d, q, k, v }
+        }
+
+        /// Checks `out` (`[n, heads * d]`) at `tokens` against `softmax(logit(q . k))` over the keys each sees:
+        /// all before it, or the last `window` with one.
+        fn assert_direct(&self, out: &[f32], tokens: &[usize], window: Option<usize>, logit: impl Fn(f64) -> f64) {
+            let (d, qw, kw) = (self.d, self.heads * self.d, self.kv_heads * self.d);
+            for &i in tokens {
+                let seen: Vec<usize> = (window.map_or(0, |w| (i + 1).saturating_sub(w))..=i).collect();
+                for h in 0..self.heads {
+                    let kv = h / (self.heads / self.kv_heads);
+                    let query = &self.q[i * qw + h * d..][..d];
+                    let scores: Vec<f64> = seen
+                        .iter()
+                        .map(|&j| {
+                            let key = &self.k[j * kw + kv * d..][..d];
+                            logit(query.iter().zip(key).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum())
+                        })
+                        .collect();
+                    let max = scores.iter().copied().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let total: f64 = e.iter().sum();
+                    for c in 0..d {
+                        let value = |j: usize| f64::from(self.v[j * kw + kv * d + c]);
+                        let want: f64 = seen.iter().zip(&e).map(|(&j, e)| e / total * value(j)).sum();
+                        let got = f64::from(out[i * qw + h * d + c]);
+                        assert!((got - want).abs() < 1e-5, "token {i} head {h} dim {c}: {got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+
     /// Causal attention over the cache against a direct computation, with grouped-query heads, and the same bits
     /// for a token whether it comes with the prompt or alone.
     #[test]
     fn causal_attention_over_the_cache() {
         let (heads, kv_heads, d, n) = (6, 2, 24, 70);
-        let value = |i: usize| ((i * 7919 % 1009) as f32 / 500.0) - 1.0;
-        let q: Vec<f32> = (0..n * heads * d).map(value).collect();
-        let k: Vec<f32> = (0..n * kv_heads * d).map(|i| value(i + 13)).collect();
-        let v: Vec<f32> = (0..n * kv_heads * d).map(|i| value(i + 101)).collect();
+        let t = DecoderInputs::new(heads, kv_heads, d, n, |i| ((i * 7919 % 1009) as f32 / 500.0) - 1.0);
+        let (q, k, v) = (&t.q, &t.k, &t.v);
         let mut all = KvHeads::new(kv_heads, d);
-        all.append(&k, &v);
-        let at_once = all.causal_attention(&q, heads);
+        all.append(k, v);
+        let at_once = all.causal_attention(q, heads);
         let (qw, kw) = (heads * d, kv_heads * d);
-        for i in [0, 1, 5, 69] {
-            for h in 0..heads {
-                let kv = h / (heads / kv_heads);
-                let query = &q[i * qw + h * d..][..d];
-                let scores: Vec<f64> = (0..=i)
-                    .map(|j| {
-                        let key = &k[j * kw + kv * d..][..d];
-                        query.iter().zip(key).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>()
-                            / (d as f64).sqrt()
-                    })
-                    .collect();
-                let max = scores.iter().copied().fold(f64::MIN, f64::max);
-                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                let total: f64 = e.iter().sum();
-                for c in 0..d {
-                    let want: f64 = (0..=i).map(|j| e[j] / total * f64::from(v[j * kw + kv * d + c])).sum();
-                    let got = f64::from(at_once[i * qw + h * d + c]);
-                    assert!((got - want).abs() < 1e-5, "token {i} head {h} dim {c}: {got} vs {want}");
-                }
-            }
-        }
+        let plain = 1.0 / (d as f64).sqrt();
+        t.assert_direct(&at_once, &[0, 1, 5, 69], None, |s| s * plain);
         // Token by token (the cache growing past its first capacity) gives the same bits.
         let mut cache = KvHeads::new(kv_heads, d);
         for i in 0..n {
@@ -717,36 +745,12 @@ mod tests {
     #[test]
     fn scaled_soft_capped_attention_matches_a_direct_computation() {
         let (heads, kv_heads, d, n, w, scale, cap) = (4, 2, 16, 40, 8, 0.4f64, 2.0f64);
-        let value = |i: usize| ((i * 7919 % 1009) as f32 / 300.0) - 1.7;
-        let (qw, kw) = (heads * d, kv_heads * d);
-        let q: Vec<f32> = (0..n * qw).map(value).collect();
-        let k: Vec<f32> = (0..n * kw).map(|i| value(i + 13)).collect();
-        let v: Vec<f32> = (0..n * kw).map(|i| value(i + 101)).collect();
+        let t = DecoderInputs::new(heads, kv_heads, d, n, |i| ((i * 7919 % 1009) as f32 / 300.0) - 1.7);
         let mut cache = KvHeads::with_window(kv_heads, d, w);
-        cache.append(&k, &v);
+        cache.append(&t.k, &t.v);
         let options = CausalOptions { scale: Some(scale as f32), softcap: Some(cap as f32) };
-        let out = cache.causal_attention_with(&q, heads, options);
-        for i in [0, 3, w, n - 1] {
-            for h in 0..heads {
-                let kv = h / (heads / kv_heads);
-                let seen: Vec<usize> = (i.saturating_sub(w - 1)..=i).collect();
-                let score = |j: usize| {
-                    let (query, key) = (&q[i * qw + h * d..][..d], &k[j * kw + kv * d..][..d]);
-                    let s = query.iter().zip(key).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() * scale;
-                    cap * (s / cap).tanh()
-                };
-                let scores: Vec<f64> = seen.iter().map(|&j| score(j)).collect();
-                let max = scores.iter().copied().fold(f64::MIN, f64::max);
-                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                let total: f64 = e.iter().sum();
-                for c in 0..d {
-                    let want: f64 =
-                        seen.iter().zip(&e).map(|(&j, e)| e / total * f64::from(v[j * kw + kv * d + c])).sum();
-                    let got = f64::from(out[i * qw + h * d + c]);
-                    assert!((got - want).abs() < 1e-5, "token {i} head {h} dim {c}: {got} vs {want}");
-                }
-            }
-        }
+        let out = cache.causal_attention_with(&t.q, heads, options);
+        t.assert_direct(&out, &[0, 3, w, n - 1], Some(w), |s| cap * (s * scale / cap).tanh());
     }
 
     /// Sliding-window causal attention against a direct computation over the last `w` positions, the same bits
@@ -754,34 +758,14 @@ mod tests {
     #[test]
     fn sliding_window_attention_over_the_cache() {
         let (heads, kv_heads, d, n, w) = (4, 2, 20, 300, 24);
-        let value = |i: usize| ((i * 7919 % 1009) as f32 / 500.0) - 1.0;
+        let t = DecoderInputs::new(heads, kv_heads, d, n, |i| ((i * 7919 % 1009) as f32 / 500.0) - 1.0);
+        let (q, k, v) = (&t.q, &t.k, &t.v);
         let (qw, kw) = (heads * d, kv_heads * d);
-        let q: Vec<f32> = (0..n * qw).map(value).collect();
-        let k: Vec<f32> = (0..n * kw).map(|i| value(i + 13)).collect();
-        let v: Vec<f32> = (0..n * kw).map(|i| value(i + 101)).collect();
         let mut all = KvHeads::with_window(kv_heads, d, w);
-        all.append(&k, &v);
-        let at_once = all.causal_attention(&q, heads);
-        for i in [0, 1, w - 1, w, w + 1, n - 1] {
-            for h in 0..heads {
-                let kv = h / (heads / kv_heads);
-                let seen: Vec<usize> = (i.saturating_sub(w - 1)..=i).collect();
-                let score = |j: usize| {
-                    let (query, key) = (&q[i * qw + h * d..][..d], &k[j * kw + kv * d..][..d]);
-                    query.iter().zip(key).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>() / (d as f64).sqrt()
-                };
-                let scores: Vec<f64> = seen.iter().map(|&j| score(j)).collect();
-                let max = scores.iter().copied().fold(f64::MIN, f64::max);
-                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                let total: f64 = e.iter().sum();
-                for c in 0..d {
-                    let want: f64 =
-                        seen.iter().zip(&e).map(|(&j, e)| e / total * f64::from(v[j * kw + kv * d + c])).sum();
-                    let got = f64::from(at_once[i * qw + h * d + c]);
-                    assert!((got - want).abs() < 1e-5, "token {i} head {h} dim {c}: {got} vs {want}");
-                }
-            }
-        }
+        all.append(k, v);
+        let at_once = all.causal_attention(q, heads);
+        let plain = 1.0 / (d as f64).sqrt();
+        t.assert_direct(&at_once, &[0, 1, w - 1, w, w + 1, n - 1], Some(w), |s| s * plain);
         let mut cache = KvHeads::with_window(kv_heads, d, w);
         let mut peak = 0;
         for i in 0..n {
