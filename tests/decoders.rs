@@ -255,3 +255,32 @@ fn bad_decoders_are_clear_errors() {
     let error = generator.generate(&long, swap::Length::up_to(4), swap::Sampling::Greedy, |_| Ok(())).unwrap_err();
     assert!(format!("{error:#}").contains("context holds 512"), "{error:#}");
 }
+
+/// Phi-3's LongRoPE (the phi3 fixture's weights with `tests/fixtures/architectures/phi3-longrope/config.json`:
+/// trained on 16 positions, extended to 512, a factor per rotary pair) against transformers: a prompt within the
+/// original context takes the short factors, one past it the long ones, both with the attention factor 1.5.
+#[test]
+fn phi3_long_rope_matches_transformers() {
+    let dir = std::env::temp_dir().join(format!("qinfer-decoders-{}-phi3-longrope", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture("phi3").join(file), dir.join(file)).unwrap();
+    }
+    std::fs::copy(fixture("phi3-longrope").join("config.json"), dir.join("config.json")).unwrap();
+    let text = std::fs::read_to_string(fixture("phi3-longrope").join("reference.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let generator = Generator::open(&dir, Some(Plan::uniform(LayerScheme::F32))).unwrap();
+    let model = generator.model();
+    let rope = model.config().long_rope.as_ref().expect("LongRoPE read from the config");
+    assert_eq!((rope.original_context, rope.attention_factor), (16, 1.5));
+    let short = model.next_token_logits(&ids(&reference["short_ids"])).unwrap();
+    assert_close(&short, &floats(&reference["short_logits_last"]), "phi3 LongRoPE within the original context");
+    let long_ids = ids(&reference["long_ids"]);
+    let all = model.forward_all(&long_ids, &mut model.new_cache()).unwrap();
+    let vocab = model.config().vocab_size;
+    for (p, want) in ids(&reference["long_positions"]).iter().zip(reference["long_logits"].as_array().unwrap()) {
+        let p = *p as usize;
+        assert_close(&all[p * vocab..(p + 1) * vocab], &floats(want), &format!("phi3 LongRoPE past it, position {p}"));
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

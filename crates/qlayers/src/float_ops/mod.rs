@@ -10,5 +10,5 @@ pub mod rotary;
 pub mod rows;
 
 pub use attention::{attention, attention_into, AttentionOptions, CausalOptions, KvHeads, QkvLayout, RelativeBias};
-pub use rotary::{RopeScaling, Rotary};
+pub use rotary::{LongRope, RopeScaling, Rotary};
 pub use rows::{gated, swiglu, LayerNormParams, RmsNormParams};

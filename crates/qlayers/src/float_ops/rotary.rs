@@ -23,10 +23,35 @@ pub enum RopeScaling {
     },
 }
 
+/// LongRoPE (Phi-3's `longrope`, formerly `su`): each rotary pair's frequency divided by a factor of its own, one
+/// set while a call's positions stay within the context the model was trained on and another beyond it, and cos
+/// and sin scaled by `attention_factor`, as transformers computes them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRope {
+    /// Per-pair factors within `original_context` (`d / 2` of them).
+    pub short_factor: Vec<f32>,
+    /// Per-pair factors beyond it.
+    pub long_factor: Vec<f32>,
+    /// The context the model was trained on: a call whose last position is at or past it takes `long_factor`.
+    pub original_context: usize,
+    /// The scale on cos and sin (`sqrt(1 + ln(context / original) / ln(original))` unless the config names one).
+    pub attention_factor: f32,
+}
+
 /// Rotary frequencies of one head width, in HF's half-split layout: pair `i` is `(x[i], x[i + d/2])`.
 #[derive(Debug, Clone)]
 pub struct Rotary {
     inv_freq: Vec<f32>,
+    /// LongRoPE's frequencies beyond the original context, where it applies.
+    long: Option<LongFrequencies>,
+}
+
+/// LongRoPE's second set of frequencies and when it applies.
+#[derive(Debug, Clone)]
+struct LongFrequencies {
+    inv_freq: Vec<f32>,
+    original_context: usize,
+    scale: f32,
 }
 
 impl Rotary {
@@ -53,18 +78,36 @@ impl Rotary {
                 }
             })
             .collect();
-        Self { inv_freq }
+        Self { inv_freq, long: None }
+    }
+
+    /// LongRoPE frequencies of heads `d` wide with base `theta` (`rope` holds `d / 2` factors of each kind).
+    pub fn long_rope(d: usize, theta: f32, rope: &LongRope) -> Self {
+        let stretched = |factors: &[f32]| -> Vec<f32> {
+            (0..d / 2).map(|i| 1.0 / (factors[i] * theta.powf(2.0 * i as f32 / d as f32))).collect()
+        };
+        let long = LongFrequencies {
+            inv_freq: stretched(&rope.long_factor),
+            original_context: rope.original_context,
+            scale: rope.attention_factor,
+        };
+        Self { inv_freq: stretched(&rope.short_factor), long: Some(long) }
     }
 
     /// `(cos, sin)` of every pair at positions `first..first + n`: `[n][d/2]` each.
     pub fn table(&self, first: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
-        let (mut cos, mut sin) = (Vec::with_capacity(n * self.inv_freq.len()), Vec::new());
+        let (inv_freq, scale) = match &self.long {
+            Some(long) if first + n > long.original_context => (&long.inv_freq, long.scale),
+            Some(long) => (&self.inv_freq, long.scale),
+            None => (&self.inv_freq, 1.0),
+        };
+        let (mut cos, mut sin) = (Vec::with_capacity(n * inv_freq.len()), Vec::new());
         sin.reserve(cos.capacity());
         for p in first..first + n {
-            for &f in &self.inv_freq {
+            for &f in inv_freq {
                 let (s, c) = (p as f32 * f).sin_cos();
-                cos.push(c);
-                sin.push(s);
+                cos.push(c * scale);
+                sin.push(s * scale);
             }
         }
         (cos, sin)
@@ -98,5 +141,40 @@ impl Rotary {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_rope_switches_factors_past_the_original_context_and_scales() {
+        let (d, theta) = (8, 10_000f32);
+        let rope = LongRope {
+            short_factor: vec![1.0, 1.5, 2.0, 4.0],
+            long_factor: vec![2.0, 3.0, 5.0, 9.0],
+            original_context: 16,
+            attention_factor: 1.5,
+        };
+        let rotary = Rotary::long_rope(d, theta, &rope);
+        let want = |p: usize, factors: &[f32], i: usize| {
+            let angle = p as f64 / (f64::from(factors[i]) * f64::from(theta).powf(2.0 * i as f64 / d as f64));
+            (1.5 * angle.cos(), 1.5 * angle.sin())
+        };
+        // Positions 10..16 end within the original context: the short factors; 10..17 does not: the long ones.
+        for (n, factors) in [(6, &rope.short_factor), (7, &rope.long_factor)] {
+            let (cos, sin) = rotary.table(10, n);
+            for (r, p) in (10..10 + n).enumerate() {
+                for i in 0..d / 2 {
+                    let (c, s) = want(p, factors, i);
+                    assert!((f64::from(cos[r * 4 + i]) - c).abs() < 1e-5, "cos p{p} i{i}");
+                    assert!((f64::from(sin[r * 4 + i]) - s).abs() < 1e-5, "sin p{p} i{i}");
+                }
+            }
+        }
+        // Without LongRoPE nothing is scaled.
+        let (cos, _) = Rotary::new(d, theta, RopeScaling::None).table(0, 1);
+        assert_eq!(cos, [1.0; 4]);
     }
 }

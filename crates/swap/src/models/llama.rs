@@ -26,8 +26,8 @@ use crate::gguf_weights::{GgufWeights, GGUF_ARCHITECTURES};
 use crate::loader::{Bias, QuantLoader};
 use crate::plan::Plan;
 use qlayers::float_ops::attention::{CausalOptions, KvHeads};
-pub use qlayers::float_ops::rotary::RopeScaling;
 use qlayers::float_ops::rotary::Rotary;
+pub use qlayers::float_ops::rotary::{LongRope, RopeScaling};
 use qlayers::float_ops::rows::{gated, RmsNormParams};
 
 /// The hyper-parameters of a Llama model.
@@ -53,6 +53,8 @@ pub struct LlamaConfig {
     pub rope_theta: f32,
     /// Rotary frequency scaling.
     pub rope_scaling: RopeScaling,
+    /// Phi-3's LongRoPE (`rope_type` `longrope` or `su`), which replaces `rope_scaling`.
+    pub long_rope: Option<LongRope>,
     /// RMSNorm epsilon.
     pub rms_eps: f32,
     /// Longest context the model takes.
@@ -116,6 +118,8 @@ struct HfConfig {
     rope_parameters: Option<serde_json::Value>,
     /// The share of each head that rotates (Phi-3 and others; also in `rope_parameters`).
     partial_rotary_factor: Option<f64>,
+    /// Phi-3: the context LongRoPE's short factors serve (also in `rope_parameters` in transformers 5).
+    original_max_position_embeddings: Option<usize>,
     rms_norm_eps: f32,
     max_position_embeddings: usize,
     tie_word_embeddings: Option<bool>,
@@ -210,6 +214,8 @@ impl LlamaConfig {
             qk_norm: arch == "qwen3" || arch == "gemma3",
             rope_theta: float("rope.freq_base")?.unwrap_or(if gemma3 { 1e6 } else { DEFAULT_THETA }),
             rope_scaling,
+            // LongRoPE factors are tensors in GGUF files (`rope_factors_*`), not read here.
+            long_rope: None,
             rms_eps: get(&key("attention.layer_norm_rms_epsilon"))?.to_f32()?,
             context_length: int("context_length")?,
             // Known only from the tensors: see `LlamaConfig::of_gguf`.
@@ -340,6 +346,12 @@ impl LlamaConfig {
                     hf.max_position_embeddings,
                 )?,
             },
+            long_rope: hf_long_rope(
+                hf.rope_scaling.as_ref().or(hf.rope_parameters.as_ref()),
+                hf.original_max_position_embeddings,
+                hf.max_position_embeddings,
+                head_dim,
+            )?,
             rms_eps: hf.rms_norm_eps,
             context_length: hf.max_position_embeddings,
             // Gemma's configs tie them unless they say otherwise.
@@ -367,16 +379,25 @@ impl LlamaConfig {
 
     /// The config as an HF `config.json` (for checkpoints written from a GGUF file).
     pub fn to_hf_json(&self) -> serde_json::Value {
-        let rope_scaling = match self.rope_scaling {
-            RopeScaling::None => serde_json::Value::Null,
-            RopeScaling::Linear { factor } => serde_json::json!({"rope_type": "linear", "factor": factor}),
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context } => serde_json::json!({
-                "rope_type": "llama3",
-                "factor": factor,
-                "low_freq_factor": low_freq_factor,
-                "high_freq_factor": high_freq_factor,
-                "original_max_position_embeddings": original_context,
+        let rope_scaling = match (&self.long_rope, self.rope_scaling) {
+            (Some(rope), _) => serde_json::json!({
+                "rope_type": "longrope",
+                "short_factor": rope.short_factor,
+                "long_factor": rope.long_factor,
+                "original_max_position_embeddings": rope.original_context,
+                "attention_factor": rope.attention_factor,
             }),
+            (None, RopeScaling::None) => serde_json::Value::Null,
+            (None, RopeScaling::Linear { factor }) => serde_json::json!({"rope_type": "linear", "factor": factor}),
+            (None, RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context }) => {
+                serde_json::json!({
+                    "rope_type": "llama3",
+                    "factor": factor,
+                    "low_freq_factor": low_freq_factor,
+                    "high_freq_factor": high_freq_factor,
+                    "original_max_position_embeddings": original_context,
+                })
+            }
         };
         // The family whose config.json reads back as this config.
         let (class, model_type) = if self.fused_projections {
@@ -695,7 +716,8 @@ fn hf_rope_scaling(value: Option<&serde_json::Value>, context: usize) -> Result<
         value.get(key).and_then(|v| v.as_f64()).map(|v| v as f32).with_context(|| format!("rope_scaling needs {key}"))
     };
     Ok(match kind {
-        "default" => RopeScaling::None,
+        // LongRoPE is read by `hf_long_rope`.
+        "default" | "longrope" | "su" => RopeScaling::None,
         "linear" => RopeScaling::Linear { factor: number("factor")? },
         "llama3" => RopeScaling::Llama3 {
             factor: number("factor")?,
@@ -703,8 +725,56 @@ fn hf_rope_scaling(value: Option<&serde_json::Value>, context: usize) -> Result<
             high_freq_factor: number("high_freq_factor")?,
             original_context: number("original_max_position_embeddings").unwrap_or(context as f32),
         },
-        other => bail!("rope scaling {other:?} is not supported (default, linear and llama3 are)"),
+        other => bail!("rope scaling {other:?} is not supported (default, linear, llama3 and longrope are)"),
     })
+}
+
+/// Phi-3's LongRoPE from a config's `rope_scaling` (or `rope_parameters`), as transformers reads it: the
+/// original context from there or from the config's `original_max_position_embeddings`, and unless the config
+/// names an `attention_factor`, `sqrt(1 + ln(context / original) / ln(original))` (1 when not extended).
+fn hf_long_rope(
+    value: Option<&serde_json::Value>,
+    top_level_original: Option<usize>,
+    context: usize,
+    head_dim: usize,
+) -> Result<Option<LongRope>> {
+    let Some(value) = value.filter(|v| !v.is_null()) else { return Ok(None) };
+    let kind = value.get("rope_type").or_else(|| value.get("type")).and_then(|t| t.as_str());
+    if !matches!(kind, Some("longrope" | "su")) {
+        return Ok(None);
+    }
+    let factors = |key: &str| -> Result<Vec<f32>> {
+        let list = value.get(key).and_then(|v| v.as_array()).with_context(|| format!("longrope needs {key}"))?;
+        let factors: Vec<f32> = list.iter().filter_map(|f| f.as_f64()).map(|f| f as f32).collect();
+        if factors.len() != list.len() || factors.len() != head_dim / 2 {
+            bail!("longrope {key} holds {} numbers; a head of {head_dim} rotates {} pairs", list.len(), head_dim / 2);
+        }
+        if let Some(bad) = factors.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
+            bail!("longrope {key} holds {bad}; its factors must be finite and above 0");
+        }
+        Ok(factors)
+    };
+    let original = value
+        .get("original_max_position_embeddings")
+        .and_then(|v| v.as_u64())
+        .map(|n| n as usize)
+        .or(top_level_original)
+        .unwrap_or(context);
+    if original == 0 {
+        bail!("longrope original_max_position_embeddings is 0");
+    }
+    let extension = context as f64 / original as f64;
+    let attention_factor = match value.get("attention_factor").and_then(|v| v.as_f64()) {
+        Some(f) => f,
+        None if extension <= 1.0 => 1.0,
+        None => (1.0 + extension.ln() / (original as f64).ln()).sqrt(),
+    };
+    Ok(Some(LongRope {
+        short_factor: factors("short_factor")?,
+        long_factor: factors("long_factor")?,
+        original_context: original,
+        attention_factor: attention_factor as f32,
+    }))
 }
 
 struct Block {
@@ -823,7 +893,10 @@ impl LlamaModel {
         }
         let embeddings = loader.tensor(&format!("{prefix}embed_tokens.weight"), &[config.vocab_size, h])?;
         Ok(Self {
-            rotary: Rotary::new(config.head_dim(), config.rope_theta, config.rope_scaling),
+            rotary: match &config.long_rope {
+                Some(rope) => Rotary::long_rope(config.head_dim(), config.rope_theta, rope),
+                None => Rotary::new(config.head_dim(), config.rope_theta, config.rope_scaling),
+            },
             local_rotary: config.local_rope_theta.map(|theta| Rotary::new(config.head_dim(), theta, RopeScaling::None)),
             embeddings: embeddings.flatten_all()?.to_vec1()?,
             norm: norm(&format!("{prefix}norm.weight"))?,
