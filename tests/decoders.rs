@@ -261,14 +261,7 @@ fn bad_decoders_are_clear_errors() {
 /// original context takes the short factors, one past it the long ones, both with the attention factor 1.5.
 #[test]
 fn phi3_long_rope_matches_transformers() {
-    let dir = std::env::temp_dir().join(format!("qinfer-decoders-{}-phi3-longrope", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for file in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(fixture("phi3").join(file), dir.join(file)).unwrap();
-    }
-    std::fs::copy(fixture("phi3-longrope").join("config.json"), dir.join("config.json")).unwrap();
-    let text = std::fs::read_to_string(fixture("phi3-longrope").join("reference.json")).unwrap();
-    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let (dir, reference) = phi3_variant("phi3-longrope");
     let generator = Generator::open(&dir, Some(Plan::uniform(LayerScheme::F32))).unwrap();
     let model = generator.model();
     let rope = model.config().long_rope.as_ref().expect("LongRoPE read from the config");
@@ -281,6 +274,36 @@ fn phi3_long_rope_matches_transformers() {
     for (p, want) in ids(&reference["long_positions"]).iter().zip(reference["long_logits"].as_array().unwrap()) {
         let p = *p as usize;
         assert_close(&all[p * vocab..(p + 1) * vocab], &floats(want), &format!("phi3 LongRoPE past it, position {p}"));
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A folder of the phi3 fixture's weights and tokenizer with the config of `variant` (a folder of
+/// `tests/fixtures/architectures` holding a config.json and the reference.json transformers gave for it).
+fn phi3_variant(variant: &str) -> (PathBuf, serde_json::Value) {
+    let dir = std::env::temp_dir().join(format!("qinfer-decoders-{}-{variant}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture("phi3").join(file), dir.join(file)).unwrap();
+    }
+    std::fs::copy(fixture(variant).join("config.json"), dir.join("config.json")).unwrap();
+    let text = std::fs::read_to_string(fixture(variant).join("reference.json")).unwrap();
+    (dir, serde_json::from_str(&text).unwrap())
+}
+
+/// A partial rotary (Phi-4-mini's `partial_rotary_factor`; here 0.5 of the phi3 fixture's 16-wide heads) against
+/// transformers.
+#[test]
+fn a_partial_rotary_matches_transformers() {
+    let (dir, reference) = phi3_variant("phi3-partial-rotary");
+    let generator = Generator::open(&dir, Some(Plan::uniform(LayerScheme::F32))).unwrap();
+    let model = generator.model();
+    assert_eq!((model.config().rotary_dim, model.config().head_dim), (8, 16));
+    let all = model.forward_all(&ids(&reference["ids"]), &mut model.new_cache()).unwrap();
+    let vocab = model.config().vocab_size;
+    for (p, want) in ids(&reference["positions"]).iter().zip(reference["logits"].as_array().unwrap()) {
+        let p = *p as usize;
+        assert_close(&all[p * vocab..(p + 1) * vocab], &floats(want), &format!("phi3 partial rotary, position {p}"));
     }
     std::fs::remove_dir_all(dir).unwrap();
 }

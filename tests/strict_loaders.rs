@@ -314,6 +314,7 @@ fn gguf_metadata_is_checked_against_the_model() {
     let cases = [
         ("rope.dimension_count", Value::U32(0), "llama.rope.dimension_count is 0"),
         ("rope.dimension_count", Value::U32(32), "llama.rope.dimension_count 32 exceeds the head width 16"),
+        ("rope.dimension_count", Value::U32(8), "llama.rope.dimension_count 8 is below the head width 16: this"),
         ("block_count", Value::U32(0), "num_hidden_layers is 0"),
         ("vocab_size", Value::U32(999), "vocab_size = 999, but model.embed_tokens.weight has shape [1000, 64]"),
     ];

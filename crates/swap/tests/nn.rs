@@ -24,8 +24,10 @@ fn layers_take_the_plans_scheme_for_the_builders_prefix() {
     let reference = candle_nn::linear(96, 64, vb.pp("blocks.0.fc")).unwrap();
     let quantized = swap::nn::linear(96, 64, vb.pp("blocks.0.fc"), &plan).unwrap();
     assert_eq!(quantized.scheme().to_string(), "w8a8-b32-pb");
+    // Weights and inputs are random on every run: the largest error over the 960 outputs, relative to the largest
+    // output, spreads to about 1.2% for W8A8 in blocks of 32 (a wrong kernel is off by the whole output).
     let error = largest_error(&quantized.forward(&x).unwrap(), &reference.forward(&x).unwrap());
-    assert!(error < 1e-2, "w8a8 linear error {error}");
+    assert!(error < 2e-2, "w8a8 linear error {error}");
     // A plan rule and an exclusion, matched on the prefix.
     let int4 = swap::nn::linear_no_bias(96, 32, vb.pp("blocks.1.proj"), &plan).unwrap();
     assert_eq!(int4.scheme().to_string(), "int4-g32");

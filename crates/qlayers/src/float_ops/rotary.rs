@@ -38,10 +38,13 @@ pub struct LongRope {
     pub attention_factor: f32,
 }
 
-/// Rotary frequencies of one head width, in HF's half-split layout: pair `i` is `(x[i], x[i + d/2])`.
+/// Rotary frequencies of one head width, in HF's half-split layout: pair `i` is `(x[i], x[i + d/2])`. With a
+/// partial rotary ([`Rotary::within_heads`]), only the first `d` dimensions of each wider head turn.
 #[derive(Debug, Clone)]
 pub struct Rotary {
     inv_freq: Vec<f32>,
+    /// Width of a head (at least `2 * inv_freq.len()`; the dimensions past the rotary ones pass unchanged).
+    head_width: usize,
     /// LongRoPE's frequencies beyond the original context, where it applies.
     long: Option<LongFrequencies>,
 }
@@ -57,7 +60,7 @@ struct LongFrequencies {
 impl Rotary {
     /// The frequencies of heads `d` wide (even) with base `theta`, stretched per `scaling`.
     pub fn new(d: usize, theta: f32, scaling: RopeScaling) -> Self {
-        let inv_freq = (0..d / 2)
+        let inv_freq: Vec<f32> = (0..d / 2)
             .map(|i| {
                 let f = theta.powf(-2.0 * i as f32 / d as f32);
                 match scaling {
@@ -78,7 +81,14 @@ impl Rotary {
                 }
             })
             .collect();
-        Self { inv_freq, long: None }
+        Self { head_width: inv_freq.len() * 2, inv_freq, long: None }
+    }
+
+    /// The same rotary on the first of each head's `head_width` dimensions (a partial rotary, as
+    /// `partial_rotary_factor` below 1 asks), the others unchanged.
+    pub fn within_heads(mut self, head_width: usize) -> Self {
+        self.head_width = head_width.max(2 * self.inv_freq.len());
+        self
     }
 
     /// LongRoPE frequencies of heads `d` wide with base `theta` (`rope` holds `d / 2` factors of each kind).
@@ -91,7 +101,7 @@ impl Rotary {
             original_context: rope.original_context,
             scale: rope.attention_factor,
         };
-        Self { inv_freq: stretched(&rope.short_factor), long: Some(long) }
+        Self { inv_freq: stretched(&rope.short_factor), head_width: d, long: Some(long) }
     }
 
     /// `(cos, sin)` of every pair at positions `first..first + n`: `[n][d/2]` each.
@@ -115,7 +125,7 @@ impl Rotary {
 
     /// Rotates every head of every row of `x` (`[n, heads * d]`, row `r` at the table's position `r`).
     pub fn apply(&self, x: &mut [f32], heads: usize, table: &(Vec<f32>, Vec<f32>)) {
-        let width = heads * 2 * self.inv_freq.len();
+        let width = heads * self.head_width;
         self.apply_strided(x, width, 0, heads, table);
     }
 
@@ -132,8 +142,8 @@ impl Rotary {
         let half = self.inv_freq.len();
         for (r, row) in rows.chunks_exact_mut(stride).enumerate() {
             let (cos, sin) = (&cos[r * half..][..half], &sin[r * half..][..half]);
-            for head in row[offset..][..heads * 2 * half].chunks_exact_mut(2 * half) {
-                let (a, b) = head.split_at_mut(half);
+            for head in row[offset..][..heads * self.head_width].chunks_exact_mut(self.head_width) {
+                let (a, b) = head[..2 * half].split_at_mut(half);
                 for i in 0..half {
                     let (x0, x1) = (a[i], b[i]);
                     a[i] = x0 * cos[i] - x1 * sin[i];
@@ -173,6 +183,15 @@ mod tests {
                 }
             }
         }
+        // A partial rotary turns the first dimensions of each head and passes the others.
+        let partial = Rotary::new(4, theta, RopeScaling::None).within_heads(6);
+        let mut x: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let table = partial.table(3, 1);
+        partial.apply(&mut x, 2, &table);
+        let mut alone: Vec<f32> = [0.0, 1.0, 2.0, 3.0, 6.0, 7.0, 8.0, 9.0].to_vec();
+        Rotary::new(4, theta, RopeScaling::None).apply(&mut alone, 2, &table);
+        assert_eq!([&x[0..4], &x[6..10]].concat(), alone);
+        assert_eq!((x[4], x[5], x[10], x[11]), (4.0, 5.0, 10.0, 11.0));
         // Without LongRoPE nothing is scaled.
         let (cos, _) = Rotary::new(d, theta, RopeScaling::None).table(0, 1);
         assert_eq!(cos, [1.0; 4]);

@@ -55,6 +55,9 @@ pub struct LlamaConfig {
     pub rope_scaling: RopeScaling,
     /// Phi-3's LongRoPE (`rope_type` `longrope` or `su`), which replaces `rope_scaling`.
     pub long_rope: Option<LongRope>,
+    /// Dimensions of each head that rotate: `head_dim`, or `head_dim * partial_rotary_factor` (Phi-4-mini); the
+    /// rest pass unchanged.
+    pub rotary_dim: usize,
     /// RMSNorm epsilon.
     pub rms_eps: f32,
     /// Longest context the model takes.
@@ -189,7 +192,9 @@ impl LlamaConfig {
                 (&key("attention.head_count"), num_heads),
             )?,
         };
-        check_rope_dimensions(metadata, &key("rope.dimension_count"), head_dim)?;
+        // llama.cpp's `llama` rotary interleaves whole heads (its rows are un-permuted as such); the others turn the
+        // first `rope.dimension_count` dimensions of each head, as a partial rotary does.
+        let rotary_dim = check_rope_dimensions(metadata, &key("rope.dimension_count"), head_dim, arch != "llama")?;
         let vocab_size = match optional_int("vocab_size")? {
             Some(n) => n,
             None => get("tokenizer.ggml.tokens")?.to_vec()?.len(),
@@ -216,6 +221,7 @@ impl LlamaConfig {
             rope_scaling,
             // LongRoPE factors are tensors in GGUF files (`rope_factors_*`), not read here.
             long_rope: None,
+            rotary_dim,
             rms_eps: get(&key("attention.layer_norm_rms_epsilon"))?.to_f32()?,
             context_length: int("context_length")?,
             // Known only from the tensors: see `LlamaConfig::of_gguf`.
@@ -320,9 +326,11 @@ impl LlamaConfig {
             .partial_rotary_factor
             .or_else(|| hf.rope_parameters.as_ref()?.get("partial_rotary_factor")?.as_f64())
             .unwrap_or(1.0);
-        if partial != 1.0 {
-            bail!("partial_rotary_factor {partial} is not supported: every dimension of a head rotates here");
+        if !(partial > 0.0 && partial <= 1.0) {
+            bail!("partial_rotary_factor is {partial}; it must be above 0 and at most 1");
         }
+        // As transformers: `int(head_dim * partial_rotary_factor)`.
+        let rotary_dim = (head_dim as f64 * partial) as usize;
         let config = Self {
             vocab_size: hf.vocab_size,
             hidden_size: hf.hidden_size,
@@ -350,8 +358,9 @@ impl LlamaConfig {
                 hf.rope_scaling.as_ref().or(hf.rope_parameters.as_ref()),
                 hf.original_max_position_embeddings,
                 hf.max_position_embeddings,
-                head_dim,
+                rotary_dim,
             )?,
+            rotary_dim,
             rms_eps: hf.rms_norm_eps,
             context_length: hf.max_position_embeddings,
             // Gemma's configs tie them unless they say otherwise.
@@ -422,6 +431,7 @@ impl LlamaConfig {
             "num_attention_heads": self.num_heads,
             "num_key_value_heads": self.num_kv_heads,
             "head_dim": self.head_dim,
+            "partial_rotary_factor": self.rotary_dim as f64 / self.head_dim as f64,
             "rope_theta": self.rope_theta,
             "rope_scaling": rope_scaling,
             "rms_norm_eps": self.rms_eps,
@@ -451,8 +461,12 @@ impl LlamaConfig {
         if !heads.is_multiple_of(kv) {
             bail!("{heads} heads of width {} and {kv} key/value heads do not fit together", self.head_dim);
         }
-        if !self.head_dim().is_multiple_of(2) {
-            bail!("rotary positions need an even head width, got {}", self.head_dim());
+        if !self.rotary_dim.is_multiple_of(2) || self.rotary_dim == 0 || self.rotary_dim > self.head_dim {
+            bail!(
+                "{} of each head's {} dimensions rotate; rotary positions need an even number, from 2 to the head width",
+                self.rotary_dim,
+                self.head_dim
+            );
         }
         checks::positive(&[("rms_norm_eps", f64::from(self.rms_eps)), ("rope_theta", f64::from(self.rope_theta))])?;
         check_rope_scaling(self.rope_scaling)?;
@@ -641,16 +655,23 @@ impl GemmaFields {
     }
 }
 
-/// Checks that a GGUF file's rotary width (`ARCH.rope.dimension_count`, `key`, when it names one) is the head
-/// width: the model rotates whole heads.
-fn check_rope_dimensions(metadata: &HashMap<String, Value>, key: &str, head_dim: usize) -> Result<()> {
-    let Some(value) = metadata.get(key) else { return Ok(()) };
+/// The rotary width of a GGUF file (`ARCH.rope.dimension_count`, `key`; the head width when it names none): from 1
+/// to the head width, and the whole head unless the architecture allows a `partial` rotary.
+fn check_rope_dimensions(
+    metadata: &HashMap<String, Value>,
+    key: &str,
+    head_dim: usize,
+    partial: bool,
+) -> Result<usize> {
+    let Some(value) = metadata.get(key) else { return Ok(head_dim) };
     let dims = value.to_u32().with_context(|| format!("GGUF metadata {key}"))? as usize;
     match dims {
         0 => bail!("{key} is 0: the model has no rotary positions"),
         d if d > head_dim => bail!("{key} {d} exceeds the head width {head_dim}"),
-        d if d < head_dim => bail!("{key} {d} is below the head width {head_dim}: partial rotary is not supported"),
-        _ => Ok(()),
+        d if d < head_dim && !partial => {
+            bail!("{key} {d} is below the head width {head_dim}: this architecture rotates whole heads")
+        }
+        d => Ok(d),
     }
 }
 
@@ -894,9 +915,10 @@ impl LlamaModel {
         let embeddings = loader.tensor(&format!("{prefix}embed_tokens.weight"), &[config.vocab_size, h])?;
         Ok(Self {
             rotary: match &config.long_rope {
-                Some(rope) => Rotary::long_rope(config.head_dim(), config.rope_theta, rope),
-                None => Rotary::new(config.head_dim(), config.rope_theta, config.rope_scaling),
-            },
+                Some(rope) => Rotary::long_rope(config.rotary_dim, config.rope_theta, rope),
+                None => Rotary::new(config.rotary_dim, config.rope_theta, config.rope_scaling),
+            }
+            .within_heads(config.head_dim()),
             local_rotary: config.local_rope_theta.map(|theta| Rotary::new(config.head_dim(), theta, RopeScaling::None)),
             embeddings: embeddings.flatten_all()?.to_vec1()?,
             norm: norm(&format!("{prefix}norm.weight"))?,
