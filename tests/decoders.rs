@@ -170,7 +170,7 @@ fn same_config_from_gguf(name: &str) {
 
 /// A copy of fixture `name` in a scratch folder, its config.json edited by `edit`.
 fn edited_fixture(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("qinfer-decoders-{}-{name}-{}", std::process::id(), rand_suffix()));
+    let dir = std::env::temp_dir().join(format!("qinfer-decoders-{}-{name}-{}", std::process::id(), next_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
     for file in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(fixture(name).join(file), dir.join(file)).unwrap();
@@ -183,7 +183,7 @@ fn edited_fixture(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Path
 }
 
 /// A distinct name per call within this process.
-fn rand_suffix() -> usize {
+fn next_suffix() -> usize {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
@@ -281,14 +281,11 @@ fn phi3_long_rope_matches_transformers() {
 /// A folder of the phi3 fixture's weights and tokenizer with the config of `variant` (a folder of
 /// `tests/fixtures/architectures` holding a config.json and the reference.json transformers gave for it).
 fn phi3_variant(variant: &str) -> (PathBuf, serde_json::Value) {
-    let dir = std::env::temp_dir().join(format!("qinfer-decoders-{}-{variant}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for file in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(fixture("phi3").join(file), dir.join(file)).unwrap();
-    }
-    std::fs::copy(fixture(variant).join("config.json"), dir.join("config.json")).unwrap();
-    let text = std::fs::read_to_string(fixture(variant).join("reference.json")).unwrap();
-    (dir, serde_json::from_str(&text).unwrap())
+    let read = |file: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(fixture(variant).join(file)).unwrap()).unwrap()
+    };
+    let config = read("config.json");
+    (edited_fixture("phi3", |c| *c = config), read("reference.json"))
 }
 
 /// A partial rotary (Phi-4-mini's `partial_rotary_factor`; here 0.5 of the phi3 fixture's 16-wide heads) against

@@ -38,8 +38,8 @@ impl TextEmbedding {
             plan.as_ref(),
             threads,
         )?;
-        let embedder = compute(py, threads, || Embedder::open(&choice.path, choice.plan))?;
-        Ok(Self { embedder, threads: choice.threads })
+        let (embedder, threads) = choice.load(py, Embedder::open)?;
+        Ok(Self { embedder, threads })
     }
 
     /// Embeds `texts` (a list of strings: a 2-D float32 array, one row per text; one string: a 1-D array),

@@ -72,8 +72,8 @@ impl Generator {
     ) -> PyResult<Self> {
         let choice =
             ModelChoice::new(py, model, Some(Task::Generation), "Generator", quant.as_deref(), plan.as_ref(), threads)?;
-        let generator = compute(py, threads, || swap::Generator::open(&choice.path, choice.plan))?;
-        Ok(Self { generator: Arc::new(generator), threads: choice.threads })
+        let (generator, threads) = choice.load(py, swap::Generator::open)?;
+        Ok(Self { generator: Arc::new(generator), threads })
     }
 
     /// Up to `max_tokens` tokens after `prompt` (with `chat`, the prompt is the user's message in the model's

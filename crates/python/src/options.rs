@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use swap::{Plan, Task};
 
-use crate::errors::{contained, runtime_error, value_error};
+use crate::errors::{compute, contained, runtime_error, value_error};
 
 /// A model located and its quantization chosen, ready to load.
 pub struct ModelChoice {
@@ -47,6 +47,17 @@ impl ModelChoice {
             (None, None) => None,
         };
         Ok(Self { path, task, plan, threads })
+    }
+
+    /// The model loaded by `open` (given the path and the plan) with the GIL released and under the chosen
+    /// thread count, and that count, which the model's later calls run under.
+    pub fn load<T: Send>(
+        self,
+        py: Python<'_>,
+        open: impl FnOnce(&Path, Option<Plan>) -> anyhow::Result<T> + Send,
+    ) -> PyResult<(T, Option<usize>)> {
+        let Self { path, plan, threads, .. } = self;
+        Ok((compute(py, threads, || open(&path, plan))?, threads))
     }
 }
 

@@ -29,8 +29,8 @@ impl Reranker {
     ) -> PyResult<Self> {
         let choice =
             ModelChoice::new(py, model, Some(Task::Reranking), "Reranker", quant.as_deref(), plan.as_ref(), threads)?;
-        let reranker = compute(py, threads, || swap::Reranker::open(&choice.path, choice.plan))?;
-        Ok(Self { reranker, threads: choice.threads })
+        let (reranker, threads) = choice.load(py, swap::Reranker::open)?;
+        Ok(Self { reranker, threads })
     }
 
     /// Scores each of `documents` against `query` and returns the best `top_n` (default: all), best first, as

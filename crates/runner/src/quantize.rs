@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use swap::analysis::{auto_plan, Candidate, Target};
-use swap::{ModelKind, Plan, Task};
+use swap::{Plan, Task};
 
 use crate::inspect::{candidate_schemes, measure, CalibrationData};
 use crate::model_args::{locate, ModelArgs};
@@ -49,7 +49,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let plan = match args.model.quant.plan_for(&src, task)? {
         _ if args.auto => automatic(&args, task)?,
         Some(plan) => plan,
-        None => default_plan(&src, task)?,
+        None => swap::locate::preset("int8", &src, task)?,
     };
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} layers  {msg}").expect("a valid progress template"),
@@ -88,7 +88,7 @@ fn automatic(args: &QuantizeArgs, task: Task) -> Result<Plan> {
     let table = measure(&probe, &candidates, true, None)?;
     let found = auto_plan(&probe, &table, target)?;
     let (src, _) = locate(&args.model.model)?;
-    let int8 = default_plan(&src, task)?;
+    let int8 = swap::locate::preset("int8", &src, task)?;
     let uniform = probe.evaluate(&int8)?;
     let float = probe.float();
     let mb = |bytes: usize| bytes as f64 / 1e6;
@@ -109,15 +109,7 @@ fn automatic(args: &QuantizeArgs, task: Task) -> Result<Plan> {
     Ok(found.plan)
 }
 
-/// The plan a float model at `src` gets by default: [`Plan::llama_int8`] for a generator (a GGUF file has no
-/// `config.json`), else its architecture's.
-fn default_plan(src: &Path, task: Task) -> Result<Plan> {
-    match task {
-        Task::Generation => Ok(Plan::llama_int8()),
-        Task::Embedding | Task::Reranking => Ok(ModelKind::of_folder(src)?.0.default_plan()),
-    }
-}
-
+/// Writes `plan` as TOML to `path`, creating its folder.
 fn save_plan(path: &Path, plan: &Plan) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

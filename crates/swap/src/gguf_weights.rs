@@ -132,16 +132,18 @@ impl GgufWeights {
         let raw = self.read(&gguf)?;
         let (rows, cols) = raw.shape().dims2()?;
         let bytes = raw.data()?;
-        let mut codes = Vec::with_capacity(rows * cols);
-        let (mut scales, mut mins) = (Vec::with_capacity(rows * cols / 32), Vec::new());
-        for b in bytes.chunks_exact(block.bytes()) {
-            block.decode(b, &mut codes, &mut scales, &mut mins);
-        }
         // llama.cpp's Q4_0 divides by the signed extreme (`d = max / -8`), so its scales are often negative, and
         // an all-zero block has a zero scale: such codes have no exact form with positive scales (`-8 * d` would
-        // need the code +8). The layer is then quantized from the dequantized weights instead.
-        if block.symmetric() && scales.iter().any(|&d| !(d > 0.0 && d.is_finite())) {
+        // need the code +8). The layer is then quantized from the dequantized weights instead; the scales are
+        // looked at before any code is decoded.
+        let blocks = bytes.chunks_exact(block.bytes());
+        if block.symmetric() && blocks.clone().map(NativeBlock::scale).any(|d| !(d > 0.0 && d.is_finite())) {
             return Ok(None);
+        }
+        let mut codes = Vec::with_capacity(rows * cols);
+        let (mut scales, mut mins) = (Vec::with_capacity(rows * cols / 32), Vec::new());
+        for b in blocks {
+            block.decode(b, &mut codes, &mut scales, &mut mins);
         }
         if let Some(heads) = self.rotary_heads(name) {
             let order = hf_row_order(rows, heads)?;
@@ -290,9 +292,14 @@ impl NativeBlock {
 
     /// Appends one block's 32 codes (two's complement bytes for signed codes) and its parameters. ggml's 4-bit
     /// blocks hold value `j` in the low nibble of byte `j` and value `j + 16` in its high nibble.
+    /// The scale of block `b`: its first two bytes, an f16, in every form.
+    fn scale(b: &[u8]) -> f32 {
+        half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+    }
+
     fn decode(self, b: &[u8], codes: &mut Vec<u8>, scales: &mut Vec<f32>, mins: &mut Vec<f32>) {
         let half = |at: usize| half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
-        scales.push(half(0));
+        scales.push(Self::scale(b));
         match self {
             Self::Q4_1 => {
                 mins.push(half(2));
