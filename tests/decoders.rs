@@ -249,6 +249,24 @@ fn bad_decoders_are_clear_errors() {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    // A GGUF file with one of LongRoPE's two factor tensors, or factors that do not fit the heads.
+    let without_long =
+        rewritten_gguf(&gguf("phi3-longrope"), "no-long", |name, t| (name != "rope_factors_long.weight").then_some(t));
+    let error = open_error(&without_long);
+    assert!(error.contains("rope_factors_short.weight and rope_factors_long.weight but not the other"), "{error}");
+    let cut = rewritten_gguf(&gguf("phi3-longrope"), "cut", |name, t| match name {
+        "rope_factors_short.weight" => {
+            let first: Vec<f32> = t.to_vec1::<f32>().unwrap()[..3].to_vec();
+            Some(candle_core::Tensor::new(first, &candle_core::Device::Cpu).unwrap())
+        }
+        _ => Some(t),
+    });
+    let error = open_error(&cut);
+    assert!(error.contains("longrope short_factor holds 3 numbers; a head of 16 rotates 8 pairs"), "{error}");
+    for path in [without_long, cut] {
+        std::fs::remove_file(path).unwrap();
+    }
+
     // A prompt longer than the context.
     let generator = Generator::open(&fixture("phi3"), Some(Plan::uniform(LayerScheme::F32))).unwrap();
     let long = vec![5u32; generator.model().config().context_length + 1];
@@ -256,24 +274,54 @@ fn bad_decoders_are_clear_errors() {
     assert!(format!("{error:#}").contains("context holds 512"), "{error:#}");
 }
 
+/// A copy of GGUF file `path` (its metadata, and its tensors in f32), each tensor as `edit` gives it back, or
+/// dropped where it gives `None`.
+fn rewritten_gguf(
+    path: &std::path::Path,
+    tag: &str,
+    edit: impl Fn(&str, candle_core::Tensor) -> Option<candle_core::Tensor>,
+) -> PathBuf {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    let cpu = candle_core::Device::Cpu;
+    let mut file = std::fs::File::open(path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut tensors = Vec::new();
+    for name in content.tensor_infos.keys() {
+        let tensor = content.tensor(&mut file, name, &cpu).unwrap().dequantize(&cpu).unwrap();
+        if let Some(tensor) = edit(name, tensor) {
+            tensors.push((name.clone(), QTensor::quantize(&tensor, GgmlDType::F32).unwrap()));
+        }
+    }
+    let out = std::env::temp_dir().join(format!("qinfer-decoders-{}-{tag}-{}.gguf", std::process::id(), next_suffix()));
+    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    gguf_file::write(&mut std::fs::File::create(&out).unwrap(), &metadata, &tensors).unwrap();
+    out
+}
+
 /// Phi-3's LongRoPE (the phi3 fixture's weights with `tests/fixtures/architectures/phi3-longrope/config.json`:
 /// trained on 16 positions, extended to 512, a factor per rotary pair) against transformers: a prompt within the
-/// original context takes the short factors, one past it the long ones, both with the attention factor 1.5.
+/// original context takes the short factors, one past it the long ones, both with the attention factor 1.5. The
+/// same from the GGUF file of it, whose factors are tensors (`rope_factors_*`, as llama.cpp's converter writes
+/// them).
 #[test]
 fn phi3_long_rope_matches_transformers() {
     let (dir, reference) = phi3_variant("phi3-longrope");
-    let generator = Generator::open(&dir, Some(Plan::uniform(LayerScheme::F32))).unwrap();
-    let model = generator.model();
-    let rope = model.config().long_rope.as_ref().expect("LongRoPE read from the config");
-    assert_eq!((rope.original_context, rope.attention_factor), (16, 1.5));
-    let short = model.next_token_logits(&ids(&reference["short_ids"])).unwrap();
-    assert_close(&short, &floats(&reference["short_logits_last"]), "phi3 LongRoPE within the original context");
-    let long_ids = ids(&reference["long_ids"]);
-    let all = model.forward_all(&long_ids, &mut model.new_cache()).unwrap();
-    let vocab = model.config().vocab_size;
-    for (p, want) in ids(&reference["long_positions"]).iter().zip(reference["long_logits"].as_array().unwrap()) {
-        let p = *p as usize;
-        assert_close(&all[p * vocab..(p + 1) * vocab], &floats(want), &format!("phi3 LongRoPE past it, position {p}"));
+    for path in [dir.clone(), gguf("phi3-longrope")] {
+        let generator = Generator::open(&path, Some(Plan::uniform(LayerScheme::F32))).unwrap();
+        let model = generator.model();
+        let rope = model.config().long_rope.as_ref().expect("LongRoPE read from the config");
+        assert_eq!((rope.original_context, rope.attention_factor), (16, 1.5), "{}", path.display());
+        let short = model.next_token_logits(&ids(&reference["short_ids"])).unwrap();
+        assert_close(&short, &floats(&reference["short_logits_last"]), "phi3 LongRoPE within the original context");
+        let long_ids = ids(&reference["long_ids"]);
+        let all = model.forward_all(&long_ids, &mut model.new_cache()).unwrap();
+        let vocab = model.config().vocab_size;
+        for (p, want) in ids(&reference["long_positions"]).iter().zip(reference["long_logits"].as_array().unwrap()) {
+            let p = *p as usize;
+            let what = format!("phi3 LongRoPE past it, position {p} ({})", path.display());
+            assert_close(&all[p * vocab..(p + 1) * vocab], &floats(want), &what);
+        }
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -303,4 +351,108 @@ fn a_partial_rotary_matches_transformers() {
         assert_close(&all[p * vocab..(p + 1) * vocab], &floats(want), &format!("phi3 partial rotary, position {p}"));
     }
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `default` for every layer, but the layers matching each rule's pattern, which get its scheme.
+fn with_rules(default: &str, rules: &[(&str, &str)]) -> Plan {
+    let mut plan = Plan::uniform(default.parse().unwrap());
+    plan.rules =
+        rules.iter().map(|(p, s)| swap::plan::Rule { pattern: p.to_string(), scheme: s.to_string() }).collect();
+    plan
+}
+
+/// The scheme the load report gives layer `name`.
+fn scheme_of(generator: &Generator, name: &str) -> String {
+    let layer = generator.layers().iter().find(|l| l.name == name);
+    layer.unwrap_or_else(|| panic!("no layer {name} in {:?}", generator.layers())).scheme.to_string()
+}
+
+/// Phi-3's fused `qkv_proj` and `gate_up_proj` are one layer each unless the plan gives their parts (named as the
+/// unfused families name them) schemes of their own: then they are read as the parts' rows of the fused weights,
+/// and saved and read back as the parts.
+#[test]
+fn a_plan_splits_phi3_fused_layers() {
+    let text = std::fs::read_to_string(fixture("phi3").join("reference.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let prompt = ids(&reference["prompts"][0]["input_ids"]);
+    for path in [fixture("phi3"), gguf("phi3")] {
+        let open = |plan: Plan| Generator::open(&path, Some(plan)).unwrap();
+        let logits = |generator: &Generator| generator.model().next_token_logits(&prompt).unwrap();
+        // Parts of one scheme stack again into one layer: the same model as a rule on the fused layer.
+        let whole = open(with_rules("int8-g32", &[("*.qkv_proj", "f32"), ("*.gate_up_proj", "int4-g32")]));
+        let parts = open(with_rules(
+            "int8-g32",
+            &[
+                ("*.q_proj", "f32"),
+                ("*.k_proj", "f32"),
+                ("*.v_proj", "f32"),
+                ("*.gate_proj", "int4-g32"),
+                ("*.up_proj", "int4-g32"),
+            ],
+        ));
+        assert_eq!(scheme_of(&whole, "model.layers.0.self_attn.qkv_proj"), "f32");
+        assert_eq!(scheme_of(&parts, "model.layers.0.self_attn.{q,k,v}_proj"), "f32");
+        assert_eq!(scheme_of(&parts, "model.layers.1.mlp.{gate,up}_proj"), "int4-g32");
+        assert_eq!(logits(&whole), logits(&parts), "{}", path.display());
+        // Parts of different schemes run apart, each as the plan says, close to the f32 model.
+        let apart_plan = with_rules("f32", &[("*.q_proj", "int8-g32"), ("*.up_proj", "int8-g16")]);
+        let apart = open(apart_plan.clone());
+        for (layer, scheme) in [
+            ("self_attn.q_proj", "int8-g32"),
+            ("self_attn.k_proj", "f32"),
+            ("self_attn.v_proj", "f32"),
+            ("mlp.gate_proj", "f32"),
+            ("mlp.up_proj", "int8-g16"),
+        ] {
+            assert_eq!(scheme_of(&apart, &format!("model.layers.1.{layer}")), scheme, "{layer}");
+        }
+        let float = logits(&open(Plan::uniform(LayerScheme::F32)));
+        let largest = float.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = logits(&apart).iter().zip(&float).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst > 0.0 && worst < 0.02 * largest, "split int8 parts: off by {worst} (largest {largest})");
+        // A checkpoint of the split model keeps the parts and reads back as the same model.
+        let out = std::env::temp_dir().join(format!("qinfer-phi3-split-{}-{}", std::process::id(), next_suffix()));
+        swap::export::quantize_llama(&path, apart_plan, &out, |_, _, _| {}).unwrap();
+        let saved = Generator::open(&out, None).unwrap();
+        assert_eq!(scheme_of(&saved, "model.layers.0.mlp.up_proj"), "int8-g16");
+        assert_eq!(logits(&saved), logits(&apart), "{}: checkpoint", path.display());
+        std::fs::remove_dir_all(out).unwrap();
+    }
+}
+
+/// The presets keep a GGUF file's own blocks wherever they hold no more bits than the preset would give the layer:
+/// on `qwen2-mixed.gguf` (attention in Q8_0, MLP and tied embeddings in Q4_0), `int8` keeps every layer's codes,
+/// and `int4` quantizes the attention again (to its own 4-bit form) but keeps the MLP's and the head's Q4_0.
+#[test]
+fn presets_keep_a_gguf_files_own_blocks() {
+    let path = gguf("qwen2-mixed");
+    let open = |name: &str| {
+        Generator::open(&path, Some(swap::locate::preset(name, &path, swap::Task::Generation).unwrap())).unwrap()
+    };
+    let int8 = open("int8");
+    let int4 = open("int4");
+    let layer = |generator: &Generator, name: &str| scheme_of(generator, &format!("model.layers.1.{name}"));
+    assert_eq!(layer(&int8, "self_attn.{q,k,v}_proj"), "int8-g32");
+    assert_eq!(layer(&int8, "self_attn.o_proj"), "int8-g32");
+    assert_eq!(layer(&int8, "mlp.{gate,up}_proj"), "int4-g32");
+    assert_eq!(layer(&int8, "mlp.down_proj"), "int4-g32");
+    assert_eq!(scheme_of(&int8, "lm_head"), "int4-g32");
+    assert_eq!(layer(&int4, "self_attn.{q,k,v}_proj"), "int4-g32-asym");
+    assert_eq!(layer(&int4, "mlp.down_proj"), "int4-g32");
+    assert_eq!(scheme_of(&int4, "lm_head"), "int4-g32");
+    // The default plan of a GGUF file is its int8 preset; an explicit scheme is taken as it is.
+    let default = Generator::open(&path, None).unwrap();
+    assert_eq!(scheme_of(&default, "model.layers.0.mlp.down_proj"), "int4-g32");
+    let explicit = open("int8-g16");
+    assert_eq!(layer(&explicit, "mlp.down_proj"), "int8-g16");
+    assert_eq!(scheme_of(&explicit, "lm_head"), "int8-g32");
+    // The file's own blocks (Q4_0 scales of either sign) run as the dequantized file does, but for the
+    // activations' int8 rounding.
+    let prompt: Vec<u32> = (1..20).collect();
+    let float = Generator::open(&path, Some(Plan::uniform(LayerScheme::F32))).unwrap();
+    let want = float.model().next_token_logits(&prompt).unwrap();
+    let got = int8.model().next_token_logits(&prompt).unwrap();
+    let largest = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst < 0.02 * largest, "int8 preset on the file's blocks: off by {worst} (largest {largest})");
 }

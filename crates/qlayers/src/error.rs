@@ -40,13 +40,16 @@ pub enum QuantError {
         /// Rank of the tensor.
         rank: usize,
     },
-    /// An explicit scale that is zero, negative or not finite.
-    #[error("scale #{index} is {value}: scales must be finite and strictly positive")]
+    /// A scale that breaks `rule`: one to quantize with must be finite and strictly positive; a stored one (the
+    /// scale of codes already made) must be finite.
+    #[error("scale #{index} is {value}: {rule}")]
     BadScale {
         /// Position of the scale in the parameter list.
         index: usize,
         /// The offending value.
         value: f32,
+        /// What the scales must be.
+        rule: &'static str,
     },
     /// An explicit zero point outside the code range.
     #[error("zero point #{index} is {value}, outside the code range [{min}, {max}]")]

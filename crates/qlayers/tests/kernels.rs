@@ -52,7 +52,10 @@ impl Case {
             block,
             per_block,
             codes: (0..n * k).map(|_| rng.random_range(0..levels) as u8).collect(),
-            scales: (0..params).map(|_| rng.random_range(0.001f32..0.1)).collect(),
+            // Stored scales carry a sign (llama.cpp's Q4_0 divides by the signed extreme).
+            scales: (0..params)
+                .map(|_| rng.random_range(0.001f32..0.1) * if rng.random_bool(0.3) { -1.0 } else { 1.0 })
+                .collect(),
             zero_points: (0..params).map(|_| rng.random_range(0..levels) as i32).collect(),
             mins: Vec::new(),
             half_params: false,

@@ -29,7 +29,9 @@ pub fn run(args: &BenchArgs, path: &Path) -> Result<()> {
     if iters == 0 || args.prompt_tokens == 0 || args.decode_tokens == 0 {
         bail!("--iters, --prompt-tokens and --decode-tokens must be at least 1");
     }
-    let variants = variants(args, path, Task::Generation, &["fp32", "w8a8", "int8", "int4"], Plan::llama_preset)?;
+    let variants = variants(args, path, Task::Generation, &["fp32", "w8a8", "int8", "int4"], |name| {
+        swap::locate::preset(name, path, Task::Generation)
+    })?;
     let mut contenders: Vec<(String, String, f64, LlamaModel)> = Vec::new();
     for Variant { name, path, plan } in variants {
         let shown = plan.as_ref().map_or_else(|| "as saved".to_string(), Plan::to_string);

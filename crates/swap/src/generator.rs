@@ -91,7 +91,6 @@ impl Generator {
 
     /// [`Generator::open`], returning the loader too; with `record`, the loader keeps every tensor it read.
     fn open_with(path: &Path, plan: Option<Plan>, record: bool) -> Result<(Self, QuantLoader)> {
-        let default_plan = || Plan::llama_preset("int8").expect("a known preset");
         let record = |loader: QuantLoader| if record { loader.recording() } else { loader };
         if path.is_file() {
             let weights = GgufWeights::open(path)?;
@@ -100,7 +99,11 @@ impl Generator {
             let chat_template = metadata_str(metadata, "tokenizer.chat_template").ok().map(str::to_string);
             let add_bos = metadata.get("tokenizer.ggml.add_bos_token").is_some_and(|v| v.to_bool().unwrap_or(false));
             let config = LlamaConfig::of_gguf(&weights)?;
-            let loader = record(QuantLoader::from_gguf(weights, plan.unwrap_or_else(default_plan)));
+            let plan = match plan {
+                Some(plan) => plan,
+                None => crate::locate::gguf_preset("int8", &weights)?,
+            };
+            let loader = record(QuantLoader::from_gguf(weights, plan));
             let model = LlamaModel::load(config, &loader)?;
             let generator = Self { model, tokenizer, chat_template, add_bos, layers: loader.report() };
             return Ok((generator, loader));
@@ -109,7 +112,7 @@ impl Generator {
             .with_context(|| format!("{} is neither a GGUF file nor a folder with config.json", path.display()))?;
         let config_json: serde_json::Value = serde_json::from_str(&config_text).context("config.json is not JSON")?;
         let config = LlamaConfig::from_hf_json(&config_text)?;
-        let loader = record(config.tie_head(QuantLoader::open_folder(path, &config_json, plan, default_plan)?));
+        let loader = record(config.tie_head(QuantLoader::open_folder(path, &config_json, plan, Plan::llama_int8)?));
         let model = LlamaModel::load(config, &loader).context("the weights do not match config.json")?;
         let tokenizer = Tokenizer::from_file(path.join("tokenizer.json"))
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.join("tokenizer.json").display()))?;

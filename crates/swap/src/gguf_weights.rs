@@ -116,33 +116,20 @@ impl GgufWeights {
 
     /// The codes of weight `name` as the file stores them, when `scheme` holds the file's type exactly: Q4_1 as
     /// min-max int4 in groups of 32 (`int4-g32-asym`), Q4_0 as symmetric int4 in groups of 32 (`int4-g32`, codes
-    /// `q - 8`), Q8_0 as symmetric int8 in groups of 32 (`int8-g32`); `None` for any other pairing, and for
-    /// symmetric blocks whose scales are not all positive (llama.cpp's Q4_0 has negative ones). Rows are put in HF
-    /// order as [`GgufWeights::tensor`] does.
+    /// `q - 8`, scales with their sign: llama.cpp's Q4_0 divides by the signed extreme, `d = max / -8`), Q8_0 as
+    /// symmetric int8 in groups of 32 (`int8-g32`); `None` for any other pairing. Rows are put in HF order as
+    /// [`GgufWeights::tensor`] does.
     pub fn native(&self, name: &str, scheme: LayerScheme) -> Result<Option<QTensor>> {
         let Some(gguf) = self.stored_name(name) else { return Ok(None) };
         let dtype = self.content.tensor_infos[&gguf].ggml_dtype;
-        let LayerScheme::Weight { bits, group: 32, symmetric } = scheme else { return Ok(None) };
-        let block = match (dtype, bits, symmetric) {
-            (GgmlDType::Q4_1, Bits::B4, false) => NativeBlock::Q4_1,
-            (GgmlDType::Q4_0, Bits::B4, true) => NativeBlock::Q4_0,
-            (GgmlDType::Q8_0, Bits::B8, true) => NativeBlock::Q8_0,
-            _ => return Ok(None),
-        };
+        let Some(block) = NativeBlock::of(dtype).filter(|b| b.scheme() == scheme) else { return Ok(None) };
+        let bits = block.bits();
         let raw = self.read(&gguf)?;
         let (rows, cols) = raw.shape().dims2()?;
         let bytes = raw.data()?;
-        // llama.cpp's Q4_0 divides by the signed extreme (`d = max / -8`), so its scales are often negative, and
-        // an all-zero block has a zero scale: such codes have no exact form with positive scales (`-8 * d` would
-        // need the code +8). The layer is then quantized from the dequantized weights instead; the scales are
-        // looked at before any code is decoded.
-        let blocks = bytes.chunks_exact(block.bytes());
-        if block.symmetric() && blocks.clone().map(NativeBlock::scale).any(|d| !(d > 0.0 && d.is_finite())) {
-            return Ok(None);
-        }
         let mut codes = Vec::with_capacity(rows * cols);
         let (mut scales, mut mins) = (Vec::with_capacity(rows * cols / 32), Vec::new());
-        for b in blocks {
+        for b in bytes.chunks_exact(block.bytes()) {
             block.decode(b, &mut codes, &mut scales, &mut mins);
         }
         if let Some(heads) = self.rotary_heads(name) {
@@ -160,6 +147,24 @@ impl GgufWeights {
             }
         };
         Ok(Some(q.with_context(|| format!("the {dtype:?} blocks of {gguf}"))?))
+    }
+
+    /// The scheme that holds the stored blocks of the tensor of HF name `name` exactly (see [`GgufWeights::native`]):
+    /// `int8-g32` for Q8_0, `int4-g32` for Q4_0, `int4-g32-asym` for Q4_1; `None` for any other type, and for a
+    /// tensor the file lacks.
+    pub fn native_scheme(&self, name: &str) -> Option<LayerScheme> {
+        let gguf = self.stored_name(name)?;
+        NativeBlock::of(self.content.tensor_infos[&gguf].ggml_dtype).map(NativeBlock::scheme)
+    }
+
+    /// The 1-D tensor the file names `gguf` (a GGUF name, for the tensors no HF name maps to: LongRoPE's
+    /// `rope_factors_long.weight`) in f32, if the file has it.
+    pub fn vector(&self, gguf: &str) -> Result<Option<Vec<f32>>> {
+        if !self.content.tensor_infos.contains_key(gguf) {
+            return Ok(None);
+        }
+        let tensor = self.read(gguf)?.dequantize(&Device::Cpu)?;
+        Ok(Some(tensor.flatten_all()?.to_vec1()?))
     }
 
     /// The tensor of HF name `name` in f32, in HF layout. `lm_head.weight` is the embedding matrix when the file
@@ -265,7 +270,7 @@ fn gguf_name(name: &str, gemma: bool) -> Option<String> {
 }
 
 /// ggml block types our schemes hold exactly.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum NativeBlock {
     /// f16 scale, f16 minimum, 16 bytes of 4-bit codes: `x = q * d + m`.
     Q4_1,
@@ -276,9 +281,27 @@ enum NativeBlock {
 }
 
 impl NativeBlock {
-    /// Whether the block is symmetric (codes times one scale, no minimum).
-    fn symmetric(self) -> bool {
-        matches!(self, Self::Q4_0 | Self::Q8_0)
+    /// The block form of ggml type `dtype`, if it is one of these.
+    fn of(dtype: GgmlDType) -> Option<Self> {
+        match dtype {
+            GgmlDType::Q4_1 => Some(Self::Q4_1),
+            GgmlDType::Q4_0 => Some(Self::Q4_0),
+            GgmlDType::Q8_0 => Some(Self::Q8_0),
+            _ => None,
+        }
+    }
+
+    /// The layer scheme that holds these blocks exactly.
+    fn scheme(self) -> LayerScheme {
+        LayerScheme::Weight { bits: self.bits(), group: 32, symmetric: self != Self::Q4_1 }
+    }
+
+    /// The width of the codes.
+    fn bits(self) -> Bits {
+        match self {
+            Self::Q4_1 | Self::Q4_0 => Bits::B4,
+            Self::Q8_0 => Bits::B8,
+        }
     }
 
     /// Bytes of one block of 32 values.
@@ -349,11 +372,11 @@ pub(crate) fn metadata_str<'a>(metadata: &'a HashMap<String, Value>, key: &str) 
 mod tests {
     use super::*;
 
-    /// A GGUF file holding one `[2, 32]` Q4_0 matrix of `values` as `blk.0.ffn_down.weight`.
+    /// A GGUF file holding one Q4_0 matrix of `values` (rows of 64) as `blk.0.ffn_down.weight`.
     fn q4_0_file(values: &[f32]) -> (PathBuf, GgufWeights) {
         use candle_core::quantized::gguf_file;
-        let path = std::env::temp_dir().join(format!("qinfer-q4_0-{}-{}.gguf", std::process::id(), values[1]));
-        let weight = Tensor::from_slice(values, (2, 32), &Device::Cpu).unwrap();
+        let path = std::env::temp_dir().join(format!("qinfer-q4_0-{}.gguf", std::process::id()));
+        let weight = Tensor::from_slice(values, (values.len() / 64, 64), &Device::Cpu).unwrap();
         let tensor = candle_core::quantized::QTensor::quantize(&weight, GgmlDType::Q4_0).unwrap();
         let (arch, heads) = (Value::String("llama".into()), Value::U32(1));
         let metadata = [("general.architecture", &arch), ("llama.attention.head_count", &heads)];
@@ -364,22 +387,30 @@ mod tests {
     }
 
     #[test]
-    fn q4_0_blocks_keep_their_codes_only_when_their_scales_are_positive() {
+    fn q4_0_blocks_keep_their_codes_whatever_the_sign_of_their_scales() {
         let int4 = LayerScheme::weight(Bits::B4);
         let name = "model.layers.0.mlp.down_proj.weight";
-        // ggml divides by the signed extreme: a negative extreme gives positive scales, a positive one negative.
-        let negative_extreme: Vec<f32> = (0..64).map(|i| 1.0 - (i % 32) as f32 / 8.0).collect();
-        let (path, weights) = q4_0_file(&negative_extreme);
-        let kept = weights.native(name, int4).unwrap().expect("positive scales: the file's codes");
-        let dequantized = weights.tensor(name).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(
-            kept.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            dequantized
-        );
-        std::fs::remove_file(path).unwrap();
-        let positive_extreme: Vec<f32> = negative_extreme.iter().map(|v| -v).collect();
-        let (path, weights) = q4_0_file(&positive_extreme);
-        assert!(weights.native(name, int4).unwrap().is_none(), "negative scales: quantized again");
+        // ggml divides by the signed extreme: a negative extreme gives a positive scale, a positive one a negative
+        // scale, and an all-zero block a zero one. One row has the first two blocks, the other the third.
+        let negative_extreme = (0..32).map(|i| 1.0 - i as f32 / 8.0);
+        let positive_extreme = (0..32).map(|i| i as f32 / 8.0 - 1.0);
+        let values: Vec<f32> = negative_extreme.chain(positive_extreme).chain([0.0; 32]).chain([0.0; 32]).collect();
+        let (path, weights) = q4_0_file(&values);
+        let kept = weights.native(name, int4).unwrap().expect("the file's codes");
+        let scales = kept.scales();
+        assert!(scales[0] > 0.0 && scales[1] < 0.0 && scales[2] == 0.0, "{scales:?}");
+        let dequantized = weights.tensor(name).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&kept.dequantize(&Device::Cpu).unwrap()), flat(&dequantized));
+        // The kernels take the signs too: the layer's product is the float product of the file's values.
+        let layer = qlayers::QLinear::from_qtensor(&kept, None, int4, 32).unwrap();
+        let x: Vec<f32> = (0..64).map(|i| ((i * 7) % 11) as f32 / 4.0 - 1.0).collect();
+        let y = layer.forward_f32(&x, 1).unwrap();
+        let w = flat(&dequantized);
+        for (row, &got) in y.iter().enumerate() {
+            let want: f32 = w[row * 64..][..64].iter().zip(&x).map(|(w, x)| w * x).sum();
+            assert!((got - want).abs() <= 1e-2 * want.abs().max(1.0), "row {row}: {got} against {want}");
+        }
         std::fs::remove_file(path).unwrap();
     }
 

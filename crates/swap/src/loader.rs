@@ -249,6 +249,8 @@ pub struct QuantLoader {
     progress: Option<Progress>,
     /// Names read from other tensors (`lm_head.weight` from the embeddings when a model ties them).
     aliases: Vec<(String, String)>,
+    /// Tensors read as rows of another (see [`QuantLoader::split_fused`]).
+    row_parts: Mutex<Vec<RowPart>>,
     /// The input ranges of every layer built, when calibration asked for them.
     observers: Option<Observers>,
     /// SmoothQuant for W8A8 layers: each layer's input channel maxima and the migration strength.
@@ -348,6 +350,7 @@ impl QuantLoader {
             schemes: Mutex::new(Vec::new()),
             progress: None,
             aliases: Vec::new(),
+            row_parts: Mutex::new(Vec::new()),
             observers: None,
             smoothing: None,
             read: Mutex::new(HashSet::new()),
@@ -394,6 +397,41 @@ impl QuantLoader {
         self
     }
 
+    /// Whether the fused layer `whole` (Phi-3's `qkv_proj`) is to be read as the layers `parts` (`q_proj`, `k_proj`,
+    /// `v_proj`, of `widths` outputs each), and from then on serves each part's weight and bias as its rows of the
+    /// whole's. It is when the checkpoint stores the parts (one saved after a split) or when a rule of the plan
+    /// gives a part a scheme other than the whole's (a part no rule names takes the whole's); otherwise the whole is
+    /// one layer, planned and quantized as one.
+    pub fn split_fused(&self, whole: &str, parts: &[String], widths: &[usize]) -> Result<bool> {
+        let has =
+            |layer: &str| self.contains(&format!("{layer}.weight")) || self.contains(&format!("{layer}.weight.codes"));
+        if !has(whole) {
+            return Ok(parts.iter().all(|p| has(p)));
+        }
+        let Source::Float(plan) = &self.source else { return Ok(false) };
+        let scheme = plan.scheme_for(whole)?;
+        let schemes =
+            parts.iter().map(|p| Ok(plan.named_scheme_for(p)?.unwrap_or(scheme))).collect::<Result<Vec<_>>>()?;
+        if schemes.iter().all(|s| *s == scheme) {
+            return Ok(false);
+        }
+        let total = widths.iter().sum();
+        let mut start = 0;
+        for ((part, &width), &scheme) in parts.iter().zip(widths).zip(&schemes) {
+            for tensor in ["weight", "bias"] {
+                lock(&self.row_parts).push(RowPart {
+                    name: format!("{part}.{tensor}"),
+                    whole: format!("{whole}.{tensor}"),
+                    rows: start..start + width,
+                    whole_rows: total,
+                    scheme,
+                });
+            }
+            start += width;
+        }
+        Ok(true)
+    }
+
     /// Keeps every tensor handed out (as [`Stored`]) so that the model can be saved as a checkpoint.
     pub fn recording(mut self) -> Self {
         self.recorded = Some(Mutex::new(Vec::new()));
@@ -431,9 +469,17 @@ impl QuantLoader {
         Ok(tensor)
     }
 
-    /// Whether the checkpoint holds `name` (or an alias of it).
+    /// Whether the checkpoint holds `name` (or an alias of it, or the whole it is rows of).
     pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains(self.resolve(name))
+        match self.row_part(name) {
+            Some(part) => self.tensors.contains(&part.whole),
+            None => self.tensors.contains(self.resolve(name)),
+        }
+    }
+
+    /// The whole tensor `name` is rows of, if it is a part of a split fused layer.
+    fn row_part(&self, name: &str) -> Option<RowPart> {
+        lock(&self.row_parts).iter().find(|p| p.name == name).cloned()
     }
 
     /// The tensor `name` is read from.
@@ -441,8 +487,12 @@ impl QuantLoader {
         self.aliases.iter().find(|(from, _)| from == name).map_or(name, |(_, to)| to)
     }
 
-    /// The scheme layer `name` runs: the plan's for float checkpoints, the stored one for quantized checkpoints.
+    /// The scheme layer `name` runs: the plan's for float checkpoints (for a part of a fused layer it split, the one
+    /// [`QuantLoader::split_fused`] chose), the stored one for quantized checkpoints.
     pub fn scheme_for(&self, name: &str) -> Result<LayerScheme> {
+        if let Some(part) = self.row_part(&format!("{name}.weight")) {
+            return Ok(part.scheme);
+        }
         match &self.source {
             Source::Float(plan) => plan.scheme_for(name),
             Source::Quantized(layers) => layers.scheme_for(name),
@@ -622,6 +672,11 @@ impl QuantLoader {
     }
 
     fn read_float(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        if let Some(part) = self.row_part(name) {
+            let whole_shape: Vec<usize> = [part.whole_rows].into_iter().chain(shape.iter().skip(1).copied()).collect();
+            let whole = self.read_float(&part.whole, &whole_shape)?;
+            return Ok(whole.narrow(0, part.rows.start, part.rows.len())?.contiguous()?);
+        }
         let stored = self.resolve(name);
         let tensor = self.tensors.load(stored, shape)?;
         lock(&self.read).insert(self.tensors.stored_name(stored));
@@ -639,6 +694,21 @@ impl QuantLoader {
             lock(recorded).push((name.to_string(), stored));
         }
     }
+}
+
+/// A tensor read as rows of another: a part of a fused layer split per the plan.
+#[derive(Debug, Clone)]
+struct RowPart {
+    /// The part's name (`model.layers.0.self_attn.q_proj.weight`).
+    name: String,
+    /// The whole's name (`model.layers.0.self_attn.qkv_proj.weight`).
+    whole: String,
+    /// The part's rows of the whole.
+    rows: std::ops::Range<usize>,
+    /// The whole's rows.
+    whole_rows: usize,
+    /// The scheme the part runs: the plan's rule for it, or the whole's.
+    scheme: LayerScheme,
 }
 
 /// The layer names a fused layer's name stands for: `prefix{a,b,c}suffix` is three layers.

@@ -6,6 +6,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
+use qlayers::LayerScheme;
+
+use crate::gguf_weights::GgufWeights;
+use crate::models::llama::LlamaConfig;
+use crate::plan::Rule;
 use crate::source::{resolve_model, ModelFiles, ResolveOptions, SENTENCE_BERT_FILES};
 use crate::{ModelKind, Plan, Task};
 
@@ -36,13 +41,48 @@ pub fn locate(model: &str) -> Result<(PathBuf, Task)> {
 }
 
 /// The plan the quantization name `name` stands for on the model at `path`, which does `task`: for decoders the
-/// [`Plan::llama_preset`]s (`int8`, `int4`, `int2`, or a scheme); for encoders `int8` is the architecture's
-/// default plan (see [`encoder_preset`]).
+/// [`Plan::llama_preset`]s (`int8`, `int4`, `int2`, or a scheme), on a GGUF file as [`gguf_preset`] adapts them;
+/// for encoders `int8` is the architecture's default plan (see [`encoder_preset`]).
 pub fn preset(name: &str, path: &Path, task: Task) -> Result<Plan> {
     match task {
+        Task::Generation if path.is_file() => gguf_preset(name, &GgufWeights::open(path)?),
         Task::Generation => Plan::llama_preset(name),
         Task::Embedding | Task::Reranking => encoder_preset(name, ModelKind::of_folder(path)?.0),
     }
+}
+
+/// The Llama preset `name` on a GGUF file: [`Plan::llama_preset`], except that a layer keeps the file's own blocks
+/// wherever they hold no more bits than the preset gives it and a scheme holds them exactly (see
+/// [`GgufWeights::native_scheme`]): Q8_0 under `int8`, Q4_0 and Q4_1 under `int8` and `int4`, `lm_head`
+/// included. Quantizing those weights again would only add error, and bytes when wider. `fp32` and explicit
+/// scheme names are taken as they are.
+pub fn gguf_preset(name: &str, weights: &GgufWeights) -> Result<Plan> {
+    let plan = Plan::llama_preset(name)?;
+    if !matches!(name.trim().to_ascii_lowercase().as_str(), "int8" | "int4" | "int2") {
+        return Ok(plan);
+    }
+    let mut layers = Vec::new();
+    for layer in LlamaConfig::of_gguf(weights)?.linear_layers() {
+        let planned = plan.scheme_for(&layer)?;
+        let kept = weights.native_scheme(&format!("{layer}.weight")).filter(|n| n.code_bits() <= planned.code_bits());
+        layers.push((layer, kept.unwrap_or(planned)));
+    }
+    // The body's most common scheme is the default; every other layer gets a rule of its own.
+    let mut counts: Vec<(LayerScheme, usize)> = Vec::new();
+    for (_, scheme) in layers.iter().filter(|(layer, _)| layer != "lm_head") {
+        match counts.iter_mut().find(|(s, _)| s == scheme) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((*scheme, 1)),
+        }
+    }
+    let default = counts.iter().max_by_key(|(_, count)| *count).map_or(plan.scheme_for("")?, |(s, _)| *s);
+    let mut adapted = Plan::uniform(default);
+    adapted.rules = layers
+        .into_iter()
+        .filter(|(_, scheme)| *scheme != default)
+        .map(|(pattern, scheme)| Rule { pattern, scheme: scheme.to_string() })
+        .collect();
+    Ok(adapted)
 }
 
 /// The plan a quantization name stands for on an encoder of `kind`: `int8` (its architecture's default plan, a

@@ -157,11 +157,15 @@ impl Plan {
 
     /// The scheme of the layer named `name` (dotted, as in the checkpoint: `encoder.layer.0.attention.self.query`).
     pub fn scheme_for(&self, name: &str) -> Result<LayerScheme> {
+        Ok(self.named_scheme_for(name)?.unwrap_or(parse_scheme(&self.default)?))
+    }
+
+    /// The scheme an exclusion or a rule gives the layer `name`, or `None` where it takes the default.
+    pub fn named_scheme_for(&self, name: &str) -> Result<Option<LayerScheme>> {
         if self.exclude.iter().any(|p| glob_match(p, name)) {
-            return Ok(LayerScheme::F32);
+            return Ok(Some(LayerScheme::F32));
         }
-        let scheme = self.rules.iter().find(|r| glob_match(&r.pattern, name)).map_or(&self.default, |r| &r.scheme);
-        parse_scheme(scheme)
+        self.rules.iter().find(|r| glob_match(&r.pattern, name)).map(|r| parse_scheme(&r.scheme)).transpose()
     }
 }
 

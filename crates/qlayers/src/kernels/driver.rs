@@ -26,8 +26,8 @@ const STREAM_INPUT_BYTES: usize = 128 * 1024;
 /// Weights (`k * n`) below which quantizing is not streamed (measured: 384 x 384 loses, 384 x 1536 gains).
 const STREAM_MIN_WEIGHTS: usize = 256 * 1024;
 
-/// K values walked at a time: a panel's share of them (at most 16 KB of codes) stays in L1 while the row tiles
-/// pass.
+/// K values walked at a time when several row tiles share the panels: a panel's share of them (at most 16 KB of
+/// codes) stays in L1 while the row tiles pass.
 const K_CHUNK: usize = 512;
 
 thread_local! {
@@ -464,16 +464,8 @@ fn output_buffer(len: usize) -> Vec<std::mem::MaybeUninit<f32>> {
     let mut out: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(len);
     // SAFETY: MaybeUninit needs no initialization.
     unsafe { out.set_len(len) };
-    #[cfg(target_os = "linux")]
     if len * 4 >= HUGE_OUTPUT_BYTES {
-        const HUGE: usize = 2 << 20;
-        let start = (out.as_ptr() as usize).next_multiple_of(HUGE);
-        let end = (out.as_ptr() as usize + len * 4) / HUGE * HUGE;
-        if end > start {
-            // SAFETY: the range lies inside the buffer, which this function owns; the advice changes how its pages
-            // are backed, not their contents (none yet). A refusal (no transparent huge pages) is harmless.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-        }
+        super::aligned::advise_huge_pages(out.as_ptr().cast(), len * 4);
     }
     out
 }
@@ -507,10 +499,12 @@ unsafe fn run_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
     };
     let nr = NV * S::LANES;
     let params = w.param_blocks() * nr;
-    let blocks_per_chunk = (K_CHUNK / blocks.block).max(1);
+    let row_tiles = rows.len().div_ceil(MR);
+    // One row tile (decoding) has no other tile to share a panel's chunk with: it walks each panel's K whole, so
+    // that the weights stream in order (chunks would stride from panel to panel).
+    let blocks_per_chunk = if row_tiles == 1 { blocks.count } else { (K_CHUNK / blocks.block).max(1) };
     let chunks = blocks.count.div_ceil(blocks_per_chunk);
     // Partial sums of every tile of the task between K chunks.
-    let row_tiles = rows.len().div_ceil(MR);
     let mut partial = if chunks > 1 { vec![0f32; panels.len() * row_tiles * MR * nr] } else { Vec::new() };
     // Each tile's share of `fetch`, in whole cache lines of 16 floats.
     let fetch_per_tile = fetch.len().div_ceil(chunks * panels.len() * row_tiles).next_multiple_of(16).max(16);
@@ -593,9 +587,10 @@ unsafe fn run_float_tiles<S: Int8Simd, const MR: usize, const NV: usize>(
 ) {
     let w = job.w;
     let nr = NV * S::LANES;
-    let k_chunk = w.k_chunk();
-    let chunks = w.k.div_ceil(k_chunk);
     let row_tiles = rows.len().div_ceil(MR);
+    // As for the integer tiles: one row tile walks each panel's K whole.
+    let k_chunk = if row_tiles == 1 { w.k } else { w.k_chunk() };
+    let chunks = w.k.div_ceil(k_chunk);
     let mut partial = if chunks > 1 { vec![0f32; panels.len() * row_tiles * MR * nr] } else { Vec::new() };
     let weights = w.panels.as_ptr().cast::<f32>();
     for chunk in 0..chunks {

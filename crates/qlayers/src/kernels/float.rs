@@ -4,9 +4,9 @@
 //! each K value stores its `nr` weights, one per column (zeros past the last column). A task multiplies a chunk of
 //! rows by a range of panels, K chunk by K chunk, so that a panel's chunk stays in L2 while the row tiles pass.
 
+use super::aligned::CacheAligned;
 use super::driver::{check_matmul, check_output, for_each_task, with_fresh_output};
 use super::isa::Isa;
-use super::packed::CacheAligned;
 use crate::activation::Activation;
 use crate::error::{QuantError, Result};
 use crate::threads::SharedMut;

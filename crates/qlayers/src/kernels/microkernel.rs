@@ -256,6 +256,10 @@ unsafe fn dot_block<
 ) {
     // Codes of one load: 4 K values of each of the panel's columns.
     let load_bytes = NV * S::LANES * 4;
+    // A small tile (decoding's one row) has few accumulators, so that its dot products wait on each other: the
+    // high 4-bit fields then go to accumulators of their own, added in at the end, which halves each chain.
+    let split = BITS == 4 && ROWS * NV <= 4;
+    let mut high = [[S::zero_i(); NV]; ROWS];
     // One load of codes holds `8 / BITS` steps.
     let steps_per_load = 8 / BITS;
     // Four steps at a time (blocks are padded to 16 values), unrolled so that loop overhead stays off the
@@ -277,7 +281,13 @@ unsafe fn dot_block<
                     // Looked-up codes are 8-bit codes: they take the wide dot product.
                     let decode = |code: S::I| if LOOKUP { S::lookup16(table, code) } else { code };
                     step::<S, ROWS, NV, LOOKUP>(rows, first, &raw.map(|r| decode(S::bit_field::<0, 4>(r))), acc);
-                    step::<S, ROWS, NV, LOOKUP>(rows, first + 4, &raw.map(|r| decode(S::bit_field::<4, 4>(r))), acc);
+                    let high_acc = if split { &mut high } else { &mut *acc };
+                    step::<S, ROWS, NV, LOOKUP>(
+                        rows,
+                        first + 4,
+                        &raw.map(|r| decode(S::bit_field::<4, 4>(r))),
+                        high_acc,
+                    );
                 }
                 2 => {
                     step::<S, ROWS, NV, false>(rows, first, &raw.map(|r| S::bit_field::<0, 2>(r)), acc);
@@ -290,6 +300,13 @@ unsafe fn dot_block<
         }
         at.rows = at.rows.map(|r| r.add(16));
         at.w = w.add(loads * load_bytes);
+    }
+    if split {
+        for (row, high) in acc.iter_mut().zip(&high) {
+            for (acc, &high) in row.iter_mut().zip(high) {
+                *acc = S::add_i(*acc, high);
+            }
+        }
     }
 }
 

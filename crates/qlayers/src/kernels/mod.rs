@@ -15,6 +15,7 @@
 //! the same bits.
 
 mod activations;
+mod aligned;
 mod blocks;
 mod driver;
 mod float;

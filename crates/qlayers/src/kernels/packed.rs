@@ -12,10 +12,11 @@
 //! them up with one byte shuffle, and multiplies the 8-bit codes on the 8-bit path. The panel then stores the table
 //! (XORed as 8-bit codes are) and zero offsets as for 8-bit codes.
 
+use super::aligned::CacheAligned;
 use super::blocks::KBlocks;
 use super::isa::Isa;
 use crate::error::{QuantError, Result};
-use crate::quant::{fits_f16, Bits};
+use crate::quant::{check_stored_scales, fits_f16, Bits};
 
 /// Quantized weights of an `[n, k]` matrix in a form every kernel accepts: unsigned codes and their parameters.
 ///
@@ -120,9 +121,7 @@ impl PackedWeights {
         if let Some((index, &value)) = w.zero_points.iter().enumerate().find(|(_, z)| !(0..zero_limit).contains(*z)) {
             return Err(QuantError::BadZeroPoint { index, value, min: 0, max: zero_limit - 1 });
         }
-        if let Some((index, &value)) = w.scales.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s >= 0.0)) {
-            return Err(QuantError::BadScale { index, value });
-        }
+        check_stored_scales(w.scales)?;
         let layout = isa.panel_layout();
         let (wide_xor, wide_offset) = if wide { (layout.wide_xor, layout.wide_offset) } else { (0, 0) };
         // 8-bit codes are XORed where they are stored: in the panel, or in the table.
@@ -256,45 +255,4 @@ pub(crate) struct PanelLayout {
     pub wide_xor: u8,
     /// Offset the 8-bit dot product carries.
     pub wide_offset: i32,
-}
-
-/// One cache line.
-#[derive(Debug, Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
-
-/// A zero-initialized byte buffer that starts on a 64-byte boundary.
-#[derive(Debug, Clone)]
-pub(crate) struct CacheAligned {
-    lines: Vec<Line>,
-    len: usize,
-}
-
-impl CacheAligned {
-    /// `len` zero bytes.
-    pub(crate) fn zeroed(len: usize) -> Self {
-        Self { lines: vec![Line([0; 64]); len.div_ceil(64)], len }
-    }
-
-    /// Number of bytes.
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Pointer to the first byte.
-    pub(crate) fn as_ptr(&self) -> *const u8 {
-        self.lines.as_ptr().cast()
-    }
-
-    /// The bytes, mutably.
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `lines` holds at least `len` initialized bytes, and `Line` is plain bytes.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
-    }
-
-    /// The first `len / 4` floats, mutably (every bit pattern is a float).
-    pub(crate) fn as_mut_f32(&mut self) -> &mut [f32] {
-        // SAFETY: the lines are 64-byte aligned and hold at least `len` initialized bytes; any 4 bytes are an f32.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len / 4) }
-    }
 }

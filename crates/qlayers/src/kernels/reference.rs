@@ -81,6 +81,10 @@ impl Int8Simd for Reference {
         std::ptr::write_unaligned(p as *mut [f32; LANES], v)
     }
     #[inline(always)]
+    unsafe fn add_i(a: Self::I, b: Self::I) -> Self::I {
+        std::array::from_fn(|i| a[i].wrapping_add(b[i]))
+    }
+    #[inline(always)]
     unsafe fn sub_mul_i(a: Self::I, b: Self::I, c: Self::I) -> Self::I {
         std::array::from_fn(|i| a[i].wrapping_sub(b[i].wrapping_mul(c[i])))
     }

@@ -56,6 +56,8 @@ pub(crate) trait Int8Simd {
     unsafe fn load_f16(p: *const u16) -> Self::F;
     /// Stores `LANES` f32 values.
     unsafe fn store_f(p: *mut f32, v: Self::F);
+    /// Lane-wise `a + b` on i32 (wrapping).
+    unsafe fn add_i(a: Self::I, b: Self::I) -> Self::I;
     /// Lane-wise `a - b * c` on i32 (wrapping).
     unsafe fn sub_mul_i(a: Self::I, b: Self::I, c: Self::I) -> Self::I;
     /// Lane-wise i32 to f32 conversion (round to nearest even).

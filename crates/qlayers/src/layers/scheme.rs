@@ -64,6 +64,16 @@ impl LayerScheme {
         Self::Weight { bits, group: 32, symmetric: true }
     }
 
+    /// Bits per weight code: 32 for f32, 8 for W8A8, 4 for a codebook.
+    pub fn code_bits(&self) -> u32 {
+        match self {
+            Self::F32 => 32,
+            Self::W8A8 { .. } => 8,
+            Self::Weight { bits, .. } => bits.count(),
+            Self::Codebook { .. } => 4,
+        }
+    }
+
     /// Whether the layer keeps its per-group scales and minimums in f16, as ggml's formats do: weight-only schemes,
     /// which serve memory-bound decoding, where those parameters are otherwise up to a third of the bytes read.
     pub fn half_params(&self) -> bool {

@@ -10,7 +10,7 @@ mod tensor;
 
 pub use codebook::Codebook;
 pub use layout::ParamLayout;
-pub(crate) use params::fits_f16;
+pub(crate) use params::{check_stored_scales, fits_f16};
 pub use params::{compute_params, QParams, MIN_SCALE};
 pub use scheme::{Bits, CodeRange, Granularity, LinearScheme, Scheme};
 pub use tensor::QTensor;

@@ -28,21 +28,41 @@ impl QParams {
         Self { bits, range, granularity: Granularity::PerTensor, scales: vec![scale], zero_points: vec![zero_point] }
     }
 
-    /// Checks the parameters against the layout: count, positive finite scales, zero points inside the code range.
+    /// Checks parameters to quantize with against the layout: [`QParams::validate_stored`], and every scale
+    /// strictly positive (values are divided by it).
     pub fn validate(&self, layout: &ParamLayout) -> Result<()> {
+        if let Some((index, &value)) = self.scales.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s > 0.0)) {
+            return Err(QuantError::BadScale { index, value, rule: QUANTIZING_SCALES });
+        }
+        self.validate_stored(layout)
+    }
+
+    /// Checks the parameters of codes already made (a checkpoint, a GGUF block) against the layout: count,
+    /// finite scales, zero points inside the code range. A stored scale may be zero or negative: it only
+    /// multiplies its codes, and llama.cpp's Q4_0 writes both (`d = max / -8`; an all-zero block).
+    pub fn validate_stored(&self, layout: &ParamLayout) -> Result<()> {
         for (what, got) in [("scales", self.scales.len()), ("zero points", self.zero_points.len())] {
             if got != layout.channels {
                 return Err(QuantError::ParamCount { what, expected: layout.channels, got });
             }
         }
-        if let Some((index, &value)) = self.scales.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s > 0.0)) {
-            return Err(QuantError::BadScale { index, value });
-        }
+        check_stored_scales(&self.scales)?;
         let (min, max) = self.range.bounds(self.bits);
         if let Some((index, &value)) = self.zero_points.iter().enumerate().find(|(_, z)| !(min..=max).contains(*z)) {
             return Err(QuantError::BadZeroPoint { index, value, min, max });
         }
         Ok(())
+    }
+}
+
+/// What the scales to quantize with must be.
+const QUANTIZING_SCALES: &str = "scales must be finite and strictly positive";
+
+/// Checks that every stored scale is finite (see [`QParams::validate_stored`]).
+pub(crate) fn check_stored_scales(scales: &[f32]) -> Result<()> {
+    match scales.iter().enumerate().find(|(_, s)| !s.is_finite()) {
+        Some((index, &value)) => Err(QuantError::BadScale { index, value, rule: "stored scales must be finite" }),
+        None => Ok(()),
     }
 }
 
@@ -78,5 +98,6 @@ pub fn compute_params(values: &[f32], layout: &ParamLayout, scheme: &LinearSchem
 /// in f16 only then.
 pub(crate) fn fits_f16(scales: &[f32], mins: &[f32]) -> bool {
     let (max, min_normal) = (half::f16::MAX.to_f32(), half::f16::MIN_POSITIVE.to_f32());
-    scales.iter().all(|&s| s <= max && (s >= min_normal || s <= MIN_SCALE)) && mins.iter().all(|m| m.abs() <= max)
+    scales.iter().map(|s| s.abs()).all(|s| s <= max && (s >= min_normal || s <= MIN_SCALE))
+        && mins.iter().all(|m| m.abs() <= max)
 }

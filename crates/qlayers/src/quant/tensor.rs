@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use super::codebook::{kmeans_levels, nearest_code, nf4_levels, round_levels, Codebook};
 use super::layout::ParamLayout;
 use super::nf4::{nearest_level, NF4_LEVELS};
-use super::params::{compute_params, fits_f16, QParams, MIN_SCALE};
+use super::params::{check_stored_scales, compute_params, fits_f16, QParams, MIN_SCALE};
 use super::scheme::{Bits, CodeRange, Granularity, LinearScheme, Scheme};
 use crate::error::{QuantError, Result};
 use crate::pack::{pack_unchecked, packed_len, unpack};
@@ -92,7 +92,7 @@ impl QTensor {
                     scales,
                     zero_points,
                 };
-                params.validate(&layout)?;
+                params.validate_stored(&layout)?;
                 Ok(Self {
                     shape,
                     scheme,
@@ -326,15 +326,12 @@ impl QTensor {
     }
 }
 
-/// Checks that there is one positive finite scale per parameter slot.
+/// Checks that there is one finite scale per parameter slot (see [`QParams::validate_stored`]).
 fn check_scales(scales: &[f32], layout: &ParamLayout) -> Result<()> {
     if scales.len() != layout.channels {
         return Err(QuantError::ParamCount { what: "scales", expected: layout.channels, got: scales.len() });
     }
-    if let Some((index, &value)) = scales.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s > 0.0)) {
-        return Err(QuantError::BadScale { index, value });
-    }
-    Ok(())
+    check_stored_scales(scales)
 }
 
 /// The values of a tensor as f32, row-major.

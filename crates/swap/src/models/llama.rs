@@ -23,7 +23,7 @@ use super::checks::{self, WeightDim};
 use super::projection::Projection;
 use super::TextEncoder;
 use crate::gguf_weights::{GgufWeights, GGUF_ARCHITECTURES};
-use crate::loader::{Bias, QuantLoader};
+use crate::loader::{expand_braces, Bias, QuantLoader};
 use crate::plan::Plan;
 use qlayers::float_ops::attention::{CausalOptions, KvHeads};
 use qlayers::float_ops::rotary::Rotary;
@@ -161,8 +161,9 @@ const DEFAULT_THETA: f32 = 10_000.0;
 const GGUF_SPECIAL_TOKENS: [&str; 5] = ["bos", "eos", "padding", "unknown", "seperator"];
 
 /// Tensors of Llama-family checkpoints that the model does not read: a head left in a checkpoint whose body is
-/// read as an embedder, and the rotary frequencies old checkpoints saved.
-pub const UNUSED_TENSORS: &[&str] = &["lm_head.weight", "*.rotary_emb.inv_freq"];
+/// read as an embedder, the rotary frequencies old checkpoints saved, and a GGUF file's LongRoPE factors (read
+/// with its config, by [`LlamaConfig::of_gguf`]).
+pub const UNUSED_TENSORS: &[&str] = &["lm_head.weight", "*.rotary_emb.inv_freq", GGUF_SHORT_FACTORS, GGUF_LONG_FACTORS];
 
 impl LlamaConfig {
     /// Reads the `ARCH.*` keys of a GGUF file of one of the [`GGUF_ARCHITECTURES`]; another is an error naming it.
@@ -219,7 +220,7 @@ impl LlamaConfig {
             qk_norm: arch == "qwen3" || arch == "gemma3",
             rope_theta: float("rope.freq_base")?.unwrap_or(if gemma3 { 1e6 } else { DEFAULT_THETA }),
             rope_scaling,
-            // LongRoPE factors are tensors in GGUF files (`rope_factors_*`), not read here.
+            // LongRoPE factors are tensors in GGUF files: see `LlamaConfig::of_gguf`.
             long_rope: None,
             rotary_dim,
             rms_eps: get(&key("attention.layer_norm_rms_epsilon"))?.to_f32()?,
@@ -262,10 +263,12 @@ impl LlamaConfig {
         Ok(config)
     }
 
-    /// The config of a GGUF file: its metadata, and whether its tensors tie the head to the embeddings.
+    /// The config of a GGUF file: its metadata, whether its tensors tie the head to the embeddings, and its
+    /// LongRoPE factors (see [`gguf_long_rope`]).
     pub fn of_gguf(weights: &GgufWeights) -> Result<Self> {
         let mut config = Self::from_gguf(weights.metadata())?;
         config.tie_word_embeddings = weights.ties_embeddings();
+        config.long_rope = gguf_long_rope(weights, config.rotary_dim, config.context_length)?;
         Ok(config)
     }
 
@@ -750,6 +753,34 @@ fn hf_rope_scaling(value: Option<&serde_json::Value>, context: usize) -> Result<
     })
 }
 
+/// Phi-3's LongRoPE as llama.cpp's converter writes it: the factors as the tensors `rope_factors_short.weight` and
+/// `rope_factors_long.weight` (a file with one of them is an error), the original context in
+/// `ARCH.rope.scaling.original_context_length`, and the attention factor in `ARCH.rope.scaling.attn_factor`
+/// (transformers' default, as [`hf_long_rope`] computes it, where the file has none).
+fn gguf_long_rope(weights: &GgufWeights, rotary_dim: usize, context: usize) -> Result<Option<LongRope>> {
+    let (short, long) = (weights.vector(GGUF_SHORT_FACTORS)?, weights.vector(GGUF_LONG_FACTORS)?);
+    let (short_factor, long_factor) = match (short, long) {
+        (None, None) => return Ok(None),
+        (Some(short), Some(long)) => (short, long),
+        _ => bail!("the GGUF file has one of {GGUF_SHORT_FACTORS} and {GGUF_LONG_FACTORS} but not the other"),
+    };
+    let key = |name: &str| format!("{}.rope.scaling.{name}", weights.arch());
+    let metadata = weights.metadata();
+    let original_key = key("original_context_length");
+    let original = metadata
+        .get(&original_key)
+        .with_context(|| format!("LongRoPE factors need {original_key}"))?
+        .to_u32()
+        .with_context(|| format!("GGUF metadata {original_key}"))? as usize;
+    let attention_factor = metadata.get(&key("attn_factor")).map(|v| v.to_f32()).transpose()?;
+    let factors = [("short_factor", short_factor), ("long_factor", long_factor)];
+    long_rope(factors, original, attention_factor.map(f64::from), context, rotary_dim).map(Some)
+}
+
+/// The GGUF names of LongRoPE's factors (read with the config, by [`gguf_long_rope`]).
+const GGUF_SHORT_FACTORS: &str = "rope_factors_short.weight";
+const GGUF_LONG_FACTORS: &str = "rope_factors_long.weight";
+
 /// Phi-3's LongRoPE from a config's `rope_scaling` (or `rope_parameters`), as transformers reads it: the
 /// original context from there or from the config's `original_max_position_embeddings`, and unless the config
 /// names an `attention_factor`, `sqrt(1 + ln(context / original) / ln(original))` (1 when not extended).
@@ -764,16 +795,13 @@ fn hf_long_rope(
     if !matches!(kind, Some("longrope" | "su")) {
         return Ok(None);
     }
-    let factors = |key: &str| -> Result<Vec<f32>> {
+    let factors = |key: &'static str| -> Result<(&'static str, Vec<f32>)> {
         let list = value.get(key).and_then(|v| v.as_array()).with_context(|| format!("longrope needs {key}"))?;
         let factors: Vec<f32> = list.iter().filter_map(|f| f.as_f64()).map(|f| f as f32).collect();
-        if factors.len() != list.len() || factors.len() != head_dim / 2 {
-            bail!("longrope {key} holds {} numbers; a head of {head_dim} rotates {} pairs", list.len(), head_dim / 2);
+        if factors.len() != list.len() {
+            bail!("longrope {key} holds something other than numbers");
         }
-        if let Some(bad) = factors.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
-            bail!("longrope {key} holds {bad}; its factors must be finite and above 0");
-        }
-        Ok(factors)
+        Ok((key, factors))
     };
     let original = value
         .get("original_max_position_embeddings")
@@ -781,21 +809,44 @@ fn hf_long_rope(
         .map(|n| n as usize)
         .or(top_level_original)
         .unwrap_or(context);
+    let attention_factor = value.get("attention_factor").and_then(|v| v.as_f64());
+    let factors = [factors("short_factor")?, factors("long_factor")?];
+    long_rope(factors, original, attention_factor, context, head_dim).map(Some)
+}
+
+/// LongRoPE from its parts, checked: the short and long factors (one per rotary pair of a `head_dim`-wide
+/// rotary, finite and above 0), the original context, and the attention factor, by default
+/// `sqrt(1 + ln(context / original) / ln(original))` (1 when not extended), as transformers computes it.
+fn long_rope(
+    factors: [(&str, Vec<f32>); 2],
+    original: usize,
+    attention_factor: Option<f64>,
+    context: usize,
+    head_dim: usize,
+) -> Result<LongRope> {
+    for (key, factors) in &factors {
+        if factors.len() != head_dim / 2 {
+            bail!(
+                "longrope {key} holds {} numbers; a head of {head_dim} rotates {} pairs",
+                factors.len(),
+                head_dim / 2
+            );
+        }
+        if let Some(bad) = factors.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
+            bail!("longrope {key} holds {bad}; its factors must be finite and above 0");
+        }
+    }
     if original == 0 {
         bail!("longrope original_max_position_embeddings is 0");
     }
     let extension = context as f64 / original as f64;
-    let attention_factor = match value.get("attention_factor").and_then(|v| v.as_f64()) {
+    let attention_factor = match attention_factor {
         Some(f) => f,
         None if extension <= 1.0 => 1.0,
         None => (1.0 + extension.ln() / (original as f64).ln()).sqrt(),
     };
-    Ok(Some(LongRope {
-        short_factor: factors("short_factor")?,
-        long_factor: factors("long_factor")?,
-        original_context: original,
-        attention_factor: attention_factor as f32,
-    }))
+    let [(_, short_factor), (_, long_factor)] = factors;
+    Ok(LongRope { short_factor, long_factor, original_context: original, attention_factor: attention_factor as f32 })
 }
 
 struct Block {
@@ -883,12 +934,15 @@ impl LlamaModel {
                 false => None,
             };
             let (attention, mlp) = config.projection_names();
-            // A fused layer (Phi-3) is one layer as wide as its parts together.
+            // A fused layer (Phi-3's) is one layer as wide as its parts together, unless the plan splits it.
             let projection = |names: &[&str], parts: &[usize], bias: Bias, fused: &str| {
                 let names: Vec<String> = names.iter().map(|n| format!("{p}.{n}")).collect();
+                let split: Vec<String> = expand_braces(&format!("{p}.{fused}"));
                 match names.as_slice() {
-                    [one] => Projection::load(loader, &names, h, &[parts.iter().sum()], bias, one),
-                    _ => Projection::load(loader, &names, h, parts, bias, &format!("{p}.{fused}")),
+                    [one] if !loader.split_fused(one, &split, parts)? => {
+                        Projection::load(loader, &names, h, &[parts.iter().sum()], bias, one)
+                    }
+                    _ => Projection::load(loader, &split, h, parts, bias, &format!("{p}.{fused}")),
                 }
             };
             let sandwich = |name: &str| match config.sandwich_norms {

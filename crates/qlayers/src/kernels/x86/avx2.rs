@@ -81,6 +81,10 @@ impl Int8Simd for Avx2 {
         _mm256_storeu_ps(p, v)
     }
     #[inline(always)]
+    unsafe fn add_i(a: Self::I, b: Self::I) -> Self::I {
+        _mm256_add_epi32(a, b)
+    }
+    #[inline(always)]
     unsafe fn sub_mul_i(a: Self::I, b: Self::I, c: Self::I) -> Self::I {
         _mm256_sub_epi32(a, _mm256_mullo_epi32(b, c))
     }

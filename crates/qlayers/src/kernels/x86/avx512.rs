@@ -84,6 +84,10 @@ impl Int8Simd for Avx512Vnni {
         _mm512_storeu_ps(p, v)
     }
     #[inline(always)]
+    unsafe fn add_i(a: Self::I, b: Self::I) -> Self::I {
+        _mm512_add_epi32(a, b)
+    }
+    #[inline(always)]
     unsafe fn sub_mul_i(a: Self::I, b: Self::I, c: Self::I) -> Self::I {
         _mm512_sub_epi32(a, _mm512_mullo_epi32(b, c))
     }
