@@ -17,7 +17,8 @@ pub use swap::locate::{encoder_preset, locate};
 #[derive(Args, Debug, Clone)]
 pub struct QuantArgs {
     /// Quantization preset or scheme: `fp32`, `int8` (BERT: the default BERT plan; Llama: int8 in groups of 16),
-    /// for Llama also `int4` and `int2` (with an int8 `lm_head`), or any scheme name (`w8a8-b64`, `int4-g32`,
+    /// for Llama also `int4` and `int2` (with an int8 `lm_head`; on a GGUF file each preset keeps the file's own
+    /// Q8_0 / Q4_0 / Q4_1 blocks wherever they hold no more bits), or any scheme name (`w8a8-b64`, `int4-g32`,
     /// ...). A pre-quantized checkpoint runs as saved unless this is given; otherwise the default is `int8`.
     #[arg(long, conflicts_with = "plan")]
     pub quant: Option<String>,
