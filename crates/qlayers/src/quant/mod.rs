@@ -1,6 +1,7 @@
-//! Quantized tensors: schemes, parameters, NF4, codebooks and error metrics.
+//! Quantized tensors: schemes, parameters, NF4, codebooks, error metrics, and their ggml block forms.
 
 pub mod codebook;
+pub mod ggml;
 mod layout;
 pub mod metrics;
 pub mod nf4;

@@ -238,8 +238,9 @@ impl QTensor {
             Scheme::Nf4 { .. } => layout.for_each_run_mut(&mut out, |c, run| {
                 run.iter_mut().for_each(|v| *v = NF4_LEVELS[*v as usize] * self.scales[c]);
             }),
+            // `q * scale + min`, rounded twice, as ggml decodes its Q4_1 blocks.
             Scheme::MinMax { .. } => layout.for_each_run_mut(&mut out, |c, run| {
-                run.iter_mut().for_each(|v| *v = v.mul_add(self.scales[c], self.mins[c]));
+                run.iter_mut().for_each(|v| *v = *v * self.scales[c] + self.mins[c]);
             }),
             Scheme::Codebook { .. } => {
                 let levels = self.levels.expect("codebook tensors have levels");
@@ -252,9 +253,9 @@ impl QTensor {
     }
 
     /// This tensor with its scales and minimums rounded to f16, as the kernels keep a weight-only layer's parameters
-    /// (see [`crate::WeightCodes::half_params`]); unchanged when they do not all fit f16 (the kernels then keep
-    /// f32).
-    pub(crate) fn with_f16_params(&self) -> Self {
+    /// (see [`crate::WeightCodes::half_params`]): the weights such a layer multiplies by. Unchanged when they do
+    /// not all fit f16 (the kernels then keep f32).
+    pub fn with_f16_params(&self) -> Self {
         let round = |values: &[f32]| values.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
         match fits_f16(&self.scales, &self.mins) {
             true => Self { scales: round(&self.scales), mins: round(&self.mins), ..self.clone() },
