@@ -93,11 +93,14 @@ impl Drop for CacheAligned {
     }
 }
 
-/// A fresh anonymous mapping of at least `len` bytes (a whole number of huge pages) that starts on a 2 MB
-/// boundary, advised for huge pages before anything touches it (its pages are zero); `None` if the system refuses.
+/// A fresh anonymous mapping of `len` bytes (rounded up to whole base pages) that starts on a 2 MB boundary, its whole
+/// huge pages advised for huge pages before anything touches them (its pages are zero) and the rest left in base
+/// pages, so that no part of a huge page past the buffer is backed; `None` if the system refuses.
 #[cfg(target_os = "linux")]
 fn map_huge(len: usize) -> Option<(NonNull<u8>, usize)> {
-    let size = len.next_multiple_of(HUGE_PAGE);
+    // SAFETY: sysconf only reads a system constant.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok().filter(|&p| p > 0)?;
+    let size = len.next_multiple_of(page);
     let span = size + HUGE_PAGE;
     // SAFETY: an anonymous private mapping at an address of the kernel's choosing; nothing else refers to it.
     let base = unsafe {
@@ -124,7 +127,7 @@ fn map_huge(len: usize) -> Option<(NonNull<u8>, usize)> {
         if tail > 0 {
             libc::munmap((start + size) as *mut libc::c_void, tail);
         }
-        libc::madvise(start as *mut libc::c_void, size, libc::MADV_HUGEPAGE);
+        libc::madvise(start as *mut libc::c_void, size / HUGE_PAGE * HUGE_PAGE, libc::MADV_HUGEPAGE);
     }
     NonNull::new(start as *mut u8).map(|ptr| (ptr, size))
 }
