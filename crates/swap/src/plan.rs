@@ -157,7 +157,10 @@ impl Plan {
 
     /// The scheme of the layer named `name` (dotted, as in the checkpoint: `encoder.layer.0.attention.self.query`).
     pub fn scheme_for(&self, name: &str) -> Result<LayerScheme> {
-        Ok(self.named_scheme_for(name)?.unwrap_or(parse_scheme(&self.default)?))
+        match self.named_scheme_for(name)? {
+            Some(scheme) => Ok(scheme),
+            None => parse_scheme(&self.default),
+        }
     }
 
     /// The scheme an exclusion or a rule gives the layer `name`, or `None` where it takes the default.

@@ -119,7 +119,7 @@ fn map_huge(len: usize) -> Option<(NonNull<u8>, usize)> {
     let start = (base as usize).next_multiple_of(HUGE_PAGE);
     let (head, tail) = (start - base as usize, base as usize + span - (start + size));
     // SAFETY: the head and tail lie inside the mapping just made and outside the part kept; unmapping them only
-    // trims it. The advice changes how the kept part's pages are backed, not their contents (zeros).
+    // trims it.
     unsafe {
         if head > 0 {
             libc::munmap(base, head);
@@ -127,8 +127,9 @@ fn map_huge(len: usize) -> Option<(NonNull<u8>, usize)> {
         if tail > 0 {
             libc::munmap((start + size) as *mut libc::c_void, tail);
         }
-        libc::madvise(start as *mut libc::c_void, size / HUGE_PAGE * HUGE_PAGE, libc::MADV_HUGEPAGE);
     }
+    // Before anything touches the pages (they are zeros).
+    advise_huge_pages(start as *const u8, size);
     NonNull::new(start as *mut u8).map(|ptr| (ptr, size))
 }
 
