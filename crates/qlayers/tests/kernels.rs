@@ -384,6 +384,38 @@ fn long_inputs_quantized_chunk_by_chunk_match_the_scalar_formula() {
 }
 
 #[test]
+fn every_level_scales_inputs_inside_the_quantizer_as_a_scaled_copy_would() {
+    // SmoothQuant's per-channel input scale: the matmul of `x` with the scale equals the scalar formula on the
+    // scaled copy `x * scale`, bit for bit, in the one-pass and the streamed (520 x 1024 x 256) paths.
+    let mut rng = StdRng::seed_from_u64(23);
+    let shapes = SHAPES.iter().copied().chain([(520, 1024, 256)]);
+    for (m, k, n) in shapes {
+        for (bits, block, per_block) in [(Bits::B8, 64, true), (Bits::B8, k, false), (Bits::B4, 32, true)] {
+            let mut case = Case::random(&mut rng, n, k, bits, block, per_block);
+            let mid = 1 << (bits.count() - 1);
+            case.zero_points.iter_mut().for_each(|z| *z = mid);
+            let x = random_input(&mut rng, m, k);
+            let scale: Vec<f32> = (0..k).map(|_| rng.random_range(0.01f32..20.0)).collect();
+            let scaled: Vec<f32> = x.chunks(k).flat_map(|row| row.iter().zip(&scale).map(|(v, s)| v * s)).collect();
+            let expected = case.expected(&scaled, m);
+            for isa in Isa::supported() {
+                let w = PackedWeights::new(isa, &case.codes()).unwrap().with_input_scale(scale.clone()).unwrap();
+                assert_eq!(w.input_scale(), Some(&scale[..]));
+                let y = w.matmul(&x, m, case.bias.as_deref()).unwrap();
+                let what = format!("{isa} m={m} k={k} n={n} bits={} block={block}", bits.count());
+                assert_bit_identical(&y, &expected, &what);
+            }
+        }
+    }
+    let case = Case::random(&mut rng, 4, 8, Bits::B8, 8, false);
+    let w = PackedWeights::new(Isa::Reference, &case.codes()).unwrap();
+    let err = w.clone().with_input_scale(vec![1.0; 7]).unwrap_err().to_string();
+    assert!(err.contains("input scale"), "{err}");
+    let err = w.with_input_scale(vec![1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]).unwrap_err().to_string();
+    assert!(err.contains("positive"), "{err}");
+}
+
+#[test]
 fn every_level_finds_non_finite_input_in_whole_and_partial_vectors() {
     let mut rng = StdRng::seed_from_u64(11);
     // K = 37: blocks of 16 end in a 5-value block; one block of 37 ends in a partial vector at every level.

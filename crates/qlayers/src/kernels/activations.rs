@@ -52,9 +52,10 @@ pub(crate) struct RowsOut<'a> {
 /// How far ahead of the block being quantized its input is prefetched, in values.
 const PREFETCH_AHEAD: usize = 1024;
 
-/// Quantizes rows `x` (each `blocks.k` long) into `out`, with the vector primitives of `S`.
-/// `scale = max|x| / 127`, `q = round_half_even(x * 127 / max|x|)`. Errors on NaN or infinite input; `first_row`
-/// numbers the rows in the error.
+/// Quantizes rows `x` (each `blocks.k` long) into `out`, with the vector primitives of `S`, each row first
+/// multiplied value by value by `input_scale` when given (one product per value, rounded once, at every level).
+/// `scale = max|x| / 127`, `q = round_half_even(x * 127 / max|x|)`. Errors on NaN or infinite input (or products);
+/// `first_row` numbers the rows in the error.
 ///
 /// # Safety
 /// The caller runs with `S`'s instruction set available, and `out.params` is valid for the rows' parameters.
@@ -63,10 +64,20 @@ pub(crate) unsafe fn quantize_rows<S: Int8Simd>(
     x: &[f32],
     blocks: &KBlocks,
     first_row: usize,
+    input_scale: Option<&[f32]>,
     out: RowsOut<'_>,
 ) -> Result<()> {
+    // A scaled row is written here, where it stays in L1 while it is quantized.
+    let mut scaled = vec![0f32; if input_scale.is_some() { blocks.k } else { 0 }];
     for (r, (row, row_codes)) in x.chunks_exact(blocks.k).zip(out.codes.chunks_exact_mut(blocks.padded_k)).enumerate() {
         let params = |g: usize| out.params.add(g * out.stride + r);
+        let row = match input_scale {
+            Some(scale) => {
+                scaled.iter_mut().zip(row.iter().zip(scale)).for_each(|(out, (x, s))| *out = x * s);
+                &scaled[..]
+            }
+            None => row,
+        };
         quantize_row::<S>(row, blocks, row_codes, params, out.zero_offset).map_err(|at| QuantError::NonFinite {
             what: "layer input",
             index: (first_row + r) * blocks.k + at,

@@ -107,8 +107,14 @@ macro_rules! level {
             /// # Safety
             /// The CPU supports this level.
             $(#[target_feature(enable = $features)])?
-            pub(super) unsafe fn quantize(x: &[f32], blocks: &KBlocks, first_row: usize, out: RowsOut<'_>) -> Result<()> {
-                quantize_rows::<$simd>(x, blocks, first_row, out)
+            pub(super) unsafe fn quantize(
+                x: &[f32],
+                blocks: &KBlocks,
+                first_row: usize,
+                input_scale: Option<&[f32]>,
+                out: RowsOut<'_>,
+            ) -> Result<()> {
+                quantize_rows::<$simd>(x, blocks, first_row, input_scale, out)
             }
 
             /// How this level wants weights packed.
@@ -389,7 +395,8 @@ impl PackedWeights {
             zero_offset: self.uniform_zero_offset.unwrap_or(0),
         };
         let x = &x[rows.start * blocks.k..rows.end * blocks.k];
-        on_level!(self.isa, level => level::quantize(x, blocks, rows.start, out))
+        let input_scale = self.input_scale.as_deref();
+        on_level!(self.isa, level => level::quantize(x, blocks, rows.start, input_scale, out))
     }
 }
 

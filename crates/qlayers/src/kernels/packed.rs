@@ -79,6 +79,9 @@ pub struct PackedWeights {
     pub(crate) half_mins: Vec<u16>,
     /// The 8-bit codes 4-bit codes stand for, XORed with the level's `wide_xor`, when the weights have a table.
     pub(crate) lookup: Option<[u8; 16]>,
+    /// A factor per input channel that each input row is multiplied by before it is quantized (SmoothQuant's
+    /// `1 / s`), when the weights have one.
+    pub(crate) input_scale: Option<Vec<f32>>,
 }
 
 impl PackedWeights {
@@ -186,7 +189,31 @@ impl PackedWeights {
             half_scales,
             half_mins,
             lookup,
+            input_scale: None,
         })
+    }
+
+    /// These weights with every input row multiplied by `scale` (one positive finite factor per input channel)
+    /// before it is quantized: SmoothQuant's `x / s` for weights quantized as `W diag(s)`. The product is taken
+    /// inside the quantizer, on each row as it is quantized, so it costs no pass of its own.
+    pub fn with_input_scale(mut self, scale: Vec<f32>) -> Result<Self> {
+        if scale.len() != self.blocks.k {
+            return Err(QuantError::ShapeMismatch {
+                what: "input scale vs input features",
+                left: vec![scale.len()],
+                right: vec![self.blocks.k],
+            });
+        }
+        if let Some((index, &value)) = scale.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s > 0.0)) {
+            return Err(QuantError::NonFinite { what: "input scale (must be positive)", index, value });
+        }
+        self.input_scale = Some(scale);
+        Ok(self)
+    }
+
+    /// The factor each input channel is multiplied by before quantizing, when the weights have one.
+    pub fn input_scale(&self) -> Option<&[f32]> {
+        self.input_scale.as_deref()
     }
 
     /// Output features.
@@ -214,12 +241,13 @@ impl PackedWeights {
         self.blocks.block
     }
 
-    /// Bytes held: codes, scales, zero offsets, minimums and lookup table, padding included.
+    /// Bytes held: codes, scales, zero offsets, minimums, lookup table and input scale, padding included.
     pub fn storage_bytes(&self) -> usize {
         self.codes.len()
             + 4 * (self.scales.len() + self.mins.len())
             + 2 * (self.zero_offsets.len() + self.half_scales.len() + self.half_mins.len())
             + self.lookup.map_or(0, |table| table.len())
+            + 4 * self.input_scale.as_ref().map_or(0, Vec::len)
     }
 
     /// Whether per-block scales and minimums are kept in f16.

@@ -51,29 +51,15 @@ pub(crate) struct FloatLinear {
 pub(crate) struct IntLinear {
     pub(crate) weights: PackedWeights,
     pub(crate) bias: Option<Vec<f32>>,
-    /// SmoothQuant's `1 / s` per input channel, applied to each input row before it is quantized.
-    pub(crate) input_scale: Option<Vec<f32>>,
 }
 
 impl IntLinear {
     fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
-        match self.scaled_input(x) {
-            None => self.weights.matmul(x, m, self.bias.as_deref()),
-            Some(scaled) => self.weights.matmul(&scaled, m, self.bias.as_deref()),
-        }
+        self.weights.matmul(x, m, self.bias.as_deref())
     }
 
     fn matmul_into(&self, x: &[f32], m: usize, activation: Option<Activation>, out: &mut [f32]) -> Result<()> {
-        match self.scaled_input(x) {
-            None => self.weights.matmul_into(x, m, self.bias.as_deref(), activation, out),
-            Some(scaled) => self.weights.matmul_into(&scaled, m, self.bias.as_deref(), activation, out),
-        }
-    }
-
-    /// Each input row divided by the smoothing factors, when the layer has them.
-    fn scaled_input(&self, x: &[f32]) -> Option<Vec<f32>> {
-        let scale = self.input_scale.as_ref()?;
-        Some(x.chunks_exact(scale.len()).flat_map(|row| row.iter().zip(scale).map(|(v, s)| v * s)).collect())
+        self.weights.matmul_into(x, m, self.bias.as_deref(), activation, out)
     }
 }
 
@@ -97,7 +83,7 @@ impl QLinear {
             Some((weight_scheme, block)) => {
                 let q = QTensor::quantize(weight, weight_scheme)?;
                 let weights = pack_qtensor(&q, block, scheme.half_params())?;
-                Kind::Int(Box::new(IntLinear { weights, bias: bias_values(bias)?, input_scale: None }))
+                Kind::Int(Box::new(IntLinear { weights, bias: bias_values(bias)? }))
             }
         };
         Ok(Self { scheme, in_features, out_features, kind, observer: None })
@@ -119,14 +105,28 @@ impl QLinear {
             return Err(QuantError::NonFinite { what: "smoothing factors (must be positive)", index, value });
         }
         let s = Tensor::from_slice(factors, (1, k), weight.device())?;
-        let mut layer = Self::new(&weight.to_dtype(DType::F32)?.broadcast_mul(&s)?, bias, scheme)?;
-        match &mut layer.kind {
-            Kind::Int(int) => int.input_scale = Some(factors.iter().map(|f| 1.0 / f).collect()),
-            Kind::Float(_) | Kind::Candle(_) => {
-                return Err(QuantError::InvalidScheme("smoothing applies to integer schemes, not f32".into()))
-            }
+        let layer = Self::new(&weight.to_dtype(DType::F32)?.broadcast_mul(&s)?, bias, scheme)?;
+        layer.with_input_scale(factors.iter().map(|f| 1.0 / f).collect())
+    }
+
+    /// This integer layer with every input row multiplied by `scale` (one positive factor per input feature) as it
+    /// is quantized: a smoothed layer read back from a checkpoint, whose weights hold `W diag(s)` and whose `scale`
+    /// is `1 / s`. Errors on a float layer.
+    pub fn with_input_scale(self, scale: Vec<f32>) -> Result<Self> {
+        let Kind::Int(mut int) = self.kind else {
+            return Err(QuantError::InvalidScheme("smoothing applies to integer schemes, not f32".into()));
+        };
+        int.weights = int.weights.with_input_scale(scale)?;
+        Ok(Self { kind: Kind::Int(int), ..self })
+    }
+
+    /// The factor each input feature is multiplied by before it is quantized (SmoothQuant's `1 / s`), when the
+    /// layer is smoothed.
+    pub fn input_scale(&self) -> Option<&[f32]> {
+        match &self.kind {
+            Kind::Int(int) => int.weights.input_scale(),
+            Kind::Float(_) | Kind::Candle(_) => None,
         }
-        Ok(layer)
     }
 
     /// Starts recording the largest `|x|` of every input channel over all later inputs (calibration for
@@ -155,7 +155,7 @@ impl QLinear {
             scheme,
             in_features,
             out_features,
-            kind: Kind::Int(Box::new(IntLinear { weights, bias: bias_values(bias)?, input_scale: None })),
+            kind: Kind::Int(Box::new(IntLinear { weights, bias: bias_values(bias)? })),
             observer: None,
         })
     }
@@ -228,10 +228,7 @@ impl QLinear {
         match &self.kind {
             Kind::Candle(l) => tensor_bytes(l.weight()) + l.bias().map_or(0, tensor_bytes),
             Kind::Float(float) => float.weights.storage_bytes() + 4 * float.bias.as_ref().map_or(0, Vec::len),
-            Kind::Int(int) => {
-                let vectors = int.bias.as_ref().map_or(0, Vec::len) + int.input_scale.as_ref().map_or(0, Vec::len);
-                int.weights.storage_bytes() + 4 * vectors
-            }
+            Kind::Int(int) => int.weights.storage_bytes() + 4 * int.bias.as_ref().map_or(0, Vec::len),
         }
     }
 }
