@@ -262,7 +262,8 @@ fn unsupported_and_mismatched_models_are_clear_errors() {
 
 /// A candle `VarBuilder` of any backend is a weight store beside the loader's own: the same tensors through
 /// candle's in-memory builder and through a `VarMap` give the embeddings of the folder read directly, bit for bit,
-/// under the default int8 plan; a tensor the builder lacks (a bias included) is an error, not a fresh random one.
+/// under the default int8 plan without its SmoothQuant (a loader handed to a model runs no calibration: a plan
+/// that smooths is refused there); a tensor the builder lacks (a bias included) is an error, not a fresh random one.
 #[test]
 fn candle_var_builders_are_weight_stores() {
     use candle_core::{DType, Device};
@@ -270,11 +271,15 @@ fn candle_var_builders_are_weight_stores() {
     let dir = fixture("xlm-roberta");
     let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
     let texts = ["Quantized models run faster.", "A second text"];
-    let direct = Embedder::open(&dir, None).unwrap();
+    let plan = Plan { smooth: None, ..Plan::bert_int8() };
+    let direct = Embedder::open(&dir, Some(plan.clone())).unwrap();
     let want = direct.embed(&texts).unwrap();
     let from_builder =
-        |vb: VarBuilder<'static>| direct.with_loader(&swap::QuantLoader::from_var_builder(vb, Plan::bert_int8()));
+        |vb: VarBuilder<'static>| direct.with_loader(&swap::QuantLoader::from_var_builder(vb, plan.clone()));
     let in_memory = VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
+    let smoothing = VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
+    let err = direct.with_loader(&swap::QuantLoader::from_var_builder(smoothing, Plan::bert_int8())).err().unwrap();
+    assert!(format!("{err:#}").contains("without calibration ranges"), "{err:#}");
     assert_eq!(from_builder(in_memory).unwrap().embed(&texts).unwrap(), want);
     let varmap = VarMap::new();
     let missing = "encoder.layer.1.output.dense.bias";

@@ -55,6 +55,16 @@ fn int8_checkpoint_round_trips_without_fp32_weights() {
         }
     }
     assert_eq!(codes, 6 * 6 + 1);
+    // The default plan smooths every W8A8 layer: each stores SmoothQuant's input factors, which the fused Q, K and
+    // V share, so loading runs no calibration.
+    let scale = |name: &str| tensors.get(&format!("encoder.layer.0.{name}.input_scale")).unwrap();
+    assert_eq!(
+        (scale("attention.self.query").dtype(), scale("attention.self.query").shape()),
+        (Dtype::F32, &[384usize][..])
+    );
+    assert_eq!(scale("attention.self.query").data(), scale("attention.self.value").data());
+    assert_eq!(scale("intermediate.dense").shape(), [384]);
+    assert_eq!(scale("output.dense").shape(), [1536]);
     // The side files travel with it, and config.json records the plan and every layer.
     for f in ["tokenizer.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json"] {
         assert!(out.path().join(f).exists(), "{f} was not copied");
@@ -63,7 +73,7 @@ fn int8_checkpoint_round_trips_without_fp32_weights() {
         serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap()).unwrap();
     let qc = &config["quantization_config"];
     assert_eq!(qc["quant_method"], "qinfer");
-    assert_eq!(qc["layers"]["encoder.layer.0.attention.self.query"], "w8a8-b32-pb");
+    assert_eq!(qc["layers"]["encoder.layer.0.attention.self.query"], "w8a8-b64-pb");
     assert_eq!(qc["layers"]["embeddings.word_embeddings"], "int8-g32");
     assert_eq!(qc["layers"].as_object().unwrap().len(), 36 + 1);
 }
@@ -130,7 +140,7 @@ fn corrupt_and_mismatched_checkpoints_are_clear_errors() {
     std::fs::write(
         &config_path,
         config.replace(
-            "\"encoder.layer.2.output.dense\": \"w8a8-b32-pb\"",
+            "\"encoder.layer.2.output.dense\": \"w8a8-b64-pb\"",
             "\"encoder.layer.2.output.dense\": \"int4-g32\"",
         ),
     )

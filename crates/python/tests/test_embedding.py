@@ -45,7 +45,7 @@ def test_the_plan_says_which_layer_got_which_scheme(minilm, tmp_path):
     plan = model.plan
     # Six layers of four Linear groups (Q, K and V run as one).
     assert len(plan) == 24, plan
-    assert plan["encoder.layer.0.attention.self.{query,key,value}"] == "w8a8-b32-pb"
+    assert plan["encoder.layer.0.attention.self.{query,key,value}"] == "w8a8-b64-pb"
     fp32 = qinfer.TextEmbedding(minilm, quant="fp32")
     assert set(fp32.plan.values()) == {"f32"}
     # A plan file and a dict of the same shape give the same model.

@@ -451,8 +451,11 @@ fn health_info_and_metrics() {
     assert_eq!(info["model_id"], "all-MiniLM-L6-v2");
     assert_eq!(info["dimensions"], 384);
     assert_eq!(info["max_input_length"], 256);
-    assert_eq!(info["quantization"]["plan"], json!({"default": "w8a8-b32-pb", "embeddings": "int8-g32"}));
-    assert_eq!(info["quantization"]["layer_schemes"], json!({"w8a8-b32-pb": 24}));
+    assert_eq!(
+        info["quantization"]["plan"],
+        json!({"default": "w8a8-b64-pb", "embeddings": "int8-g32", "smooth": 0.5})
+    );
+    assert_eq!(info["quantization"]["layer_schemes"], json!({"w8a8-b64-pb": 24}));
     assert_eq!((info["max_batch_tokens"].as_u64(), info["max_concurrent_requests"].as_u64()), (Some(512), Some(7)));
     // Two inputs of 256 tokens cannot share a 512-token batch with a third.
     let long = corpus_texts().join(" ");

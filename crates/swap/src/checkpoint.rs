@@ -49,7 +49,7 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
 /// The `quantization_config` object of a pre-quantized checkpoint's `config.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuantizationConfig {
     /// Always [`QUANT_METHOD`].
     pub quant_method: String,

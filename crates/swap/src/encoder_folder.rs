@@ -4,8 +4,10 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use qlayers::LayerScheme;
 use tokenizers::{Tokenizer, TruncationParams};
 
+use crate::analysis::DEFAULT_CALIBRATION;
 use crate::arch::{ModelKind, Task};
 use crate::loader::QuantLoader;
 use crate::models::heads::SequenceClassifier;
@@ -53,13 +55,44 @@ impl EncoderFolder {
         if record {
             loader = loader.recording();
         }
+        let mut tokenizer = read_tokenizer(dir)?;
+        let loader = calibrated(dir, &kind, &config, &tokenizer, loader)?;
         let (model, head) = kind.build(&config, &loader)?;
-        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", dir.join("tokenizer.json").display()))?;
-        tokenizer.with_padding(None);
         truncate_at(&mut tokenizer, model.max_tokens())?;
         Ok(Self { kind, config, model, head, tokenizer, loader })
     }
+}
+
+/// `tokenizer.json` of `dir`, with no padding (sequences run unpadded).
+pub(crate) fn read_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", dir.join("tokenizer.json").display()))?;
+    tokenizer.with_padding(None);
+    Ok(tokenizer)
+}
+
+/// `loader`, ready to build the float encoder of `dir` (of `kind`, with `config.json` text `config`): when its plan
+/// asks for SmoothQuant, the float model first runs the built-in calibration sentences
+/// ([`crate::analysis::DEFAULT_CALIBRATION`], tokenized by `tokenizer`) and the largest input each Linear layer
+/// saw goes to [`QuantLoader::with_smoothing`].
+pub(crate) fn calibrated(
+    dir: &Path,
+    kind: &ModelKind,
+    config: &str,
+    tokenizer: &Tokenizer,
+    loader: QuantLoader,
+) -> Result<QuantLoader> {
+    let Some(alpha) = loader.planned_smoothing() else { return Ok(loader) };
+    let config_json: serde_json::Value = serde_json::from_str(config)?;
+    let float = || Plan::uniform(LayerScheme::F32);
+    let observing = QuantLoader::open_folder(dir, &config_json, Some(float()), float)?.observing();
+    let encoder = kind.encoder(config, &observing)?;
+    let texts: Vec<&str> = DEFAULT_CALIBRATION.lines().filter(|l| !l.trim().is_empty()).collect();
+    let encodings = tokenizer.encode_batch(texts, true).map_err(|e| anyhow::anyhow!("calibration text: {e}"))?;
+    let max = encoder.max_tokens();
+    let ids: Vec<&[u32]> = encodings.iter().map(|e| &e.get_ids()[..e.get_ids().len().min(max)]).collect();
+    encoder.forward_packed(&ids, None).context("running the calibration sentences for SmoothQuant")?;
+    Ok(loader.with_smoothing(std::sync::Arc::new(observing.input_ranges()), alpha))
 }
 
 /// Makes `tokenizer` truncate inputs (a pair: the longer part first) to `max_length` tokens, special tokens included.

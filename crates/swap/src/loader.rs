@@ -52,17 +52,25 @@ pub struct LinearParams {
     pub weight: LinearWeight,
     /// Its bias, `[out]`.
     pub bias: Option<Tensor>,
+    /// The factor each input feature is multiplied by before it is quantized, when a checkpoint saved the layer
+    /// smoothed (SmoothQuant's `1 / s`).
+    pub input_scale: Option<Vec<f32>>,
+    /// The layers stacked in it, in order: each one's name and output rows (one entry unless
+    /// [`LinearParams::concat_rows`] made it).
+    pub parts: Vec<(String, usize)>,
 }
 
 impl LinearParams {
-    /// Whether [`LinearParams::concat_rows`] can stack `parts`: one scheme, and one codebook where the weights have
-    /// one (k-means layers learn their own, so they run apart).
+    /// Whether [`LinearParams::concat_rows`] can stack `parts`: one scheme, one codebook where the weights have
+    /// one (k-means layers learn their own, so they run apart), and one input scale.
     pub fn stackable(parts: &[LinearParams]) -> bool {
         let levels = |p: &LinearParams| match &p.weight {
             LinearWeight::Quantized(q) => q.levels().copied(),
             LinearWeight::Float(_) => None,
         };
-        parts.iter().all(|p| p.scheme == parts[0].scheme && levels(p) == levels(&parts[0]))
+        parts.iter().all(|p| {
+            p.scheme == parts[0].scheme && levels(p) == levels(&parts[0]) && p.input_scale == parts[0].input_scale
+        })
     }
 
     /// Stacks layers of one scheme along their outputs (the fused Q, K and V projections).
@@ -71,6 +79,11 @@ impl LinearParams {
         if parts.iter().any(|p| p.scheme != scheme) {
             bail!("only layers of one scheme can be stacked");
         }
+        let input_scale = parts[0].input_scale.clone();
+        if parts.iter().any(|p| p.input_scale != input_scale) {
+            bail!("only layers of one input scale can be stacked");
+        }
+        let names = parts.iter().flat_map(|p| p.parts.iter().cloned()).collect();
         let mut floats = Vec::new();
         let mut codes = Vec::new();
         let mut biases = Vec::new();
@@ -91,7 +104,7 @@ impl LinearParams {
             false if biases.iter().all(Option::is_none) => None,
             false => bail!("cannot stack layers with and without bias"),
         };
-        Ok(LinearParams { scheme, weight, bias })
+        Ok(LinearParams { scheme, weight, bias, input_scale, parts: names })
     }
 }
 
@@ -382,6 +395,16 @@ impl QuantLoader {
         self
     }
 
+    /// The SmoothQuant strength of the plan a float checkpoint is quantized with, when the plan asks for one: the
+    /// caller runs calibration text through the float model and hands the ranges to
+    /// [`QuantLoader::with_smoothing`] before building (a saved checkpoint carries its smoothing already).
+    pub fn planned_smoothing(&self) -> Option<f32> {
+        match &self.source {
+            Source::Float(plan) => plan.smooth,
+            Source::Quantized(_) | Source::Quanto(_) => None,
+        }
+    }
+
     /// Whether layers of `scheme` are smoothed.
     fn smooths(&self, scheme: LayerScheme) -> bool {
         self.smoothing.is_some() && matches!(scheme, LayerScheme::W8A8 { .. })
@@ -542,6 +565,10 @@ impl QuantLoader {
             }
             Bias::None => None,
         };
+        if self.smoothing.is_none() && self.planned_smoothing().is_some() && matches!(scheme, LayerScheme::W8A8 { .. })
+        {
+            bail!("the plan asks for SmoothQuant (`smooth`), but {name} was built without calibration ranges");
+        }
         let weight = match (&self.source, scheme) {
             (_, LayerScheme::F32) => {
                 LinearWeight::Float(self.read_float(&format!("{name}.weight"), &[out_dim, in_dim])?)
@@ -569,28 +596,49 @@ impl QuantLoader {
                 LinearWeight::Quantized(crate::quanto::read_weight(&self.tracked()?, name, [out_dim, in_dim])?)
             }
         };
+        let input_scale = match &self.source {
+            Source::Quantized(_) => self.saved_input_scale(name, in_dim)?,
+            Source::Float(_) | Source::Quanto(_) => None,
+        };
         if let Some(b) = &bias {
             self.record(&bias_name, Stored::Float(b.clone()));
         }
-        let stored = match &weight {
-            LinearWeight::Float(w) => Stored::Float(w.clone()),
-            LinearWeight::Quantized(q) => Stored::Quantized(q.clone()),
-        };
-        self.record(&format!("{name}.weight"), stored);
+        match &weight {
+            // A smoothed layer's weight is recorded as it is quantized, when built.
+            LinearWeight::Float(_) if scheme != LayerScheme::F32 => {}
+            LinearWeight::Float(w) => self.record(&format!("{name}.weight"), Stored::Float(w.clone())),
+            LinearWeight::Quantized(q) => self.record(&format!("{name}.weight"), Stored::Quantized(q.clone())),
+        }
+        if let Some(scale) = &input_scale {
+            self.record(&format!("{name}.input_scale"), Stored::Float(Tensor::new(scale.as_slice(), &Device::Cpu)?));
+        }
         lock(&self.schemes).push((name.to_string(), scheme));
-        Ok(LinearParams { scheme, weight, bias })
+        Ok(LinearParams { scheme, weight, bias, input_scale, parts: vec![(name.to_string(), out_dim)] })
+    }
+
+    /// The input scale a checkpoint saved for smoothed layer `name` (`name.input_scale`, `[in_dim]`), if any.
+    fn saved_input_scale(&self, name: &str, in_dim: usize) -> Result<Option<Vec<f32>>> {
+        let scale_name = format!("{name}.input_scale");
+        match self.contains(&scale_name) {
+            true => Ok(Some(self.read_float(&scale_name, &[in_dim])?.to_vec1()?)),
+            false => Ok(None),
+        }
     }
 
     /// Builds a layer from parameters read by [`QuantLoader::linear_params`]; `name` is what the report calls it.
     pub fn build_linear(&self, name: &str, params: LinearParams) -> Result<QLinear> {
-        let LinearParams { scheme, weight, bias } = params;
+        let LinearParams { scheme, weight, bias, input_scale, parts } = params;
         let layer = match weight {
-            LinearWeight::Float(w) if self.smooths(scheme) => self.smoothed(name, &w, bias.as_ref(), scheme),
+            LinearWeight::Float(w) if self.smooths(scheme) => self.smoothed(name, &w, bias.as_ref(), scheme, &parts),
             LinearWeight::Float(w) => QLinear::new(&w, bias.as_ref(), scheme).map_err(anyhow::Error::from),
             LinearWeight::Quantized(q) => {
                 let k = q.shape().get(1).copied().unwrap_or(0);
                 let (_, block) = scheme.weight_scheme(k)?.context("a quantized weight needs an integer scheme")?;
-                QLinear::from_qtensor(&q, bias.as_ref(), scheme, block).map_err(anyhow::Error::from)
+                let layer = QLinear::from_qtensor(&q, bias.as_ref(), scheme, block)?;
+                match input_scale {
+                    Some(scale) => layer.with_input_scale(scale).map_err(anyhow::Error::from),
+                    None => Ok(layer),
+                }
             }
         }
         .with_context(|| format!("building {name} as {scheme}"))?;
@@ -602,13 +650,39 @@ impl QuantLoader {
         Ok(layer)
     }
 
-    /// Layer `name` (possibly fused) smoothed with the factors its input ranges and weight give.
-    fn smoothed(&self, name: &str, weight: &Tensor, bias: Option<&Tensor>, scheme: LayerScheme) -> Result<QLinear> {
+    /// Layer `name` (possibly fused from `parts`) smoothed with the factors its input ranges and weight give; a
+    /// recording loader records each part's smoothed codes and the input scale.
+    fn smoothed(
+        &self,
+        name: &str,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        scheme: LayerScheme,
+        parts: &[(String, usize)],
+    ) -> Result<QLinear> {
         let (ranges, alpha) = self.smoothing.as_ref().context("smoothing is on")?;
         let first = expand_braces(name).swap_remove(0);
         let range = ranges.get(&first).with_context(|| format!("no input statistics for {first} to smooth it"))?;
         let factors = qlayers::layers::smoothing_factors(range, weight, *alpha)?;
-        Ok(QLinear::smoothed(weight, bias, scheme, &factors)?)
+        let layer = QLinear::smoothed(weight, bias, scheme, &factors)?;
+        if self.recorded.is_some() {
+            let k = factors.len();
+            let smoothed =
+                weight.to_dtype(DType::F32)?.broadcast_mul(&Tensor::from_slice(&factors, (1, k), &Device::Cpu)?)?;
+            let (weight_scheme, _) = scheme.weight_scheme(k)?.context("smoothing applies to integer schemes")?;
+            let input_scale =
+                Tensor::new(layer.input_scale().context("a smoothed layer has an input scale")?, &Device::Cpu)?;
+            let mut start = 0;
+            // Every row is quantized on its own (W8A8 weights have a scale per row, or per row and block), so each
+            // part's codes are its rows of the fused layer's.
+            for (part, rows) in parts {
+                let codes = QTensor::quantize(&smoothed.narrow(0, start, *rows)?, weight_scheme)?;
+                self.record(&format!("{part}.weight"), Stored::Quantized(codes));
+                self.record(&format!("{part}.input_scale"), Stored::Float(input_scale.clone()));
+                start += rows;
+            }
+        }
+        Ok(layer)
     }
 
     /// The Linear layer `name` (with a bias as `bias` says), read and quantized per its scheme.
@@ -782,6 +856,8 @@ mod tests {
             scheme,
             weight: LinearWeight::Quantized(QTensor::quantize(&w, weight_scheme).unwrap()),
             bias: None,
+            input_scale: None,
+            parts: vec![("layer".into(), rows)],
         }
     }
 

@@ -147,8 +147,11 @@ impl Probe {
         let layers = layer_shapes(names.iter().map(String::as_str), &tensors)?;
         let linear_bytes = reranker.layers().iter().map(|l| l.bytes).sum();
         let float = Evaluation { quality: Quality::Scores { mean_error: 0.0, max_error: 0.0 }, linear_bytes };
+        let observing = QuantLoader::from_tensors(Arc::clone(&tensors), Plan::uniform(LayerScheme::F32)).observing();
+        reranker.with_loader(&observing)?.score_tokens(&tokens)?;
+        let input_ranges = Arc::new(observing.input_ranges());
         let model = Model::Reranker { reranker: Box::new(reranker), pairs: tokens, reference };
-        Ok(Self { model, tensors, layers, float, input_ranges: Arc::default() })
+        Ok(Self { model, tensors, layers, float, input_ranges })
     }
 
     /// A Llama (GGUF file or float HF folder) scored by perplexity and next-token divergence over the first
@@ -214,16 +217,19 @@ impl Probe {
         Ok(qlayers::layers::smoothing_factors(range, self.weight(name)?, alpha)?)
     }
 
-    /// Rebuilds the model per `plan` and scores it on the calibration data.
+    /// Rebuilds the model per `plan` and scores it on the calibration data; a plan's `smooth` takes its factors
+    /// from the same data.
     pub fn evaluate(&self, plan: &Plan) -> Result<Evaluation> {
-        self.evaluate_with(plan, None)
+        self.evaluate_with(plan, plan.smooth)
     }
 
-    /// [`Probe::evaluate`], with SmoothQuant at strength `smoothing` on every W8A8 layer when given (BERT only).
+    /// [`Probe::evaluate`], with SmoothQuant at strength `smoothing` on every W8A8 layer when given (encoders only),
+    /// whatever the plan's own `smooth`.
     pub fn evaluate_with(&self, plan: &Plan, smoothing: Option<f32>) -> Result<Evaluation> {
-        let mut loader = QuantLoader::from_tensors(Arc::clone(&self.tensors), plan.clone());
+        let plan = Plan { smooth: smoothing, ..plan.clone() };
+        let mut loader = QuantLoader::from_tensors(Arc::clone(&self.tensors), plan);
         if let Some(alpha) = smoothing {
-            if self.task() != Task::Embedding {
+            if self.task() == Task::Generation {
                 bail!("smoothing applies to W8A8 layers, which Llama plans do not use");
             }
             loader = loader.with_smoothing(Arc::clone(&self.input_ranges), alpha);

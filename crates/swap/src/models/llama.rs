@@ -895,6 +895,9 @@ impl LlamaModel {
     /// checkpoint's codes; a tensor of the checkpoint that the model does not read is an error
     /// ([`QuantLoader::check_all_read`]).
     pub fn load(config: LlamaConfig, loader: &QuantLoader) -> Result<Self> {
+        if loader.planned_smoothing().is_some() {
+            bail!("`smooth` (SmoothQuant) applies to encoder plans; a plan for text generation cannot carry it");
+        }
         let mut model = Self::load_body(config, loader)?;
         let h = model.config.hidden_size;
         // Tied embeddings: the head reads the embedding matrix (quantized on its own per the plan).
