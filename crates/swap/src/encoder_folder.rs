@@ -56,7 +56,7 @@ impl EncoderFolder {
             loader = loader.recording();
         }
         let mut tokenizer = read_tokenizer(dir)?;
-        let loader = calibrated(dir, &kind, &config, &tokenizer, loader)?;
+        let loader = calibrated(dir, &kind, &config, &config_json, &tokenizer, loader)?;
         let (model, head) = kind.build(&config, &loader)?;
         truncate_at(&mut tokenizer, model.max_tokens())?;
         Ok(Self { kind, config, model, head, tokenizer, loader })
@@ -71,7 +71,8 @@ pub(crate) fn read_tokenizer(dir: &Path) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
-/// `loader`, ready to build the float encoder of `dir` (of `kind`, with `config.json` text `config`): when its plan
+/// `loader`, ready to build the float encoder of `dir` (of `kind`, with `config.json` text `config`, parsed as
+/// `config_json`): when its plan
 /// asks for SmoothQuant, the float model first runs the built-in calibration sentences
 /// ([`crate::analysis::DEFAULT_CALIBRATION`], tokenized by `tokenizer`) and the largest input each Linear layer
 /// saw goes to [`QuantLoader::with_smoothing`].
@@ -79,13 +80,13 @@ pub(crate) fn calibrated(
     dir: &Path,
     kind: &ModelKind,
     config: &str,
+    config_json: &serde_json::Value,
     tokenizer: &Tokenizer,
     loader: QuantLoader,
 ) -> Result<QuantLoader> {
     let Some(alpha) = loader.planned_smoothing() else { return Ok(loader) };
-    let config_json: serde_json::Value = serde_json::from_str(config)?;
     let float = || Plan::uniform(LayerScheme::F32);
-    let observing = QuantLoader::open_folder(dir, &config_json, Some(float()), float)?.observing();
+    let observing = QuantLoader::open_folder(dir, config_json, Some(float()), float)?.observing();
     let encoder = kind.encoder(config, &observing)?;
     let texts: Vec<&str> = DEFAULT_CALIBRATION.lines().filter(|l| !l.trim().is_empty()).collect();
     let encodings = tokenizer.encode_batch(texts, true).map_err(|e| anyhow::anyhow!("calibration text: {e}"))?;

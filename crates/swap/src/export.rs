@@ -41,7 +41,7 @@ pub fn quantize_encoder(
         .recording()
         .with_progress(counted(kind.linear_layers(&config_text)?, progress));
     let tokenizer = crate::encoder_folder::read_tokenizer(src)?;
-    let loader = crate::encoder_folder::calibrated(src, &kind, &config_text, &tokenizer, loader)?;
+    let loader = crate::encoder_folder::calibrated(src, &kind, &config_text, &config_json, &tokenizer, loader)?;
     kind.build(&config_text, &loader)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     copy_side_files(src, out)?;

@@ -664,24 +664,23 @@ impl QuantLoader {
         let first = expand_braces(name).swap_remove(0);
         let range = ranges.get(&first).with_context(|| format!("no input statistics for {first} to smooth it"))?;
         let factors = qlayers::layers::smoothing_factors(range, weight, *alpha)?;
-        let layer = QLinear::smoothed(weight, bias, scheme, &factors)?;
+        let smoothed = qlayers::layers::smoothed_weight(weight, &factors)?;
+        let input_scale: Vec<f32> = factors.iter().map(|f| 1.0 / f).collect();
         if self.recorded.is_some() {
-            let k = factors.len();
-            let smoothed =
-                weight.to_dtype(DType::F32)?.broadcast_mul(&Tensor::from_slice(&factors, (1, k), &Device::Cpu)?)?;
-            let (weight_scheme, _) = scheme.weight_scheme(k)?.context("smoothing applies to integer schemes")?;
-            let input_scale =
-                Tensor::new(layer.input_scale().context("a smoothed layer has an input scale")?, &Device::Cpu)?;
+            let (weight_scheme, _) =
+                scheme.weight_scheme(factors.len())?.context("smoothing applies to integer schemes")?;
+            let scale = Tensor::new(input_scale.as_slice(), &Device::Cpu)?;
             let mut start = 0;
             // Every row is quantized on its own (W8A8 weights have a scale per row, or per row and block), so each
             // part's codes are its rows of the fused layer's.
             for (part, rows) in parts {
                 let codes = QTensor::quantize(&smoothed.narrow(0, start, *rows)?, weight_scheme)?;
                 self.record(&format!("{part}.weight"), Stored::Quantized(codes));
-                self.record(&format!("{part}.input_scale"), Stored::Float(input_scale.clone()));
+                self.record(&format!("{part}.input_scale"), Stored::Float(scale.clone()));
                 start += rows;
             }
         }
+        let layer = QLinear::new(&smoothed, bias, scheme)?.with_input_scale(input_scale)?;
         Ok(layer)
     }
 

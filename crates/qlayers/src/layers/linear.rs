@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::int_weights::pack_qtensor;
 use super::scheme::LayerScheme;
-use super::smoothing::InputRange;
+use super::smoothing::{smoothed_weight, InputRange};
 use crate::activation::Activation;
 use crate::error::{QuantError, Result};
 use crate::kernels::{selected_isa, FloatWeights, PackedWeights};
@@ -93,19 +93,7 @@ impl QLinear {
     /// [`crate::layers::smoothing_factors`]) per the integer `scheme`, and divides each input row by the factors
     /// before quantizing it, so the layer still computes `x W^T + b`.
     pub fn smoothed(weight: &Tensor, bias: Option<&Tensor>, scheme: LayerScheme, factors: &[f32]) -> Result<Self> {
-        let k = weight.dims().last().copied().unwrap_or(0);
-        if factors.len() != k {
-            return Err(QuantError::ShapeMismatch {
-                what: "smoothing factors vs weight columns",
-                left: vec![factors.len()],
-                right: vec![k],
-            });
-        }
-        if let Some((index, &value)) = factors.iter().enumerate().find(|(_, f)| !(f.is_finite() && **f > 0.0)) {
-            return Err(QuantError::NonFinite { what: "smoothing factors (must be positive)", index, value });
-        }
-        let s = Tensor::from_slice(factors, (1, k), weight.device())?;
-        let layer = Self::new(&weight.to_dtype(DType::F32)?.broadcast_mul(&s)?, bias, scheme)?;
+        let layer = Self::new(&smoothed_weight(weight, factors)?, bias, scheme)?;
         layer.with_input_scale(factors.iter().map(|f| 1.0 / f).collect())
     }
 

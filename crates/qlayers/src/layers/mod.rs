@@ -10,4 +10,4 @@ mod smoothing;
 pub use conv2d::QConv2d;
 pub use linear::QLinear;
 pub use scheme::LayerScheme;
-pub use smoothing::{smoothing_factors, InputRange};
+pub use smoothing::{smoothed_weight, smoothing_factors, InputRange};

@@ -43,6 +43,24 @@ pub fn smoothing_factors(input_absmax: &[f32], weight: &Tensor, alpha: f32) -> R
         .collect())
 }
 
+/// `weight * factors` in f32: each input channel `j` of a `[out, in]` weight scaled by `factors[j]` (positive
+/// and finite, one per input channel), the weight a smoothed layer quantizes.
+pub fn smoothed_weight(weight: &Tensor, factors: &[f32]) -> Result<Tensor> {
+    let k = weight.dims().last().copied().unwrap_or(0);
+    if factors.len() != k {
+        return Err(QuantError::ShapeMismatch {
+            what: "smoothing factors vs weight columns",
+            left: vec![factors.len()],
+            right: vec![k],
+        });
+    }
+    if let Some((index, &value)) = factors.iter().enumerate().find(|(_, f)| !(f.is_finite() && **f > 0.0)) {
+        return Err(QuantError::NonFinite { what: "smoothing factors (must be positive)", index, value });
+    }
+    let s = Tensor::from_slice(factors, (1, k), weight.device())?;
+    Ok(weight.to_dtype(DType::F32)?.broadcast_mul(&s)?)
+}
+
 /// The running per-channel maximum of `|x|` over every row a layer has seen (calibration statistics).
 #[derive(Debug, Default)]
 pub struct InputRange {
