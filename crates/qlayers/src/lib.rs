@@ -27,5 +27,5 @@ pub mod threads;
 pub use activation::Activation;
 pub use error::{QuantError, Result};
 pub use kernels::{Isa, PackedWeights, WeightCodes};
-pub use layers::{LayerScheme, QConv2d, QLinear};
+pub use layers::{LayerPath, LayerScheme, QConv2d, QLinear};
 pub use quant::{metrics, nf4, Bits, CodeRange, Codebook, Granularity, LinearScheme, QParams, QTensor, Scheme};

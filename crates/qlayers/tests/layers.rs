@@ -247,6 +247,15 @@ fn qconv2d_matches_candle_conv2d() {
                  relative error vs candle_nn::Conv2d {err:.5}"
             );
             assert!(err < 0.01, "{config:?} {scheme}: relative error {err}");
+            if scheme != LayerScheme::F32 {
+                // candle's convolution on the same quantized weights in f16 (the path of GPU devices) follows the
+                // integer kernels within their activation quantization.
+                let candle = QConv2d::on_candle(&w, Some(&b), config, scheme).unwrap();
+                assert_eq!(candle.storage_bytes(), 2 * w.elem_count() + 4 * cout, "f16 weights, f32 bias");
+                let z = candle.forward(&x).unwrap();
+                let (to_kernels, to_float) = (relative_error(&z, &y), relative_error(&z, &reference));
+                assert!(to_kernels < 0.01 && to_float < 0.01, "{config:?} {scheme}: {to_kernels} / {to_float}");
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! [`QConv2d`]: a drop-in quantized replacement for `candle_nn::Conv2d`, through im2col and the linear kernels.
+//! [`QConv2d`]: a drop-in quantized replacement for `candle_nn::Conv2d`, through im2col and the linear kernels on
+//! the CPU, and candle's convolution on the weights dequantized to f16 elsewhere.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 use candle_nn::Conv2dConfig;
@@ -11,7 +12,9 @@ use crate::kernels::PackedWeights;
 use crate::quant::QTensor;
 
 /// A 2-D convolution whose weights are quantized per a [`LayerScheme`] (one scale per output channel for
-/// W8A8). Stride, padding, dilation and groups follow `candle_nn::Conv2dConfig`; input is `[batch, in, h, w]`.
+/// W8A8). Stride, padding, dilation and groups follow `candle_nn::Conv2dConfig`; input is `[batch, in, h, w]`. The
+/// device of the weights decides how it runs: on the CPU with the integer kernels, elsewhere (CUDA, Metal) with
+/// candle's convolution on the quantized weights dequantized once to f16.
 #[derive(Debug, Clone)]
 pub struct QConv2d {
     scheme: LayerScheme,
@@ -22,6 +25,12 @@ pub struct QConv2d {
 enum Kind {
     F32(candle_nn::Conv2d),
     Int(IntConv2d),
+    /// The quantized weights dequantized to f16 (`[out, in / groups, kh, kw]`), for candle's convolution.
+    Candle {
+        weight: Tensor,
+        bias: Option<Tensor>,
+        config: Conv2dConfig,
+    },
 }
 
 /// The integer form: one packed `[out / groups, in / groups * kh * kw]` matrix per group.
@@ -36,8 +45,32 @@ struct IntConv2d {
 }
 
 impl QConv2d {
-    /// Quantizes `weight` (`[out, in / groups, kh, kw]`) per `scheme`; `bias` is `[out]`.
+    /// Quantizes `weight` (`[out, in / groups, kh, kw]`) per `scheme`; `bias` is `[out]`. The layer runs where the
+    /// weight is.
     pub fn new(weight: &Tensor, bias: Option<&Tensor>, config: Conv2dConfig, scheme: LayerScheme) -> Result<Self> {
+        Self::build(weight, bias, config, scheme, !weight.device().is_cpu())
+    }
+
+    /// [`QConv2d::new`] on candle's convolution (the weights quantized, then dequantized to f16 on the weight's
+    /// device) wherever the weight is: how it runs on a device other than the CPU, here to check that path on
+    /// the CPU.
+    pub fn on_candle(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        config: Conv2dConfig,
+        scheme: LayerScheme,
+    ) -> Result<Self> {
+        Self::build(weight, bias, config, scheme, true)
+    }
+
+    /// Checks and quantizes the weight, for the integer kernels or for candle's convolution (`on_candle`).
+    fn build(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        config: Conv2dConfig,
+        scheme: LayerScheme,
+        on_candle: bool,
+    ) -> Result<Self> {
         let &[out_channels, in_per_group, kh, kw] = weight.dims() else {
             return Err(QuantError::InvalidScheme(format!(
                 "a conv2d weight must be 4-D [out, in, kh, kw], got {:?}",
@@ -65,11 +98,21 @@ impl QConv2d {
             Some((weight_scheme, block)) => {
                 let per_group = out_channels / g;
                 let flat = weight.reshape((out_channels, k))?;
-                let groups = (0..g)
-                    .map(|gi| {
-                        let q = QTensor::quantize(&flat.narrow(0, gi * per_group, per_group)?, weight_scheme)?;
-                        pack_qtensor(&q, block, scheme.half_params())
-                    })
+                let quantized = (0..g)
+                    .map(|gi| QTensor::quantize(&flat.narrow(0, gi * per_group, per_group)?, weight_scheme))
+                    .collect::<Result<Vec<_>>>()?;
+                if on_candle {
+                    // The weights the CPU layer multiplies by (f16 parameters where it keeps them), then in f16.
+                    let held = |q: &QTensor| if scheme.half_params() { q.with_f16_params() } else { q.clone() };
+                    let values: Vec<f32> = quantized.iter().flat_map(|q| held(q).dequantize_f32()).collect();
+                    let device = weight.device();
+                    let weight = Tensor::from_vec(values, weight.dims(), device)?.to_dtype(DType::F16)?;
+                    let bias = bias.map(|b| b.to_dtype(DType::F32)?.to_device(device)).transpose()?;
+                    return Ok(Self { scheme, kind: Kind::Candle { weight, bias, config } });
+                }
+                let groups = quantized
+                    .iter()
+                    .map(|q| pack_qtensor(q, block, scheme.half_params()))
                     .collect::<Result<Vec<_>>>()?;
                 let bias = bias.map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
                 Kind::Int(IntConv2d {
@@ -103,6 +146,9 @@ impl QConv2d {
                 c.groups.iter().map(PackedWeights::storage_bytes).sum::<usize>()
                     + 4 * c.bias.as_ref().map_or(0, Vec::len)
             }
+            Kind::Candle { weight, bias, .. } => {
+                2 * weight.elem_count() + 4 * bias.as_ref().map_or(0, |b| b.elem_count())
+            }
         }
     }
 }
@@ -124,6 +170,17 @@ impl Module for QConv2d {
                 conv.output_size(dims[2], dims[3])?;
                 let dtype = x.dtype();
                 x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(conv)?.to_dtype(dtype)
+            }
+            Kind::Candle { weight, bias, config } => {
+                let dtype = x.dtype();
+                let c = config;
+                let y = x.to_dtype(DType::F16)?.conv2d(weight, c.padding, c.stride, c.dilation, c.groups)?;
+                let y = y.to_dtype(DType::F32)?;
+                let y = match bias {
+                    Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?,
+                    None => y,
+                };
+                y.to_dtype(dtype)
             }
         }
     }

@@ -1,9 +1,10 @@
 //! [`QLinear`]: a drop-in quantized replacement for `candle_nn::Linear`.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor};
 
 use std::sync::Arc;
 
+use super::device::{DeviceLinear, LayerPath};
 use super::int_weights::pack_qtensor;
 use super::scheme::LayerScheme;
 use super::smoothing::{smoothed_weight, InputRange};
@@ -15,10 +16,11 @@ use crate::quant::QTensor;
 /// A linear layer `y = x W^T + b` whose weights are quantized per a [`LayerScheme`].
 ///
 /// It implements [`candle_core::Module`], so it stands wherever `candle_nn::Linear` stands: any input of shape
-/// `[..., in_features]` and any float dtype (computed in f32 and returned in the input's dtype). On the CPU, integer
-/// schemes run the fused kernels of [`crate::kernels`] and f32 weights its f32 GEMM; f32 weights on other devices
-/// run candle's matmul, and integer schemes there report that the op has no kernel (the `CustomOp1` hooks are
-/// where CUDA and Metal kernels plug in).
+/// `[..., in_features]` and any float dtype (computed in f32 and returned in the input's dtype). The device of the
+/// weights decides how it runs ([`QLinear::path`]): on the CPU, integer schemes run the fused kernels of
+/// [`crate::kernels`] and f32 weights its f32 GEMM; on another device (CUDA, Metal) every layer runs candle's own
+/// kernels, integer schemes as ggml blocks through candle's quantized matmul where a ggml format holds them exactly
+/// and as weights dequantized once to f16 otherwise (see [`QLinear::on_candle`]).
 #[derive(Debug, Clone)]
 pub struct QLinear {
     scheme: LayerScheme,
@@ -37,6 +39,8 @@ enum Kind {
     Float(Box<FloatLinear>),
     /// Integer codes for the fused dequant-matmul kernels.
     Int(Box<IntLinear>),
+    /// An integer scheme on candle's kernels (a device other than the CPU, or the CPU when asked for).
+    Device(Box<DeviceLinear>),
 }
 
 /// The f32 form on the CPU: packed weights and the bias, as a candle custom op.
@@ -64,7 +68,8 @@ impl IntLinear {
 }
 
 impl QLinear {
-    /// Quantizes `weight` (`[out, in]`) per `scheme`; `bias` is `[out]`. No float copy of the weight is kept.
+    /// Quantizes `weight` (`[out, in]`) per `scheme`; `bias` is `[out]`. No float copy of the weight is kept. The
+    /// layer runs where the weight is: on the CPU with this crate's kernels, elsewhere with candle's.
     pub fn new(weight: &Tensor, bias: Option<&Tensor>, scheme: LayerScheme) -> Result<Self> {
         let &[out_features, in_features] = weight.dims() else {
             return Err(QuantError::InvalidScheme(format!(
@@ -80,6 +85,10 @@ impl QLinear {
                 Kind::Float(Box::new(FloatLinear { weights, bias: bias_values(bias)? }))
             }
             None => Kind::Candle(candle_nn::Linear::new(weight.clone(), bias.cloned())),
+            Some((weight_scheme, _)) if !weight.device().is_cpu() => {
+                let q = QTensor::quantize(weight, weight_scheme)?;
+                return Self::on_candle(&q, bias, scheme, weight.device());
+            }
             Some((weight_scheme, block)) => {
                 let q = QTensor::quantize(weight, weight_scheme)?;
                 let weights = pack_qtensor(&q, block, scheme.half_params())?;
@@ -101,11 +110,17 @@ impl QLinear {
     /// is quantized: a smoothed layer read back from a checkpoint, whose weights hold `W diag(s)` and whose `scale`
     /// is `1 / s`. Errors on a float layer.
     pub fn with_input_scale(self, scale: Vec<f32>) -> Result<Self> {
-        let Kind::Int(mut int) = self.kind else {
-            return Err(QuantError::InvalidScheme("smoothing applies to integer schemes, not f32".into()));
+        let kind = match self.kind {
+            Kind::Int(mut int) => {
+                int.weights = int.weights.with_input_scale(scale)?;
+                Kind::Int(int)
+            }
+            Kind::Device(device) => Kind::Device(Box::new(device.with_input_scale(scale, self.in_features)?)),
+            Kind::Float(_) | Kind::Candle(_) => {
+                return Err(QuantError::InvalidScheme("smoothing applies to integer schemes, not f32".into()))
+            }
         };
-        int.weights = int.weights.with_input_scale(scale)?;
-        Ok(Self { kind: Kind::Int(int), ..self })
+        Ok(Self { kind, ..self })
     }
 
     /// The factor each input feature is multiplied by before it is quantized (SmoothQuant's `1 / s`), when the
@@ -113,6 +128,7 @@ impl QLinear {
     pub fn input_scale(&self) -> Option<&[f32]> {
         match &self.kind {
             Kind::Int(int) => int.weights.input_scale(),
+            Kind::Device(device) => device.input_scale(),
             Kind::Float(_) | Kind::Candle(_) => None,
         }
     }
@@ -148,9 +164,67 @@ impl QLinear {
         })
     }
 
+    /// [`QLinear::from_qtensor`] on `device`: on the CPU this crate's kernels, elsewhere candle's
+    /// ([`QLinear::on_candle`]).
+    pub fn from_qtensor_on(
+        weight: &QTensor,
+        bias: Option<&Tensor>,
+        scheme: LayerScheme,
+        act_block: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        match device.is_cpu() {
+            true => Self::from_qtensor(weight, bias, scheme, act_block),
+            false => Self::on_candle(weight, bias, scheme, device),
+        }
+    }
+
+    /// The already quantized `weight` (`[out, in]`) of an integer `scheme` on candle's own kernels, on `device`:
+    /// how layers run on a device other than the CPU. Where a ggml format holds the codes exactly (int8 per group
+    /// of 32 or per output channel as Q8_0, symmetric int4 in groups of 32 as Q4_0, min-max int4 in groups of 32 as
+    /// Q4_1; see [`crate::quant::ggml`]) they go to candle's quantized matmul as those blocks, with the scales and
+    /// minimums in f16 as ggml holds them (the weights of the CPU layer for weight-only schemes, which keep f16
+    /// parameters; a W8A8 layer's f32 scales are rounded to f16). Other schemes multiply by the CPU layer's
+    /// weights rounded to f16, dequantized once here. On the CPU this path serves to check it against the
+    /// kernels. Activations are not quantized by this crate here: candle's quantized matmul quantizes them in its
+    /// own blocks of 32 (q8_1) or computes in f16.
+    pub fn on_candle(weight: &QTensor, bias: Option<&Tensor>, scheme: LayerScheme, device: &Device) -> Result<Self> {
+        let &[out_features, in_features] = weight.shape() else {
+            return Err(QuantError::InvalidScheme(format!(
+                "a linear weight must be 2-D [out, in], got {:?}",
+                weight.shape()
+            )));
+        };
+        if scheme.weight_scheme(in_features)?.is_none() {
+            return Err(QuantError::InvalidScheme("f32 layers take their float weights (QLinear::new)".into()));
+        }
+        check_bias(bias, out_features)?;
+        let layer = DeviceLinear::new(weight, bias, scheme.half_params(), device)?;
+        Ok(Self { scheme, in_features, out_features, kind: Kind::Device(Box::new(layer)), observer: None })
+    }
+
     /// The scheme the layer runs.
     pub fn scheme(&self) -> LayerScheme {
         self.scheme
+    }
+
+    /// Which kernels compute the layer's products.
+    pub fn path(&self) -> LayerPath {
+        match &self.kind {
+            Kind::Int(int) => LayerPath::Kernels(int.weights.isa()),
+            Kind::Float(_) => LayerPath::FloatGemm,
+            Kind::Candle(_) => LayerPath::CandleF32,
+            Kind::Device(device) => device.path(),
+        }
+    }
+
+    /// The device the layer's weights are on.
+    pub fn device(&self) -> Device {
+        match &self.kind {
+            Kind::Int(_) | Kind::Float(_) => Device::Cpu,
+            Kind::Candle(linear) => linear.weight().device().clone(),
+            Kind::Device(device) => device.device(),
+        }
     }
 
     /// Input features.
@@ -171,7 +245,7 @@ impl QLinear {
         match &self.kind {
             Kind::Int(int) => int.matmul(x, m),
             Kind::Float(float) => float.weights.matmul(x, m, float.bias.as_deref()),
-            Kind::Candle(linear) => candle_rows(linear, x, m, self.in_features),
+            Kind::Candle(_) | Kind::Device(_) => self.candle_rows(x, m),
         }
     }
 
@@ -185,8 +259,8 @@ impl QLinear {
         match &self.kind {
             Kind::Int(int) => int.matmul_into(x, m, activation, out),
             Kind::Float(float) => float.weights.matmul_into(x, m, float.bias.as_deref(), activation, out),
-            Kind::Candle(linear) => {
-                out.copy_from_slice(&candle_rows(linear, x, m, self.in_features)?);
+            Kind::Candle(_) | Kind::Device(_) => {
+                out.copy_from_slice(&self.candle_rows(x, m)?);
                 if let Some(activation) = activation {
                     activation.apply_all(out);
                 }
@@ -217,6 +291,7 @@ impl QLinear {
             Kind::Candle(l) => tensor_bytes(l.weight()) + l.bias().map_or(0, tensor_bytes),
             Kind::Float(float) => float.weights.storage_bytes() + 4 * float.bias.as_ref().map_or(0, Vec::len),
             Kind::Int(int) => int.weights.storage_bytes() + 4 * int.bias.as_ref().map_or(0, Vec::len),
+            Kind::Device(device) => device.storage_bytes(),
         }
     }
 }
@@ -227,9 +302,9 @@ impl Module for QLinear {
             observer.observe(&x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?, self.in_features);
         }
         match &self.kind {
-            Kind::Candle(linear) => linear.forward(x),
             Kind::Float(float) => self.apply_op(x, float.as_ref()),
             Kind::Int(int) => self.apply_op(x, int.as_ref()),
+            Kind::Candle(_) | Kind::Device(_) => self.candle_forward(x),
         }
     }
 }
@@ -237,16 +312,40 @@ impl Module for QLinear {
 impl QLinear {
     /// Runs `op` (the layer's own kernels) on `x` in f32, returning the input's dtype.
     fn apply_op(&self, x: &Tensor, op: &impl CustomOp1) -> candle_core::Result<Tensor> {
-        if x.dims().last() != Some(&self.in_features) {
-            return Err(QuantError::ShapeMismatch {
+        self.check_last_dim(x)?;
+        let dtype = x.dtype();
+        x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(op)?.to_dtype(dtype)
+    }
+
+    /// Checks that `x`'s last dimension is the layer's input features.
+    fn check_last_dim(&self, x: &Tensor) -> Result<()> {
+        match x.dims().last() == Some(&self.in_features) {
+            true => Ok(()),
+            false => Err(QuantError::ShapeMismatch {
                 what: "QLinear input's last dimension vs in_features",
                 left: x.dims().to_vec(),
                 right: vec![self.in_features],
-            }
-            .into());
+            }),
         }
-        let dtype = x.dtype();
-        x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(op)?.to_dtype(dtype)
+    }
+
+    /// The forward of a layer on candle's kernels (f32 weights or [`Kind::Device`]), on the weights' device.
+    fn candle_forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.kind {
+            Kind::Candle(linear) => linear.forward(x),
+            Kind::Device(device) => {
+                self.check_last_dim(x)?;
+                let dtype = x.dtype();
+                device.forward(&x.to_dtype(DType::F32)?.contiguous()?)?.to_dtype(dtype)
+            }
+            Kind::Float(_) | Kind::Int(_) => unreachable!("only layers on candle's kernels come here"),
+        }
+    }
+
+    /// The layer applied by candle (on its device) to `m` rows of `in_features` values in host memory.
+    fn candle_rows(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let x = Tensor::from_slice(x, (m, self.in_features), &self.device())?;
+        Ok(self.candle_forward(&x)?.flatten_all()?.to_vec1()?)
     }
 }
 
@@ -293,12 +392,6 @@ pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> ca
         (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
         _ => candle_core::bail!("quantized layers take contiguous f32 input"),
     }
-}
-
-/// `linear` (candle's, on its device) applied to `m` rows of `k` values.
-fn candle_rows(linear: &candle_nn::Linear, x: &[f32], m: usize, k: usize) -> Result<Vec<f32>> {
-    let x = Tensor::from_slice(x, (m, k), linear.weight().device())?;
-    Ok(linear.forward(&x)?.flatten_all()?.to_vec1()?)
 }
 
 /// Checks that a bias, if any, has one value per output feature.
