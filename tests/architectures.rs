@@ -298,3 +298,49 @@ fn candle_var_builders_are_weight_stores() {
     let err = from_builder(VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu)).err().unwrap();
     assert!(format!("{err:#}").contains("has none of embeddings.position_embeddings.weight"), "{err:#}");
 }
+
+/// The post-norm encoders on candle's kernels (`Placement::Candle`, the path of GPU devices) on the CPU: fp32
+/// hidden states and embeddings as close to transformers' as the CPU kernels' are; the default int8 plan (f16
+/// weights, no ggml form) and a weight-only int8 plan (Q8_0 blocks) within the int8 bounds of `check_embedder`,
+/// with every layer reported on candle's kernels. The fixtures' texts have different lengths, so a batch attends
+/// in several runs.
+#[test]
+fn post_norm_encoders_run_whole_on_candle_kernels() {
+    use qlayers::LayerPath;
+    let placement = swap::Placement::parse("candle-cpu").unwrap();
+    for name in ["bert-cls", "xlm-roberta", "distilbert", "mpnet"] {
+        let reference = reference(name);
+        let inputs = reference["inputs"].as_array().unwrap();
+        let texts: Vec<&str> = inputs.iter().map(|i| i["text"].as_str().unwrap()).collect();
+        let expected_ids: Vec<Vec<u32>> = inputs.iter().map(|i| ids(&i["input_ids"])).collect();
+        let fp32 =
+            Embedder::open_on(&fixture(name), Some(Plan::uniform(qlayers::LayerScheme::F32)), &placement).unwrap();
+        let hidden = fp32.token_embeddings(&expected_ids).unwrap();
+        for (i, (ours, theirs)) in hidden.iter().zip(reference["last_hidden_state"].as_array().unwrap()).enumerate() {
+            let theirs: Vec<f32> = theirs.as_array().unwrap().iter().flat_map(floats).collect();
+            let largest = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = ours.iter().zip(&theirs).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst <= 1e-4 * largest, "{name}: input {i}: hidden states off by {worst} (largest {largest})");
+        }
+        let expected: Vec<Vec<f32>> = reference["embeddings"].as_array().unwrap().iter().map(floats).collect();
+        for (i, (ours, theirs)) in fp32.embed(&texts).unwrap().iter().zip(&expected).enumerate() {
+            let c = cosine(ours, theirs);
+            assert!(c >= 0.99999, "{name}: fp32 embedding {i} cosine {c}");
+        }
+        let weight_only: Plan = "int8-g32".parse::<qlayers::LayerScheme>().map(Plan::uniform).unwrap();
+        // Blocks of 64 over K = 64 are a scale per row, which Q8_0 holds; the K = 256 ones are not.
+        let on_candle = |path: &LayerPath| matches!(path, LayerPath::GgmlBlocks(_) | LayerPath::DequantizedF16);
+        let q8_0 = |path: &LayerPath| *path == LayerPath::GgmlBlocks(candle_core::quantized::GgmlDType::Q8_0);
+        for (plan, expected_path) in [(None, &on_candle as &dyn Fn(&LayerPath) -> bool), (Some(weight_only), &q8_0)] {
+            let int8 = Embedder::open_on(&fixture(name), plan, &placement).unwrap();
+            let layers = int8.layers();
+            assert!(!layers.is_empty() && layers.iter().all(|l| expected_path(&l.path)), "{name}: {layers:?}");
+            let quantized = int8.embed(&texts).unwrap();
+            for (i, (ours, theirs)) in quantized.iter().zip(&expected).enumerate() {
+                let c = cosine(ours, theirs);
+                assert!(c >= 0.995, "{name}: int8 embedding {i} cosine {c}");
+            }
+            assert_eq!(neighbours(&quantized), neighbours(&expected), "{name}: int8 neighbour order");
+        }
+    }
+}

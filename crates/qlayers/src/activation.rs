@@ -38,6 +38,17 @@ impl Activation {
             Self::Silu => values.iter_mut().for_each(|v| *v = silu(*v)),
         }
     }
+
+    /// The activation of every value of `x` with candle's own operations, on `x`'s device (models on candle's
+    /// kernels, see [`crate::LayerPath`]).
+    pub fn apply_tensor(self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        match self {
+            Self::GeluErf => x.gelu_erf(),
+            Self::GeluTanh => x.gelu(),
+            Self::Relu => x.relu(),
+            Self::Silu => x.silu(),
+        }
+    }
 }
 
 /// `x * Φ(x) = 0.5 x (1 + erf(x / √2))`.

@@ -13,7 +13,7 @@ use tokenizers::Tokenizer;
 
 use crate::arch::{ModelKind, Task};
 use crate::encoder_folder::EncoderFolder;
-use crate::loader::{LayerReport, QuantLoader};
+use crate::loader::{LayerReport, Placement, QuantLoader};
 use crate::models::TextEncoder;
 use crate::plan::Plan;
 
@@ -157,14 +157,22 @@ impl Embedder {
     /// pre-quantized checkpoint ([`crate::checkpoint`]) or an optimum-quanto one ([`crate::quanto`]) runs as saved,
     /// and a `plan` other than the one it was saved with is an error.
     pub fn open(dir: &Path, plan: Option<Plan>) -> Result<Self> {
-        Ok(Self::open_with(dir, plan, false)?.0)
+        Self::open_on(dir, plan, &Placement::Kernels)
+    }
+
+    /// [`Embedder::open`] with the layers placed as `placement` says: on candle's kernels on a GPU device, the
+    /// BERT-family encoders (BERT, RoBERTa, DistilBERT, MPNet) run there whole; other architectures run their
+    /// Linear layers there and the rest on the CPU.
+    pub fn open_on(dir: &Path, plan: Option<Plan>, placement: &Placement) -> Result<Self> {
+        Ok(Self::open_with(dir, plan, false, placement)?.0)
     }
 
     /// Loads a float model folder in f32 with every tensor kept in memory, so that [`Embedder::with_loader`] over
     /// [`QuantLoader::from_tensors`] can rebuild it under other plans without reading the file again. A quantized
     /// checkpoint is an error.
     pub fn open_in_memory(dir: &Path) -> Result<(Self, Arc<HashMap<String, Tensor>>)> {
-        let (embedder, loader) = Self::open_with(dir, Some(Plan::uniform(LayerScheme::F32)), true)?;
+        let (embedder, loader) =
+            Self::open_with(dir, Some(Plan::uniform(LayerScheme::F32)), true, &Placement::Kernels)?;
         let tensors = loader.take_float_tensors().with_context(|| format!("{} is not a float model", dir.display()))?;
         Ok((embedder, tensors))
     }
@@ -184,9 +192,9 @@ impl Embedder {
         })
     }
 
-    fn open_with(dir: &Path, plan: Option<Plan>, record: bool) -> Result<(Self, QuantLoader)> {
+    fn open_with(dir: &Path, plan: Option<Plan>, record: bool, placement: &Placement) -> Result<(Self, QuantLoader)> {
         let EncoderFolder { kind, config, model, mut tokenizer, loader, .. } =
-            EncoderFolder::open(dir, plan, record, Task::Embedding)?;
+            EncoderFolder::open(dir, plan, record, Task::Embedding, placement)?;
         let pipeline = PipelineConfig::read(dir, model.max_tokens())?;
         crate::encoder_folder::truncate_at(&mut tokenizer, pipeline.max_seq_length)?;
         let layers = loader.report();

@@ -9,7 +9,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::analysis::DEFAULT_CALIBRATION;
 use crate::arch::{ModelKind, Task};
-use crate::loader::QuantLoader;
+use crate::loader::{Placement, QuantLoader};
 use crate::models::heads::SequenceClassifier;
 use crate::models::TextEncoder;
 use crate::plan::Plan;
@@ -32,8 +32,15 @@ pub(crate) struct EncoderFolder {
 
 impl EncoderFolder {
     /// Opens `dir` for `task` (a checkpoint of another task is an error that says which command runs it): a float
-    /// model is quantized per `plan` (the kind's default plan when `None`); `record` keeps every tensor read.
-    pub(crate) fn open(dir: &Path, plan: Option<Plan>, record: bool, task: Task) -> Result<Self> {
+    /// model is quantized per `plan` (the kind's default plan when `None`); `record` keeps every tensor read; the
+    /// layers run as `placement` says.
+    pub(crate) fn open(
+        dir: &Path,
+        plan: Option<Plan>,
+        record: bool,
+        task: Task,
+        placement: &Placement,
+    ) -> Result<Self> {
         let (kind, config) = ModelKind::of_folder(dir)?;
         if kind.task != task {
             let command = |task: Task| match task {
@@ -51,7 +58,8 @@ impl EncoderFolder {
             );
         }
         let config_json: serde_json::Value = serde_json::from_str(&config)?;
-        let mut loader = QuantLoader::open_folder(dir, &config_json, plan, || kind.default_plan())?;
+        let mut loader = QuantLoader::open_folder(dir, &config_json, plan, || kind.default_plan())?
+            .with_placement(placement.clone());
         if record {
             loader = loader.recording();
         }

@@ -24,7 +24,7 @@ pub mod source;
 pub use arch::{ModelKind, Task};
 pub use embedder::{normalize, Embedder, PipelineConfig, Pooling};
 pub use generator::{Generation, Generator, Length, StopReason, TextStream};
-pub use loader::{LayerReport, QuantLoader};
+pub use loader::{LayerReport, Placement, QuantLoader};
 pub use nn::{conv2d, conv2d_no_bias, linear, linear_b, linear_no_bias};
 pub use plan::Plan;
 pub use reranker::{ranked, sigmoid, PairTokens, Reranker};

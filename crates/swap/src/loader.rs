@@ -15,7 +15,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use qlayers::layers::InputRange;
-use qlayers::{LayerScheme, QLinear, QTensor};
+use qlayers::{LayerPath, LayerScheme, QLinear, QTensor};
 
 pub use crate::checkpoint::Stored;
 use crate::checkpoint::{self, QuantizationConfig, QuantizedLayers, WEIGHTS_FILE};
@@ -23,7 +23,7 @@ use crate::gguf_weights::GgufWeights;
 use crate::plan::Plan;
 use crate::quanto::{QuantoMap, QMAP_FILE};
 
-/// What one layer became: its name, scheme and bytes in memory.
+/// What one layer became: its name, scheme, bytes in memory and the kernels that run it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerReport {
     /// Dotted layer name (`encoder.layer.0.intermediate.dense`).
@@ -32,6 +32,50 @@ pub struct LayerReport {
     pub scheme: LayerScheme,
     /// Parameter bytes in memory.
     pub bytes: usize,
+    /// Which kernels compute it (this crate's on the CPU, or candle's on a device).
+    pub path: LayerPath,
+}
+
+/// Where the layers a loader builds run.
+#[derive(Debug, Clone, Default)]
+pub enum Placement {
+    /// This crate's kernels, on the CPU.
+    #[default]
+    Kernels,
+    /// candle's own kernels on this device (CUDA, Metal; or the CPU, to check that path there): integer layers
+    /// as ggml blocks where a format holds them exactly, else as f16 weights (see `QLinear::on_candle`), and the
+    /// models' other operations as candle tensor operations.
+    Candle(Device),
+}
+
+impl Placement {
+    /// The device of a `--device` argument: `cpu` (this crate's kernels), `cuda`, `cuda:N`, `metal`, or
+    /// `candle-cpu` (candle's kernels on the CPU, the GPU path checked without a GPU).
+    pub fn parse(name: &str) -> Result<Self> {
+        let device = match name.trim() {
+            "cpu" => return Ok(Self::Kernels),
+            "candle-cpu" => Device::Cpu,
+            "metal" => Device::new_metal(0).context("cannot open the Metal device (built with --features metal?)")?,
+            cuda if cuda == "cuda" || cuda.starts_with("cuda:") => {
+                let ordinal = match cuda.strip_prefix("cuda:") {
+                    Some(n) => n.parse::<usize>().with_context(|| format!("bad CUDA device number in {cuda:?}"))?,
+                    None => 0,
+                };
+                Device::new_cuda(ordinal)
+                    .with_context(|| format!("cannot open CUDA device {ordinal} (built with --features cuda?)"))?
+            }
+            other => bail!("unknown device {other:?}: expected cpu, cuda, cuda:N, metal or candle-cpu"),
+        };
+        Ok(Self::Candle(device))
+    }
+
+    /// The device of candle's kernels, when the layers run on them.
+    pub fn candle_device(&self) -> Option<&Device> {
+        match self {
+            Self::Kernels => None,
+            Self::Candle(device) => Some(device),
+        }
+    }
 }
 
 /// A Linear layer's weight as read: floats to quantize, or codes already quantized.
@@ -270,6 +314,8 @@ pub struct QuantLoader {
     smoothing: Option<(InputRanges, f32)>,
     /// The stored name of every tensor read so far (see [`QuantLoader::check_all_read`]).
     read: Mutex<HashSet<String>>,
+    /// Where the layers built run.
+    placement: Placement,
 }
 
 impl QuantLoader {
@@ -367,7 +413,19 @@ impl QuantLoader {
             observers: None,
             smoothing: None,
             read: Mutex::new(HashSet::new()),
+            placement: Placement::Kernels,
         }
+    }
+
+    /// Builds every later layer to run as `placement` says (this crate's CPU kernels by default).
+    pub fn with_placement(mut self, placement: Placement) -> Self {
+        self.placement = placement;
+        self
+    }
+
+    /// Where the layers built run.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
     }
 
     /// Makes every layer built record the largest `|x|` of each input channel it sees
@@ -630,11 +688,14 @@ impl QuantLoader {
         let LinearParams { scheme, weight, bias, input_scale, parts } = params;
         let layer = match weight {
             LinearWeight::Float(w) if self.smooths(scheme) => self.smoothed(name, &w, bias.as_ref(), scheme, &parts),
-            LinearWeight::Float(w) => QLinear::new(&w, bias.as_ref(), scheme).map_err(anyhow::Error::from),
+            LinearWeight::Float(w) => self.placed_layer(&w, bias.as_ref(), scheme),
             LinearWeight::Quantized(q) => {
                 let k = q.shape().get(1).copied().unwrap_or(0);
                 let (_, block) = scheme.weight_scheme(k)?.context("a quantized weight needs an integer scheme")?;
-                let layer = QLinear::from_qtensor(&q, bias.as_ref(), scheme, block)?;
+                let layer = match &self.placement {
+                    Placement::Kernels => QLinear::from_qtensor(&q, bias.as_ref(), scheme, block)?,
+                    Placement::Candle(device) => QLinear::on_candle(&q, bias.as_ref(), scheme, device)?,
+                };
                 match input_scale {
                     Some(scale) => layer.with_input_scale(scale).map_err(anyhow::Error::from),
                     None => Ok(layer),
@@ -646,7 +707,23 @@ impl QuantLoader {
         if let Some(observers) = &self.observers {
             lock(observers).push((name.to_string(), layer.observe_inputs()));
         }
-        lock(&self.report).push(LayerReport { name: name.to_string(), scheme, bytes: layer.storage_bytes() });
+        let report = LayerReport { name: name.to_string(), scheme, bytes: layer.storage_bytes(), path: layer.path() };
+        lock(&self.report).push(report);
+        Ok(layer)
+    }
+
+    /// The layer of float `weight` under `scheme`, where the placement says.
+    fn placed_layer(&self, weight: &Tensor, bias: Option<&Tensor>, scheme: LayerScheme) -> Result<QLinear> {
+        let layer = match (&self.placement, scheme.weight_scheme(weight.dims().last().copied().unwrap_or(0))?) {
+            (Placement::Kernels, _) => QLinear::new(weight, bias, scheme)?,
+            (Placement::Candle(device), None) => {
+                let bias = bias.map(|b| b.to_device(device)).transpose()?;
+                QLinear::new(&weight.to_device(device)?, bias.as_ref(), scheme)?
+            }
+            (Placement::Candle(device), Some((weight_scheme, _))) => {
+                QLinear::on_candle(&QTensor::quantize(weight, weight_scheme)?, bias, scheme, device)?
+            }
+        };
         Ok(layer)
     }
 
@@ -680,7 +757,7 @@ impl QuantLoader {
                 start += rows;
             }
         }
-        let layer = QLinear::new(&smoothed, bias, scheme)?.with_input_scale(input_scale)?;
+        let layer = self.placed_layer(&smoothed, bias, scheme)?.with_input_scale(input_scale)?;
         Ok(layer)
     }
 

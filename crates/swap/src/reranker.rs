@@ -13,7 +13,7 @@ use tokenizers::Tokenizer;
 
 use crate::arch::{ModelKind, Task};
 use crate::encoder_folder::EncoderFolder;
-use crate::loader::{LayerReport, QuantLoader};
+use crate::loader::{LayerReport, Placement, QuantLoader};
 use crate::models::heads::SequenceClassifier;
 use crate::models::TextEncoder;
 use crate::plan::Plan;
@@ -78,7 +78,7 @@ impl Reranker {
 
     fn open_with(dir: &Path, plan: Option<Plan>, record: bool) -> Result<(Self, QuantLoader)> {
         let EncoderFolder { kind, config, model, head, tokenizer, loader } =
-            EncoderFolder::open(dir, plan, record, Task::Reranking)?;
+            EncoderFolder::open(dir, plan, record, Task::Reranking, &Placement::Kernels)?;
         let head = head.context("a reranker has a head")?;
         let token_types = crate::encoder_folder::uses_token_types(dir)?;
         let layers = loader.report();

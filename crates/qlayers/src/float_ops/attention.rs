@@ -59,6 +59,21 @@ impl RelativeBias {
         self.span
     }
 
+    /// The bias of every query and key of a `len`-token sequence, `[heads][len][len]` (query-major): what a
+    /// dense attention adds to its scores. `len` is at most [`RelativeBias::span`].
+    pub fn matrix(&self, len: usize) -> Vec<f32> {
+        assert!(len <= self.span, "the bias covers {} tokens, not {len}", self.span);
+        let heads = self.values.len() / (2 * self.span - 1);
+        let mut out = Vec::with_capacity(heads * len * len);
+        for h in 0..heads {
+            let row = self.head(h);
+            for i in 0..len {
+                out.extend((0..len).map(|j| row[self.span - 1 + j - i]));
+            }
+        }
+        out
+    }
+
     /// Head `h`'s row.
     fn head(&self, h: usize) -> &[f32] {
         let distances = 2 * self.span - 1;

@@ -9,6 +9,7 @@ use qlayers::{Activation, QLinear};
 
 use super::checks::{self, WeightDim};
 use super::embedding::{EmbeddingShape, InputEmbeddings};
+use super::encoder_tensors::StackOnDevice;
 use super::projection::Projection;
 use super::TextEncoder;
 use crate::loader::{Bias, QuantLoader};
@@ -47,14 +48,15 @@ pub(crate) struct EncoderShape {
     pub eps: f64,
 }
 
-struct Layer {
+/// One encoder layer's weights.
+pub(super) struct Layer {
     /// Q, K and V: `[rows, 3h]`, each row's queries, keys and values side by side.
-    qkv: Projection,
-    attention_out: QLinear,
-    attention_norm: LayerNormParams,
-    intermediate: QLinear,
-    output: QLinear,
-    output_norm: LayerNormParams,
+    pub(super) qkv: Projection,
+    pub(super) attention_out: QLinear,
+    pub(super) attention_norm: LayerNormParams,
+    pub(super) intermediate: QLinear,
+    pub(super) output: QLinear,
+    pub(super) output_norm: LayerNormParams,
 }
 
 /// A stack of post-norm encoder layers whose Linear layers are quantized per the loader's plan.
@@ -66,6 +68,8 @@ pub(crate) struct EncoderStack {
     /// memory it already has instead of faulting in fresh pages (tens of MB a layer for a batch). There are as many
     /// as calls have run at once, each as large as the largest batch it served.
     workspaces: std::sync::Mutex<Vec<Workspace>>,
+    /// The tensor path, when the layers run on candle's kernels (the loader's placement).
+    on_device: Option<StackOnDevice>,
 }
 
 /// One call's activation buffers, reused from layer to layer.
@@ -104,7 +108,8 @@ impl EncoderStack {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { shape, activation, layers, workspaces: Default::default() })
+        let on_device = loader.placement().candle_device().map(|d| StackOnDevice::new(d, &layers)).transpose()?;
+        Ok(Self { shape, activation, layers, workspaces: Default::default(), on_device })
     }
 
     /// Bytes of the layer norms (the Linear layers are in the loader's report).
@@ -121,6 +126,9 @@ impl EncoderStack {
         lens: &[usize],
         bias: Option<&RelativeBias>,
     ) -> Result<Vec<f32>> {
+        if let Some(on_device) = &self.on_device {
+            return on_device.forward(&self.layers, self.shape, self.activation, hidden, starts, lens, bias);
+        }
         let rows = hidden.len() / self.shape.hidden;
         let pool = || self.workspaces.lock().unwrap_or_else(|e| e.into_inner());
         let mut ws = pool().pop().unwrap_or_default();

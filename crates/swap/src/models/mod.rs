@@ -6,6 +6,7 @@ mod checks;
 pub mod distilbert;
 mod embedding;
 mod encoder;
+mod encoder_tensors;
 pub mod heads;
 pub mod llama;
 pub mod modernbert;

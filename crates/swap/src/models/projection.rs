@@ -71,6 +71,18 @@ impl Projection {
         }
     }
 
+    /// [`Projection::forward`] on a tensor `[rows, input]` on the layers' device (models on candle's kernels).
+    pub(crate) fn forward_tensor(&self, x: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+        use candle_core::Module;
+        match self {
+            Self::Fused(layer) => Ok(layer.forward(x)?),
+            Self::Separate(layers) => {
+                let outs = layers.iter().map(|l| l.forward(x)).collect::<candle_core::Result<Vec<_>>>()?;
+                Ok(candle_core::Tensor::cat(&outs, candle_core::D::Minus1)?)
+            }
+        }
+    }
+
     /// Parameter bytes in memory.
     pub(crate) fn storage_bytes(&self) -> usize {
         match self {
