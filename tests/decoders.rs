@@ -456,3 +456,35 @@ fn presets_keep_a_gguf_files_own_blocks() {
     let worst = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(worst < 0.02 * largest, "int8 preset on the file's blocks: off by {worst} (largest {largest})");
 }
+
+/// The path of GPU devices (candle's kernels) on the CPU: a min-max int4 plan in groups of 32 runs as Q4_1 blocks
+/// through candle's quantized matmul, and follows our CPU int4 layers (the same weights, activations quantized by
+/// each engine its own way): next-token logits at a cosine of at least 0.999 after each prompt, and perplexity
+/// within 1%.
+#[test]
+fn int4_on_candle_kernels_follows_the_cpu_kernels() {
+    let text = std::fs::read_to_string(fixture("llama").join("reference.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let plan = || Some(Plan::llama("int4-g32-asym".parse().unwrap()));
+    let cpu = Generator::open(&gguf("llama"), plan()).unwrap();
+    let placement = swap::Placement::parse("candle-cpu").unwrap();
+    let candle = Generator::open_on(&gguf("llama"), plan(), &placement).unwrap();
+    let q4_1 = qlayers::LayerPath::GgmlBlocks(candle_core::quantized::GgmlDType::Q4_1);
+    assert!(candle.layers().iter().filter(|l| l.name != "lm_head").all(|l| l.path == q4_1), "{:?}", candle.layers());
+    for (i, prompt) in reference["prompts"].as_array().unwrap().iter().enumerate() {
+        let prompt_ids = ids(&prompt["input_ids"]);
+        let (a, b) = (
+            cpu.model().next_token_logits(&prompt_ids).unwrap(),
+            candle.model().next_token_logits(&prompt_ids).unwrap(),
+        );
+        let c = swap::eval::cosine(&a, &b);
+        assert!(c >= 0.999, "prompt {i}: logits cosine {c}");
+    }
+    let text_ids = cpu.encode(reference["perplexity"]["text"].as_str().unwrap()).unwrap();
+    let (a, b) = (
+        cpu.model().perplexity(&text_ids, text_ids.len()).unwrap(),
+        candle.model().perplexity(&text_ids, text_ids.len()).unwrap(),
+    );
+    println!("int4: perplexity {a:.4} on the CPU kernels, {b:.4} on candle's");
+    assert!((a - b).abs() <= 0.01 * a, "perplexity {a} vs {b}");
+}

@@ -41,6 +41,25 @@ fn int8_default_plan_meets_the_accuracy_targets() {
     assert!(mean >= 0.9995 && min >= 0.999 && overlap >= 0.98, "mean {mean}, min {min}, overlap {overlap}");
 }
 
+/// The path of GPU devices (candle's kernels, `--device cuda`), taken on the CPU: the default int8 plan keeps the
+/// accuracy targets there, and weight-only int8 in groups of 32 runs as Q8_0 blocks through candle's quantized
+/// matmul.
+#[test]
+fn int8_on_candle_kernels_meets_the_accuracy_targets() {
+    let placement = swap::Placement::parse("candle-cpu").unwrap();
+    let (texts, expected) = reference();
+    let weight_only = Plan::uniform("int8-g32".parse().unwrap());
+    for (plan, name) in [(Plan::bert_int8(), "default"), (weight_only, "int8-g32")] {
+        let embedder = Embedder::open_on(&model_dir(), Some(plan), &placement).unwrap();
+        assert!(embedder.layers().iter().all(|l| !matches!(l.path, qlayers::LayerPath::Kernels(_))));
+        let ours = common::embed_all(&embedder, texts);
+        let Agreement { cosine_mean: mean, cosine_min: min, top10_overlap: overlap } =
+            Agreement::between(&ours, expected);
+        println!("{name} on candle's kernels: cosine mean {mean:.5}, min {min:.5}, top-10 overlap {overlap:.4}");
+        assert!(mean >= 0.9995 && min >= 0.999 && overlap >= 0.98, "{name}: mean {mean}, min {min}, overlap {overlap}");
+    }
+}
+
 #[test]
 fn a_text_embeds_the_same_alone_or_in_a_batch() {
     let embedder = Embedder::load(&model_dir(), Plan::bert_int8()).unwrap();

@@ -10,19 +10,20 @@ use candle_transformers::models::bert::{BertModel, Config};
 /// candle-transformers' BERT in f32, pooled by mean and L2-normalised like the sentence-transformers pipeline.
 pub struct CandleBert {
     model: BertModel,
+    device: Device,
     bytes: u64,
 }
 
 impl CandleBert {
-    /// Loads the float model in `dir`.
-    pub fn load(dir: &Path) -> Result<Self> {
+    /// Loads the float model in `dir` onto `device`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let config_text = std::fs::read_to_string(dir.join("config.json")).context("config.json")?;
         let config: Config = serde_json::from_str(&config_text).context("config.json for candle-transformers")?;
         let weights = dir.join(swap::checkpoint::WEIGHTS_FILE);
         // SAFETY: the model file is not modified while mapped.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &Device::Cpu)? };
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device)? };
         let model = BertModel::load(vb, &config).context("candle-transformers cannot load this model")?;
-        Ok(Self { model, bytes: std::fs::metadata(&weights)?.len() })
+        Ok(Self { model, device: device.clone(), bytes: std::fs::metadata(&weights)?.len() })
     }
 
     /// Bytes of the f32 weights.
@@ -30,13 +31,14 @@ impl CandleBert {
         self.bytes
     }
 
-    /// Embeds `batch x seq` token ids (all real tokens), returning the `[batch, hidden]` pooled embeddings.
-    pub fn embed(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Tensor> {
-        let ids = Tensor::from_slice(ids, (batch, seq), &Device::Cpu)?;
+    /// Embeds `batch x seq` token ids (all real tokens), returning the pooled embeddings in host memory (so that
+    /// on a GPU the time includes the work, not just its launch).
+    pub fn embed(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Vec<Vec<f32>>> {
+        let ids = Tensor::from_slice(ids, (batch, seq), &self.device)?;
         let token_types = ids.zeros_like()?;
         let mask = ids.ones_like()?;
         let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
         let pooled = hidden.mean(1)?;
-        Ok(pooled.broadcast_div(&pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?)
+        Ok(pooled.broadcast_div(&pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?.to_vec2()?)
     }
 }

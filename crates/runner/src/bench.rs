@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use swap::{Embedder, ModelKind, PairTokens, Plan, Reranker, Task};
+use swap::{Embedder, ModelKind, PairTokens, Placement, Plan, Reranker, Task};
 
 use crate::baseline::CandleBert;
 use crate::model_args::{apply_threads, encoder_preset, locate, DEFAULT_MODEL};
@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// Threads (default: all cores).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
+    /// Where the layers run (as every model command's `--device`: `cpu`, `cuda[:N]`, `metal`, `candle-cpu`);
+    /// candle-transformers' baseline runs on the same device.
+    #[arg(long, default_value = "cpu")]
+    pub(crate) device: String,
     /// Leave out candle-transformers' fp32 BERT.
     #[arg(long)]
     no_baseline: bool,
@@ -104,11 +108,11 @@ enum Contender {
 }
 
 impl Contender {
-    /// Our model of `task` at `path`, quantized per `plan`.
-    fn load(task: Task, path: &std::path::Path, plan: Option<Plan>) -> Result<Self> {
+    /// Our model of `task` at `path`, quantized per `plan`, its layers placed as `placement` says.
+    fn load(task: Task, path: &std::path::Path, plan: Option<Plan>, placement: &Placement) -> Result<Self> {
         Ok(match task {
-            Task::Reranking => Self::Reranker(Box::new(Reranker::open(path, plan)?)),
-            _ => Self::Ours(Box::new(Embedder::open(path, plan)?)),
+            Task::Reranking => Self::Reranker(Box::new(Reranker::open_on(path, plan, placement)?)),
+            _ => Self::Ours(Box::new(Embedder::open_on(path, plan, placement)?)),
         })
     }
 
@@ -176,16 +180,17 @@ fn bench_encoder(args: &BenchArgs, dir: PathBuf, task: Task) -> Result<()> {
     }
     let kind = ModelKind::of_folder(&dir)?.0;
     let variants = variants(args, &dir, task, &["fp32", "int8"], |name| encoder_preset(name, kind))?;
+    let placement = Placement::parse(&args.device)?;
     let mut contenders: Vec<(String, f64, Contender)> = Vec::new();
     // candle-transformers' baseline reads BERT embedders only.
     if !args.no_baseline && kind.arch.model_types.contains(&"bert") && task == Task::Embedding {
         let start = Instant::now();
-        let model = CandleBert::load(&dir)?;
+        let model = CandleBert::load(&dir, placement.candle_device().unwrap_or(&candle_core::Device::Cpu))?;
         contenders.push(("candle-transformers fp32".into(), ms(start), Contender::Candle(Box::new(model))));
     }
     for Variant { name, path, plan } in variants {
         let start = Instant::now();
-        let contender = Contender::load(task, &path, plan).with_context(|| format!("loading {name}"))?;
+        let contender = Contender::load(task, &path, plan, &placement).with_context(|| format!("loading {name}"))?;
         contenders.push((name, ms(start), contender));
     }
     let max_len = contenders.iter().find_map(|(_, _, c)| c.max_tokens()).unwrap_or(args.seq);
@@ -237,7 +242,9 @@ fn bench_encoder(args: &BenchArgs, dir: PathBuf, task: Task) -> Result<()> {
         .collect();
     let machine = machine(
         &dir,
-        serde_json::json!({"batch": args.batch, "seq": args.seq, "short_seq": args.short_seq, "iters": iters}),
+        serde_json::json!({
+            "batch": args.batch, "seq": args.seq, "short_seq": args.short_seq, "iters": iters, "device": args.device
+        }),
     )?;
     if args.json {
         println!("{}", serde_json::json!({ "machine": machine, "results": rows }));

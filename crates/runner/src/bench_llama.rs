@@ -32,11 +32,12 @@ pub fn run(args: &BenchArgs, path: &Path) -> Result<()> {
     let variants = variants(args, path, Task::Generation, &["fp32", "w8a8", "int8", "int4"], |name| {
         swap::locate::preset(name, path, Task::Generation)
     })?;
+    let placement = swap::Placement::parse(&args.device)?;
     let mut contenders: Vec<(String, String, f64, LlamaModel)> = Vec::new();
     for Variant { name, path, plan } in variants {
         let shown = plan.as_ref().map_or_else(|| "as saved".to_string(), Plan::to_string);
         let start = Instant::now();
-        let generator = Generator::open(&path, plan).with_context(|| format!("loading {name}"))?;
+        let generator = Generator::open_on(&path, plan, &placement).with_context(|| format!("loading {name}"))?;
         contenders.push((name, shown, ms(start), generator.into_model()));
     }
     let config = contenders[0].3.config().clone();

@@ -1,10 +1,10 @@
-//! The options every model command shares: which model, which quantization, how many threads.
+//! The options every model command shares: which model, which quantization, how many threads, which device.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::Args;
-use swap::{Embedder, Generator, Plan, Reranker, ResolveOptions, Task, SENTENCE_BERT_FILES};
+use swap::{Embedder, Generator, Placement, Plan, Reranker, ResolveOptions, Task, SENTENCE_BERT_FILES};
 
 /// Default embedding model: the folder `models/fetch minilm` fills.
 pub const DEFAULT_MODEL: &str = "models/cache/all-MiniLM-L6-v2";
@@ -13,7 +13,7 @@ pub const DEFAULT_LLM: &str = "models/cache/SmolLM2-135M-Instruct/SmolLM2-135M-I
 
 pub use swap::locate::{encoder_preset, locate};
 
-/// `--quant` / `--plan` and `--threads`, shared by every model command.
+/// `--quant` / `--plan`, `--threads` and `--device`, shared by every model command.
 #[derive(Args, Debug, Clone)]
 pub struct QuantArgs {
     /// Quantization preset or scheme: `fp32`, `int8` (BERT: the default BERT plan; Llama: int8 in groups of 16),
@@ -28,6 +28,11 @@ pub struct QuantArgs {
     /// Threads for the kernels (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where the layers run: `cpu` (this crate's kernels), `cuda`, `cuda:N` or `metal` (candle's kernels on that
+    /// GPU; a build with `--features cuda` or `metal`), or `candle-cpu` (candle's kernels on the CPU: the GPU path,
+    /// checked without a GPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 impl QuantArgs {
@@ -39,6 +44,11 @@ impl QuantArgs {
             (None, Some(path)) => Ok(Some(Plan::from_file(path)?)),
             (None, None) => Ok(None),
         }
+    }
+
+    /// Where `--device` puts the layers.
+    pub fn placement(&self) -> Result<Placement> {
+        Placement::parse(&self.device)
     }
 }
 
@@ -60,7 +70,10 @@ impl LlmArgs {
         if task != Task::Generation {
             bail!("{} does {task}, not text generation (that takes a GGUF file or a Llama folder)", self.model);
         }
-        Generator::open(&path, self.quant.plan_for(&path, Task::Generation)?)
+        let placement = self.quant.placement()?;
+        let generator = Generator::open_on(&path, self.quant.plan_for(&path, Task::Generation)?, &placement)?;
+        report_paths(&self.quant.device, &placement, generator.layers());
+        Ok(generator)
     }
 }
 
@@ -95,12 +108,18 @@ impl ModelArgs {
 
     /// Loads the model with `plan`.
     pub fn load_with(&self, plan: Option<Plan>) -> Result<Embedder> {
-        Embedder::open(&self.dir()?, plan)
+        let placement = self.quant.placement()?;
+        let embedder = Embedder::open_on(&self.dir()?, plan, &placement)?;
+        report_paths(&self.quant.device, &placement, embedder.layers());
+        Ok(embedder)
     }
 
     /// Loads the model as a reranker with the chosen plan.
     pub fn load_reranker(&self) -> Result<Reranker> {
-        Reranker::open(&self.dir()?, self.plan()?)
+        let placement = self.quant.placement()?;
+        let reranker = Reranker::open_on(&self.dir()?, self.plan()?, &placement)?;
+        report_paths(&self.quant.device, &placement, reranker.layers());
+        Ok(reranker)
     }
 
     /// The model's local folder (a Hub id is resolved through the hf-hub cache, downloading what is missing
@@ -108,6 +127,24 @@ impl ModelArgs {
     pub fn dir(&self) -> Result<PathBuf> {
         swap::resolve_model(&self.model, &SENTENCE_BERT_FILES, &ResolveOptions::default())
     }
+}
+
+/// On a device other than this crate's CPU kernels, says on standard error how many layers took each of candle's
+/// paths (`device cuda: 24 layers as candle qmatmul (Q8_0 blocks), 12 as candle f16 matmul (dequantized)`).
+pub fn report_paths(device: &str, placement: &Placement, layers: &[swap::LayerReport]) {
+    if placement.candle_device().is_none() {
+        return;
+    }
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for layer in layers {
+        let path = layer.path.to_string();
+        match counts.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((path, 1)),
+        }
+    }
+    let parts: Vec<String> = counts.iter().map(|(path, n)| format!("{n} layers as {path}")).collect();
+    eprintln!("device {device}: {}", parts.join(", "));
 }
 
 /// Sets the thread count of our kernels and of candle's own CPU ops.

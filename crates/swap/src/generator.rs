@@ -13,7 +13,7 @@ use tokenizers::Tokenizer;
 
 use crate::gguf_tokenizer::tokenizer_from_gguf;
 use crate::gguf_weights::{metadata_str, GgufWeights};
-use crate::loader::{LayerReport, QuantLoader};
+use crate::loader::{LayerReport, Placement, QuantLoader};
 use crate::models::llama::{LlamaConfig, LlamaModel};
 use crate::plan::Plan;
 use crate::sampling::{Sampler, Sampling};
@@ -76,22 +76,37 @@ impl Generator {
     /// `config.json`, `model.safetensors` and `tokenizer.json`. A float model is quantized per `plan` (the
     /// [`Plan::llama_preset`] `int8` when `None`); a pre-quantized checkpoint runs as saved.
     pub fn open(path: &Path, plan: Option<Plan>) -> Result<Self> {
-        Ok(Self::open_with(path, plan, false)?.0)
+        Self::open_on(path, plan, &Placement::Kernels)
+    }
+
+    /// [`Generator::open`] with the Linear layers placed as `placement` says: on candle's kernels on a device, a
+    /// GGUF file's own Q8_0 / Q4_0 / Q4_1 blocks go there as they are; attention, norms and the cache stay on the
+    /// CPU.
+    pub fn open_on(path: &Path, plan: Option<Plan>, placement: &Placement) -> Result<Self> {
+        Ok(Self::open_with(path, plan, false, placement)?.0)
     }
 
     /// Reads a float model (a GGUF file or a float HF folder) in f32 with every tensor kept in memory, so that
     /// [`QuantLoader::from_tensors`] can rebuild it under other plans without reading or dequantizing the file
     /// again. A quantized checkpoint is an error.
     pub fn open_in_memory(path: &Path) -> Result<(Self, Arc<HashMap<String, Tensor>>)> {
-        let (generator, loader) = Self::open_with(path, Some(Plan::llama(LayerScheme::F32)), true)?;
+        let (generator, loader) =
+            Self::open_with(path, Some(Plan::llama(LayerScheme::F32)), true, &Placement::Kernels)?;
         let tensors =
             loader.take_float_tensors().with_context(|| format!("{} is not a float model", path.display()))?;
         Ok((generator, tensors))
     }
 
     /// [`Generator::open`], returning the loader too; with `record`, the loader keeps every tensor it read.
-    fn open_with(path: &Path, plan: Option<Plan>, record: bool) -> Result<(Self, QuantLoader)> {
-        let record = |loader: QuantLoader| if record { loader.recording() } else { loader };
+    fn open_with(path: &Path, plan: Option<Plan>, record: bool, placement: &Placement) -> Result<(Self, QuantLoader)> {
+        let record = |loader: QuantLoader| {
+            let loader = loader.with_placement(placement.clone());
+            if record {
+                loader.recording()
+            } else {
+                loader
+            }
+        };
         if path.is_file() {
             let weights = GgufWeights::open(path)?;
             let metadata = weights.metadata();

@@ -49,13 +49,19 @@ impl Reranker {
     /// quantized per `plan` (when `None`, the default int8 plan, its head in f32); a pre-quantized checkpoint runs
     /// as saved.
     pub fn open(dir: &Path, plan: Option<Plan>) -> Result<Self> {
-        Ok(Self::open_with(dir, plan, false)?.0)
+        Self::open_on(dir, plan, &Placement::Kernels)
+    }
+
+    /// [`Reranker::open`] with the layers placed as `placement` says (see [`crate::Embedder::open_on`]).
+    pub fn open_on(dir: &Path, plan: Option<Plan>, placement: &Placement) -> Result<Self> {
+        Ok(Self::open_with(dir, plan, false, placement)?.0)
     }
 
     /// Loads a float reranker folder in f32 with every tensor kept in memory, so that [`Reranker::with_loader`]
     /// over [`QuantLoader::from_tensors`] can rebuild it under other plans without reading the file again.
     pub fn open_in_memory(dir: &Path) -> Result<(Self, Arc<HashMap<String, Tensor>>)> {
-        let (reranker, loader) = Self::open_with(dir, Some(Plan::uniform(LayerScheme::F32)), true)?;
+        let (reranker, loader) =
+            Self::open_with(dir, Some(Plan::uniform(LayerScheme::F32)), true, &Placement::Kernels)?;
         let tensors = loader.take_float_tensors().with_context(|| format!("{} is not a float model", dir.display()))?;
         Ok((reranker, tensors))
     }
@@ -76,9 +82,9 @@ impl Reranker {
         })
     }
 
-    fn open_with(dir: &Path, plan: Option<Plan>, record: bool) -> Result<(Self, QuantLoader)> {
+    fn open_with(dir: &Path, plan: Option<Plan>, record: bool, placement: &Placement) -> Result<(Self, QuantLoader)> {
         let EncoderFolder { kind, config, model, head, tokenizer, loader } =
-            EncoderFolder::open(dir, plan, record, Task::Reranking, &Placement::Kernels)?;
+            EncoderFolder::open(dir, plan, record, Task::Reranking, placement)?;
         let head = head.context("a reranker has a head")?;
         let token_types = crate::encoder_folder::uses_token_types(dir)?;
         let layers = loader.report();

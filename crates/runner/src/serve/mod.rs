@@ -98,12 +98,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
         bail!("--api-key must not be empty");
     }
     let plan = args.model.plan()?;
+    let placement = args.model.quant.placement()?;
     let dir = args.model.dir()?;
     let name = model_name(&args.model.model);
     let (kind, _) = swap::ModelKind::of_folder(&dir)?;
     let (model, served, limits, layers, mut info) = match kind.task {
         Task::Embedding => {
-            let embedder = Embedder::open(&dir, plan.clone())?;
+            let embedder = Embedder::open_on(&dir, plan.clone(), &placement)?;
             let limits = Limits {
                 max_inputs: args.max_inputs,
                 max_input_tokens: embedder.pipeline().max_seq_length,
@@ -128,7 +129,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             (ServedModel::Embedder(Box::new(embedder)), served, limits, layers, info)
         }
         Task::Reranking => {
-            let reranker = Arc::new(Reranker::open(&dir, plan.clone())?);
+            let reranker = Arc::new(Reranker::open_on(&dir, plan.clone(), &placement)?);
             let limits = Limits {
                 max_inputs: args.max_inputs,
                 max_input_tokens: reranker.max_tokens(),
