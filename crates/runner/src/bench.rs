@@ -52,9 +52,10 @@ pub struct BenchArgs {
     /// candle-transformers' baseline runs on the same device.
     #[arg(long, default_value = "cpu")]
     pub(crate) device: String,
-    /// Leave out candle-transformers' fp32 BERT.
+    /// Leave out candle-transformers' baseline (its fp32 BERT; for a Llama GGUF file on a `--device` other than
+    /// `cpu`, its `quantized_llama`).
     #[arg(long)]
-    no_baseline: bool,
+    pub(crate) no_baseline: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub(crate) json: bool,

@@ -1,5 +1,6 @@
 //! `runner bench` on a Llama model: prefill of a prompt and one-token decoding after it, fp32 against each
-//! quantized plan, timed in interleaved rounds of one run.
+//! quantized plan and, on a GGUF file with `--device` other than `cpu`, candle-transformers' `quantized_llama` on
+//! the file's own blocks on the same device, timed in interleaved rounds of one run.
 
 use std::path::Path;
 use std::time::Instant;
@@ -8,7 +9,50 @@ use anyhow::{bail, Context, Result};
 use swap::models::llama::{argmax, LlamaModel};
 use swap::{Generator, Plan, Task};
 
+use crate::baseline::CandleQuantizedLlama;
 use crate::bench::{machine, median, ms, print_machine, token_ids, variants, BenchArgs, Variant};
+
+/// A decoder under test.
+enum Decoder {
+    Ours(Box<LlamaModel>),
+    Candle(Box<CandleQuantizedLlama>),
+}
+
+impl Decoder {
+    /// Runs `prompt`, then decodes `steps` tokens one at a time, greedily; returns the seconds of each part.
+    fn time(&mut self, prompt: &[u32], steps: usize) -> Result<(f64, f64)> {
+        let start = Instant::now();
+        match self {
+            Self::Ours(model) => {
+                let mut cache = model.new_cache();
+                let mut next = argmax(&model.forward(prompt, &mut cache)?);
+                let prefill = start.elapsed().as_secs_f64();
+                let start = Instant::now();
+                for _ in 0..steps {
+                    next = argmax(&model.forward(&[next], &mut cache)?);
+                }
+                Ok((prefill, start.elapsed().as_secs_f64()))
+            }
+            Self::Candle(model) => {
+                let mut next = argmax(&model.forward(prompt, 0)?);
+                let prefill = start.elapsed().as_secs_f64();
+                let start = Instant::now();
+                for i in 0..steps {
+                    next = argmax(&model.forward(&[next], prompt.len() + i)?);
+                }
+                Ok((prefill, start.elapsed().as_secs_f64()))
+            }
+        }
+    }
+
+    /// Bytes of the weights read per token.
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Ours(model) => model.linear_bytes(),
+            Self::Candle(model) => model.bytes() as usize,
+        }
+    }
+}
 
 /// One row of the results.
 #[derive(serde::Serialize)]
@@ -33,14 +77,24 @@ pub fn run(args: &BenchArgs, path: &Path) -> Result<()> {
         swap::locate::preset(name, path, Task::Generation)
     })?;
     let placement = swap::Placement::parse(&args.device)?;
-    let mut contenders: Vec<(String, String, f64, LlamaModel)> = Vec::new();
+    let mut contenders: Vec<(String, String, f64, Decoder)> = Vec::new();
+    let mut config = None;
     for Variant { name, path, plan } in variants {
         let shown = plan.as_ref().map_or_else(|| "as saved".to_string(), Plan::to_string);
         let start = Instant::now();
         let generator = Generator::open_on(&path, plan, &placement).with_context(|| format!("loading {name}"))?;
-        contenders.push((name, shown, ms(start), generator.into_model()));
+        config.get_or_insert_with(|| generator.model().config().clone());
+        contenders.push((name, shown, ms(start), Decoder::Ours(Box::new(generator.into_model()))));
     }
-    let config = contenders[0].3.config().clone();
+    // Beside layers on candle's kernels only: on the CPU, candle's quantized kernels pick their SIMD when compiled
+    // (target features), and this build targets baseline x86-64, so they would run scalar code.
+    if let (false, true, Some(device)) = (args.no_baseline, path.is_file(), placement.candle_device()) {
+        let start = Instant::now();
+        let model = CandleQuantizedLlama::load(path, device)?;
+        let baseline = Decoder::Candle(Box::new(model));
+        contenders.push(("candle quantized_llama".into(), "the file's blocks".into(), ms(start), baseline));
+    }
+    let config = config.context("no variant to time")?;
     if args.prompt_tokens + args.decode_tokens > config.context_length {
         bail!(
             "{} + {} tokens exceed the model's context of {}",
@@ -53,16 +107,8 @@ pub fn run(args: &BenchArgs, path: &Path) -> Result<()> {
     let (mut prefill, mut decode) = (vec![Vec::new(); contenders.len()], vec![Vec::new(); contenders.len()]);
     // One untimed warm-up round, then interleaved timed rounds.
     for round in 0..=iters {
-        for (i, (_, _, _, model)) in contenders.iter().enumerate() {
-            let mut cache = model.new_cache();
-            let start = Instant::now();
-            let mut next = argmax(&model.forward(&prompt, &mut cache)?);
-            let prefill_s = start.elapsed().as_secs_f64();
-            let start = Instant::now();
-            for _ in 0..args.decode_tokens {
-                next = argmax(&model.forward(&[next], &mut cache)?);
-            }
-            let decode_s = start.elapsed().as_secs_f64();
+        for (i, (_, _, _, model)) in contenders.iter_mut().enumerate() {
+            let (prefill_s, decode_s) = model.time(&prompt, args.decode_tokens)?;
             if round > 0 {
                 prefill[i].push(args.prompt_tokens as f64 / prefill_s);
                 decode[i].push(args.decode_tokens as f64 / decode_s);
@@ -79,7 +125,7 @@ pub fn run(args: &BenchArgs, path: &Path) -> Result<()> {
             name: name.clone(),
             plan: plan.clone(),
             load_ms: *load_ms,
-            linear_bytes: model.linear_bytes(),
+            linear_bytes: model.bytes(),
             prefill_tokens_per_s: prefill[i],
             decode_tokens_per_s: decode[i],
             prefill_vs_fp32: fp32.map(|f| prefill[i] / prefill[f]),

@@ -24,6 +24,32 @@ fn embed_writes_one_normalised_line_per_text() {
     assert_eq!(embeddings(&std::fs::read_to_string(dir.join("out.jsonl")).unwrap()), rows);
 }
 
+/// `--device candle-cpu` (the GPU path, on the CPU) embeds as the CPU kernels do, within int8's reach, and says on
+/// standard error which of candle's paths the layers took; a GPU this build has no support for, or an unknown
+/// device, is a clear error.
+#[test]
+fn devices_are_chosen_with_a_flag() {
+    let model = minilm();
+    let texts = ["A cat sits on the mat.", "Quantized BERT is fast."];
+    let args = |device: &str| -> Vec<String> {
+        ["embed", "--model", &model, "--device", device].iter().chain(&texts).map(|s| s.to_string()).collect()
+    };
+    let run = |device: &str| common::runner(&args(device).iter().map(String::as_str).collect::<Vec<_>>());
+    let (cpu, candle) = (run("cpu"), run("candle-cpu"));
+    assert!(cpu.status.success() && candle.status.success());
+    let stderr = String::from_utf8_lossy(&candle.stderr);
+    assert!(stderr.contains("device candle-cpu: 24 layers as candle f16 matmul (dequantized)"), "{stderr}");
+    let (a, b) =
+        (embeddings(&String::from_utf8_lossy(&cpu.stdout)), embeddings(&String::from_utf8_lossy(&candle.stdout)));
+    for (a, b) in a.iter().zip(&b) {
+        let cosine: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        assert!(cosine > 0.999, "cosine {cosine}");
+    }
+    assert!(fails(&["embed", "--model", &model, "--device", "tpu", "x"]).contains("unknown device \"tpu\""));
+    #[cfg(not(feature = "cuda"))]
+    assert!(fails(&["embed", "--model", &model, "--device", "cuda:1", "x"]).contains("cannot open CUDA device 1"));
+}
+
 #[test]
 fn quantize_then_embed_from_the_checkpoint_matches() {
     let model = minilm();
