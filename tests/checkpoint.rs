@@ -21,7 +21,8 @@ fn embed(e: &Embedder) -> Vec<Vec<f32>> {
     e.embed(&texts.iter().map(String::as_str).collect::<Vec<_>>()).unwrap()
 }
 
-/// Saves `plan`, reloads the checkpoint and checks the embeddings are bit-identical to quantizing on load.
+/// Saves `plan`, reloads the checkpoint and checks the embeddings are bit-identical to quantizing on load, on our
+/// kernels and on candle's.
 fn round_trip(plan: Plan, tag: &str) -> Scratch {
     let out = Scratch::new(tag);
     let report = quantize_encoder(&minilm_dir(), plan.clone(), out.path(), |_, _, _| {}).unwrap();
@@ -29,6 +30,11 @@ fn round_trip(plan: Plan, tag: &str) -> Scratch {
     let direct = Embedder::load(&minilm_dir(), plan.clone()).unwrap();
     let saved = Embedder::open(out.path(), None).unwrap();
     assert_eq!(embed(&direct), embed(&saved), "{tag}: embeddings differ after the round trip");
+    // On candle's kernels (the path of GPU devices) the saved codes give what quantizing there on load gives.
+    let placement = swap::Placement::parse("candle-cpu").unwrap();
+    let direct = Embedder::open_on(&minilm_dir(), Some(plan.clone()), &placement).unwrap();
+    let saved = Embedder::open_on(out.path(), None, &placement).unwrap();
+    assert_eq!(embed(&direct), embed(&saved), "{tag}: embeddings differ after the round trip on candle's kernels");
     // The same plan may be named explicitly; another plan is refused.
     assert!(Embedder::open(out.path(), Some(plan)).is_ok());
     let err = Embedder::open(out.path(), Some(Plan::uniform(LayerScheme::F32))).err().unwrap();
