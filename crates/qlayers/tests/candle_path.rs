@@ -4,6 +4,8 @@
 //! f16's rounding of the exact product; smoothing, bias, batched shapes and bad input on both. Random shapes with
 //! M = 1 and odd N.
 
+mod common;
+
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Module, Tensor};
 use qlayers::{Bits, Codebook, LayerPath, LayerScheme, QLinear, QTensor};
@@ -25,18 +27,6 @@ fn quantized(w: &[f32], n: usize, k: usize, scheme: LayerScheme) -> QTensor {
     } else {
         q
     }
-}
-
-/// The most activation quantization in blocks of 32 (ggml's q8 blocks, an f16 step) and of `act_block` (ours)
-/// can move `x . w` together, plus the float sums' rounding (as in `tests/ggml.rs`).
-fn quantization_bound(w: &[f32], x: &[f32], act_block: usize) -> f32 {
-    let k = x.len();
-    let step = |block: usize, i: usize| {
-        let start = i / block * block;
-        x[start..(start + block).min(k)].iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0
-    };
-    let moved: f32 = (0..k).map(|i| w[i].abs() * (0.5 * step(act_block, i) + 0.5625 * step(32, i))).sum();
-    moved + 1e-5 * w.iter().zip(x).map(|(w, x)| (w * x).abs()).sum::<f32>()
 }
 
 /// Rounding both operands to f16 moves `x . w` by at most about two f16 half-ulps of each product.
@@ -88,7 +78,7 @@ fn exact_schemes_run_as_ggml_blocks_near_our_cpu_layer() {
             for row in 0..m {
                 for col in 0..n {
                     let (wr, xr) = (&weights[col * k..][..k], &x[row * k..][..k]);
-                    let limit = quantization_bound(wr, xr, act_block) + f16_bound(wr, xr);
+                    let limit = common::activation_bound(wr, xr, act_block) + f16_bound(wr, xr);
                     let (a, t) = (ours[row * n + col], theirs[row * n + col]);
                     assert!((a - t).abs() <= limit, "{scheme} {m}x{k}x{n} ({row}, {col}): {a} vs {t}, bound {limit}");
                 }
@@ -147,7 +137,7 @@ fn smoothing_and_batched_inputs_follow_the_cpu_layer() {
         let scaled: Vec<f32> = x[row * k..][..k].iter().zip(&scale).map(|(x, s)| x * s).collect();
         for col in 0..n {
             let wr = &weights[col * k..][..k];
-            let limit = quantization_bound(wr, &scaled, k) + f16_bound(wr, &scaled);
+            let limit = common::activation_bound(wr, &scaled, k) + f16_bound(wr, &scaled);
             let (a, t) = (ours[row * n + col], theirs[row * n + col]);
             assert!((a - t).abs() <= limit, "({row}, {col}): {a} vs {t}, bound {limit}");
         }

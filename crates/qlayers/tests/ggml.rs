@@ -3,6 +3,8 @@
 //! gives our layer's outputs within the error of the two engines' activation quantization; the other schemes have
 //! no ggml form. Random shapes with M = 1, odd N and several blocks.
 
+mod common;
+
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{Device, Module, Tensor};
 use qlayers::quant::ggml::{ggml_form, to_ggml};
@@ -28,22 +30,6 @@ fn held_weights(w: &[f32], n: usize, k: usize, scheme: LayerScheme) -> QTensor {
     let scales = q.scales().iter().map(|&s| half::f16::from_f32(s).to_f32()).collect();
     QTensor::from_parts(q.shape().to_vec(), *q.scheme(), scales, q.zero_points().to_vec(), q.packed_codes().to_vec())
         .unwrap()
-}
-
-/// The most the activations' quantization can move output `(row, col)`: each engine rounds an input to its
-/// block's step (`max |x| / 127`; ggml's blocks are 32 wide and its step an f16, ours `act_block` wide), so each
-/// input is off by at most half a step (ggml's a little more, for the f16), times `|w|`; then the float sums'
-/// own rounding.
-fn bound(w: &[f32], x: &[f32], k: usize, act_block: usize, row: usize, col: usize) -> f32 {
-    let x = &x[row * k..][..k];
-    let w = &w[col * k..][..k];
-    let step = |block: usize, i: usize| {
-        let start = i / block * block;
-        x[start..(start + block).min(k)].iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0
-    };
-    let moved: f32 = (0..k).map(|i| w[i].abs() * (0.5 * step(act_block, i) + 0.5625 * step(32, i))).sum();
-    let magnitude: f32 = w.iter().zip(x).map(|(w, x)| (w * x).abs()).sum();
-    moved + 1e-5 * magnitude
 }
 
 #[test]
@@ -89,7 +75,7 @@ fn exact_schemes_become_ggml_blocks_with_the_same_weights_and_products() {
             for row in 0..m {
                 for col in 0..n {
                     let (a, b) = (ours[row * n + col], theirs[row * n + col]);
-                    let limit = bound(&weights, &x, k, act_block, row, col);
+                    let limit = common::activation_bound(&weights[col * k..][..k], &x[row * k..][..k], act_block);
                     assert!((a - b).abs() <= limit, "{scheme} {m}x{k}x{n} ({row}, {col}): {a} vs {b}, bound {limit}");
                 }
             }
