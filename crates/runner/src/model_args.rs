@@ -50,6 +50,25 @@ impl QuantArgs {
     pub fn placement(&self) -> Result<Placement> {
         Placement::parse(&self.device)
     }
+
+    /// On a device other than this crate's CPU kernels (`placement`, from `--device`), says on standard error how
+    /// many layers took each of candle's paths (`device cuda: 24 layers as candle qmatmul (Q8_0 blocks), 12 layers
+    /// as candle f16 matmul (dequantized)`).
+    pub fn report_paths(&self, placement: &Placement, layers: &[swap::LayerReport]) {
+        if placement.candle_device().is_none() {
+            return;
+        }
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for layer in layers {
+            let path = layer.path.to_string();
+            match counts.iter_mut().find(|(p, _)| *p == path) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((path, 1)),
+            }
+        }
+        let parts: Vec<String> = counts.iter().map(|(path, n)| format!("{n} layers as {path}")).collect();
+        eprintln!("device {}: {}", self.device, parts.join(", "));
+    }
 }
 
 /// `--model` (a Llama: GGUF file, folder or Hub id) and the quantization options of the generation commands.
@@ -72,7 +91,7 @@ impl LlmArgs {
         }
         let placement = self.quant.placement()?;
         let generator = Generator::open_on(&path, self.quant.plan_for(&path, Task::Generation)?, &placement)?;
-        report_paths(&self.quant.device, &placement, generator.layers());
+        self.quant.report_paths(&placement, generator.layers());
         Ok(generator)
     }
 }
@@ -110,7 +129,7 @@ impl ModelArgs {
     pub fn load_with(&self, plan: Option<Plan>) -> Result<Embedder> {
         let placement = self.quant.placement()?;
         let embedder = Embedder::open_on(&self.dir()?, plan, &placement)?;
-        report_paths(&self.quant.device, &placement, embedder.layers());
+        self.quant.report_paths(&placement, embedder.layers());
         Ok(embedder)
     }
 
@@ -118,7 +137,7 @@ impl ModelArgs {
     pub fn load_reranker(&self) -> Result<Reranker> {
         let placement = self.quant.placement()?;
         let reranker = Reranker::open_on(&self.dir()?, self.plan()?, &placement)?;
-        report_paths(&self.quant.device, &placement, reranker.layers());
+        self.quant.report_paths(&placement, reranker.layers());
         Ok(reranker)
     }
 
@@ -127,24 +146,6 @@ impl ModelArgs {
     pub fn dir(&self) -> Result<PathBuf> {
         swap::resolve_model(&self.model, &SENTENCE_BERT_FILES, &ResolveOptions::default())
     }
-}
-
-/// On a device other than this crate's CPU kernels, says on standard error how many layers took each of candle's
-/// paths (`device cuda: 24 layers as candle qmatmul (Q8_0 blocks), 12 as candle f16 matmul (dequantized)`).
-pub fn report_paths(device: &str, placement: &Placement, layers: &[swap::LayerReport]) {
-    if placement.candle_device().is_none() {
-        return;
-    }
-    let mut counts: Vec<(String, usize)> = Vec::new();
-    for layer in layers {
-        let path = layer.path.to_string();
-        match counts.iter_mut().find(|(p, _)| *p == path) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((path, 1)),
-        }
-    }
-    let parts: Vec<String> = counts.iter().map(|(path, n)| format!("{n} layers as {path}")).collect();
-    eprintln!("device {device}: {}", parts.join(", "));
 }
 
 /// Sets the thread count of our kernels and of candle's own CPU ops.

@@ -99,7 +99,8 @@ impl Generator {
 
     /// [`Generator::open`], returning the loader too; with `record`, the loader keeps every tensor it read.
     fn open_with(path: &Path, plan: Option<Plan>, record: bool, placement: &Placement) -> Result<(Self, QuantLoader)> {
-        let record = |loader: QuantLoader| {
+        // Every loader below places its layers, and records what it read when asked.
+        let prepare = |loader: QuantLoader| {
             let loader = loader.with_placement(placement.clone());
             if record {
                 loader.recording()
@@ -118,7 +119,7 @@ impl Generator {
                 Some(plan) => plan,
                 None => crate::locate::gguf_preset("int8", &weights)?,
             };
-            let loader = record(QuantLoader::from_gguf(weights, plan));
+            let loader = prepare(QuantLoader::from_gguf(weights, plan));
             let model = LlamaModel::load(config, &loader)?;
             let generator = Self { model, tokenizer, chat_template, add_bos, layers: loader.report() };
             return Ok((generator, loader));
@@ -127,7 +128,7 @@ impl Generator {
             .with_context(|| format!("{} is neither a GGUF file nor a folder with config.json", path.display()))?;
         let config_json: serde_json::Value = serde_json::from_str(&config_text).context("config.json is not JSON")?;
         let config = LlamaConfig::from_hf_json(&config_text)?;
-        let loader = record(config.tie_head(QuantLoader::open_folder(path, &config_json, plan, Plan::llama_int8)?));
+        let loader = prepare(config.tie_head(QuantLoader::open_folder(path, &config_json, plan, Plan::llama_int8)?));
         let model = LlamaModel::load(config, &loader).context("the weights do not match config.json")?;
         let tokenizer = Tokenizer::from_file(path.join("tokenizer.json"))
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.join("tokenizer.json").display()))?;

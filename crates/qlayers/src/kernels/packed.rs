@@ -197,16 +197,7 @@ impl PackedWeights {
     /// before it is quantized: SmoothQuant's `x / s` for weights quantized as `W diag(s)`. The product is taken
     /// inside the quantizer, on each row as it is quantized, so it costs no pass of its own.
     pub fn with_input_scale(mut self, scale: Vec<f32>) -> Result<Self> {
-        if scale.len() != self.blocks.k {
-            return Err(QuantError::ShapeMismatch {
-                what: "input scale vs input features",
-                left: vec![scale.len()],
-                right: vec![self.blocks.k],
-            });
-        }
-        if let Some((index, &value)) = scale.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s > 0.0)) {
-            return Err(QuantError::NonFinite { what: "input scale (must be positive)", index, value });
-        }
+        check_input_scale(&scale, self.blocks.k)?;
         self.input_scale = Some(scale);
         Ok(self)
     }
@@ -283,4 +274,19 @@ pub(crate) struct PanelLayout {
     pub wide_xor: u8,
     /// Offset the 8-bit dot product carries.
     pub wide_offset: i32,
+}
+
+/// Checks a SmoothQuant input scale: one positive, finite factor for each of the `k` input features.
+pub(crate) fn check_input_scale(scale: &[f32], k: usize) -> Result<()> {
+    if scale.len() != k {
+        return Err(QuantError::ShapeMismatch {
+            what: "input scale vs input features",
+            left: vec![scale.len()],
+            right: vec![k],
+        });
+    }
+    match scale.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s > 0.0)) {
+        Some((index, &value)) => Err(QuantError::NonFinite { what: "input scale (must be positive)", index, value }),
+        None => Ok(()),
+    }
 }

@@ -5,8 +5,8 @@
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Device, Module, Tensor};
 
-use crate::error::{QuantError, Result};
-use crate::kernels::Isa;
+use crate::error::Result;
+use crate::kernels::{check_input_scale, Isa};
 use crate::quant::{ggml, QTensor};
 
 /// How a layer computes its products: on the CPU with this crate's kernels, or with candle's on any device.
@@ -74,12 +74,7 @@ impl DeviceLinear {
     /// This layer with each input feature multiplied by `scale` before the product (see
     /// [`crate::QLinear::with_input_scale`]).
     pub(crate) fn with_input_scale(self, scale: Vec<f32>, in_features: usize) -> Result<Self> {
-        if scale.len() != in_features || scale.iter().any(|s| !s.is_finite() || *s <= 0.0) {
-            return Err(QuantError::InvalidScheme(format!(
-                "an input scale needs {in_features} positive finite factors, got {} values",
-                scale.len()
-            )));
-        }
+        check_input_scale(&scale, in_features)?;
         let tensor = Tensor::from_slice(&scale, in_features, &self.device())?;
         Ok(Self { input_scale: Some((scale, tensor)), ..self })
     }

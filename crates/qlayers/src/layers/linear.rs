@@ -301,11 +301,7 @@ impl Module for QLinear {
         if let Some(observer) = &self.observer {
             observer.observe(&x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?, self.in_features);
         }
-        match &self.kind {
-            Kind::Float(float) => self.apply_op(x, float.as_ref()),
-            Kind::Int(int) => self.apply_op(x, int.as_ref()),
-            Kind::Candle(_) | Kind::Device(_) => self.candle_forward(x),
-        }
+        self.forward_unobserved(x)
     }
 }
 
@@ -329,23 +325,24 @@ impl QLinear {
         }
     }
 
-    /// The forward of a layer on candle's kernels (f32 weights or [`Kind::Device`]), on the weights' device.
-    fn candle_forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// [`Module::forward`] without recording the input (the callers that record it have done so).
+    fn forward_unobserved(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.kind {
+            Kind::Float(float) => self.apply_op(x, float.as_ref()),
+            Kind::Int(int) => self.apply_op(x, int.as_ref()),
             Kind::Candle(linear) => linear.forward(x),
             Kind::Device(device) => {
                 self.check_last_dim(x)?;
                 let dtype = x.dtype();
                 device.forward(&x.to_dtype(DType::F32)?.contiguous()?)?.to_dtype(dtype)
             }
-            Kind::Float(_) | Kind::Int(_) => unreachable!("only layers on candle's kernels come here"),
         }
     }
 
     /// The layer applied by candle (on its device) to `m` rows of `in_features` values in host memory.
     fn candle_rows(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
         let x = Tensor::from_slice(x, (m, self.in_features), &self.device())?;
-        Ok(self.candle_forward(&x)?.flatten_all()?.to_vec1()?)
+        Ok(self.forward_unobserved(&x)?.flatten_all()?.to_vec1()?)
     }
 }
 
