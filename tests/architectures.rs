@@ -280,6 +280,10 @@ fn candle_var_builders_are_weight_stores() {
     let smoothing = VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
     let err = direct.with_loader(&swap::QuantLoader::from_var_builder(smoothing, Plan::bert_int8())).err().unwrap();
     assert!(format!("{err:#}").contains("without calibration ranges"), "{err:#}");
+    let static_plan = Plan::uniform(qlayers::LayerScheme::W8A8Static);
+    let unsmoothed = VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
+    let err = direct.with_loader(&swap::QuantLoader::from_var_builder(unsmoothed, static_plan)).err().unwrap();
+    assert!(format!("{err:#}").contains("is w8a8-static, but was built without calibration"), "{err:#}");
     assert_eq!(from_builder(in_memory).unwrap().embed(&texts).unwrap(), want);
     let varmap = VarMap::new();
     let missing = "encoder.layer.1.output.dense.bias";

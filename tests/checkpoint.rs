@@ -85,6 +85,32 @@ fn int8_checkpoint_round_trips_without_fp32_weights() {
 }
 
 #[test]
+fn static_int8_checkpoints_carry_their_activation_steps() {
+    let plan = Plan::parse("default = \"w8a8-static\"\nembeddings = \"int8-g32\"\nsmooth = 0.5\n").unwrap();
+    let out = round_trip(plan, "static");
+    // Each layer stores its calibrated step beside SmoothQuant's factors; the fused Q, K and V share both, and
+    // loading runs no calibration.
+    let tensors = unsafe { MmapedSafetensors::new(out.path().join("model.safetensors")) }.unwrap();
+    let step = |name: &str| tensors.get(&format!("encoder.layer.0.{name}.activation_step")).unwrap();
+    for name in ["attention.self.query", "attention.output.dense", "intermediate.dense", "output.dense"] {
+        let view = step(name);
+        assert_eq!((view.dtype(), view.shape()), (Dtype::F32, &[1usize][..]), "{name}");
+        let value = f32::from_le_bytes(view.data().try_into().unwrap());
+        assert!(value.is_finite() && value > 0.0, "{name}: step {value}");
+        assert!(tensors.get(&format!("encoder.layer.0.{name}.input_scale")).is_ok(), "{name}");
+    }
+    assert_eq!(step("attention.self.query").data(), step("attention.self.key").data());
+    // config.json saying another scheme for a static layer is refused: its step has no place there.
+    let config_path = out.path().join("config.json");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    let layer = "\"encoder.layer.1.intermediate.dense\": ";
+    std::fs::write(&config_path, config.replace(&format!("{layer}\"w8a8-static\""), &format!("{layer}\"w8a8-row\"")))
+        .unwrap();
+    let err = format!("{:#}", Embedder::open(out.path(), None).err().expect("an error"));
+    assert!(err.contains("encoder.layer.1.intermediate.dense.activation_step"), "{err}");
+}
+
+#[test]
 fn loading_a_checkpoint_is_faster_than_quantizing_on_load() {
     let out = Scratch::new("load-speed");
     quantize_encoder(&minilm_dir(), Plan::bert_int8(), out.path(), |_, _, _| {}).unwrap();

@@ -115,8 +115,36 @@ impl Case {
     /// The formula in plain scalar code: activations per row and block to `[-127, 127]`, exact integer dots,
     /// then the float steps in the kernels' order (fused multiply-adds, minimums after each block's dot product,
     /// per-column scales applied at the end).
-    #[allow(clippy::needless_range_loop)] // the scalar model indexes like the formula it checks
     fn expected(&self, x: &[f32], m: usize) -> Vec<f32> {
+        self.expected_from(x, m, |row, part| {
+            let absmax = row[part.clone()].iter().fold(0f32, |a, v| a.max(v.abs()));
+            let inv = if absmax > 0.0 { 127.0 / absmax } else { 0.0 };
+            let codes = part.map(|i| (row[i] * inv).round_ties_even().clamp(-127.0, 127.0) as i32).collect();
+            (codes, absmax / 127.0)
+        })
+    }
+
+    /// The formula with static activations: every block's scale is `step`, codes
+    /// `round(clamp(x * f_j, -127, 127))` with `f_j = input_scale_j / step` (or `1 / step`).
+    fn expected_static(&self, x: &[f32], m: usize, step: f32, input_scale: Option<&[f32]>) -> Vec<f32> {
+        let factors: Vec<f32> = match input_scale {
+            Some(scale) => scale.iter().map(|s| s / step).collect(),
+            None => vec![1.0 / step; self.k],
+        };
+        self.expected_from(x, m, |row, part| {
+            let codes = part.map(|i| (row[i] * factors[i]).clamp(-127.0, 127.0).round_ties_even() as i32).collect();
+            (codes, step)
+        })
+    }
+
+    /// The integer formula on activation codes from `quantize(row, block's range)` (codes and the block's scale).
+    #[allow(clippy::needless_range_loop)] // the scalar model indexes like the formula it checks
+    fn expected_from(
+        &self,
+        x: &[f32],
+        m: usize,
+        quantize: impl Fn(&[f32], std::ops::Range<usize>) -> (Vec<i32>, f32),
+    ) -> Vec<f32> {
         let block = self.block.min(self.k);
         let blocks = self.k.div_ceil(block);
         let mut y = vec![0f32; m * self.n];
@@ -125,13 +153,10 @@ impl Case {
             let (mut q, mut sx, mut sums) = (vec![0i32; self.k], vec![0f32; blocks], vec![0i32; blocks]);
             for g in 0..blocks {
                 let part = g * block..((g + 1) * block).min(self.k);
-                let absmax = row[part.clone()].iter().fold(0f32, |a, v| a.max(v.abs()));
-                let inv = if absmax > 0.0 { 127.0 / absmax } else { 0.0 };
-                for i in part {
-                    q[i] = (row[i] * inv).round_ties_even().clamp(-127.0, 127.0) as i32;
-                    sums[g] += q[i];
-                }
-                sx[g] = absmax / 127.0;
+                let (codes, scale) = quantize(row, part.clone());
+                q[part].copy_from_slice(&codes);
+                sums[g] = codes.iter().sum();
+                sx[g] = scale;
             }
             for c in 0..self.n {
                 let mut acc = 0f32;
@@ -413,6 +438,59 @@ fn every_level_scales_inputs_inside_the_quantizer_as_a_scaled_copy_would() {
     assert!(err.contains("input scale"), "{err}");
     let err = w.with_input_scale(vec![1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]).unwrap_err().to_string();
     assert!(err.contains("positive"), "{err}");
+}
+
+#[test]
+fn every_level_quantizes_static_activations_as_the_scalar_formula() {
+    // Static W8A8: one calibrated step, values beyond it clamped. The step is set so that about a third of the
+    // inputs clamp; with and without an input scale, in the one-pass and the streamed (520 x 1024 x 256) paths,
+    // per row and per block of 64.
+    let mut rng = StdRng::seed_from_u64(29);
+    let shapes = SHAPES.iter().copied().chain([(520, 1024, 256)]);
+    let mut checked = 0;
+    for (m, k, n) in shapes {
+        for (block, smoothed) in [(k, false), (k, true), (64, true)] {
+            let mut case = Case::random(&mut rng, n, k, Bits::B8, block, false);
+            case.zero_points.iter_mut().for_each(|z| *z = 128);
+            let x = random_input(&mut rng, m, k);
+            let scale: Option<Vec<f32>> = smoothed.then(|| (0..k).map(|_| rng.random_range(0.25f32..4.0)).collect());
+            let step = 2.0 / 127.0;
+            let expected = case.expected_static(&x, m, step, scale.as_deref());
+            assert!(expected.iter().all(|v| v.is_finite()));
+            for isa in Isa::supported() {
+                let mut w = PackedWeights::new(isa, &case.codes()).unwrap().with_activation_step(step).unwrap();
+                if let Some(scale) = &scale {
+                    w = w.with_input_scale(scale.clone()).unwrap();
+                }
+                assert_eq!(w.activation_step(), Some(step));
+                let y = w.matmul(&x, m, case.bias.as_deref()).unwrap();
+                let what = format!("{isa} m={m} k={k} n={n} block={block} smoothed={smoothed}");
+                assert_bit_identical(&y, &expected, &what);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= (SHAPES.len() + 1) * 3, "ran {checked} comparisons");
+    // Clamping matters: the dynamic formula on the same input differs.
+    let case = Case::random(&mut rng, 8, 64, Bits::B8, 64, false);
+    let x = random_input(&mut rng, 3, 64);
+    assert_ne!(case.expected_static(&x, 3, 2.0 / 127.0, None), case.expected(&x, 3));
+    // Bad steps and non-finite input (in a whole and in a partial vector) are errors.
+    let w = PackedWeights::new(Isa::best(), &case.codes()).unwrap();
+    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let err = w.clone().with_activation_step(bad).unwrap_err().to_string();
+        assert!(err.contains("activation step"), "{err}");
+    }
+    let case = Case::random(&mut rng, 5, 37, Bits::B8, 37, false);
+    for isa in Isa::supported() {
+        let w = PackedWeights::new(isa, &case.codes()).unwrap().with_activation_step(0.05).unwrap();
+        for at in [3, 36, 37 + 20] {
+            let mut x = random_input(&mut rng, 2, 37);
+            x[at] = f32::NAN;
+            let err = w.matmul(&x, 2, None).unwrap_err().to_string();
+            assert!(err.contains(&format!("at flat index {at}")), "{isa}: {err}");
+        }
+    }
 }
 
 #[test]

@@ -68,6 +68,27 @@ fn qlinear_matches_candle_linear() {
 }
 
 #[test]
+fn static_layers_need_their_step() {
+    let (w, b) = (randn(&[48, 64], 0.05, 21), randn(&[48], 0.1, 22));
+    let x = randn(&[3, 64], 1.0, 23);
+    let largest = x.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let reference = Linear::new(w.clone(), Some(b.clone())).forward(&x).unwrap();
+    let error_at = |step: f32| {
+        let layer = QLinear::new(&w, Some(&b), LayerScheme::W8A8Static).unwrap().with_activation_step(step).unwrap();
+        assert_eq!(layer.activation_step(), Some(step));
+        relative_error(&layer.forward(&x).unwrap(), &reference)
+    };
+    // A step that covers the input: as accurate as dynamic per-row W8A8; one that clamps a few values: not.
+    let dynamic = QLinear::new(&w, Some(&b), LayerScheme::w8a8_per_row()).unwrap();
+    let dynamic_error = relative_error(&dynamic.forward(&x).unwrap(), &reference);
+    let (covering, clamping) = (error_at(largest / 127.0), error_at(0.75 * largest / 127.0));
+    println!("static {covering:.5}, clamping {clamping:.5}, dynamic per row {dynamic_error:.5}");
+    assert!(covering < 1.5 * dynamic_error && clamping > 2.0 * covering, "{covering} {clamping} {dynamic_error}");
+    assert!(dynamic.clone().with_activation_step(0.1).unwrap_err().to_string().contains("w8a8-static"));
+    assert!(QLinear::new(&w, None, LayerScheme::W8A8Static).unwrap().with_activation_step(-1.0).is_err());
+}
+
+#[test]
 fn codebook_layers_match_candle_linear() {
     let (k, n) = (576, 192);
     let (w, b) = (randn(&[n, k], 0.02, 61), randn(&[n], 0.1, 62));
@@ -281,6 +302,7 @@ fn scheme_names_round_trip() {
         "w8a8-b64",
         "w8a8-b32-pb",
         "w8a8-row",
+        "w8a8-static",
         "int8-g32",
         "int4-g32",
         "int4-g128-asym",

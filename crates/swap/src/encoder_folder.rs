@@ -80,10 +80,10 @@ pub(crate) fn read_tokenizer(dir: &Path) -> Result<Tokenizer> {
 }
 
 /// `loader`, ready to build the float encoder of `dir` (of `kind`, with `config.json` text `config`, parsed as
-/// `config_json`): when its plan
-/// asks for SmoothQuant, the float model first runs the built-in calibration sentences
-/// ([`crate::analysis::DEFAULT_CALIBRATION`], tokenized by `tokenizer`) and the largest input each Linear layer
-/// saw goes to [`QuantLoader::with_smoothing`].
+/// `config_json`): when its plan asks for SmoothQuant or static W8A8, the float model first runs the built-in
+/// calibration sentences ([`crate::analysis::DEFAULT_CALIBRATION`], tokenized by `tokenizer`) and the largest
+/// input each Linear layer saw goes to [`QuantLoader::with_smoothing`] (or [`QuantLoader::with_calibration`]
+/// when the plan does not smooth).
 pub(crate) fn calibrated(
     dir: &Path,
     kind: &ModelKind,
@@ -92,7 +92,9 @@ pub(crate) fn calibrated(
     tokenizer: &Tokenizer,
     loader: QuantLoader,
 ) -> Result<QuantLoader> {
-    let Some(alpha) = loader.planned_smoothing() else { return Ok(loader) };
+    if !loader.planned_calibration() {
+        return Ok(loader);
+    }
     let float = || Plan::uniform(LayerScheme::F32);
     let observing = QuantLoader::open_folder(dir, config_json, Some(float()), float)?.observing();
     let encoder = kind.encoder(config, &observing)?;
@@ -100,8 +102,12 @@ pub(crate) fn calibrated(
     let encodings = tokenizer.encode_batch(texts, true).map_err(|e| anyhow::anyhow!("calibration text: {e}"))?;
     let max = encoder.max_tokens();
     let ids: Vec<&[u32]> = encodings.iter().map(|e| &e.get_ids()[..e.get_ids().len().min(max)]).collect();
-    encoder.forward_packed(&ids, None).context("running the calibration sentences for SmoothQuant")?;
-    Ok(loader.with_smoothing(std::sync::Arc::new(observing.input_ranges()), alpha))
+    encoder.forward_packed(&ids, None).context("running the calibration sentences")?;
+    let ranges = std::sync::Arc::new(observing.input_ranges());
+    Ok(match loader.planned_smoothing() {
+        Some(alpha) => loader.with_smoothing(ranges, alpha),
+        None => loader.with_calibration(ranges),
+    })
 }
 
 /// Makes `tokenizer` truncate inputs (a pair: the longer part first) to `max_length` tokens, special tokens included.

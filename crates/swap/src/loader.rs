@@ -99,6 +99,8 @@ pub struct LinearParams {
     /// The factor each input feature is multiplied by before it is quantized, when a checkpoint saved the layer
     /// smoothed (SmoothQuant's `1 / s`).
     pub input_scale: Option<Vec<f32>>,
+    /// The calibrated activation step of a static W8A8 layer a checkpoint saved.
+    pub activation_step: Option<f32>,
     /// The layers stacked in it, in order: each one's name and output rows (one entry unless
     /// [`LinearParams::concat_rows`] made it).
     pub parts: Vec<(String, usize)>,
@@ -106,14 +108,17 @@ pub struct LinearParams {
 
 impl LinearParams {
     /// Whether [`LinearParams::concat_rows`] can stack `parts`: one scheme, one codebook where the weights have
-    /// one (k-means layers learn their own, so they run apart), and one input scale.
+    /// one (k-means layers learn their own, so they run apart), one input scale and one activation step.
     pub fn stackable(parts: &[LinearParams]) -> bool {
         let levels = |p: &LinearParams| match &p.weight {
             LinearWeight::Quantized(q) => q.levels().copied(),
             LinearWeight::Float(_) => None,
         };
         parts.iter().all(|p| {
-            p.scheme == parts[0].scheme && levels(p) == levels(&parts[0]) && p.input_scale == parts[0].input_scale
+            p.scheme == parts[0].scheme
+                && levels(p) == levels(&parts[0])
+                && p.input_scale == parts[0].input_scale
+                && p.activation_step == parts[0].activation_step
         })
     }
 
@@ -126,6 +131,10 @@ impl LinearParams {
         let input_scale = parts[0].input_scale.clone();
         if parts.iter().any(|p| p.input_scale != input_scale) {
             bail!("only layers of one input scale can be stacked");
+        }
+        let activation_step = parts[0].activation_step;
+        if parts.iter().any(|p| p.activation_step != activation_step) {
+            bail!("only layers of one activation step can be stacked");
         }
         let names = parts.iter().flat_map(|p| p.parts.iter().cloned()).collect();
         let mut floats = Vec::new();
@@ -148,7 +157,7 @@ impl LinearParams {
             false if biases.iter().all(Option::is_none) => None,
             false => bail!("cannot stack layers with and without bias"),
         };
-        Ok(LinearParams { scheme, weight, bias, input_scale, parts: names })
+        Ok(LinearParams { scheme, weight, bias, input_scale, activation_step, parts: names })
     }
 }
 
@@ -310,8 +319,10 @@ pub struct QuantLoader {
     row_parts: Mutex<Vec<RowPart>>,
     /// The input ranges of every layer built, when calibration asked for them.
     observers: Option<Observers>,
-    /// SmoothQuant for W8A8 layers: each layer's input channel maxima and the migration strength.
-    smoothing: Option<(InputRanges, f32)>,
+    /// Each layer's input channel maxima on calibration text, for SmoothQuant and static activation steps.
+    input_ranges: Option<InputRanges>,
+    /// SmoothQuant's migration strength for W8A8 layers (with `input_ranges`).
+    smooth: Option<f32>,
     /// The stored name of every tensor read so far (see [`QuantLoader::check_all_read`]).
     read: Mutex<HashSet<String>>,
     /// Where the layers built run.
@@ -411,7 +422,8 @@ impl QuantLoader {
             aliases: Vec::new(),
             row_parts: Mutex::new(Vec::new()),
             observers: None,
-            smoothing: None,
+            input_ranges: None,
+            smooth: None,
             read: Mutex::new(HashSet::new()),
             placement: Placement::Kernels,
         }
@@ -448,14 +460,20 @@ impl QuantLoader {
     /// SmoothQuant for every W8A8 layer (see [`qlayers::layers::smoothing_factors`]): weights scaled per input
     /// channel by factors from `input_ranges` (by layer name, as [`QuantLoader::input_ranges`] gives them) and
     /// `alpha`, inputs divided by them. Fused projections share one set of factors, from their stacked weights.
-    pub fn with_smoothing(mut self, input_ranges: InputRanges, alpha: f32) -> Self {
-        self.smoothing = Some((input_ranges, alpha));
+    /// Static W8A8 layers take their steps from the same ranges.
+    pub fn with_smoothing(self, input_ranges: InputRanges, alpha: f32) -> Self {
+        Self { smooth: Some(alpha), ..self.with_calibration(input_ranges) }
+    }
+
+    /// The input ranges static W8A8 layers (`w8a8-static`) take their activation steps from: each layer's step is
+    /// the largest value of its range (divided by the layer's smoothing factors, when smoothed) over 127.
+    pub fn with_calibration(mut self, input_ranges: InputRanges) -> Self {
+        self.input_ranges = Some(input_ranges);
         self
     }
 
-    /// The SmoothQuant strength of the plan a float checkpoint is quantized with, when the plan asks for one: the
-    /// caller runs calibration text through the float model and hands the ranges to
-    /// [`QuantLoader::with_smoothing`] before building (a saved checkpoint carries its smoothing already).
+    /// The SmoothQuant strength of the plan a float checkpoint is quantized with, when the plan asks for one (a
+    /// saved checkpoint carries its smoothing already).
     pub fn planned_smoothing(&self) -> Option<f32> {
         match &self.source {
             Source::Float(plan) => plan.smooth,
@@ -463,9 +481,24 @@ impl QuantLoader {
         }
     }
 
+    /// Whether the plan needs calibration ranges: it smooths, or has static W8A8 layers. The caller then runs
+    /// calibration text through the float model and hands the ranges to [`QuantLoader::with_smoothing`] (or
+    /// [`QuantLoader::with_calibration`]) before building.
+    pub fn planned_calibration(&self) -> bool {
+        match &self.source {
+            Source::Float(plan) => plan.smooth.is_some() || plan.uses_static_activations(),
+            Source::Quantized(_) | Source::Quanto(_) => false,
+        }
+    }
+
     /// Whether layers of `scheme` are smoothed.
     fn smooths(&self, scheme: LayerScheme) -> bool {
-        self.smoothing.is_some() && matches!(scheme, LayerScheme::W8A8 { .. })
+        self.smooth.is_some() && self.input_ranges.is_some() && scheme.is_w8a8()
+    }
+
+    /// Whether a float layer of `scheme` is quantized when built, from calibration: smoothed, or static.
+    fn calibrates(&self, scheme: LayerScheme) -> bool {
+        self.smooths(scheme) || scheme == LayerScheme::W8A8Static
     }
 
     /// Reads tensor `name` from tensor `target` when the checkpoint has no `name` of its own (tied embeddings:
@@ -623,16 +656,21 @@ impl QuantLoader {
             }
             Bias::None => None,
         };
-        if self.smoothing.is_none() && self.planned_smoothing().is_some() && matches!(scheme, LayerScheme::W8A8 { .. })
-        {
-            bail!("the plan asks for SmoothQuant (`smooth`), but {name} was built without calibration ranges");
+        if self.input_ranges.is_none() && matches!(self.source, Source::Float(_)) {
+            if self.planned_smoothing().is_some() && scheme.is_w8a8() {
+                bail!("the plan asks for SmoothQuant (`smooth`), but {name} was built without calibration ranges");
+            }
+            if scheme == LayerScheme::W8A8Static {
+                bail!("{name} is w8a8-static, but was built without calibration ranges for its activation step");
+            }
         }
         let weight = match (&self.source, scheme) {
             (_, LayerScheme::F32) => {
                 LinearWeight::Float(self.read_float(&format!("{name}.weight"), &[out_dim, in_dim])?)
             }
-            // Smoothed layers are quantized when built, after fused projections have stacked their weights.
-            (Source::Float(_), scheme) if self.smooths(scheme) => {
+            // Smoothed and static layers are quantized when built, after fused projections have stacked their
+            // weights.
+            (Source::Float(_), scheme) if self.calibrates(scheme) => {
                 LinearWeight::Float(self.read_float(&format!("{name}.weight"), &[out_dim, in_dim])?)
             }
             (Source::Float(_), _) => match self.native(name, scheme, [out_dim, in_dim])? {
@@ -654,9 +692,9 @@ impl QuantLoader {
                 LinearWeight::Quantized(crate::quanto::read_weight(&self.tracked()?, name, [out_dim, in_dim])?)
             }
         };
-        let input_scale = match &self.source {
-            Source::Quantized(_) => self.saved_input_scale(name, in_dim)?,
-            Source::Float(_) | Source::Quanto(_) => None,
+        let (input_scale, activation_step) = match &self.source {
+            Source::Quantized(_) => (self.saved_input_scale(name, in_dim)?, self.saved_activation_step(name, scheme)?),
+            Source::Float(_) | Source::Quanto(_) => (None, None),
         };
         if let Some(b) = &bias {
             self.record(&bias_name, Stored::Float(b.clone()));
@@ -670,8 +708,27 @@ impl QuantLoader {
         if let Some(scale) = &input_scale {
             self.record(&format!("{name}.input_scale"), Stored::Float(Tensor::new(scale.as_slice(), &Device::Cpu)?));
         }
+        if let Some(step) = activation_step {
+            self.record(&format!("{name}.activation_step"), Stored::Float(Tensor::new(&[step], &Device::Cpu)?));
+        }
         lock(&self.schemes).push((name.to_string(), scheme));
-        Ok(LinearParams { scheme, weight, bias, input_scale, parts: vec![(name.to_string(), out_dim)] })
+        let parts = vec![(name.to_string(), out_dim)];
+        Ok(LinearParams { scheme, weight, bias, input_scale, activation_step, parts })
+    }
+
+    /// The activation step a checkpoint saved for layer `name` (`name.activation_step`, `[1]`): present exactly
+    /// when the layer is static W8A8.
+    fn saved_activation_step(&self, name: &str, scheme: LayerScheme) -> Result<Option<f32>> {
+        let step_name = format!("{name}.activation_step");
+        match (self.contains(&step_name), scheme == LayerScheme::W8A8Static) {
+            (true, true) => {
+                // The layer checks the value when it takes it.
+                Ok(Some(self.read_float(&step_name, &[1])?.to_vec1::<f32>()?[0]))
+            }
+            (false, false) => Ok(None),
+            (true, false) => bail!("unexpected tensor {step_name}: {name} is {scheme}, not w8a8-static"),
+            (false, true) => bail!("{name} is w8a8-static, but the checkpoint has no {step_name}"),
+        }
     }
 
     /// The input scale a checkpoint saved for smoothed layer `name` (`name.input_scale`, `[in_dim]`), if any.
@@ -685,9 +742,11 @@ impl QuantLoader {
 
     /// Builds a layer from parameters read by [`QuantLoader::linear_params`]; `name` is what the report calls it.
     pub fn build_linear(&self, name: &str, params: LinearParams) -> Result<QLinear> {
-        let LinearParams { scheme, weight, bias, input_scale, parts } = params;
+        let LinearParams { scheme, weight, bias, input_scale, activation_step, parts } = params;
         let layer = match weight {
-            LinearWeight::Float(w) if self.smooths(scheme) => self.smoothed(name, &w, bias.as_ref(), scheme, &parts),
+            LinearWeight::Float(w) if self.calibrates(scheme) => {
+                self.calibrated(name, &w, bias.as_ref(), scheme, &parts)
+            }
             LinearWeight::Float(w) => self.placed_layer(&w, bias.as_ref(), scheme),
             LinearWeight::Quantized(q) => {
                 let k = q.shape().get(1).copied().unwrap_or(0);
@@ -696,8 +755,12 @@ impl QuantLoader {
                     Placement::Kernels => QLinear::from_qtensor(&q, bias.as_ref(), scheme, block)?,
                     Placement::Candle(device) => QLinear::on_candle(&q, bias.as_ref(), scheme, device)?,
                 };
-                match input_scale {
-                    Some(scale) => layer.with_input_scale(scale).map_err(anyhow::Error::from),
+                let layer = match input_scale {
+                    Some(scale) => layer.with_input_scale(scale)?,
+                    None => layer,
+                };
+                match activation_step {
+                    Some(step) => layer.with_activation_step(step).map_err(anyhow::Error::from),
                     None => Ok(layer),
                 }
             }
@@ -727,9 +790,10 @@ impl QuantLoader {
         Ok(layer)
     }
 
-    /// Layer `name` (possibly fused from `parts`) smoothed with the factors its input ranges and weight give; a
-    /// recording loader records each part's smoothed codes and the input scale.
-    fn smoothed(
+    /// Layer `name` (possibly fused from `parts`) quantized from calibration: smoothed with the factors its input
+    /// ranges and weight give, when the plan smooths, and given its activation step, when static. A recording
+    /// loader records each part's codes, input scale and step.
+    fn calibrated(
         &self,
         name: &str,
         weight: &Tensor,
@@ -737,27 +801,44 @@ impl QuantLoader {
         scheme: LayerScheme,
         parts: &[(String, usize)],
     ) -> Result<QLinear> {
-        let (ranges, alpha) = self.smoothing.as_ref().context("smoothing is on")?;
+        let ranges = self.input_ranges.as_ref().context("calibration ranges are given")?;
         let first = expand_braces(name).swap_remove(0);
-        let range = ranges.get(&first).with_context(|| format!("no input statistics for {first} to smooth it"))?;
-        let factors = qlayers::layers::smoothing_factors(range, weight, *alpha)?;
-        let smoothed = qlayers::layers::smoothed_weight(weight, &factors)?;
-        let input_scale: Vec<f32> = factors.iter().map(|f| 1.0 / f).collect();
+        let range = ranges.get(&first).with_context(|| format!("no input statistics for {first} to calibrate it"))?;
+        let (weight, input_scale) = match self.smooth.filter(|_| self.smooths(scheme)) {
+            Some(alpha) => {
+                let factors = qlayers::layers::smoothing_factors(range, weight, alpha)?;
+                let input_scale: Vec<f32> = factors.iter().map(|f| 1.0 / f).collect();
+                (qlayers::layers::smoothed_weight(weight, &factors)?, Some(input_scale))
+            }
+            None => (weight.clone(), None),
+        };
+        let step = (scheme == LayerScheme::W8A8Static).then(|| static_step(range, input_scale.as_deref()));
         if self.recorded.is_some() {
             let (weight_scheme, _) =
-                scheme.weight_scheme(factors.len())?.context("smoothing applies to integer schemes")?;
-            let scale = Tensor::new(input_scale.as_slice(), &Device::Cpu)?;
+                scheme.weight_scheme(range.len())?.context("calibration applies to integer schemes")?;
+            let scale = input_scale.as_deref().map(|s| Tensor::new(s, &Device::Cpu)).transpose()?;
             let mut start = 0;
             // Every row is quantized on its own (W8A8 weights have a scale per row, or per row and block), so each
             // part's codes are its rows of the fused layer's.
             for (part, rows) in parts {
-                let codes = QTensor::quantize(&smoothed.narrow(0, start, *rows)?, weight_scheme)?;
+                let codes = QTensor::quantize(&weight.narrow(0, start, *rows)?, weight_scheme)?;
                 self.record(&format!("{part}.weight"), Stored::Quantized(codes));
-                self.record(&format!("{part}.input_scale"), Stored::Float(scale.clone()));
+                if let Some(scale) = &scale {
+                    self.record(&format!("{part}.input_scale"), Stored::Float(scale.clone()));
+                }
+                if let Some(step) = step {
+                    self.record(&format!("{part}.activation_step"), Stored::Float(Tensor::new(&[step], &Device::Cpu)?));
+                }
                 start += rows;
             }
         }
-        let layer = self.placed_layer(&smoothed, bias, scheme)?.with_input_scale(input_scale)?;
+        let mut layer = self.placed_layer(&weight, bias, scheme)?;
+        if let Some(scale) = input_scale {
+            layer = layer.with_input_scale(scale)?;
+        }
+        if let Some(step) = step {
+            layer = layer.with_activation_step(step)?;
+        }
         Ok(layer)
     }
 
@@ -918,6 +999,20 @@ fn safetensors_length_error(data: &[u8]) -> Option<String> {
     (needed != len).then(|| format!("it is {len} bytes; its header describes {needed}"))
 }
 
+/// The static activation step of a layer whose inputs reached `range` (per channel) on calibration text: the
+/// largest input the quantizer sees (times `input_scale`, when smoothed) over 127, so that no calibration value
+/// clamps. A layer that saw only zeros gets step 1.
+fn static_step(range: &[f32], input_scale: Option<&[f32]>) -> f32 {
+    let largest = match input_scale {
+        Some(scale) => range.iter().zip(scale).map(|(r, s)| r * s).fold(0f32, f32::max),
+        None => range.iter().copied().fold(0f32, f32::max),
+    };
+    match largest.is_finite() && largest > 0.0 {
+        true => largest / 127.0,
+        false => 1.0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -933,6 +1028,7 @@ mod tests {
             weight: LinearWeight::Quantized(QTensor::quantize(&w, weight_scheme).unwrap()),
             bias: None,
             input_scale: None,
+            activation_step: None,
             parts: vec![("layer".into(), rows)],
         }
     }

@@ -24,6 +24,10 @@
 //! outliers into the weights. A checkpoint saved under such a plan stores the smoothed weights and each layer's
 //! input factors, so loading it runs no calibration.
 //!
+//! A `w8a8-static` layer quantizes its inputs with one step calibrated on the same sentences (the largest input
+//! it saw, after the smoothing factors when `smooth` is set, over 127); a checkpoint stores it as
+//! `L.activation_step`.
+//!
 //! Patterns are globs over the layer's dotted name: `*` matches any run of characters (dots included), `?` one
 //! character. Scheme names are those of [`qlayers::LayerScheme`].
 
@@ -164,6 +168,13 @@ impl Plan {
         Ok(())
     }
 
+    /// Whether any layer of the plan is static W8A8 (`w8a8-static`), whose activation steps are calibrated when
+    /// the plan is applied to a float model, as SmoothQuant's factors are.
+    pub fn uses_static_activations(&self) -> bool {
+        let is_static = |name: &str| parse_scheme(name).is_ok_and(|s| s == LayerScheme::W8A8Static);
+        is_static(&self.default) || self.rules.iter().any(|r| is_static(&r.scheme))
+    }
+
     /// The scheme of the token-embedding table: f32, or the symmetric int8 weight scheme `embeddings` names.
     pub fn embedding_scheme(&self) -> Result<LayerScheme> {
         let Some(name) = &self.embeddings else { return Ok(LayerScheme::F32) };
@@ -276,6 +287,18 @@ mod tests {
             let err = Plan::parse(&format!("default = \"w8a8-row\"\nsmooth = {bad}")).unwrap_err();
             assert!(format!("{err:#}").contains("between 0 and 1"), "{bad}: {err:#}");
         }
+    }
+
+    #[test]
+    fn static_layers_ask_for_calibration() {
+        assert!(!Plan::bert_int8().uses_static_activations());
+        assert!(Plan::uniform(LayerScheme::W8A8Static).uses_static_activations());
+        let plan =
+            Plan::parse("default = \"w8a8-row\"\n[[rules]]\npattern = \"*.query\"\nscheme = \"w8a8-static\"").unwrap();
+        assert!(plan.uses_static_activations());
+        assert_eq!(plan.scheme_for("encoder.layer.0.attention.self.query").unwrap(), LayerScheme::W8A8Static);
+        assert_eq!(LayerScheme::W8A8Static.to_string().parse::<LayerScheme>().unwrap(), LayerScheme::W8A8Static);
+        assert!("w8a8-static-pb".parse::<LayerScheme>().is_err());
     }
 
     #[test]

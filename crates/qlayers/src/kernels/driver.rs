@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use super::activations::{quantize_rows, BlockParams, QuantizedActivations, RowsOut};
+use super::activations::{quantize_rows, BlockParams, InputQuant, QuantizedActivations, RowsOut};
 use super::blocks::KBlocks;
 use super::float::FloatJob;
 use super::float_tile::{float_tile, FloatTile};
@@ -111,10 +111,10 @@ macro_rules! level {
                 x: &[f32],
                 blocks: &KBlocks,
                 first_row: usize,
-                input_scale: Option<&[f32]>,
+                input: InputQuant<'_>,
                 out: RowsOut<'_>,
             ) -> Result<()> {
-                quantize_rows::<$simd>(x, blocks, first_row, input_scale, out)
+                quantize_rows::<$simd>(x, blocks, first_row, input, out)
             }
 
             /// How this level wants weights packed.
@@ -395,8 +395,8 @@ impl PackedWeights {
             zero_offset: self.uniform_zero_offset.unwrap_or(0),
         };
         let x = &x[rows.start * blocks.k..rows.end * blocks.k];
-        let input_scale = self.input_scale.as_deref();
-        on_level!(self.isa, level => level::quantize(x, blocks, rows.start, input_scale, out))
+        let input = InputQuant { input_scale: self.input_scale.as_deref(), step: self.activation_step };
+        on_level!(self.isa, level => level::quantize(x, blocks, rows.start, input, out))
     }
 }
 

@@ -32,6 +32,6 @@ mod x86;
 pub use blocks::MAX_BLOCK;
 pub use float::FloatWeights;
 pub use isa::{cpu_name, selected_isa, Isa, ISA_ENV};
-pub(crate) use packed::check_input_scale;
+pub(crate) use packed::{check_activation_step, check_input_scale};
 pub use packed::{PackedWeights, WeightCodes};
 pub use prefetch::prefetch;

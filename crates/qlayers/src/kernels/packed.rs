@@ -82,6 +82,8 @@ pub struct PackedWeights {
     /// A factor per input channel that each input row is multiplied by before it is quantized (SmoothQuant's
     /// `1 / s`), when the weights have one.
     pub(crate) input_scale: Option<Vec<f32>>,
+    /// The calibrated step activations are quantized with (static W8A8), or `None` for per-block dynamic scales.
+    pub(crate) activation_step: Option<f32>,
 }
 
 impl PackedWeights {
@@ -190,6 +192,7 @@ impl PackedWeights {
             half_mins,
             lookup,
             input_scale: None,
+            activation_step: None,
         })
     }
 
@@ -200,6 +203,21 @@ impl PackedWeights {
         check_input_scale(&scale, self.blocks.k)?;
         self.input_scale = Some(scale);
         Ok(self)
+    }
+
+    /// These weights with activations quantized statically: every row and block with the one calibrated `step`
+    /// (positive and finite), codes `round(clamp(x * input_scale / step, -127, 127))`, instead of a scale per
+    /// row and block from its own largest value. No maximum is taken, and the codes of a value do not depend on
+    /// the rest of its row.
+    pub fn with_activation_step(mut self, step: f32) -> Result<Self> {
+        check_activation_step(step)?;
+        self.activation_step = Some(step);
+        Ok(self)
+    }
+
+    /// The static activation step, when the weights have one.
+    pub fn activation_step(&self) -> Option<f32> {
+        self.activation_step
     }
 
     /// The factor each input channel is multiplied by before quantizing, when the weights have one.
@@ -288,5 +306,13 @@ pub(crate) fn check_input_scale(scale: &[f32], k: usize) -> Result<()> {
     match scale.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s > 0.0)) {
         Some((index, &value)) => Err(QuantError::NonFinite { what: "input scale (must be positive)", index, value }),
         None => Ok(()),
+    }
+}
+
+/// Checks a static activation step: positive and finite.
+pub(crate) fn check_activation_step(step: f32) -> Result<()> {
+    match step.is_finite() && step > 0.0 {
+        true => Ok(()),
+        false => Err(QuantError::NonFinite { what: "activation step (must be positive)", index: 0, value: step }),
     }
 }

@@ -110,13 +110,15 @@ impl Int8Simd for Reference {
         v.into_iter().fold(0, |m, lane| m.max(lane as u32))
     }
     #[inline(always)]
-    unsafe fn quantize_store(p: *const f32, inv: Self::F, out: *mut i8, sums: Self::I) -> Self::I {
-        let x = std::ptr::read_unaligned(p as *const [f32; LANES]);
+    unsafe fn clamp_f(v: Self::F, limit: f32) -> Self::F {
+        v.map(|x| x.max(-limit).min(limit))
+    }
+    #[inline(always)]
+    unsafe fn quantize_store(v: Self::F, out: *mut i8, sums: Self::I) -> Self::I {
         // Adding 1.5 * 2^23 to a float below 2^22 in magnitude leaves the integer nearest to it (ties to even) in
         // the low mantissa bits: vectorizes everywhere, unlike `round_ties_even` without SSE4.1.
         const ROUNDER: f32 = 12_582_912.0;
-        let codes: [i32; LANES] =
-            std::array::from_fn(|i| (x[i] * inv[i] + ROUNDER).to_bits() as i32 - ROUNDER.to_bits() as i32);
+        let codes: [i32; LANES] = std::array::from_fn(|i| (v[i] + ROUNDER).to_bits() as i32 - ROUNDER.to_bits() as i32);
         std::ptr::write_unaligned(out as *mut [i8; LANES], codes.map(|c| c as i8));
         std::array::from_fn(|i| sums[i].wrapping_add(codes[i]))
     }

@@ -73,9 +73,12 @@ pub(crate) trait Int8Simd {
     unsafe fn abs_bits_max(acc: Self::I, p: *const f32) -> Self::I;
     /// The largest lane of `v`, as an unsigned integer.
     unsafe fn max_lane(v: Self::I) -> u32;
-    /// Quantizes the `LANES` floats at `p`: codes `round_half_even(x * inv)`, which the caller keeps within
-    /// `[-127, 127]`, stored as `LANES` bytes at `out`; returns `sums` plus the codes.
-    unsafe fn quantize_store(p: *const f32, inv: Self::F, out: *mut i8, sums: Self::I) -> Self::I;
+    /// Lane-wise `min(max(v, -limit), limit)` for a positive `limit` (a NaN lane may come out as either bound or
+    /// NaN: callers find NaN in their input first).
+    unsafe fn clamp_f(v: Self::F, limit: f32) -> Self::F;
+    /// Quantizes the `LANES` floats of `v` (already scaled): codes `round_half_even(v)`, which the caller keeps
+    /// within `[-127, 127]`, stored as `LANES` bytes at `out`; returns `sums` plus the codes.
+    unsafe fn quantize_store(v: Self::F, out: *mut i8, sums: Self::I) -> Self::I;
     /// The sum of the lanes of `v` (wrapping).
     unsafe fn sum_lanes(v: Self::I) -> i32;
 }

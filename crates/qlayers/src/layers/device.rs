@@ -6,7 +6,7 @@ use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::Result;
-use crate::kernels::{check_input_scale, Isa};
+use crate::kernels::{check_activation_step, check_input_scale, Isa};
 use crate::quant::{ggml, QTensor};
 
 /// How a layer computes its products: on the CPU with this crate's kernels, or with candle's on any device.
@@ -45,6 +45,9 @@ pub(crate) struct DeviceLinear {
     bias: Option<Tensor>,
     /// SmoothQuant's per-input factors, as given and as an f32 `[in]` tensor on the device.
     input_scale: Option<(Vec<f32>, Tensor)>,
+    /// A static W8A8 layer's calibrated activation step, kept for checkpoints (candle quantizes activations its
+    /// own way).
+    activation_step: Option<f32>,
     /// Bytes the weights take on the device.
     weight_bytes: usize,
 }
@@ -68,7 +71,7 @@ impl DeviceLinear {
             }
         };
         let bias = bias.map(|b| b.to_dtype(DType::F32)?.to_device(device)).transpose()?;
-        Ok(Self { matmul, path, bias, input_scale: None, weight_bytes })
+        Ok(Self { matmul, path, bias, input_scale: None, activation_step: None, weight_bytes })
     }
 
     /// This layer with each input feature multiplied by `scale` before the product (see
@@ -77,6 +80,17 @@ impl DeviceLinear {
         check_input_scale(&scale, in_features)?;
         let tensor = Tensor::from_slice(&scale, in_features, &self.device())?;
         Ok(Self { input_scale: Some((scale, tensor)), ..self })
+    }
+
+    /// This layer with a static W8A8 activation step (see [`crate::QLinear::with_activation_step`]).
+    pub(crate) fn with_activation_step(self, step: f32) -> Result<Self> {
+        check_activation_step(step)?;
+        Ok(Self { activation_step: Some(step), ..self })
+    }
+
+    /// See [`crate::QLinear::activation_step`].
+    pub(crate) fn activation_step(&self) -> Option<f32> {
+        self.activation_step
     }
 
     /// The device the weights are on.

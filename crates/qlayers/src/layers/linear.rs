@@ -123,6 +123,38 @@ impl QLinear {
         Ok(Self { kind, ..self })
     }
 
+    /// This static W8A8 layer with its calibrated activation step (positive and finite; see
+    /// [`LayerScheme::W8A8Static`]). On candle's kernels the step is kept (a checkpoint saves it) but candle
+    /// quantizes activations its own way. Errors on a layer of another scheme.
+    pub fn with_activation_step(self, step: f32) -> Result<Self> {
+        if self.scheme != LayerScheme::W8A8Static {
+            return Err(QuantError::InvalidScheme(format!(
+                "an activation step applies to w8a8-static layers, not {}",
+                self.scheme
+            )));
+        }
+        let kind = match self.kind {
+            Kind::Int(mut int) => {
+                int.weights = int.weights.with_activation_step(step)?;
+                Kind::Int(int)
+            }
+            Kind::Device(device) => Kind::Device(Box::new(device.with_activation_step(step)?)),
+            Kind::Float(_) | Kind::Candle(_) => {
+                return Err(QuantError::InvalidScheme("an activation step applies to integer layers".into()))
+            }
+        };
+        Ok(Self { kind, ..self })
+    }
+
+    /// The calibrated activation step of a static W8A8 layer, once it has one.
+    pub fn activation_step(&self) -> Option<f32> {
+        match &self.kind {
+            Kind::Int(int) => int.weights.activation_step(),
+            Kind::Device(device) => device.activation_step(),
+            Kind::Float(_) | Kind::Candle(_) => None,
+        }
+    }
+
     /// The factor each input feature is multiplied by before it is quantized (SmoothQuant's `1 / s`), when the
     /// layer is smoothed.
     pub fn input_scale(&self) -> Option<&[f32]> {
@@ -254,8 +286,13 @@ impl QLinear {
     /// fresh pages each new output costs, and the activation, applied as the kernels store their outputs, spares
     /// a pass over them.
     pub fn forward_into(&self, x: &[f32], m: usize, activation: Option<Activation>, out: &mut Vec<f32>) -> Result<()> {
-        self.check_input(x, m)?;
         out.resize(m * self.out_features, 0.0);
+        self.forward_rows(x, m, activation, out)
+    }
+
+    /// [`QLinear::forward_into`] into `out`, which holds `m * out_features` values, for checked input `x`.
+    fn forward_rows(&self, x: &[f32], m: usize, activation: Option<Activation>, out: &mut [f32]) -> Result<()> {
+        self.check_input(x, m)?;
         match &self.kind {
             Kind::Int(int) => int.matmul_into(x, m, activation, out),
             Kind::Float(float) => float.weights.matmul_into(x, m, float.bias.as_deref(), activation, out),

@@ -18,6 +18,12 @@ pub enum LayerScheme {
         /// Whether weights also get one scale per `act_block` block of K.
         weight_per_block: bool,
     },
+    /// Static W8A8 (`w8a8-static`): the weights of `w8a8-row` (int8, one symmetric scale per output channel),
+    /// activations quantized with one step per layer calibrated beforehand (the largest calibration input, after
+    /// SmoothQuant's factors when the plan smooths, over 127), values beyond it clamped. No maximum is taken at
+    /// run time, and a value's code does not depend on the rest of its row. A layer of this scheme needs its step
+    /// ([`crate::QLinear::with_activation_step`]): the loader calibrates it, and a checkpoint saves it.
+    W8A8Static,
     /// Weight quantization at 8, 4 or 2 bits with one scale (and zero point) per `group` values along K, for
     /// memory-bound work. Codes below 8 bits stay packed; activations are quantized to int8 per group on the fly
     /// (as llama.cpp does), so the matmul runs on integer dot products.
@@ -68,10 +74,16 @@ impl LayerScheme {
     pub fn code_bits(&self) -> u32 {
         match self {
             Self::F32 => 32,
-            Self::W8A8 { .. } => 8,
+            Self::W8A8 { .. } | Self::W8A8Static => 8,
             Self::Weight { bits, .. } => bits.count(),
             Self::Codebook { .. } => 4,
         }
+    }
+
+    /// Whether the scheme multiplies int8 activations by int8 weights (W8A8, dynamic or static): the schemes
+    /// SmoothQuant applies to.
+    pub fn is_w8a8(&self) -> bool {
+        matches!(self, Self::W8A8 { .. } | Self::W8A8Static)
     }
 
     /// Whether the layer keeps its per-group scales and minimums in f16, as ggml's formats do: weight-only schemes,
@@ -107,6 +119,10 @@ impl LayerScheme {
                     Granularity::PerChannel { dim: 0 }
                 };
                 Ok(Some((LinearScheme::symmetric(Bits::B8, granularity).into(), block)))
+            }
+            Self::W8A8Static => {
+                let granularity = Granularity::PerChannel { dim: 0 };
+                Ok(Some((LinearScheme::symmetric(Bits::B8, granularity).into(), k.clamp(1, MAX_BLOCK))))
             }
             Self::Weight { bits, group, symmetric } => {
                 let group = check_block("group size", group)?;
@@ -144,7 +160,7 @@ impl LayerScheme {
 }
 
 /// The canonical name, which [`LayerScheme::from_str`](std::str::FromStr) reads back: `f32`, `w8a8-b64`
-/// (`-pb` for per-block weight scales), `w8a8-row` (one activation scale per row), `int4-g32`, `int4-g32-asym`, `nf4-g64`, `kmeans-g64`.
+/// (`-pb` for per-block weight scales), `w8a8-row` (one activation scale per row), `w8a8-static`, `int4-g32`, `int4-g32-asym`, `nf4-g64`, `kmeans-g64`.
 impl std::fmt::Display for LayerScheme {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -156,6 +172,7 @@ impl std::fmt::Display for LayerScheme {
                 }
                 write!(f, "{}", if *weight_per_block { "-pb" } else { "" })
             }
+            Self::W8A8Static => write!(f, "w8a8-static"),
             Self::Weight { bits, group, symmetric } => {
                 write!(f, "int{}-g{group}{}", bits.count(), if *symmetric { "" } else { "-asym" })
             }
@@ -166,7 +183,8 @@ impl std::fmt::Display for LayerScheme {
 }
 
 /// Parses a scheme name: `f32` (or `fp32`); `int8` or `w8a8` (W8A8, activation blocks of 64), `w8a8-b32`,
-/// `w8a8-b64-pb`, `w8a8-row` (one activation scale per row); `int8-g32`, `int4`, `int4-g64`, `int4-g32-asym`, `int2` (weight schemes; groups of 32 unless
+/// `w8a8-b64-pb`, `w8a8-row` (one activation scale per row), `w8a8-static` (one calibrated step per layer);
+/// `int8-g32`, `int4`, `int4-g64`, `int4-g32-asym`, `int2` (weight schemes; groups of 32 unless
 /// `-gN` says otherwise; symmetric unless `-asym`); `nf4`, `nf4-g32`, `kmeans`, `kmeans-g128` (codebook schemes;
 /// groups of 64 unless `-gN` says otherwise).
 impl std::str::FromStr for LayerScheme {
@@ -176,7 +194,7 @@ impl std::str::FromStr for LayerScheme {
         let lower = name.trim().to_ascii_lowercase();
         let bad = || {
             QuantError::InvalidScheme(format!(
-                "unknown scheme {name:?}: expected f32, int8, w8a8[-bN|-row][-pb], int8-gN, int4[-gN][-asym], \
+                "unknown scheme {name:?}: expected f32, int8, w8a8[-bN|-row][-pb], w8a8-static, int8-gN, int4[-gN][-asym], \
                  int2[-gN][-asym], nf4[-gN] or kmeans[-gN]"
             ))
         };
@@ -189,6 +207,7 @@ impl std::str::FromStr for LayerScheme {
         match head {
             "f32" | "fp32" if rest.is_empty() => Ok(Self::F32),
             "int8" if rest.is_empty() => Ok(Self::w8a8()),
+            "w8a8" if rest == ["static"] => Ok(Self::W8A8Static),
             "w8a8" => {
                 let (mut act_block, mut weight_per_block) = (64, false);
                 for part in rest {

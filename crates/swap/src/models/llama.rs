@@ -898,6 +898,9 @@ impl LlamaModel {
         if loader.planned_smoothing().is_some() {
             bail!("`smooth` (SmoothQuant) applies to encoder plans; a plan for text generation cannot carry it");
         }
+        if loader.planned_calibration() {
+            bail!("w8a8-static applies to encoder plans (calibrated on their sentences), not to text generation");
+        }
         let mut model = Self::load_body(config, loader)?;
         let h = model.config.hidden_size;
         // Tied embeddings: the head reads the embedding matrix (quantized on its own per the plan).

@@ -112,9 +112,13 @@ impl Int8Simd for Avx2 {
         _mm_cvtsi128_si32(m) as u32
     }
     #[inline(always)]
-    unsafe fn quantize_store(p: *const f32, inv: Self::F, out: *mut i8, sums: Self::I) -> Self::I {
+    unsafe fn clamp_f(v: Self::F, limit: f32) -> Self::F {
+        _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-limit)), _mm256_set1_ps(limit))
+    }
+    #[inline(always)]
+    unsafe fn quantize_store(v: Self::F, out: *mut i8, sums: Self::I) -> Self::I {
         // The conversion rounds to nearest even (the default rounding mode, which Rust never changes).
-        let codes = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p), inv));
+        let codes = _mm256_cvtps_epi32(v);
         // Codes fit a byte, so the saturating packs are exact: each 128-bit lane ends up with its four codes in
         // its low four bytes.
         let words = _mm256_packs_epi32(codes, codes);

@@ -112,9 +112,13 @@ impl Int8Simd for Avx512Vnni {
         _mm512_reduce_max_epu32(v)
     }
     #[inline(always)]
-    unsafe fn quantize_store(p: *const f32, inv: Self::F, out: *mut i8, sums: Self::I) -> Self::I {
+    unsafe fn clamp_f(v: Self::F, limit: f32) -> Self::F {
+        _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-limit)), _mm512_set1_ps(limit))
+    }
+    #[inline(always)]
+    unsafe fn quantize_store(v: Self::F, out: *mut i8, sums: Self::I) -> Self::I {
         // The conversion rounds to nearest even (the default rounding mode, which Rust never changes).
-        let codes = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(p), inv));
+        let codes = _mm512_cvtps_epi32(v);
         _mm_storeu_si128(out as *mut __m128i, _mm512_cvtepi32_epi8(codes));
         _mm512_add_epi32(sums, codes)
     }
