@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear};
-use qlayers::{Bits, Codebook, Granularity, LayerScheme, LinearScheme, QConv2d, QLinear, QTensor, Scheme};
+use qlayers::{Activation, Bits, Codebook, Granularity, LayerScheme, LinearScheme, QConv2d, QLinear, QTensor, Scheme};
 
 /// `||a - b|| / ||b||`.
 fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
@@ -64,6 +64,39 @@ fn qlinear_matches_candle_linear() {
             _ => 0.01,
         };
         assert!(err < limit, "{scheme}: relative error {err}");
+    }
+}
+
+#[test]
+fn a_pair_of_layers_chunk_by_chunk_equals_the_two_layers_in_turn() {
+    // 400 rows of a 1536-wide intermediate: several 1 MB chunks, the last one short; M = 1 and 7 in one chunk.
+    let (k, inner, n) = (64, 1536, 24);
+    let (w1, b1) = (randn(&[inner, k], 0.1, 11), randn(&[inner], 0.1, 12));
+    let (w2, b2) = (randn(&[n, inner], 0.05, 13), randn(&[n], 0.1, 14));
+    let schemes = [LayerScheme::w8a8(), LayerScheme::w8a8_per_row(), LayerScheme::weight(Bits::B4), LayerScheme::F32];
+    for scheme in schemes {
+        let first = QLinear::new(&w1, Some(&b1), scheme).unwrap();
+        let second = QLinear::new(&w2, Some(&b2), scheme).unwrap();
+        for m in [1, 7, 400] {
+            let x = randn(&[m, k], 1.0, 15 + m as u64).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let (mut hidden, mut want) = (Vec::new(), Vec::new());
+            first.forward_into(&x, m, Some(Activation::GeluErf), &mut hidden).unwrap();
+            second.forward_into(&hidden, m, None, &mut want).unwrap();
+            let (mut inner_buf, mut got) = (Vec::new(), vec![f32::NAN; 3]);
+            QLinear::forward_pair_into(&first, Some(Activation::GeluErf), &second, &x, m, &mut inner_buf, &mut got)
+                .unwrap();
+            assert_eq!(got.len(), m * n);
+            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{scheme} m={m}");
+            if m == 400 {
+                assert!(inner_buf.len() < m * inner, "{scheme}: the intermediate was not chunked");
+            }
+        }
+        // Layers that do not chain, or input of the wrong length, are errors.
+        let (mut inner_buf, mut out) = (Vec::new(), Vec::new());
+        let err = QLinear::forward_pair_into(&second, None, &first, &[0.0; 1536], 1, &mut inner_buf, &mut out);
+        assert!(err.unwrap_err().to_string().contains("second layer's inputs"), "{scheme}");
+        let err = QLinear::forward_pair_into(&first, None, &second, &[0.0; 65], 1, &mut inner_buf, &mut out);
+        assert!(err.is_err(), "{scheme}");
     }
 }
 

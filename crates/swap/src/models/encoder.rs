@@ -162,9 +162,18 @@ impl EncoderStack {
         attention_into(&ws.qkv, layout, heads, h / heads, starts, lens, options, &mut ws.context);
         layer.attention_out.forward_into(&ws.context, rows, None, &mut ws.attended)?;
         layer.attention_norm.apply(&mut ws.attended, Some(hidden));
-        // The activation is applied by the kernels as they store the intermediate layer's outputs.
-        layer.intermediate.forward_into(&ws.attended, rows, Some(self.activation), &mut ws.inner)?;
-        layer.output.forward_into(&ws.inner, rows, None, &mut ws.out)?;
+        // The activation is applied by the kernels as they store the intermediate layer's outputs, which the
+        // output layer reads chunk by chunk while they are in cache.
+        let (inner, out) = (&mut ws.inner, &mut ws.out);
+        QLinear::forward_pair_into(
+            &layer.intermediate,
+            Some(self.activation),
+            &layer.output,
+            &ws.attended,
+            rows,
+            inner,
+            out,
+        )?;
         layer.output_norm.apply(&mut ws.out, Some(&ws.attended));
         Ok(())
     }
