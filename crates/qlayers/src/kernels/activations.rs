@@ -90,6 +90,10 @@ pub(crate) unsafe fn quantize_rows<S: Int8Simd>(
         };
         (step, factors)
     });
+    let scales = match &step {
+        Some((step, factors)) => BlockScales::Static { step: *step, factors },
+        None => BlockScales::Dynamic,
+    };
     // A scaled row is written here, where it stays in L1 while it is quantized.
     let scaling = input.input_scale.filter(|_| step.is_none());
     let mut scaled = vec![0f32; if scaling.is_some() { blocks.k } else { 0 }];
@@ -101,10 +105,6 @@ pub(crate) unsafe fn quantize_rows<S: Int8Simd>(
                 &scaled[..]
             }
             None => row,
-        };
-        let scales = match &step {
-            Some((step, factors)) => BlockScales::Static { step: *step, factors },
-            None => BlockScales::Dynamic,
         };
         quantize_row::<S>(row, blocks, row_codes, params, out.zero_offset, scales).map_err(|at| {
             QuantError::NonFinite { what: "layer input", index: (first_row + r) * blocks.k + at, value: row[at] }

@@ -320,13 +320,7 @@ impl QLinear {
                 right: vec![second.in_features],
             });
         }
-        if x.len() != m * first.in_features {
-            return Err(QuantError::ShapeMismatch {
-                what: "QLinear input length vs m x in_features",
-                left: vec![x.len()],
-                right: vec![m, first.in_features],
-            });
-        }
+        first.check_len(x, m)?;
         let (k, width, n) = (first.in_features, first.out_features, second.out_features);
         // Every chunk reads both weights again: pairs whose weights are too large to come from cache run whole.
         let chunked = first.storage_bytes() + second.storage_bytes() <= PAIR_MAX_WEIGHT_BYTES;
@@ -363,15 +357,21 @@ impl QLinear {
 
     /// Checks that `x` holds `m` rows of `in_features` values, and records them when calibration asked for it.
     fn check_input(&self, x: &[f32], m: usize) -> Result<()> {
+        self.check_len(x, m)?;
+        if let Some(observer) = &self.observer {
+            observer.observe(x, self.in_features);
+        }
+        Ok(())
+    }
+
+    /// Checks that `x` holds `m` rows of `in_features` values.
+    fn check_len(&self, x: &[f32], m: usize) -> Result<()> {
         if x.len() != m * self.in_features {
             return Err(QuantError::ShapeMismatch {
                 what: "QLinear input length vs m x in_features",
                 left: vec![x.len()],
                 right: vec![m, self.in_features],
             });
-        }
-        if let Some(observer) = &self.observer {
-            observer.observe(x, self.in_features);
         }
         Ok(())
     }
