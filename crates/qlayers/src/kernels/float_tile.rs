@@ -53,17 +53,7 @@ pub(crate) unsafe fn float_tile<S: Int8Simd, const ROWS: usize, const NV: usize>
     }
     // Each row's pointer lives in its own register (see `opaque`); the loop indexes them with one counter.
     let rows: [*const f32; ROWS] = std::array::from_fn(|m| opaque(t.a.add(m * t.lda)));
-    let mut w = t.w;
-    for k in 0..t.steps {
-        let b: [S::F; NV] = std::array::from_fn(|v| S::load_f(w.add(v * S::LANES)));
-        for (row, &a) in acc.iter_mut().zip(&rows) {
-            let x = S::splat_f(*a.add(k));
-            for (acc, &b) in row.iter_mut().zip(&b) {
-                *acc = S::fma_f(x, b, *acc);
-            }
-        }
-        w = w.add(nr);
-    }
+    let acc = fma_steps::<S, ROWS, NV>(acc, &rows, t.w, t.steps);
     if !t.last {
         for (m, row) in acc.iter().enumerate() {
             for (v, &acc) in row.iter().enumerate() {
@@ -78,4 +68,29 @@ pub(crate) unsafe fn float_tile<S: Int8Simd, const ROWS: usize, const NV: usize>
         let values = std::array::from_fn(|v| S::fma_f(row[v], S::splat_f(1.0), bias[v]));
         store_output_row::<S, NV>(values, t.out.add(m * t.ldo), t.cols, t.activation);
     }
+}
+
+/// `acc[m][j] = fma(rows[m][k], w[k][j], acc[m][j])` for `k` in `0..steps`, the sums passed in and out by value so
+/// that they stay in registers for the whole loop.
+///
+/// # Safety
+/// As [`float_tile`]: the rows hold `steps` values and the panel at `w` holds `steps` K values.
+#[inline(always)]
+unsafe fn fma_steps<S: Int8Simd, const ROWS: usize, const NV: usize>(
+    mut acc: [[S::F; NV]; ROWS],
+    rows: &[*const f32; ROWS],
+    mut w: *const f32,
+    steps: usize,
+) -> [[S::F; NV]; ROWS] {
+    for k in 0..steps {
+        let b: [S::F; NV] = std::array::from_fn(|v| S::load_f(w.add(v * S::LANES)));
+        for (row, &a) in acc.iter_mut().zip(rows) {
+            let x = S::splat_f(*a.add(k));
+            for (acc, &b) in row.iter_mut().zip(&b) {
+                *acc = S::fma_f(x, b, *acc);
+            }
+        }
+        w = w.add(NV * S::LANES);
+    }
+    acc
 }

@@ -127,7 +127,7 @@ impl PackedWeights {
             return Err(QuantError::BadZeroPoint { index, value, min: 0, max: zero_limit - 1 });
         }
         check_stored_scales(w.scales)?;
-        let layout = isa.panel_layout();
+        let layout = isa.panel_layout(w.bits);
         let (wide_xor, wide_offset) = if wide { (layout.wide_xor, layout.wide_offset) } else { (0, 0) };
         // 8-bit codes are XORed where they are stored: in the panel, or in the table.
         let code_xor = if w.bits == Bits::B8 { wide_xor } else { 0 };
