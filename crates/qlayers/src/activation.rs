@@ -102,15 +102,31 @@ pub fn erf(x: f32) -> f32 {
 /// and `2^n` built in the exponent bits. Branch-free and without float-to-int casts, so it vectorizes.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
+    exp_with(x, |a, b, c| a * b + c)
+}
+
+/// [`exp`] with its nine multiply-adds fused (`f32::mul_add`, rounded once): a third fewer instructions where the
+/// caller is compiled with FMA (the float kernels' vector levels), and the same bits at every level, since a fused
+/// multiply-add rounds alike everywhere. Where the target has no FMA, each one is a library call: use [`exp`].
+#[inline(always)]
+pub fn exp_fused(x: f32) -> f32 {
+    exp_with(x, f32::mul_add)
+}
+
+/// The formula of [`exp`], with `mul_add(a, b, c) = a * b + c` as the caller rounds it.
+#[inline(always)]
+fn exp_with(x: f32, mul_add: impl Fn(f32, f32, f32) -> f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     /// Adding 1.5 * 2^23 rounds to an integer; adding 2^23 + 127 leaves `n + 127` in the low mantissa bits.
     const ROUNDER: f32 = 12_582_912.0;
     const EXPONENT_BIAS: f32 = 8_388_735.0;
+    /// The Taylor coefficients of `e^r` from `r^5` down to `r^0`, after `1 / 720` for `r^6`.
+    const COEFFICIENTS: [f32; 6] = [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUNDER) - ROUNDER;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let n = mul_add(x, std::f32::consts::LOG2_E, ROUNDER) - ROUNDER;
+    let r = mul_add(-n, LN2_LO, mul_add(-n, LN2_HI, x));
+    let p = COEFFICIENTS.iter().fold(1.0 / 720.0, |p, &c| mul_add(r, p, c));
     // n + 127 is in [1, 254]: shifted into the exponent field it is 2^n.
     let scale = f32::from_bits((n + EXPONENT_BIAS).to_bits() << 23);
     p * scale
@@ -122,16 +138,18 @@ mod tests {
 
     #[test]
     fn exp_is_accurate() {
-        for i in -10_000..=10_000 {
-            let x = i as f32 * 0.0087;
-            let (ours, exact) = (exp(x), x.exp());
-            assert!(
-                (ours - exact).abs() <= 4.0 * f32::EPSILON * exact.max(f32::MIN_POSITIVE),
-                "{x}: {ours} vs {exact}"
-            );
+        for exp in [exp, exp_fused] {
+            for i in -10_000..=10_000 {
+                let x = i as f32 * 0.0087;
+                let (ours, exact) = (exp(x), x.exp());
+                assert!(
+                    (ours - exact).abs() <= 4.0 * f32::EPSILON * exact.max(f32::MIN_POSITIVE),
+                    "{x}: {ours} vs {exact}"
+                );
+            }
+            assert_eq!(exp(0.0), 1.0);
+            assert!(exp(-200.0) < 1e-37);
         }
-        assert_eq!(exp(0.0), 1.0);
-        assert!(exp(-200.0) < 1e-37);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::threads::{parallel_for_work, SharedMut};
 use super::lanes::{fold_lanes, level, F32Lanes, Level, Portable};
 #[cfg(target_arch = "x86_64")]
 use super::lanes::{Avx2, Avx512};
-use crate::activation::exp;
+use crate::activation::exp_fused;
 
 /// Where the queries, keys and values of token `t` of sequence `b` start: `(b * seq + t) * row_stride + offset`.
 #[derive(Debug, Clone, Copy)]
@@ -359,7 +359,7 @@ impl Head<'_> {
                 seen.iter_mut().for_each(|s| *s = cap * (*s / cap).tanh());
             }
             let max = fold_lanes(seen, f32::NEG_INFINITY, f32::max, f32::max);
-            seen.iter_mut().for_each(|s| *s = exp(*s - max));
+            seen.iter_mut().for_each(|s| *s = exp_fused(*s - max));
             *inv = 1.0 / fold_lanes(seen, 0.0, |a, b| a + b, |a, b| a + b);
             // Keys a query does not see weigh exactly 0, adding nothing to its sums.
             before.fill(0.0);
