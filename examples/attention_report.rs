@@ -5,31 +5,23 @@
 //! `cargo run --release --example attention_report`
 
 use std::hint::black_box;
-use std::time::Instant;
+use std::time::Duration;
 
+use anyhow::Result;
 use qlayers::float_ops::{attention_into, AttentionOptions, QkvLayout};
+use qlayers::kernels::selected_isa;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// Median seconds of `runs` calls of `f`.
-fn median_seconds(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut times: Vec<f64> = (0..runs)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[runs / 2]
-}
+#[path = "../benches/common/timing.rs"]
+mod timing;
+use timing::measure;
 
-fn main() {
+fn main() -> Result<()> {
     let (batch, len) = (32, 128);
     let all = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("- CPU: {} ({all} threads), kernel level `{}`", qlayers::kernels::cpu_name(), qlayers::Isa::best());
-    println!("- {batch} sequences x {len} tokens, median of 20 runs\n");
+    println!("- CPU: {} ({all} threads), kernel level `{}`", qlayers::kernels::cpu_name(), selected_isa()?);
+    println!("- {batch} sequences x {len} tokens, median of the samples of 400 ms\n");
     println!("| heads x head size | threads | ms | GFLOPS |");
     println!("|---|---:|---:|---:|");
     let mut rng = StdRng::seed_from_u64(7);
@@ -44,12 +36,14 @@ fn main() {
         let flops = 4.0 * (rows * len * width) as f64;
         for threads in [1, all] {
             let seconds = qlayers::threads::with_num_threads(Some(threads), || {
-                median_seconds(20, || {
+                measure(1, Duration::from_millis(400), |_| {
                     attention_into(&qkv, layout, heads, d, &starts, &lens, AttentionOptions::default(), &mut out);
                     black_box(&out);
+                    Ok(())
                 })
-            });
+            })?;
             println!("| {heads} x {d} | {threads} | {:.2} | {:.1} |", seconds * 1e3, flops / seconds / 1e9);
         }
     }
+    Ok(())
 }

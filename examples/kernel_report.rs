@@ -28,7 +28,10 @@ use rand::{Rng, SeedableRng};
 
 #[path = "../benches/common/mod.rs"]
 mod common;
+#[path = "../benches/common/timing.rs"]
+mod timing;
 use common::{cases, f32_cases, RandomWeights, Scheme};
+use timing::measure;
 
 /// Weights of M = 1 cases are cycled through a ring of matrices at least this large in all (`REPORT_RING_MB`
 /// overrides it; 0 reuses one matrix, so that it stays in cache).
@@ -47,33 +50,6 @@ fn ring_len(m: usize, bytes: usize) -> usize {
     }
     let len = if bytes >= ring_bytes { 1 } else { ring_bytes.div_ceil(bytes) + 1 };
     len.min(RING_MAX).min((RING_CAP_BYTES / bytes).max(1))
-}
-
-/// The median time of one call of `call(i)`, where `i` counts calls across the whole measurement (so rings keep
-/// turning). Every ring entry is called once first (candle repacks some formats lazily, on the first call).
-fn measure(ring: usize, budget: Duration, mut call: impl FnMut(usize) -> Result<()>) -> Result<f64> {
-    let mut next = 0usize;
-    let start = Instant::now();
-    let warm_calls = ring.max(2);
-    for _ in 0..warm_calls {
-        call(next)?;
-        next += 1;
-    }
-    let per_call = start.elapsed().as_secs_f64() / warm_calls as f64;
-    // A sample takes at least 5 ms (and one turn of the ring); between 5 and 50 samples fill the budget.
-    let calls = ((5e-3 / per_call).ceil() as usize).max(ring).max(1);
-    let samples = ((budget.as_secs_f64() / (calls as f64 * per_call)) as usize).clamp(5, 50);
-    let mut times = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        let t = Instant::now();
-        for _ in 0..calls {
-            call(next)?;
-            next += 1;
-        }
-        times.push(t.elapsed().as_secs_f64() / calls as f64);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
 }
 
 /// Candle's times for one shape: f32, Q8_0, Q4_0 (seconds per call).
