@@ -1,4 +1,4 @@
-//! The float kernels every architecture shares beside the matmuls: attention ([`attention`]), layer and RMS norms
+//! The float kernels every architecture shares beside the matmuls: attention ([`mod@attention`]), layer and RMS norms
 //! and gated units ([`rows`]), rotary positions ([`rotary`]). Each is written once over a few vector operations
 //! (`lanes.rs`) with one implementation per level, chosen with the integer kernels' level (`QLAYERS_ISA` forces
 //! both), and every level gives the portable level's bits (the tests of each module run every level the CPU has,

@@ -59,8 +59,8 @@ pub struct Place {
 }
 
 impl Batcher {
-    /// Moves `model` onto a new worker thread, which runs until every [`Batcher`] and [`Admission`] is dropped
-    /// and the jobs already sent are answered; join the returned handle to wait for that.
+    /// Moves `model` onto a new worker thread, which runs until the returned [`Batcher`] (the queue's sender) is
+    /// dropped and the jobs already sent are answered; join the returned handle to wait for that.
     pub fn start(
         model: ServedModel,
         max_batch_tokens: usize,

@@ -264,7 +264,8 @@ impl LlamaConfig {
     }
 
     /// The config of a GGUF file: its metadata, whether its tensors tie the head to the embeddings, and its
-    /// LongRoPE factors (see [`gguf_long_rope`]).
+    /// LongRoPE factors (Phi-3's, from the `rope_factors_short` / `rope_factors_long` tensors and the
+    /// `rope.scaling` metadata, when the file has them).
     pub fn of_gguf(weights: &GgufWeights) -> Result<Self> {
         let mut config = Self::from_gguf(weights.metadata())?;
         config.tie_word_embeddings = weights.ties_embeddings();
