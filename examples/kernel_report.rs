@@ -164,9 +164,10 @@ fn f32_peak_gflops(isa: Isa, threads: usize) -> Option<f64> {
             Isa::Avx2 => 8,
             Isa::Reference => return None,
         };
-        // SAFETY: the CPU supports the level (`isa` is one it supports), hence its FMA.
         let best = best_of_5(threads, || match lanes {
+            // SAFETY: the CPU supports the level (`isa` is one it supports), hence its FMA.
             16 => black_box(unsafe { x86::fma512_loop(black_box(PEAK_ITERS)) }),
+            // SAFETY: as above.
             _ => black_box(unsafe { x86::fma256_loop(black_box(PEAK_ITERS)) }),
         });
         // 12 instructions per iteration, `lanes` multiply-adds each, 2 flops per multiply-add.

@@ -47,6 +47,7 @@ fn int8_checkpoint_round_trips_without_fp32_weights() {
     let out = round_trip(Plan::bert_int8(), "int8");
     // Every Linear weight and the token-embedding table are stored as codes: the only float `.weight` tensors
     // left are the position and token-type embeddings and the norms.
+    // SAFETY: nothing writes the file while it is mapped.
     let tensors = unsafe { MmapedSafetensors::new(out.path().join("model.safetensors")) }.unwrap();
     let mut codes = 0;
     for (name, view) in tensors.tensors() {
@@ -90,6 +91,7 @@ fn static_int8_checkpoints_carry_their_activation_steps() {
     let out = round_trip(plan, "static");
     // Each layer stores its calibrated step beside SmoothQuant's factors; the fused Q, K and V share both, and
     // loading runs no calibration.
+    // SAFETY: nothing writes the file while it is mapped.
     let tensors = unsafe { MmapedSafetensors::new(out.path().join("model.safetensors")) }.unwrap();
     let step = |name: &str| tensors.get(&format!("encoder.layer.0.{name}.activation_step")).unwrap();
     for name in ["attention.self.query", "attention.output.dense", "intermediate.dense", "output.dense"] {
@@ -146,6 +148,7 @@ fn packed_int4_and_mixed_plans_round_trip() {
     )
     .unwrap();
     let out = round_trip(plan, "mixed");
+    // SAFETY: nothing writes the file while it is mapped.
     let tensors = unsafe { MmapedSafetensors::new(out.path().join("model.safetensors")) }.unwrap();
     let mins = tensors.get("encoder.layer.0.attention.self.query.weight.mins").unwrap();
     assert_eq!((mins.dtype(), mins.shape()), (Dtype::F32, &[384usize, 12][..]));
@@ -197,6 +200,7 @@ fn corrupt_and_mismatched_checkpoints_are_clear_errors() {
 /// (`[out, 1]`) per Linear, the rest as it was, and `quanto_qmap.json`.
 fn write_quanto_checkpoint(out: &std::path::Path) {
     let src = minilm_dir();
+    // SAFETY: nothing writes the file while it is mapped.
     let tensors = unsafe { MmapedSafetensors::new(src.join("model.safetensors")) }.unwrap();
     let mut entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut qmap = serde_json::Map::new();

@@ -104,6 +104,7 @@ fn compare_with_candle(tied: bool) -> f32 {
     let config: candle_llama::LlamaConfig = serde_json::from_str(&config_text(tied)).unwrap();
     let config = config.into_config(false);
     let files = [dir.path().join("model.safetensors")];
+    // SAFETY: nothing writes the file while it is mapped.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, &Device::Cpu) }.unwrap();
     let theirs = candle_llama::Llama::load(vb, &config).unwrap();
     let mut their_cache = candle_llama::Cache::new(true, DType::F32, &config, &Device::Cpu).unwrap();
@@ -147,6 +148,7 @@ fn checkpoints_of_a_safetensors_llama_load_to_the_same_model() {
     let saved = ours(out.path(), None).next_token_logits(&prompt).unwrap();
     assert_eq!(direct, saved, "codes read back give the same logits, bit for bit");
     // The tied head was quantized on its own, per the plan (int8), beside the float embeddings.
+    // SAFETY: nothing writes the file while it is mapped.
     let tensors =
         unsafe { candle_core::safetensors::MmapedSafetensors::new(out.path().join("model.safetensors")) }.unwrap();
     assert_eq!(tensors.get("lm_head.weight.codes").unwrap().shape(), [300, 64]);

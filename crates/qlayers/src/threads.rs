@@ -84,6 +84,7 @@ pub struct SharedMut<T>(pub *mut T);
 
 // SAFETY: tasks write disjoint ranges, and `parallel_for` returns only after every task has finished.
 unsafe impl<T> Send for SharedMut<T> {}
+// SAFETY: as for `Send`.
 unsafe impl<T> Sync for SharedMut<T> {}
 
 impl<T> SharedMut<T> {

@@ -892,6 +892,7 @@ mod tests {
                 for h in 0..heads {
                     let bias = options.0.then_some((bias.as_slice(), len));
                     let seq = Sequence { first: 0, len, col: h * d, d, bias, window: options.1 };
+                    // SAFETY: `f` runs at a level this CPU has (checked before each call), and `out` holds the rows.
                     unsafe { f(&qkv, layout, seq, width, out.as_mut_ptr()) };
                 }
                 out

@@ -31,10 +31,11 @@ fn for_each_row<O: RowOp>(data: &mut [f32], width: usize, op: &O) {
         // SAFETY: each task owns rows first..first + count, inside `data`.
         let chunk = unsafe { std::slice::from_raw_parts_mut(shared.get().add(first * width), count * width) };
         match level() {
-            // SAFETY: `level` picks a vector level only where the CPU has it.
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: `level` picks a vector level only where the CPU has it.
             Level::Avx512 => unsafe { rows_avx512(op, first, chunk) },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
             Level::Avx2 => unsafe { rows_avx2(op, first, chunk) },
             Level::Portable => op.rows(first, chunk),
         }

@@ -34,6 +34,7 @@ struct Job {
 
 // SAFETY: `task` points to a `Sync` closure that outlives every call made through it (module docs).
 unsafe impl Send for Job {}
+// SAFETY: as for `Send`.
 unsafe impl Sync for Job {}
 
 impl Job {
