@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput};
+use criterion::{criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use qlayers::kernels::{selected_isa, FloatWeights, Isa, PackedWeights, ISA_ENV};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -189,5 +189,10 @@ fn kernels(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, kernels);
+// The group function the macro defines is public and has no doc comment of its own.
+#[allow(missing_docs)]
+mod group {
+    criterion::criterion_group!(benches, super::kernels);
+}
+use group::benches;
 criterion_main!(benches);

@@ -15,7 +15,7 @@ const REL_TOL: f32 = 1e-6;
 /// One case of the vectors file, tagged by its `kind`.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Case {
+enum Case {
     /// `torch.quantize_per_tensor` with an explicit scale and zero point.
     PerTensorExplicit {
         dtype: String,
@@ -92,15 +92,15 @@ struct VectorsFile {
 
 /// Outcome of a whole file: how many cases passed, and a description of each failure.
 #[derive(Debug, Default)]
-pub struct Report {
+pub(crate) struct Report {
     /// Cases whose every value matched.
-    pub passed: usize,
+    pub(crate) passed: usize,
     /// `case #i (kind): what differed`, one per failing case.
-    pub failures: Vec<String>,
+    pub(crate) failures: Vec<String>,
 }
 
 /// Checks every case of a vectors file given as JSON text.
-pub fn check_json(text: &str) -> Result<Report> {
+pub(crate) fn check_json(text: &str) -> Result<Report> {
     let file: VectorsFile = serde_json::from_str(text).context("not a quantization vectors file")?;
     let mut report = Report::default();
     for (i, case) in file.cases.iter().enumerate() {
