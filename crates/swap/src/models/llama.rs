@@ -264,8 +264,7 @@ impl LlamaConfig {
     }
 
     /// The config of a GGUF file: its metadata, whether its tensors tie the head to the embeddings, and its
-    /// LongRoPE factors (Phi-3's, from the `rope_factors_short` / `rope_factors_long` tensors and the
-    /// `rope.scaling` metadata, when the file has them).
+    /// LongRoPE factors (see the private `gguf_long_rope`).
     pub fn of_gguf(weights: &GgufWeights) -> Result<Self> {
         let mut config = Self::from_gguf(weights.metadata())?;
         config.tie_word_embeddings = weights.ties_embeddings();

@@ -123,7 +123,7 @@ pub fn int8_plan() -> Plan {
 }
 
 /// The bucket of the distance `key - query`, as MPNet computes it (in f32, truncating, like its PyTorch code):
-/// half the buckets for each direction, exact up to a quarter of them, then logarithmic up to 128 (MPNet's fixed maximum distance).
+/// half the buckets for each direction, exact up to a quarter of them, then logarithmic up to `MAX_DISTANCE`.
 pub fn relative_bucket(distance: isize, buckets: usize) -> usize {
     let half = buckets / 2;
     let n = -distance;
